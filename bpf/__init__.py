@@ -1,0 +1,1 @@
+"""The data path's C sources, shipped as package data (``flowpin_bpf``)."""

@@ -1,0 +1,1 @@
+"""flowpin's control plane: daemon, CLI, tunnel registry, flow table, sweeper, lab."""

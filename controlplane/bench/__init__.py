@@ -1,0 +1,1 @@
+"""Benchmarks: each prints one JSON object (``flowpin bench NAME --json``)."""

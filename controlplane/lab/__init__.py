@@ -1,0 +1,1 @@
+"""The two-gateway strongSwan lab in network namespaces."""

@@ -1,0 +1,1 @@
+"""Everything in flowpin that speaks VICI to strongSwan's charon."""
