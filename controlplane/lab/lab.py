@@ -1,0 +1,345 @@
+"""The lab: four namespaces, two real charons, one site-to-site IKEv2 tunnel.
+
+``Lab(name).up()`` builds it, ``down()`` removes everything it made (also what a crashed
+run left behind), ``status()`` reads the gateways over VICI, ``exec()`` runs a command on a
+node. Disruptions live in :mod:`controlplane.lab.flap`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from controlplane.lab import backend as backend_probe
+from controlplane.lab import netns, topology
+from controlplane.lab.charon import Charon, CharonError
+from controlplane.lab.charon import binary as charon_binary
+from controlplane.lab.topology import CHILD, CONN, GATEWAYS, NODES, PEER
+from vici_glue import session as vs
+from vici_glue.conns import SiteToSite
+
+STATE_ROOT = Path(os.environ.get("FLOWPIN_LAB_STATE", "/run/flowpin/lab"))
+PSK = "flowpin-lab-psk-not-a-secret"
+PEER_MODES = ("flowpin", "plain")
+
+
+class LabError(RuntimeError):
+    """An expected failure of a lab operation, with a message for the admin."""
+
+
+@dataclass
+class GatewayStatus:
+    gw: str
+    charon: str  # "running (pid N)" or "not running"
+    ike_state: str
+    child_state: str
+    spi_in: str = ""
+    spi_out: str = ""
+    local_ts: tuple[str, ...] = ()
+    remote_ts: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["local_ts"] = list(self.local_ts)
+        d["remote_ts"] = list(self.remote_ts)
+        return d
+
+
+def conn_for(gw: str) -> SiteToSite:
+    """The connection a lab gateway loads (both sides may initiate)."""
+    peer = PEER[gw]
+    return SiteToSite(
+        name=CONN,
+        child=CHILD,
+        local_addrs=(topology.WAN_ADDR[gw],),
+        remote_addrs=(topology.WAN_ADDR[peer],),
+        local_id=gw,
+        remote_id=peer,
+        psk=PSK,
+        local_ts=topology.LOCAL_TS[gw],
+        remote_ts=topology.LOCAL_TS[peer],
+        # The branch office restarts a dead tunnel; head office just clears it.
+        dpd_action="restart" if gw == topology.BO_GW else "clear",
+    )
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab creates network namespaces and starts charon: run it as root")
+
+
+class Lab:
+    def __init__(self, name: str = "flowpin") -> None:
+        self.name = topology.check_name(name)
+        self.state_dir = STATE_ROOT / self.name
+
+    # --- naming -------------------------------------------------------------------------
+    def ns(self, node: str) -> str:
+        if node not in NODES:
+            raise LabError(f"unknown node {node!r}: one of {', '.join(NODES)}")
+        return topology.ns_name(self.name, node)
+
+    def charon(self, gw: str) -> Charon:
+        if gw not in GATEWAYS:
+            raise LabError(f"{gw!r} is not a gateway: one of {', '.join(GATEWAYS)}")
+        return Charon(self.ns(gw), self.state_dir / gw, self.meta().get("backend", ""))
+
+    def meta(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.state_dir / "lab.json").read_text())
+        except FileNotFoundError:
+            return {}
+
+    def exists(self) -> bool:
+        prefix = topology.ns_name(self.name, "")
+        return self.state_dir.exists() or bool(netns.listing(prefix))
+
+    def require_up(self) -> None:
+        missing = [n for n in NODES if not netns.exists(self.ns(n))]
+        if missing or not self.meta():
+            raise LabError(f"lab {self.name!r} is not up (flowpin lab up --name {self.name})")
+
+    # --- up -----------------------------------------------------------------------------
+    def up(self, peer: str = "flowpin", timeout: float = 30.0) -> dict[str, Any]:
+        require_root()
+        if peer not in PEER_MODES:
+            raise LabError(f"--peer must be one of {', '.join(PEER_MODES)}")
+        if self.exists():
+            raise LabError(f"lab {self.name!r} already exists: `flowpin lab down --name "
+                           f"{self.name}` first")
+        try:
+            charon_binary()  # fail early, naming the missing package
+        except CharonError as exc:
+            raise LabError(str(exc)) from exc
+        backend, why = backend_probe.probe()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"name": self.name, "backend": backend, "backend_reason": why, "peer": peer,
+                "created": time.time()}
+        (self.state_dir / "lab.json").write_text(json.dumps(meta, indent=2))
+        try:
+            self._build_network()
+            for gw in GATEWAYS:
+                self.charon(gw).start()
+                with self.vici(gw) as s:
+                    vs.load(s, conn_for(gw))
+            self.bring_up(topology.BO_GW, timeout=timeout)
+        except (CharonError, vs.ViciError, OSError) as exc:
+            detail = str(exc)
+            self.down()
+            raise LabError(f"lab up failed: {detail}") from exc
+        except BaseException:
+            self.down()
+            raise
+        return meta
+
+    def _build_network(self) -> None:
+        for node in NODES:
+            netns.create(self.ns(node))
+            settings = {
+                "net.ipv6.conf.all.accept_dad": "0",
+                "net.ipv6.conf.default.accept_dad": "0",
+                "net.ipv6.conf.all.disable_ipv6": "0",
+            }
+            if node in GATEWAYS:
+                settings |= {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"}
+            netns.sysctl(self.ns(node), settings)
+            with IPRoute(netns=self.ns(node)) as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        for i, link in enumerate(topology.LINKS):
+            tmp_a, tmp_b = f"fp{os.getpid() % 100000}{i}a", f"fp{os.getpid() % 100000}{i}b"
+            with IPRoute() as ipr:
+                ipr.link("add", ifname=tmp_a, kind="veth", peer=tmp_b)
+                ipr.link("set", index=ipr.link_lookup(ifname=tmp_a)[0],
+                         net_ns_fd=self.ns(link.a))
+                ipr.link("set", index=ipr.link_lookup(ifname=tmp_b)[0],
+                         net_ns_fd=self.ns(link.b))
+            for node, tmp, ifname, addrs in ((link.a, tmp_a, link.a_if, link.a_addrs),
+                                             (link.b, tmp_b, link.b_if, link.b_addrs)):
+                with IPRoute(netns=self.ns(node)) as ipr:
+                    idx = ipr.link_lookup(ifname=tmp)[0]
+                    ipr.link("set", index=idx, ifname=ifname)
+                    for cidr in addrs:
+                        addr, plen = cidr.split("/")
+                        ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+                    ipr.link("set", index=idx, state="up")
+        for node, (gw4, gw6) in topology.DEFAULT_ROUTES.items():
+            with IPRoute(netns=self.ns(node)) as ipr:
+                ipr.route("add", dst="0.0.0.0/0", gateway=gw4)
+                ipr.route("add", dst="::/0", gateway=gw6, family=10)
+
+    # --- VICI ---------------------------------------------------------------------------
+    def vici(self, gw: str, timeout: float = 5.0) -> _ViciContext:
+        return _ViciContext(self.charon(gw).vici_path, timeout)
+
+    def child_installed(self, gw: str) -> list[dict[str, Any]]:
+        ch = self.charon(gw)
+        if not ch.running():
+            return []
+        try:
+            with self.vici(gw, timeout=1.0) as s:
+                return vs.installed_children(vs.list_sas(s), CONN, CHILD)
+        except vs.ViciError:
+            return []
+
+    def child_pending(self, gw: str) -> bool:
+        """Whether ``gw`` has our CHILD_SA in a transitional state (being negotiated)."""
+        if not self.charon(gw).running():
+            return False
+        try:
+            with self.vici(gw, timeout=1.0) as s:
+                ike = vs.list_sas(s).get(CONN, {})
+        except vs.ViciError:
+            return False
+        return any(c.get("name") == CHILD and c.get("state") in ("CREATED", "INSTALLING",
+                                                                  "REKEYING")
+                   for c in ike.get("child-sas", {}).values())
+
+    def ike_state(self, gw: str) -> str:
+        if not self.charon(gw).running():
+            return ""
+        try:
+            with self.vici(gw, timeout=1.0) as s:
+                return vs.list_sas(s).get(CONN, {}).get("state", "")
+        except vs.ViciError:
+            return ""
+
+    def wait_installed(self, gws: Sequence[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.child_installed(gw) for gw in gws):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def bring_up(self, gw: str, timeout: float = 30.0) -> None:
+        """Initiate the tunnel from ``gw`` unless it is up (or coming up) already, and
+        return once both gateways have the CHILD_SA installed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.child_installed(g) for g in GATEWAYS):
+                return
+            state = self.ike_state(gw)
+            if state in ("CONNECTING", "REKEYING", "DELETING"):
+                time.sleep(0.2)
+                continue
+            if self.child_pending(gw):
+                # A CHILD_SA is being negotiated: let it finish before asking for another.
+                time.sleep(0.2)
+                continue
+            try:
+                with self.vici(gw) as s:
+                    vs.initiate(s, CHILD, CONN, timeout=max(1.0, deadline - time.monotonic()))
+            except vs.ViciError as exc:
+                last = str(exc)
+                time.sleep(0.5)
+                if time.monotonic() >= deadline:
+                    raise LabError(f"tunnel did not come up from {gw}: {last}\n"
+                                   f"{self.charon(gw).log_tail()}") from exc
+        if not all(self.child_installed(g) for g in GATEWAYS):
+            raise LabError(f"tunnel did not come up within {timeout:.0f} s; {gw}'s charon "
+                           f"log:\n{self.charon(gw).log_tail()}")
+
+    # --- down ---------------------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Remove every namespace, process, socket and file of this lab. Idempotent."""
+        require_root()
+        removed = []
+        prefix = topology.ns_name(self.name, "")
+        for ns in netns.listing(prefix):
+            netns.kill_all(ns)
+            netns.remove(ns)
+            removed.append(ns)
+        if self.state_dir.exists():
+            # A charon could have been left outside the namespace list (namespace removed
+            # by hand): kill by pid file too.
+            for gw in GATEWAYS:
+                Charon("", self.state_dir / gw, "").kill()
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        return removed
+
+    @staticmethod
+    def down_all() -> list[str]:
+        require_root()
+        removed = []
+        names = {ns[len(topology.PREFIX):].rsplit("-", 2)[0]
+                 for ns in netns.listing(topology.PREFIX)}
+        if STATE_ROOT.exists():
+            names |= {p.name for p in STATE_ROOT.iterdir() if p.is_dir()}
+        for name in sorted(names):
+            try:
+                removed += Lab(name).down()
+            except ValueError:
+                continue
+        return removed
+
+    # --- status / exec ------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        self.require_up()
+        meta = self.meta()
+        gws = []
+        for gw in GATEWAYS:
+            ch = self.charon(gw)
+            pid = ch.pid()
+            st = GatewayStatus(gw, f"running (pid {pid})" if pid else "not running", "", "")
+            if pid:
+                try:
+                    with self.vici(gw, timeout=2.0) as s:
+                        ike = vs.list_sas(s).get(CONN)
+                except vs.ViciError:
+                    ike = None
+                if ike:
+                    st.ike_state = ike.get("state", "")
+                    for child in ike.get("child-sas", {}).values():
+                        if child.get("name") != CHILD:
+                            continue
+                        st.child_state = child.get("state", "")
+                        st.spi_in = child.get("spi-in", "")
+                        st.spi_out = child.get("spi-out", "")
+                        st.local_ts = tuple(child.get("local-ts", []))
+                        st.remote_ts = tuple(child.get("remote-ts", []))
+                        if st.child_state == "INSTALLED":
+                            break
+            gws.append(st.as_dict())
+        return {"name": self.name, "backend": meta.get("backend"),
+                "backend_reason": meta.get("backend_reason"), "peer": meta.get("peer"),
+                "gateways": gws}
+
+    def exec(self, node: str, argv: Sequence[str], **kw: Any) -> subprocess.CompletedProcess:
+        """Run ``argv`` in ``node``'s namespace (output inherited unless redirected)."""
+        self.require_up()
+        ns = self.ns(node)
+        if not argv:
+            raise LabError("lab exec: no command given (flowpin lab exec NODE -- CMD ...)")
+        try:
+            return subprocess.run(list(argv), preexec_fn=lambda: netns.enter(ns), **kw)
+        except FileNotFoundError as exc:
+            raise LabError(f"{argv[0]}: command not found") from exc
+
+    def popen(self, node: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen:
+        self.require_up()
+        ns = self.ns(node)
+        return subprocess.Popen(list(argv), preexec_fn=lambda: netns.enter(ns), **kw)
+
+
+class _ViciContext:
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path, self.timeout = path, timeout
+        self.session: Any = None
+
+    def __enter__(self) -> Any:
+        self.session = vs.connect(self.path, self.timeout)
+        return self.session
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):  # closing a dead socket is fine
+            self.session.transport.close()

@@ -1,0 +1,112 @@
+"""A thin, typed layer over the ``vici`` package: connect, load, initiate, terminate, list.
+
+charon answers in ``bytes`` (``b"yes"``); everything leaving this module is ``str``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import vici
+from vici.exception import CommandException, SessionException
+
+from vici_glue.conns import SiteToSite
+
+
+class ViciError(RuntimeError):
+    """charon refused a command or could not be reached; the message says which."""
+
+
+def decode(value: Any) -> Any:
+    """Turn VICI's bytes (and nested dicts/lists of them) into str."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, dict):
+        return {decode(k): decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    return value
+
+
+def connect(path: str, timeout: float = 10.0) -> vici.Session:
+    """Connect to charon's VICI socket at ``path``, waiting up to ``timeout`` for it."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return vici.Session(sock)
+        except OSError as exc:
+            sock.close()
+            last = exc
+        if time.monotonic() >= deadline:
+            raise ViciError(f"cannot reach charon's VICI socket {path}: {last}")
+        time.sleep(0.1)
+
+
+def _drain(stream: Iterator[Any]) -> list[str]:
+    """Consume a streamed command; return charon's control-log lines."""
+    return [decode(m).get("msg", "") for m in stream]
+
+
+def load(session: vici.Session, conn: SiteToSite) -> None:
+    """Load a connection and its PSK."""
+    try:
+        session.load_shared(conn.shared_message())
+        session.load_conn(conn.conn_message())
+    except (CommandException, SessionException) as exc:
+        raise ViciError(f"loading connection {conn.name}: {exc}") from exc
+
+
+def initiate(session: vici.Session, child: str, ike: str, timeout: float = 15.0) -> list[str]:
+    """Initiate ``child`` of ``ike``; returns charon's log; raises on failure."""
+    msg = {"child": child, "ike": ike, "timeout": str(int(timeout * 1000)), "init-limits": "no"}
+    try:
+        return _drain(session.initiate(msg))
+    except (CommandException, SessionException) as exc:
+        raise ViciError(f"initiating {ike}/{child}: {exc}") from exc
+
+
+def terminate(
+    session: vici.Session,
+    *,
+    child: str | None = None,
+    ike: str | None = None,
+    timeout: float = 10.0,
+    force: bool = False,
+) -> list[str]:
+    """Terminate a CHILD_SA (``child``) or a whole IKE_SA (``ike``)."""
+    msg: dict[str, str] = {"timeout": str(int(timeout * 1000))}
+    if child:
+        msg["child"] = child
+    if ike:
+        msg["ike"] = ike
+    if force:
+        msg["force"] = "yes"
+    try:
+        return _drain(session.terminate(msg))
+    except (CommandException, SessionException) as exc:
+        raise ViciError(f"terminating {ike or ''}/{child or ''}: {exc}") from exc
+
+
+def list_sas(session: vici.Session) -> dict[str, dict[str, Any]]:
+    """All IKE_SAs by connection name, decoded to str."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in session.list_sas():
+        out.update(decode(entry))
+    return out
+
+
+def installed_children(sas: dict[str, dict[str, Any]], ike: str, child: str) -> list[dict]:
+    """The CHILD_SAs named ``child`` under IKE_SA ``ike`` that are INSTALLED."""
+    sa = sas.get(ike)
+    if not sa or sa.get("state") != "ESTABLISHED":
+        return []
+    return [
+        c for c in sa.get("child-sas", {}).values()
+        if c.get("name") == child and c.get("state") == "INSTALLED"
+    ]
