@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * flowpin.c - TC programs of the flowpin data path, attached to the gateway's
+ * LAN-facing interface: clsact ingress sees LAN -> tunnel (outbound) traffic, clsact
+ * egress sees tunnel -> LAN (inbound) traffic. The logic lives in lib/, by concern.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "lib/flow_types.h"
+#include "lib/maps.h"
+#include "lib/policy.h"
+
+int fp_outbound(struct __sk_buff *skb)
+{
+	return fp_handle(skb, FP_DIR_OUT);
+}
+
+int fp_inbound(struct __sk_buff *skb)
+{
+	return fp_handle(skb, FP_DIR_IN);
+}

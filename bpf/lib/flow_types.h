@@ -1,0 +1,210 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * flow_types.h - every struct and constant the data path shares with user space.
+ *
+ * This is the single definition: controlplane/flow_table.py takes the struct layouts
+ * from bcc's generated ctypes (table.Key / table.Leaf) and parses the FP_* #defines and
+ * enum values of this file at import time, so there is no second copy to drift.
+ * Keep each enumerator on its own line as "NAME = value," (the parser relies on it).
+ */
+#ifndef FLOWPIN_FLOW_TYPES_H
+#define FLOWPIN_FLOW_TYPES_H
+
+/* Sizes; the loader overrides them with -D from its config. */
+#ifndef FP_FLOWS4_MAX
+#define FP_FLOWS4_MAX 1048576
+#endif
+#ifndef FP_FLOWS6_MAX
+#define FP_FLOWS6_MAX 262144
+#endif
+#ifndef FP_SELECTORS_MAX
+#define FP_SELECTORS_MAX 4096
+#endif
+#ifndef FP_TUNNELS_MAX
+#define FP_TUNNELS_MAX 4096
+#endif
+#define FP_SEL_SLOTS 4
+#define FP_ACCT_BYTES_BITS 40
+#define FP_NSEC_PER_SEC 1000000000ULL
+
+/* Hook direction: which TC hook of the LAN-facing interface saw the packet. */
+enum fp_dir {
+	FP_DIR_OUT = 0,	/* clsact ingress: LAN -> tunnel */
+	FP_DIR_IN = 1,	/* clsact egress: tunnel -> LAN */
+};
+
+/* Tunnel state; a zeroed (never configured) entry reads as DOWN, the safe default. */
+enum fp_tunnel_state {
+	FP_TUNNEL_DOWN = 0,
+	FP_TUNNEL_UP = 1,
+};
+
+/* Tunnel flags. */
+enum fp_tunnel_flags {
+	FP_TF_PRESERVE = 1,	/* hold (pin) TCP flows while the tunnel is down */
+};
+
+/*
+ * Per-side flow flags (flow_value.side[i], i = index of the endpoint in the key that
+ * sent the packets): TCP flags seen from that side plus who opened the flow.
+ */
+enum fp_side_flags {
+	FP_SIDE_SYN = 1,	/* sent a SYN */
+	FP_SIDE_ACK = 2,	/* sent an ACK (a SYN-ACK is SYN|ACK) */
+	FP_SIDE_FIN = 4,	/* sent a FIN */
+	FP_SIDE_RST = 8,	/* sent a RST */
+	FP_SIDE_OPENER = 16,	/* sent the packet that created the flow */
+	FP_SIDE_LAN = 32,	/* its packets were seen on the outbound (LAN) hook */
+	FP_SIDE_PICKUP = 64,	/* flow created mid-stream (pickup window or non-VPN) */
+};
+
+/* Verdict reasons: one per-CPU counter each. PASS_* pass, DROP_* drop. */
+enum fp_reason {
+	FP_R_PASS_FLOW = 0,		/* existing flow, tunnel up, current generation */
+	FP_R_PASS_NEW = 1,		/* new flow created (SYN, UDP, ICMP echo) */
+	FP_R_PASS_PICKUP = 2,		/* TCP mid-stream picked up in the pickup window */
+	FP_R_PASS_NONVPN = 3,		/* flow of traffic that matches no tunnel */
+	FP_R_PASS_RELATED = 4,		/* ICMP error about a tracked flow */
+	FP_R_PASS_UNTRACKED = 5,	/* fragment, other protocol, ND: not a flow */
+	FP_R_PASS_NOT_IP = 6,		/* ARP and other non-IP frames */
+	FP_R_PASS_NOTRACK_FULL = 7,	/* non-VPN, flow table full: pass untracked */
+	FP_R_DROP_NO_CONN = 8,		/* TCP without SYN and no flow */
+	FP_R_DROP_STALE = 9,		/* TCP without SYN, flow of an older generation */
+	FP_R_DROP_HELD = 10,		/* pinned TCP flow held: tunnel down */
+	FP_R_DROP_TUNNEL_DOWN = 11,	/* matches a tunnel that is down */
+	FP_R_DROP_MAP_FULL = 12,	/* new VPN flow refused: flow table full */
+	FP_R_DROP_MALFORMED = 13,	/* truncated or invalid headers */
+	FP_R_MAX = 14,
+};
+
+/* Extra per-CPU counters after the reasons. */
+enum fp_stat {
+	FP_S_EVENT_LOST = 14,		/* ring buffer full, event not delivered */
+	FP_S_STALE_REMOVED = 15,	/* stale flows removed on the packet path */
+	FP_S_MAX = 16,
+};
+
+/* Event types on the ring buffer. */
+enum fp_event_type {
+	FP_EV_DEMAND = 1,		/* traffic for a down tunnel (rate-limited per tunnel) */
+	FP_EV_MAP_FULL = 2,		/* a flow could not be created (rate-limited per tunnel) */
+	FP_EV_FLOW_REMOVED = 3,		/* a stale/torn-down flow removed on the packet path */
+};
+
+/*
+ * struct flow_key4 - canonical IPv4 flow key (16 bytes).
+ * Endpoint 0 is the lower (address, port) pair, so both directions of a flow give the
+ * same key and a packet costs one lookup. ICMP echo uses the echo id as both ports.
+ * Zero-filled before use: the padding is part of the hash.
+ */
+struct flow_key4 {
+	__u32 addr[2];		/* network byte order */
+	__u16 port[2];		/* network byte order */
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* struct flow_key6 - canonical IPv6 flow key (40 bytes); same rules as flow_key4. */
+struct flow_key6 {
+	__u32 addr[2][4];
+	__u16 port[2];
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/*
+ * struct flow_value - one flow (48 bytes; 128 bytes of kernel memory per IPv4 flow).
+ * Index [i] of the arrays is the direction sent by key endpoint i.
+ * Times are whole seconds of CLOCK_MONOTONIC (u32: 136 years), like the ASA's h:mm:ss.
+ * acct[i] packs bytes (low FP_ACCT_BYTES_BITS bits, wraps at 1 TiB) and packets (high
+ * 24 bits, wraps at 16.7M) so one atomic add per packet accounts both; a byte carry
+ * adds one to the packet field once per TiB. That is the price of 128 bytes per flow.
+ */
+struct flow_value {
+	__u32 generation;	/* tunnel generation the flow was bound under */
+	__u16 tunnel_id;	/* 0 = traffic that matches no tunnel */
+	__u8 side[2];		/* enum fp_side_flags */
+	__u32 seq[2];		/* last TCP sequence number sent by each side */
+	__u32 ack[2];		/* last TCP ack number sent by each side */
+	__u32 created_s;
+	__u32 last_s;		/* last forwarded; not refreshed while held */
+	__u64 acct[2];
+};
+
+/* struct tunnel - control word of a tunnel, written by user space only (one write). */
+struct tunnel {
+	__u32 generation;
+	__u8 state;		/* enum fp_tunnel_state */
+	__u8 flags;		/* enum fp_tunnel_flags */
+	__u16 pad;
+};
+
+/* struct tunnel_stats - written by the data path only, so user writes never race it. */
+struct tunnel_stats {
+	__u64 held;		/* packets of held (pinned) flows dropped */
+	__u64 refused;		/* other packets dropped for this tunnel (down, map full) */
+	__u64 last_demand_ns;	/* rate limit of FP_EV_DEMAND */
+	__u64 last_full_ns;	/* rate limit of FP_EV_MAP_FULL */
+};
+
+/* struct fp_config - runtime knobs (array of one entry). */
+struct fp_config {
+	__u64 now_ns;		/* test clock: used instead of ktime when non-zero */
+	__u64 attach_ns;	/* when the data path was first attached */
+	__u32 pickup_s;		/* pickup window after attach_ns, 0 = strict at once */
+	__u32 event_interval_ms; /* min interval between events per tunnel and type */
+};
+
+/* Selectors: LPM key on the remote prefix; the value lists local prefixes to check. */
+struct sel_key4 {
+	__u32 prefixlen;
+	__u32 remote;
+};
+
+struct sel_key6 {
+	__u32 prefixlen;
+	__u32 remote[4];
+};
+
+/*
+ * One (local prefix -> tunnel) candidate. User space compiles the selector pairs: the
+ * entry of remote prefix R lists every pair whose remote prefix covers R, most specific
+ * first, so the longest remote match alone decides. remote_plen tells the pair's own
+ * remote prefix length (the entry "owns" slots whose remote_plen equals its prefixlen).
+ */
+struct sel_slot4 {
+	__u32 local;
+	__u8 local_plen;
+	__u8 remote_plen;
+	__u16 tunnel_id;	/* 0 = empty slot */
+};
+
+struct sel_slot6 {
+	__u32 local[4];
+	__u8 local_plen;
+	__u8 remote_plen;
+	__u16 tunnel_id;
+};
+
+struct sel_value4 {
+	struct sel_slot4 slot[FP_SEL_SLOTS];
+};
+
+struct sel_value6 {
+	struct sel_slot6 slot[FP_SEL_SLOTS];
+};
+
+/* struct fp_event - one ring buffer record. */
+struct fp_event {
+	__u32 type;		/* enum fp_event_type */
+	__u16 tunnel_id;
+	__u8 family;		/* 4 or 6 */
+	__u8 proto;
+	__u32 addr[2][4];	/* key endpoints (v4 in [i][0]) */
+	__u16 port[2];
+	__u32 pad;
+	__u64 ts_ns;
+	struct flow_value flow;	/* FP_EV_FLOW_REMOVED: the removed flow */
+};
+
+#endif

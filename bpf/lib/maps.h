@@ -1,0 +1,48 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * maps.h - every map of the data path, with what it is for.
+ *
+ * With FP_PIN_DIR defined (the loader does, per instance) the state maps are pinned in
+ * bpffs under that directory, so flows outlive the process that loaded them and a new
+ * loader reattaches to them. Without it (unit tests, benchmark) they are private.
+ */
+#ifndef FLOWPIN_MAPS_H
+#define FLOWPIN_MAPS_H
+
+#include "flow_types.h"
+
+#ifdef FP_PIN_DIR
+#define FP_MAP(type, k, v, name, max, flags) \
+	BPF_TABLE_PINNED(type, k, v, name, max, FP_PIN_DIR "/" #name, flags)
+#else
+#define FP_MAP(type, k, v, name, max, flags) BPF_F_TABLE(type, k, v, name, max, flags)
+#endif
+
+/* IPv4 flows. A plain hash, not LRU: a held flow must never be evicted behind our back. */
+FP_MAP("hash", struct flow_key4, struct flow_value, flows4, FP_FLOWS4_MAX, 0);
+/* IPv6 flows, same value; a separate map keeps IPv4 keys at 16 bytes instead of 40. */
+FP_MAP("hash", struct flow_key6, struct flow_value, flows6, FP_FLOWS6_MAX, 0);
+/* IPv4 traffic selectors: remote prefix -> local prefixes and their tunnel ids. */
+FP_MAP("lpm_trie", struct sel_key4, struct sel_value4, selectors4, FP_SELECTORS_MAX,
+       BPF_F_NO_PREALLOC);
+/* IPv6 traffic selectors. */
+FP_MAP("lpm_trie", struct sel_key6, struct sel_value6, selectors6, FP_SELECTORS_MAX,
+       BPF_F_NO_PREALLOC);
+/* Tunnel control words by tunnel id (state, generation, flags); user space writes. */
+FP_MAP("array", __u32, struct tunnel, tunnels, FP_TUNNELS_MAX, 0);
+/* Tunnel counters and event rate limits by tunnel id; the data path writes. */
+FP_MAP("array", __u32, struct tunnel_stats, tunnel_stats, FP_TUNNELS_MAX, 0);
+/* Per-CPU packet counters by verdict reason (enum fp_reason) and enum fp_stat. */
+FP_MAP("percpu_array", __u32, __u64, counters, FP_S_MAX, 0);
+/* Runtime configuration, one entry. */
+FP_MAP("array", __u32, struct fp_config, config, 1, 0);
+
+/* What user space must act on: demand for a down tunnel, map full, flows removed. */
+BPF_RINGBUF_OUTPUT(events, 64);
+
+#ifdef FP_BENCH_VARY_KEY
+/* Benchmark only: per-CPU run counter folded into the key so each run creates a flow. */
+BPF_PERCPU_ARRAY(bench_seq, __u32, 1);
+#endif
+
+#endif
