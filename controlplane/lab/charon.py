@@ -38,7 +38,7 @@ def binary() -> str:
                       "missing (run `make setup`)")
 
 
-def config_text(backend: str) -> str:
+def config_text(backend: str, options: dict[str, str] | None = None) -> str:
     """strongswan.conf for one lab charon. Paths are as charon sees them (/run private).
 
     Timers are short so that tests do not wait minutes: an IKEv2 peer is declared dead
@@ -54,6 +54,7 @@ def config_text(backend: str) -> str:
         "    retransmit_base = 1.4",
         "    retransmit_tries = 2",
         "    retry_initiate_interval = 0",
+        *(f"    {k} = {v}" for k, v in sorted((options or {}).items())),
         "    filelog {",
         "        lab {",
         "            path = /run/charon.log",
@@ -82,10 +83,12 @@ def config_text(backend: str) -> str:
 class Charon:
     """A charon process in one gateway namespace; its files live in ``run_dir``."""
 
-    def __init__(self, ns: str, run_dir: Path, backend: str) -> None:
+    def __init__(self, ns: str, run_dir: Path, backend: str,
+                 options: dict[str, str] | None = None) -> None:
         self.ns = ns
         self.run_dir = run_dir
         self.backend = backend
+        self.options = options or {}
 
     @property
     def vici_path(self) -> str:
@@ -123,7 +126,7 @@ class Charon:
 
     def start(self, timeout: float = 10.0) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "strongswan.conf").write_text(config_text(self.backend))
+        (self.run_dir / "strongswan.conf").write_text(config_text(self.backend, self.options))
         for stale in (self.pid_path, Path(self.vici_path)):
             stale.unlink(missing_ok=True)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "STRONGSWAN_CONF": "/run/strongswan.conf"}

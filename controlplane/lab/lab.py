@@ -92,7 +92,9 @@ class Lab:
     def charon(self, gw: str) -> Charon:
         if gw not in GATEWAYS:
             raise LabError(f"{gw!r} is not a gateway: one of {', '.join(GATEWAYS)}")
-        return Charon(self.ns(gw), self.state_dir / gw, self.meta().get("backend", ""))
+        meta = self.meta()
+        return Charon(self.ns(gw), self.state_dir / gw, meta.get("backend", ""),
+                      meta.get("charon_options", {}))
 
     def meta(self) -> dict[str, Any]:
         try:
@@ -110,7 +112,10 @@ class Lab:
             raise LabError(f"lab {self.name!r} is not up (flowpin lab up --name {self.name})")
 
     # --- up -----------------------------------------------------------------------------
-    def up(self, peer: str = "flowpin", timeout: float = 30.0) -> dict[str, Any]:
+    def up(self, peer: str = "flowpin", timeout: float = 30.0,
+           charon_options: dict[str, str] | None = None) -> dict[str, Any]:
+        """Build the lab and bring the tunnel up. ``charon_options`` are extra ``charon.*``
+        settings for both gateways (e.g. ``{"make_before_break": "yes"}``)."""
         require_root()
         if peer not in PEER_MODES:
             raise LabError(f"--peer must be one of {', '.join(PEER_MODES)}")
@@ -124,7 +129,7 @@ class Lab:
         backend, why = backend_probe.probe()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         meta = {"name": self.name, "backend": backend, "backend_reason": why, "peer": peer,
-                "created": time.time()}
+                "charon_options": charon_options or {}, "created": time.time()}
         (self.state_dir / "lab.json").write_text(json.dumps(meta, indent=2))
         try:
             self._build_network()
