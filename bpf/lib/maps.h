@@ -40,6 +40,9 @@ FP_MAP("array", __u32, struct fp_config, config, 1, 0);
 /* What user space must act on: demand for a down tunnel, map full, flows removed. */
 BPF_RINGBUF_OUTPUT(events, 64);
 
+/* Never used by the programs: exports struct fp_event's layout to user space (ctypes). */
+BPF_ARRAY(event_layout, struct fp_event, 1);
+
 #ifdef FP_BENCH_VARY_KEY
 /* Benchmark only: per-CPU run counter folded into the key so each run creates a flow. */
 BPF_PERCPU_ARRAY(bench_seq, __u32, 1);

@@ -1,0 +1,298 @@
+"""Loader of the flowpin data path: compile with bcc, attach with pyroute2, reattach, detach.
+
+The C lives in the ``flowpin_bpf`` package (the ``bpf/`` folder). bcc only rewrites map
+calls (``flows4.lookup(...)``) in the file it is given, not in headers it includes, so the
+loader expands the project's own ``#include "lib/..."`` lines into one text first; system
+headers are left to clang.
+
+Maps are pinned in bpffs under ``/sys/fs/bpf/flowpin/<instance>/``. A loader that starts
+while pins exist reuses them (bcc ``BPF_TABLE_PINNED``), so a restart keeps every flow; the
+TC filters are *replaced* in place (same parent, priority and handle), so there is no
+window in which packets pass unfiltered. Filters left behind by a killed loader keep
+working on the pinned maps until then.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from controlplane.flow_table import FlowTable
+
+BPFFS = Path("/sys/fs/bpf")
+PIN_ROOT = BPFFS / "flowpin"
+ENTRY = "flowpin.c"
+EMPTY = "empty.c"
+PROG_OUTBOUND = "fp_outbound"  # clsact ingress: LAN -> tunnel
+PROG_INBOUND = "fp_inbound"  # clsact egress: tunnel -> LAN
+PARENT_INGRESS = "ffff:fff2"
+PARENT_EGRESS = "ffff:fff3"
+FILTER_PRIO = 1
+FILTER_HANDLE = 1
+MAP_NAMES = ("flows4", "flows6", "selectors4", "selectors6", "tunnels", "tunnel_stats",
+             "counters", "config")
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+_INSTANCE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class DatapathError(RuntimeError):
+    """Loading, attaching or detaching the data path failed; the message says why."""
+
+
+@dataclass
+class DatapathConfig:
+    """Sizes and knobs of one data path instance.
+
+    ``pickup_s``: after the data path is *first* attached (not after a reattach), TCP
+    packets without SYN create flows for this many seconds, so deploying on a live
+    gateway does not cut its connections. ``pin=False`` keeps the maps private to this
+    process (tests, benchmark).
+    """
+
+    instance: str = "default"
+    flows4_max: int = 1 << 20
+    flows6_max: int = 1 << 18
+    selectors_max: int = 4096
+    tunnels_max: int = 4096
+    pickup_s: int = 60
+    event_interval_ms: int = 1000
+    pin: bool = True
+    cflags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not _INSTANCE.match(self.instance):
+            raise ValueError(f"instance name {self.instance!r}: use [A-Za-z0-9_.-], 1-64 chars")
+        if self.flows4_max < 1 or self.flows6_max < 1 or self.tunnels_max < 2:
+            raise ValueError("map sizes must be positive (and tunnels_max >= 2)")
+
+    @property
+    def pin_dir(self) -> Path:
+        return PIN_ROOT / self.instance
+
+
+def bpf_source(entry: str = ENTRY, package: str = "flowpin_bpf") -> str:
+    """The C of ``entry`` with the project's quoted includes expanded (each once)."""
+    root = files(package)
+    seen: set[str] = set()
+
+    def expand(node: Traversable, rel: str) -> str:
+        out = []
+        for line in node.read_text().splitlines():
+            m = _INCLUDE.match(line)
+            if not m:
+                out.append(line)
+                continue
+            name = m.group(1)
+            # quoted includes are relative to the including file, then to the package root
+            base = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
+            cand = base + name
+            target = root.joinpath(*cand.split("/"))
+            if not target.is_file():
+                cand = name
+                target = root.joinpath(*name.split("/"))
+            if not target.is_file():
+                raise DatapathError(f"{rel}: include \"{name}\" not found in {package}")
+            cand = os.path.normpath(cand)
+            if cand not in seen:
+                seen.add(cand)
+                out.append(f"// ---- {cand}")
+                out.append(expand(target, cand))
+        return "\n".join(out)
+
+    return expand(root.joinpath(entry), entry)
+
+
+def _require_bcc() -> Any:
+    try:
+        import bcc
+    except ImportError as exc:  # pragma: no cover - environment problem
+        raise DatapathError(
+            "bcc (python3-bpfcc) is not importable: install it and use a venv made with "
+            "--system-site-packages") from exc
+    return bcc
+
+
+def ensure_bpffs() -> None:
+    """Mount bpffs on /sys/fs/bpf when it is not mounted (needs root)."""
+    with open("/proc/mounts") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) > 2 and parts[1] == str(BPFFS) and parts[2] == "bpf":
+                return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    BPFFS.mkdir(parents=True, exist_ok=True)
+    if libc.mount(b"bpf", str(BPFFS).encode(), b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise DatapathError(f"cannot mount bpffs on {BPFFS}: {os.strerror(err)}")
+
+
+def _cflags(cfg: DatapathConfig) -> list[str]:
+    flags = [
+        f"-DFP_FLOWS4_MAX={cfg.flows4_max}",
+        f"-DFP_FLOWS6_MAX={cfg.flows6_max}",
+        f"-DFP_SELECTORS_MAX={cfg.selectors_max}",
+        f"-DFP_TUNNELS_MAX={cfg.tunnels_max}",
+    ]
+    if cfg.pin:
+        flags.append(f'-DFP_PIN_DIR="{cfg.pin_dir}"')
+    return flags + list(cfg.cflags)
+
+
+def compile_empty() -> tuple[Any, int]:
+    """The empty SCHED_CLS program (benchmark baseline): (BPF object, program fd)."""
+    bcc = _require_bcc()
+    b = bcc.BPF(text=bpf_source(EMPTY))
+    return b, b.load_func("fp_empty", bcc.BPF.SCHED_CLS).fd
+
+
+class Datapath:
+    """One flowpin data path instance: its programs, its (pinned) maps, its attachments.
+
+    Typical use::
+
+        dp = Datapath(DatapathConfig(instance="gw1"))
+        dp.load()                       # compile; reuse pinned maps if present
+        dp.attach("lan0", netns="gw1")  # clsact ingress + egress
+        dp.table.set_tunnel(1, up=False, preserve=True)
+        ...
+        dp.detach()                     # filters gone, pins kept (purge=True removes them)
+    """
+
+    def __init__(self, config: DatapathConfig | None = None) -> None:
+        self.config = config or DatapathConfig()
+        self._bpf: Any = None
+        self._fds: dict[str, int] = {}
+        self._table: FlowTable | None = None
+        self.attached: list[tuple[str, str | None]] = []
+        self.reused_pins = False
+
+    # -- compile -----------------------------------------------------------------------
+    def load(self) -> Datapath:
+        """Compile and load both programs. Reuses pinned maps if they exist."""
+        if self._bpf is not None:
+            return self
+        if os.geteuid() != 0:
+            raise DatapathError("loading eBPF programs needs root")
+        bcc = _require_bcc()
+        cfg = self.config
+        if cfg.pin:
+            ensure_bpffs()
+            cfg.pin_dir.mkdir(parents=True, exist_ok=True)
+            self.reused_pins = (cfg.pin_dir / "flows4").exists()
+        try:
+            self._bpf = bcc.BPF(text=bpf_source(), cflags=_cflags(cfg))
+            for name in (PROG_OUTBOUND, PROG_INBOUND):
+                self._fds[name] = self._bpf.load_func(name, bcc.BPF.SCHED_CLS).fd
+        except Exception as exc:
+            self._bpf = None
+            raise DatapathError(f"compiling/loading {ENTRY} failed: {exc}") from exc
+        self._table = FlowTable(self._bpf)
+        self._table.update_config(pickup_s=cfg.pickup_s,
+                                  event_interval_ms=cfg.event_interval_ms)
+        return self
+
+    @property
+    def bpf(self) -> Any:
+        if self._bpf is None:
+            raise DatapathError("data path not loaded: call load() first")
+        return self._bpf
+
+    @property
+    def table(self) -> FlowTable:
+        if self._table is None:
+            raise DatapathError("data path not loaded: call load() first")
+        return self._table
+
+    def prog_fd(self, name: str = PROG_OUTBOUND) -> int:
+        """File descriptor of a loaded program (for BPF_PROG_TEST_RUN)."""
+        self.load()
+        return self._fds[name]
+
+    # -- attach / detach ---------------------------------------------------------------
+    @staticmethod
+    def _iproute(netns: str | None) -> Any:
+        from pyroute2 import IPRoute
+
+        return IPRoute(netns=netns) if netns else IPRoute()
+
+    def attach(self, ifname: str, netns: str | None = None) -> None:
+        """Attach on ``ifname`` (optionally in network namespace ``netns``): ingress =
+        outbound (LAN -> tunnel), egress = inbound. Replaces a filter left by a previous
+        loader atomically. Starts the pickup window on the very first attach."""
+        self.load()
+        with self._iproute(netns) as ipr:
+            links = ipr.link_lookup(ifname=ifname)
+            if not links:
+                raise DatapathError(f"interface {ifname!r} not found"
+                                    + (f" in netns {netns!r}" if netns else ""))
+            idx = links[0]
+            try:
+                ipr.tc("add", "clsact", idx)
+            except Exception as exc:  # EEXIST: clsact already there (ours or another's)
+                if getattr(exc, "code", None) != 17:
+                    raise DatapathError(f"adding clsact on {ifname}: {exc}") from exc
+            for prog, parent in ((PROG_OUTBOUND, PARENT_INGRESS), (PROG_INBOUND, PARENT_EGRESS)):
+                ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE,
+                       fd=self._fds[prog], name=prog, parent=parent, prio=FILTER_PRIO,
+                       classid=1, direct_action=True)
+        if (ifname, netns) not in self.attached:
+            self.attached.append((ifname, netns))
+        cfg = self.table.config()
+        if cfg.attach_ns == 0:
+            self.table.update_config(attach_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+
+    def detach(self, ifname: str | None = None, netns: str | None = None,
+               purge: bool = False) -> None:
+        """Remove our filters from ``ifname`` (default: every interface attached by this
+        object). Pins stay unless ``purge``: flows survive for the next loader."""
+        targets = [(ifname, netns)] if ifname else list(self.attached)
+        for name, ns in targets:
+            if name is None:
+                continue
+            detach_interface(name, ns)
+            if (name, ns) in self.attached:
+                self.attached.remove((name, ns))
+        if purge:
+            self.purge_pins()
+
+    def purge_pins(self) -> None:
+        """Forget every flow of this instance: remove its pin directory."""
+        purge_pins(self.config.instance)
+
+    def close(self) -> None:
+        """Release programs and map fds (filters and pins stay)."""
+        if self._bpf is not None:
+            self._bpf.cleanup()
+        self._bpf = None
+        self._table = None
+        self._fds.clear()
+
+
+def detach_interface(ifname: str, netns: str | None = None) -> None:
+    """Remove flowpin's two filters from ``ifname``; missing filters are not an error."""
+    with Datapath._iproute(netns) as ipr:
+        links = ipr.link_lookup(ifname=ifname)
+        if not links:
+            return
+        for parent in (PARENT_INGRESS, PARENT_EGRESS):
+            try:
+                ipr.tc("del-filter", "bpf", links[0], handle=FILTER_HANDLE, parent=parent,
+                       prio=FILTER_PRIO)
+            except Exception as exc:  # ENOENT / EINVAL: nothing there
+                if getattr(exc, "code", None) not in (2, 22):
+                    raise DatapathError(f"removing filter from {ifname}: {exc}") from exc
+
+
+def purge_pins(instance: str) -> None:
+    d = PIN_ROOT / instance
+    if d.is_dir():
+        shutil.rmtree(d)

@@ -1,0 +1,553 @@
+"""Typed view of the data path's maps: flows, selectors, tunnels, counters, config, events.
+
+Struct layouts come from bcc's generated ctypes (``table.Key`` / ``table.Leaf``), and the
+enums and ``#define``s are parsed from ``bpf/lib/flow_types.h`` at import time, so the C
+header is the one definition of everything the two sides share.
+
+Writes the control plane makes on a tunnel are single map updates: set state, bump the
+generation (teardown of every flow of the tunnel at once), pin or release (the PRESERVE
+flag). Counters are per-CPU and summed here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+from importlib.resources import files
+from typing import Any
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# --- shared constants, parsed from the C header ----------------------------------------
+
+_DEFINE = re.compile(r"^#define\s+(FP_[A-Z0-9_]+)\s+(0x[0-9a-fA-F]+|\d+)(?:ULL|U)?\s*$")
+_ENUMERATOR = re.compile(r"^\s*(FP_[A-Z0-9_]+)\s*=\s*(0x[0-9a-fA-F]+|\d+)\s*,")
+
+
+def parse_header_constants(text: str) -> dict[str, int]:
+    """Every ``#define FP_X <int>`` and ``FP_X = <int>,`` enumerator of a header."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        m = _DEFINE.match(line) or _ENUMERATOR.match(line)
+        if m:
+            out[m.group(1)] = int(m.group(2), 0)
+    return out
+
+
+HEADER = "lib/flow_types.h"
+CONST = parse_header_constants(files("flowpin_bpf").joinpath(*HEADER.split("/")).read_text())
+
+
+def _enum(name: str, prefix: str, stop: str | None = None) -> type[IntEnum]:
+    members = {k[len(prefix):]: v for k, v in CONST.items()
+               if k.startswith(prefix) and k != stop}
+    return IntEnum(name, members)  # type: ignore[return-value]
+
+
+Reason = _enum("Reason", "FP_R_", "FP_R_MAX")
+Stat = _enum("Stat", "FP_S_", "FP_S_MAX")
+EventType = _enum("EventType", "FP_EV_")
+Side = _enum("Side", "FP_SIDE_")
+Dir = _enum("Dir", "FP_DIR_")
+REASON_MAX: int = CONST["FP_R_MAX"]
+STAT_MAX: int = CONST["FP_S_MAX"]
+SEL_SLOTS: int = CONST["FP_SEL_SLOTS"]
+ACCT_BYTES_BITS: int = CONST["FP_ACCT_BYTES_BITS"]
+TUNNEL_UP: int = CONST["FP_TUNNEL_UP"]
+TUNNEL_DOWN: int = CONST["FP_TUNNEL_DOWN"]
+TF_PRESERVE: int = CONST["FP_TF_PRESERVE"]
+TC_ACT_OK = 0
+TC_ACT_SHOT = 2
+
+
+def reason_passes(reason: int) -> bool:
+    """PASS_* reasons come before DROP_* ones (verdict.h relies on the same order)."""
+    return reason < CONST["FP_R_DROP_NO_CONN"]
+
+
+# --- address helpers: the maps hold addresses and ports in network byte order ----------
+
+def _words(addr: IPAddress) -> list[int]:
+    """Native-endian u32 words whose memory is the address in network order."""
+    b = addr.packed
+    return [int.from_bytes(b[i:i + 4], "little") for i in range(0, len(b), 4)]
+
+
+def _addr(words: Any, family: int) -> IPAddress:
+    n = 1 if family == 4 else 4
+    raw = b"".join(int(words[i]).to_bytes(4, "little") for i in range(n))
+    return ipaddress.IPv4Address(raw) if family == 4 else ipaddress.IPv6Address(raw)
+
+
+def _port(v: int) -> int:
+    return socket.ntohs(v)
+
+
+# --- typed records --------------------------------------------------------------------
+
+PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}
+
+
+@dataclass(frozen=True)
+class FlowKey:
+    """Canonical key: endpoint 0 is the lower (address, port)."""
+
+    proto: int
+    addr: tuple[IPAddress, IPAddress]
+    port: tuple[int, int]
+
+    @property
+    def family(self) -> int:
+        return self.addr[0].version
+
+    def __str__(self) -> str:
+        p = PROTO_NAMES.get(self.proto, str(self.proto))
+        return f"{p} {self.addr[0]}:{self.port[0]} <-> {self.addr[1]}:{self.port[1]}"
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One flow. Arrays of two are indexed by key endpoint (what that endpoint sent)."""
+
+    key: FlowKey
+    tunnel_id: int
+    generation: int
+    side: tuple[int, int]  # FP_SIDE_* bits
+    seq: tuple[int, int]
+    ack: tuple[int, int]
+    created_s: int
+    last_s: int
+    packets: tuple[int, int]
+    bytes: tuple[int, int]
+
+    @property
+    def tcp_state(self) -> str:
+        """SYN_SENT, SYN_RECV, ESTABLISHED, HALF_CLOSED, CLOSED, or "" for non-TCP."""
+        return tcp_state(self.key.proto, self.side)
+
+    @property
+    def initiator(self) -> int:
+        """Key endpoint that opened the flow."""
+        return 1 if self.side[1] & Side.OPENER else 0
+
+    @property
+    def lan_side(self) -> int | None:
+        for i in (0, 1):
+            if self.side[i] & Side.LAN:
+                return i
+        return None
+
+
+def tcp_state(proto: int, side: tuple[int, int]) -> str:
+    if proto != 6:
+        return ""
+    s0, s1 = side
+    both, either = s0 & s1, s0 | s1
+    if either & Side.RST or both & Side.FIN:
+        return "CLOSED"
+    if either & Side.FIN:
+        return "HALF_CLOSED"
+    if either & Side.PICKUP:
+        return "ESTABLISHED"
+    syn = both & Side.SYN
+    if syn and both & Side.ACK:
+        return "ESTABLISHED"
+    if syn:
+        return "SYN_RECV"
+    return "SYN_SENT"
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    id: int
+    up: bool
+    generation: int
+    preserve: bool
+    held: int
+    refused: int
+
+    @property
+    def state(self) -> str:
+        return "UP" if self.up else "DOWN"
+
+
+@dataclass(frozen=True)
+class Selector:
+    local: IPNetwork
+    remote: IPNetwork
+    tunnel_id: int
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # DEMAND, MAP_FULL, FLOW_REMOVED
+    tunnel_id: int
+    key: FlowKey
+    ts_ns: int
+    flow: Flow | None  # FLOW_REMOVED: the flow as it was when removed
+
+
+@dataclass
+class Config:
+    now_ns: int
+    attach_ns: int
+    pickup_s: int
+    event_interval_ms: int
+
+
+@dataclass
+class RawFlows:
+    """Flows as read by one batch lookup: ctypes arrays plus the count (sweeper input)."""
+
+    family: int
+    keys: Any
+    values: Any
+    count: int
+    key_size: int = field(default=0)
+    value_size: int = field(default=0)
+
+
+class FlowTable:
+    """The control plane's handle on one loaded data path (a ``bcc.BPF`` object)."""
+
+    def __init__(self, bpf: Any) -> None:
+        self.bpf = bpf
+        self.flows4 = bpf["flows4"]
+        self.flows6 = bpf["flows6"]
+        self.sel4 = bpf["selectors4"]
+        self.sel6 = bpf["selectors6"]
+        self.tunnels_map = bpf["tunnels"]
+        self.tunnel_stats_map = bpf["tunnel_stats"]
+        self.counters_map = bpf["counters"]
+        self.config_map = bpf["config"]
+        self.EventStruct = bpf["event_layout"].Leaf
+        self._ring_open = False
+        self._pending: list[Event] = []
+
+    # -- config / clock ----------------------------------------------------------------
+    def config(self) -> Config:
+        c = self.config_map[ctypes.c_uint32(0)]
+        return Config(c.now_ns, c.attach_ns, c.pickup_s, c.event_interval_ms)
+
+    def update_config(self, **fields: int) -> None:
+        """Write some fields of the config entry (now_ns, attach_ns, pickup_s,
+        event_interval_ms); the others keep their value."""
+        k = ctypes.c_uint32(0)
+        c = self.config_map[k]
+        for name, value in fields.items():
+            if not hasattr(c, name):
+                raise AttributeError(f"config has no field {name!r}")
+            setattr(c, name, value)
+        self.config_map[k] = c
+
+    def set_clock(self, now_ns: int) -> None:
+        """Tests: make the data path use ``now_ns`` as its clock (0 = real clock)."""
+        self.update_config(now_ns=now_ns)
+
+    # -- tunnels -----------------------------------------------------------------------
+    def _tkey(self, tunnel_id: int) -> ctypes.c_uint32:
+        if not 0 <= tunnel_id < self.tunnels_map.max_entries:
+            raise ValueError(f"tunnel id {tunnel_id} out of range "
+                             f"0..{self.tunnels_map.max_entries - 1}")
+        return ctypes.c_uint32(tunnel_id)
+
+    def set_tunnel(self, tunnel_id: int, *, up: bool | None = None,
+                   generation: int | None = None, preserve: bool | None = None) -> None:
+        """Set a tunnel's control word in ONE map write; unspecified fields keep their
+        value. Tunnel 0 is the non-VPN pseudo-tunnel (only its generation matters)."""
+        k = self._tkey(tunnel_id)
+        t = self.tunnels_map[k]
+        if up is not None:
+            t.state = TUNNEL_UP if up else TUNNEL_DOWN
+        if generation is not None:
+            t.generation = generation & 0xFFFFFFFF
+        if preserve is not None:
+            t.flags = (t.flags | TF_PRESERVE) if preserve else (t.flags & ~TF_PRESERVE)
+        self.tunnels_map[k] = t
+
+    def set_state(self, tunnel_id: int, up: bool) -> None:
+        self.set_tunnel(tunnel_id, up=up)
+
+    def bump_generation(self, tunnel_id: int) -> int:
+        """Teardown: every flow bound to the tunnel becomes stale, in one write.
+        Returns the new generation."""
+        gen = (self.tunnels_map[self._tkey(tunnel_id)].generation + 1) & 0xFFFFFFFF
+        self.set_tunnel(tunnel_id, generation=gen)
+        return gen
+
+    def pin(self, tunnel_id: int) -> None:
+        """Preserve the tunnel's TCP flows while it is down (one write)."""
+        self.set_tunnel(tunnel_id, preserve=True)
+
+    def release(self, tunnel_id: int) -> None:
+        """Stop preserving: held flows are dropped on their next packet (one write)."""
+        self.set_tunnel(tunnel_id, preserve=False)
+
+    def tunnel(self, tunnel_id: int) -> Tunnel:
+        k = self._tkey(tunnel_id)
+        t = self.tunnels_map[k]
+        s = self.tunnel_stats_map[k]
+        return Tunnel(tunnel_id, t.state == TUNNEL_UP, t.generation,
+                      bool(t.flags & TF_PRESERVE), s.held, s.refused)
+
+    def tunnels(self) -> list[Tunnel]:
+        """Tunnels with a non-zero control word or counters."""
+        out = []
+        for k, t in self.tunnels_map.items():
+            s = self.tunnel_stats_map[k]
+            if t.state or t.generation or t.flags or s.held or s.refused:
+                out.append(self.tunnel(k.value))
+        return out
+
+    # -- selectors ---------------------------------------------------------------------
+    def selectors(self) -> list[Selector]:
+        """Every (local, remote) -> tunnel pair. An LPM entry owns the slots whose
+        remote_plen equals its prefix length; other slots are copies from covering
+        prefixes (see tunnel.h)."""
+        out: list[Selector] = []
+        for fam, trie in ((4, self.sel4), (6, self.sel6)):
+            for k, v in trie.items():
+                remote = ipaddress.ip_network(
+                    (_addr([k.remote] if fam == 4 else k.remote, fam), k.prefixlen))
+                for slot in v.slot:
+                    if slot.tunnel_id and slot.remote_plen == k.prefixlen:
+                        local = ipaddress.ip_network(
+                            (_addr([slot.local] if fam == 4 else slot.local, fam),
+                             slot.local_plen))
+                        out.append(Selector(local, remote, slot.tunnel_id))
+        return out
+
+    def add_selector(self, tunnel_id: int, local: str | IPNetwork,
+                     remote: str | IPNetwork) -> None:
+        """Map traffic between ``local`` (LAN side) and ``remote`` prefixes to a tunnel.
+        A tunnel may have several pairs; both prefixes must be of one family."""
+        if tunnel_id <= 0:
+            raise ValueError("selectors map to tunnel ids >= 1 (0 means no tunnel)")
+        self._tkey(tunnel_id)
+        sel = Selector(ipaddress.ip_network(local), ipaddress.ip_network(remote), tunnel_id)
+        if sel.local.version != sel.remote.version:
+            raise ValueError(f"{sel.local} and {sel.remote} are not of one family")
+        pairs = [s for s in self.selectors() if s.local.version == sel.local.version]
+        if sel not in pairs:
+            pairs.append(sel)
+        self._compile(sel.local.version, pairs)
+
+    def remove_selector(self, tunnel_id: int, local: str | IPNetwork,
+                        remote: str | IPNetwork) -> None:
+        sel = Selector(ipaddress.ip_network(local), ipaddress.ip_network(remote), tunnel_id)
+        pairs = [s for s in self.selectors()
+                 if s.local.version == sel.local.version and s != sel]
+        self._compile(sel.local.version, pairs)
+
+    def remove_tunnel_selectors(self, tunnel_id: int) -> None:
+        for fam in (4, 6):
+            pairs = [s for s in self.selectors()
+                     if s.local.version == fam and s.tunnel_id != tunnel_id]
+            self._compile(fam, pairs)
+
+    def _compile(self, family: int, pairs: list[Selector]) -> None:
+        """Rewrite the trie of ``family`` so that each remote prefix R lists the pairs
+        whose remote prefix covers R, most specific remote then local first."""
+        trie = self.sel4 if family == 4 else self.sel6
+        remotes = {s.remote for s in pairs}
+        entries = {}
+        for r in remotes:
+            cover = [s for s in pairs if r.subnet_of(s.remote)]  # type: ignore[arg-type]
+            cover.sort(key=lambda s: (-s.remote.prefixlen, -s.local.prefixlen))
+            if len(cover) > SEL_SLOTS:
+                raise ValueError(f"more than {SEL_SLOTS} selector pairs apply to remote "
+                                 f"{r}: {', '.join(f'{s.local}->{s.remote}' for s in cover)}")
+            entries[r] = cover
+        for r, cover in entries.items():
+            k = trie.Key()
+            k.prefixlen = r.prefixlen
+            v = trie.Leaf()
+            if family == 4:
+                k.remote = _words(r.network_address)[0]
+            else:
+                for i, w in enumerate(_words(r.network_address)):
+                    k.remote[i] = w
+            for i, s in enumerate(cover):
+                slot = v.slot[i]
+                if family == 4:
+                    slot.local = _words(s.local.network_address)[0]
+                else:
+                    for j, w in enumerate(_words(s.local.network_address)):
+                        slot.local[j] = w
+                slot.local_plen = s.local.prefixlen
+                slot.remote_plen = s.remote.prefixlen
+                slot.tunnel_id = s.tunnel_id
+            trie[k] = v
+        for k in list(trie.keys()):
+            fam_addr = _addr([k.remote] if family == 4 else k.remote, family)
+            if ipaddress.ip_network((fam_addr, k.prefixlen)) not in entries:
+                del trie[k]
+
+    # -- flows -------------------------------------------------------------------------
+    def _flow_map(self, family: int) -> Any:
+        return self.flows4 if family == 4 else self.flows6
+
+    def read_raw(self, family: int, chunk: int = 65536) -> RawFlows:
+        """Every flow of one family with batch lookups, as raw ctypes arrays."""
+        from bcc.libbcc import lib
+
+        table = self._flow_map(family)
+        cap = table.max_entries + 1024  # entries can appear while we read
+        keys = (table.Key * cap)()
+        values = (table.Leaf * cap)()
+        ksz, vsz = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        in_b, out_b = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        total, first = 0, True
+        while total < cap:
+            cnt = ctypes.c_uint32(min(chunk, cap - total))
+            res = lib.bpf_lookup_batch(
+                table.map_fd, None if first else ctypes.byref(in_b), ctypes.byref(out_b),
+                ctypes.byref(keys, ksz * total), ctypes.byref(values, vsz * total),
+                ctypes.byref(cnt))
+            err = ctypes.get_errno()
+            total += cnt.value
+            if res != 0:
+                if err == errno.ENOENT:
+                    break
+                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+            in_b.value = out_b.value
+            first = False
+        return RawFlows(family, keys, values, total, ksz, vsz)
+
+    @staticmethod
+    def decode(family: int, k: Any, v: Any) -> Flow:
+        a = (_addr(k.addr[0:1] if family == 4 else k.addr[0], family),
+             _addr(k.addr[1:2] if family == 4 else k.addr[1], family))
+        if family == 4:
+            a = (_addr([k.addr[0]], 4), _addr([k.addr[1]], 4))
+        key = FlowKey(k.proto, a, (_port(k.port[0]), _port(k.port[1])))
+        mask = (1 << ACCT_BYTES_BITS) - 1
+        return Flow(key, v.tunnel_id, v.generation, (v.side[0], v.side[1]),
+                    (v.seq[0], v.seq[1]), (v.ack[0], v.ack[1]), v.created_s, v.last_s,
+                    (v.acct[0] >> ACCT_BYTES_BITS, v.acct[1] >> ACCT_BYTES_BITS),
+                    (v.acct[0] & mask, v.acct[1] & mask))
+
+    def flows(self, family: int | None = None) -> Iterator[Flow]:
+        for fam in (4, 6) if family is None else (family,):
+            raw = self.read_raw(fam)
+            for i in range(raw.count):
+                yield self.decode(fam, raw.keys[i], raw.values[i])
+
+    def flow_count(self) -> int:
+        return self.read_raw(4).count + self.read_raw(6).count
+
+    def encode_key(self, key: FlowKey) -> Any:
+        table = self._flow_map(key.family)
+        k = table.Key()
+        for i in (0, 1):
+            if key.family == 4:
+                k.addr[i] = _words(key.addr[i])[0]
+            else:
+                for j, w in enumerate(_words(key.addr[i])):
+                    k.addr[i][j] = w
+            k.port[i] = socket.htons(key.port[i])
+        k.proto = key.proto
+        return k
+
+    def get_flow(self, key: FlowKey) -> Flow | None:
+        table = self._flow_map(key.family)
+        k = self.encode_key(key)
+        try:
+            v = table[k]
+        except KeyError:
+            return None
+        return self.decode(key.family, k, v)
+
+    def delete_keys(self, family: int, keys: Any, count: int) -> int:
+        """Delete ``count`` raw keys (a ctypes array) in one batch; keys that are
+        already gone are skipped. Returns how many were deleted."""
+        from bcc.libbcc import lib
+
+        if count == 0:
+            return 0
+        table = self._flow_map(family)
+        cnt = ctypes.c_uint32(count)
+        if lib.bpf_delete_batch(table.map_fd, ctypes.byref(keys), ctypes.byref(cnt)) == 0:
+            return count
+        # ENOENT stops the batch at a key another actor removed: go one by one
+        deleted = cnt.value
+        ksz = ctypes.sizeof(table.Key)
+        for i in range(deleted, count):
+            k = table.Key.from_buffer_copy(bytes(memoryview(keys).cast("B")[i * ksz:(i + 1) * ksz]))
+            if lib.bpf_delete_elem(table.map_fd, ctypes.byref(k)) == 0:
+                deleted += 1
+        return deleted
+
+    def delete_flow(self, key: FlowKey) -> bool:
+        table = self._flow_map(key.family)
+        try:
+            del table[self.encode_key(key)]
+        except KeyError:
+            return False
+        return True
+
+    def clear_flows(self) -> None:
+        for t in (self.flows4, self.flows6):
+            t.clear()
+
+    # -- counters ----------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """Per-CPU counters summed: every verdict reason and the extra stats, by name."""
+        out = {}
+        for r in Reason:
+            out[r.name] = int(self.counters_map.sum(ctypes.c_uint32(r.value)).value)
+        for s in Stat:
+            out[s.name] = int(self.counters_map.sum(ctypes.c_uint32(s.value)).value)
+        return out
+
+    def reset_counters(self) -> None:
+        for i in range(STAT_MAX):
+            self.counters_map[ctypes.c_uint32(i)] = self.counters_map.Leaf(
+                *([0] * len(self.counters_map[ctypes.c_uint32(i)])))
+
+    # -- events ------------------------------------------------------------------------
+    def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
+        e = ctypes.cast(data, ctypes.POINTER(self.EventStruct)).contents
+        fam = e.family
+        addrs = (_addr(e.addr[0], fam), _addr(e.addr[1], fam))
+        key = FlowKey(e.proto, addrs, (_port(e.port[0]), _port(e.port[1])))
+        flow = None
+        if e.type == EventType.FLOW_REMOVED:
+            kk = self._flow_map(fam).Key()
+            kk.proto = e.proto
+            flow_key_obj = self.decode(fam, kk, e.flow)
+            flow = Flow(key, *[getattr(flow_key_obj, f) for f in
+                               ("tunnel_id", "generation", "side", "seq", "ack", "created_s",
+                                "last_s", "packets", "bytes")])
+        try:
+            name = EventType(e.type).name
+        except ValueError:
+            name = f"UNKNOWN_{e.type}"
+        self._pending.append(Event(name, e.tunnel_id, key, e.ts_ns, flow))
+
+    def read_events(self, timeout_ms: int = 0) -> list[Event]:
+        """Events from the ring buffer: demand on a down tunnel and map full (both
+        rate-limited per tunnel), flows removed on the packet path. ``timeout_ms`` 0 does
+        not wait."""
+        if not self._ring_open:
+            self.bpf["events"].open_ring_buffer(self._on_event)
+            self._ring_open = True
+        if timeout_ms:
+            self.bpf.ring_buffer_poll(timeout_ms)
+        else:
+            self.bpf.ring_buffer_consume()
+        out, self._pending = self._pending, []
+        return out
+
+    def on_events(self, callback: Callable[[Event], None], timeout_ms: int = 100) -> None:
+        """Poll once and hand each event to ``callback``."""
+        for e in self.read_events(timeout_ms):
+            callback(e)
