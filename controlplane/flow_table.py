@@ -146,6 +146,15 @@ class Flow:
         return None
 
 
+def decode_value(key: FlowKey, v: Any) -> Flow:
+    """A Flow from its key and a raw flow_value."""
+    mask = (1 << ACCT_BYTES_BITS) - 1
+    return Flow(key, v.tunnel_id, v.generation, (v.side[0], v.side[1]),
+                (v.seq[0], v.seq[1]), (v.ack[0], v.ack[1]), v.created_s, v.last_s,
+                (v.acct[0] >> ACCT_BYTES_BITS, v.acct[1] >> ACCT_BYTES_BITS),
+                (v.acct[0] & mask, v.acct[1] & mask))
+
+
 def tcp_state(proto: int, side: tuple[int, int]) -> str:
     if proto != 6:
         return ""
@@ -424,16 +433,12 @@ class FlowTable:
 
     @staticmethod
     def decode(family: int, k: Any, v: Any) -> Flow:
-        a = (_addr(k.addr[0:1] if family == 4 else k.addr[0], family),
-             _addr(k.addr[1:2] if family == 4 else k.addr[1], family))
+        """A Flow from a raw key and value (ctypes from bcc)."""
         if family == 4:
             a = (_addr([k.addr[0]], 4), _addr([k.addr[1]], 4))
-        key = FlowKey(k.proto, a, (_port(k.port[0]), _port(k.port[1])))
-        mask = (1 << ACCT_BYTES_BITS) - 1
-        return Flow(key, v.tunnel_id, v.generation, (v.side[0], v.side[1]),
-                    (v.seq[0], v.seq[1]), (v.ack[0], v.ack[1]), v.created_s, v.last_s,
-                    (v.acct[0] >> ACCT_BYTES_BITS, v.acct[1] >> ACCT_BYTES_BITS),
-                    (v.acct[0] & mask, v.acct[1] & mask))
+        else:
+            a = (_addr(k.addr[0].w, 6), _addr(k.addr[1].w, 6))
+        return decode_value(FlowKey(k.proto, a, (_port(k.port[0]), _port(k.port[1]))), v)
 
     def flows(self, family: int | None = None) -> Iterator[Flow]:
         for fam in (4, 6) if family is None else (family,):
@@ -452,7 +457,7 @@ class FlowTable:
                 k.addr[i] = _words(key.addr[i])[0]
             else:
                 for j, w in enumerate(_words(key.addr[i])):
-                    k.addr[i][j] = w
+                    k.addr[i].w[j] = w
             k.port[i] = socket.htons(key.port[i])
         k.proto = key.proto
         return k
@@ -517,16 +522,9 @@ class FlowTable:
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
         e = ctypes.cast(data, ctypes.POINTER(self.EventStruct)).contents
         fam = e.family
-        addrs = (_addr(e.addr[0], fam), _addr(e.addr[1], fam))
+        addrs = (_addr(e.addr[0].w, fam), _addr(e.addr[1].w, fam))
         key = FlowKey(e.proto, addrs, (_port(e.port[0]), _port(e.port[1])))
-        flow = None
-        if e.type == EventType.FLOW_REMOVED:
-            kk = self._flow_map(fam).Key()
-            kk.proto = e.proto
-            flow_key_obj = self.decode(fam, kk, e.flow)
-            flow = Flow(key, *[getattr(flow_key_obj, f) for f in
-                               ("tunnel_id", "generation", "side", "seq", "ack", "created_s",
-                                "last_s", "packets", "bytes")])
+        flow = decode_value(key, e.flow) if e.type == EventType.FLOW_REMOVED else None
         try:
             name = EventType(e.type).name
         except ValueError:

@@ -27,8 +27,8 @@ static __always_inline void __event_fill(struct fp_event *e, __u32 type, __u16 t
 	e->proto = p->proto;
 	e->ts_ns = now_ns;
 	if (p->family == 4) {
-		e->addr[0][0] = k->k4.addr[0];
-		e->addr[1][0] = k->k4.addr[1];
+		e->addr[0].w[0] = k->k4.addr[0];
+		e->addr[1].w[0] = k->k4.addr[1];
 		e->port[0] = k->k4.port[0];
 		e->port[1] = k->k4.port[1];
 	} else {

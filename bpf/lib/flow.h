@@ -70,13 +70,13 @@ static __always_inline void flow_key_build(const struct fp_pkt *p, struct fp_key
 	} else {
 		__builtin_memset(&k->k6, 0, sizeof(k->k6));
 		if (k->side == 0) {
-			__builtin_memcpy(k->k6.addr[0], p->tsrc, 16);
-			__builtin_memcpy(k->k6.addr[1], p->tdst, 16);
+			__builtin_memcpy(k->k6.addr[0].w, p->tsrc, 16);
+			__builtin_memcpy(k->k6.addr[1].w, p->tdst, 16);
 			k->k6.port[0] = p->sport;
 			k->k6.port[1] = p->dport;
 		} else {
-			__builtin_memcpy(k->k6.addr[0], p->tdst, 16);
-			__builtin_memcpy(k->k6.addr[1], p->tsrc, 16);
+			__builtin_memcpy(k->k6.addr[0].w, p->tdst, 16);
+			__builtin_memcpy(k->k6.addr[1].w, p->tsrc, 16);
 			k->k6.port[0] = p->dport;
 			k->k6.port[1] = p->sport;
 		}

@@ -13,19 +13,70 @@
 /* Sizes; the loader overrides them with -D from its config. */
 #ifndef FP_FLOWS4_MAX
 #define FP_FLOWS4_MAX 1048576
+_Static_assert(sizeof(struct flow_key4) == FP_SIZEOF_FLOW_KEY4, "flow_key4");
+_Static_assert(sizeof(struct flow_key6) == FP_SIZEOF_FLOW_KEY6, "flow_key6");
+_Static_assert(sizeof(struct flow_value) == FP_SIZEOF_FLOW_VALUE, "flow_value");
+_Static_assert(sizeof(struct tunnel) == FP_SIZEOF_TUNNEL, "tunnel");
+_Static_assert(sizeof(struct tunnel_stats) == FP_SIZEOF_TUNNEL_STATS, "tunnel_stats");
+_Static_assert(sizeof(struct fp_config) == FP_SIZEOF_CONFIG, "fp_config");
+_Static_assert(sizeof(struct sel_value4) == FP_SIZEOF_SEL_VALUE4, "sel_value4");
+_Static_assert(sizeof(struct sel_value6) == FP_SIZEOF_SEL_VALUE6, "sel_value6");
+_Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
+
 #endif
 #ifndef FP_FLOWS6_MAX
 #define FP_FLOWS6_MAX 262144
+_Static_assert(sizeof(struct flow_key4) == FP_SIZEOF_FLOW_KEY4, "flow_key4");
+_Static_assert(sizeof(struct flow_key6) == FP_SIZEOF_FLOW_KEY6, "flow_key6");
+_Static_assert(sizeof(struct flow_value) == FP_SIZEOF_FLOW_VALUE, "flow_value");
+_Static_assert(sizeof(struct tunnel) == FP_SIZEOF_TUNNEL, "tunnel");
+_Static_assert(sizeof(struct tunnel_stats) == FP_SIZEOF_TUNNEL_STATS, "tunnel_stats");
+_Static_assert(sizeof(struct fp_config) == FP_SIZEOF_CONFIG, "fp_config");
+_Static_assert(sizeof(struct sel_value4) == FP_SIZEOF_SEL_VALUE4, "sel_value4");
+_Static_assert(sizeof(struct sel_value6) == FP_SIZEOF_SEL_VALUE6, "sel_value6");
+_Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
+
 #endif
 #ifndef FP_SELECTORS_MAX
 #define FP_SELECTORS_MAX 4096
+_Static_assert(sizeof(struct flow_key4) == FP_SIZEOF_FLOW_KEY4, "flow_key4");
+_Static_assert(sizeof(struct flow_key6) == FP_SIZEOF_FLOW_KEY6, "flow_key6");
+_Static_assert(sizeof(struct flow_value) == FP_SIZEOF_FLOW_VALUE, "flow_value");
+_Static_assert(sizeof(struct tunnel) == FP_SIZEOF_TUNNEL, "tunnel");
+_Static_assert(sizeof(struct tunnel_stats) == FP_SIZEOF_TUNNEL_STATS, "tunnel_stats");
+_Static_assert(sizeof(struct fp_config) == FP_SIZEOF_CONFIG, "fp_config");
+_Static_assert(sizeof(struct sel_value4) == FP_SIZEOF_SEL_VALUE4, "sel_value4");
+_Static_assert(sizeof(struct sel_value6) == FP_SIZEOF_SEL_VALUE6, "sel_value6");
+_Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
+
 #endif
 #ifndef FP_TUNNELS_MAX
 #define FP_TUNNELS_MAX 4096
+_Static_assert(sizeof(struct flow_key4) == FP_SIZEOF_FLOW_KEY4, "flow_key4");
+_Static_assert(sizeof(struct flow_key6) == FP_SIZEOF_FLOW_KEY6, "flow_key6");
+_Static_assert(sizeof(struct flow_value) == FP_SIZEOF_FLOW_VALUE, "flow_value");
+_Static_assert(sizeof(struct tunnel) == FP_SIZEOF_TUNNEL, "tunnel");
+_Static_assert(sizeof(struct tunnel_stats) == FP_SIZEOF_TUNNEL_STATS, "tunnel_stats");
+_Static_assert(sizeof(struct fp_config) == FP_SIZEOF_CONFIG, "fp_config");
+_Static_assert(sizeof(struct sel_value4) == FP_SIZEOF_SEL_VALUE4, "sel_value4");
+_Static_assert(sizeof(struct sel_value6) == FP_SIZEOF_SEL_VALUE6, "sel_value6");
+_Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
+
 #endif
 #define FP_SEL_SLOTS 4
 #define FP_ACCT_BYTES_BITS 40
 #define FP_NSEC_PER_SEC 1000000000ULL
+
+/* Sizes user space checks its ctypes (from bcc) against; _Static_assert'ed below. */
+#define FP_SIZEOF_FLOW_KEY4 16
+#define FP_SIZEOF_FLOW_KEY6 40
+#define FP_SIZEOF_FLOW_VALUE 48
+#define FP_SIZEOF_TUNNEL 8
+#define FP_SIZEOF_TUNNEL_STATS 32
+#define FP_SIZEOF_CONFIG 24
+#define FP_SIZEOF_SEL_VALUE4 32
+#define FP_SIZEOF_SEL_VALUE6 80
+#define FP_SIZEOF_EVENT 104
 
 /* Hook direction: which TC hook of the LAN-facing interface saw the packet. */
 enum fp_dir {
@@ -104,9 +155,17 @@ struct flow_key4 {
 	__u8 pad[3];
 };
 
+/*
+ * struct fp_in6 - an IPv6 address as four words. Two-dimensional arrays are avoided in
+ * shared structs: bcc 0.26 turns "__u32 a[2][4]" into a ctypes "c_uint * 2".
+ */
+struct fp_in6 {
+	__u32 w[4];
+};
+
 /* struct flow_key6 - canonical IPv6 flow key (40 bytes); same rules as flow_key4. */
 struct flow_key6 {
-	__u32 addr[2][4];
+	struct fp_in6 addr[2];
 	__u16 port[2];
 	__u8 proto;
 	__u8 pad[3];
@@ -200,11 +259,21 @@ struct fp_event {
 	__u16 tunnel_id;
 	__u8 family;		/* 4 or 6 */
 	__u8 proto;
-	__u32 addr[2][4];	/* key endpoints (v4 in [i][0]) */
+	struct fp_in6 addr[2];	/* key endpoints (v4 in addr[i].w[0]) */
 	__u16 port[2];
 	__u32 pad;
 	__u64 ts_ns;
 	struct flow_value flow;	/* FP_EV_FLOW_REMOVED: the removed flow */
 };
+
+_Static_assert(sizeof(struct flow_key4) == FP_SIZEOF_FLOW_KEY4, "flow_key4");
+_Static_assert(sizeof(struct flow_key6) == FP_SIZEOF_FLOW_KEY6, "flow_key6");
+_Static_assert(sizeof(struct flow_value) == FP_SIZEOF_FLOW_VALUE, "flow_value");
+_Static_assert(sizeof(struct tunnel) == FP_SIZEOF_TUNNEL, "tunnel");
+_Static_assert(sizeof(struct tunnel_stats) == FP_SIZEOF_TUNNEL_STATS, "tunnel_stats");
+_Static_assert(sizeof(struct fp_config) == FP_SIZEOF_CONFIG, "fp_config");
+_Static_assert(sizeof(struct sel_value4) == FP_SIZEOF_SEL_VALUE4, "sel_value4");
+_Static_assert(sizeof(struct sel_value6) == FP_SIZEOF_SEL_VALUE6, "sel_value6");
+_Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
 
 #endif
