@@ -38,7 +38,7 @@ def parse_ts(items: Any) -> tuple[IPNetwork, ...]:
     binds flows by address."""
     out: list[IPNetwork] = []
     for raw in items or []:
-        text = str(raw).split("[", 1)[0].strip()
+        text = str(decode(raw)).split("[", 1)[0].strip()
         if not text or text == "dynamic":
             continue
         if "-" in text:  # a range a.b.c.d-e.f.g.h: cover it with its summarizing networks
