@@ -1,0 +1,62 @@
+"""Configuration: the shipped example loads; broken files name file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controlplane.config import EXAMPLE, ConfigError, load, parse
+
+
+def test_example_loads_with_asa_defaults() -> None:
+    cfg = load(EXAMPLE)
+    assert cfg.preserve_vpn_flows is False and cfg.reclassify_vpn is True
+    t = cfg.timeouts
+    assert (t.conn, t.half_closed, t.udp, t.embryonic, t.closed) == (3600, 600, 120, 30, 10)
+    assert cfg.flow_table_size == 1 << 20
+    assert cfg.control_path == "/run/flowpin/default.sock"
+
+
+def test_overrides() -> None:
+    cfg = parse('[sysopt]\npreserve-vpn-flows = true\n[timeouts]\nconn = 90\n'
+                '[[tunnel]]\nconn = "site"\nchild = "lan"\npreserve-vpn-flows = false\n'
+                '[[tunnel]]\nconn = "other"\ninitiate-on-demand = false\n')
+    assert cfg.timeouts.conn == 90
+    assert cfg.preserve_for("site", "lan") is False
+    assert cfg.preserve_for("site", "voice") is True
+    assert cfg.initiate_for("other", "x") is False and cfg.initiate_for("site", "lan") is True
+
+
+# (file text, line, key, words in the message)
+BROKEN = [
+    ("[sysopt]\npreserve-vpn-flows = yes\n", 2, "sysopt.preserve-vpn-flows", "not valid TOML"),
+    ("[sysopt]\nreclassify-vpn = \"on\"\n", 2, "sysopt.reclassify-vpn", "true or false"),
+    ("[timeouts]\nconn = \"1:00:00\"\nudp = \"two minutes\"\n", 3, "timeouts.udp", "h:mm:ss"),
+    ("[sysopt]\npreserve-vpn-flow = true\n", 2, "sysopt.preserve-vpn-flow", "unknown key"),
+    ("[bogus]\nx = 1\n", 1, "bogus", "unknown section"),
+    ("[datapath]\nflow-table-size = 3\n", 2, "datapath.flow-table-size", "integer"),
+    ("[sysopt\npreserve-vpn-flows = true\n", 1, "", "not valid TOML"),
+    ("[[tunnel]]\nconn = \"a\"\n[[tunnel]]\nchild = \"b\"\nfoo = 1\n", 5, "tunnel[1].foo",
+     "unknown key"),
+    ("[logging]\nlevel = \"loud\"\n", 2, "logging.level", "one of"),
+    ("[demand]\nbackoff-min = 60\nbackoff-max = 10\n", 2, "demand.backoff-min", "larger"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "key", "words"), BROKEN,
+                         ids=[b[2] or "syntax" for b in BROKEN])
+def test_broken_file_names_file_line_key(tmp_path: Path, text: str, line: int, key: str,
+                                          words: str) -> None:
+    f = tmp_path / "flowpin.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load(f)
+    assert err.value.line == line and err.value.key == key
+    assert str(err.value).startswith(f"{f}:{line}: ")
+    assert words in str(err.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "nope.toml")

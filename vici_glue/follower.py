@@ -1,0 +1,149 @@
+"""Follow charon: connect, resync, stream SA events, notice when it goes, reconnect.
+
+:class:`Follower` runs in its own thread and puts what it learns on a queue, in order:
+
+- :class:`Resync` after every (re)connect: the configured CHILD_SAs (``list-conns``) and the
+  installed SAs (``list-sas``). Events are registered *before* the listing is read, so none
+  is lost in between; an event that the listing already reflects is harmless to apply twice
+  (the registry is idempotent on it).
+- :class:`vici_glue.events.SAEvent` for every SA event.
+- :class:`Disconnected` when charon goes away (socket closed, charon killed): all its SAs
+  are gone with it.
+
+Reconnection backs off exponentially (0.1 s doubling to 5 s) and resets once connected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import vici
+from vici.exception import SessionException
+
+from vici_glue.events import (
+    EVENT_KINDS,
+    ChildConfig,
+    EventFormatError,
+    IkeSA,
+    SAEvent,
+    parse_conns,
+    parse_event,
+    parse_sas,
+)
+
+log = logging.getLogger("flowpin.vici")
+
+
+@dataclass(frozen=True)
+class Resync:
+    conns: list[ChildConfig]
+    sas: list[IkeSA]
+    received: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    reason: str
+    received: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Received:
+    """An SA event with the monotonic time it was read off the socket."""
+
+    event: SAEvent
+    received: float
+
+
+Item = Resync | Received | Disconnected
+
+
+def _open(path: str, timeout: float = 2.0) -> vici.Session:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return vici.Session(sock)
+
+
+def _close(sess: vici.Session | None) -> None:
+    if sess is None:
+        return
+    with contextlib.suppress(OSError):
+        sess.transport.close()
+
+
+class Follower:
+    def __init__(self, path: str, out: queue.Queue[Item] | None = None, *,
+                 poll: float = 0.2, backoff_min: float = 0.1, backoff_max: float = 5.0) -> None:
+        self.path = path
+        self.out: queue.Queue[Item] = out if out is not None else queue.Queue()
+        self.poll = poll
+        self.backoff_min, self.backoff_max = backoff_min, backoff_max
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vici-follower", daemon=True)
+
+    def start(self) -> Follower:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = self.backoff_min
+        announced_down = False
+        while not self._stop.is_set():
+            listener = None
+            try:
+                listener = _open(self.path)
+                stream = listener.listen(list(EVENT_KINDS), timeout=self.poll)
+                first = next(stream)  # registers for the events, then waits one poll
+                cmd = _open(self.path)
+                try:
+                    conns = parse_conns(list(cmd.list_conns()))
+                    sas = parse_sas(list(cmd.list_sas()))
+                finally:
+                    _close(cmd)
+                self.connected.set()
+                announced_down = False
+                backoff = self.backoff_min
+                log.info("connected to charon at %s: %d configured CHILD_SAs, %d IKE_SAs",
+                         self.path, len(conns), len(sas))
+                self.out.put(Resync(conns, sas))
+                pending = [first]
+                while not self._stop.is_set():
+                    name, msg = pending.pop() if pending else next(stream)
+                    if name is None:
+                        continue
+                    try:
+                        ev = parse_event(name, msg)
+                    except EventFormatError as exc:
+                        log.warning("ignoring VICI event: %s", exc)
+                        continue
+                    self.out.put(Received(ev, time.monotonic()))
+            except (OSError, SessionException, StopIteration) as exc:
+                if self._stop.is_set():
+                    break
+                self.connected.clear()
+                if not announced_down:
+                    log.warning("charon at %s unreachable: %s", self.path, exc or "closed")
+                    self.out.put(Disconnected(str(exc) or "connection closed"))
+                    announced_down = True
+                    self.reconnects += 1
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.backoff_max)
+            finally:
+                _close(listener)
