@@ -107,6 +107,7 @@ class Follower:
         announced_down = False
         while not self._stop.is_set():
             listener = None
+            stream = None
             try:
                 listener = _open(self.path)
                 stream = listener.listen(list(EVENT_KINDS), timeout=self.poll)
@@ -146,4 +147,8 @@ class Follower:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.backoff_max)
             finally:
+                if stream is not None:
+                    # Unregisters the events, or fails quietly when charon is gone.
+                    with contextlib.suppress(Exception):
+                        stream.close()
                 _close(listener)
