@@ -229,15 +229,15 @@ class FlowTable:
 
     def __init__(self, bpf: Any) -> None:
         self.bpf = bpf
-        self.flows4 = bpf["flows4"]
-        self.flows6 = bpf["flows6"]
-        self.sel4 = bpf["selectors4"]
-        self.sel6 = bpf["selectors6"]
-        self.tunnels_map = bpf["tunnels"]
-        self.tunnel_stats_map = bpf["tunnel_stats"]
-        self.counters_map = bpf["counters"]
-        self.config_map = bpf["config"]
-        self.EventStruct = bpf["event_layout"].Leaf
+        self.flows4 = bpf[b"flows4"]
+        self.flows6 = bpf[b"flows6"]
+        self.sel4 = bpf[b"selectors4"]
+        self.sel6 = bpf[b"selectors6"]
+        self.tunnels_map = bpf[b"tunnels"]
+        self.tunnel_stats_map = bpf[b"tunnel_stats"]
+        self.counters_map = bpf[b"counters"]
+        self.config_map = bpf[b"config"]
+        self.EventStruct = bpf[b"event_layout"].Leaf
         self._ring_open = False
         self._pending: list[Event] = []
 
@@ -536,7 +536,7 @@ class FlowTable:
         rate-limited per tunnel), flows removed on the packet path. ``timeout_ms`` 0 does
         not wait."""
         if not self._ring_open:
-            self.bpf["events"].open_ring_buffer(self._on_event)
+            self.bpf[b"events"].open_ring_buffer(self._on_event)
             self._ring_open = True
         if timeout_ms:
             self.bpf.ring_buffer_poll(timeout_ms)

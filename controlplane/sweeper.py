@@ -1,0 +1,252 @@
+"""The sweeper: expires idle flows and removes torn-down ones, and says what it removed.
+
+Expiry is computed from each flow's last-forwarded time with the ASA's timeouts by
+default (conn 1:00:00, half-closed 0:10:00, udp 0:02:00, icmp 0:00:02, embryonic 0:00:30,
+closed 0:00:10). A held (pinned) flow's last-forwarded time is not refreshed while its
+tunnel is down, so it expires by the conn timeout like on the ASA: preserve-vpn-flows works
+"within the idle timeout".
+
+Also removed: flows bound under an older generation of their tunnel (teardown), and
+flows of a tunnel that is down and not preserving them (UDP and ICMP are never
+preserved). Every removed flow is returned as a :class:`RemovedFlow` for the logs.
+
+A sweep reads each flow map with batch lookups, decides in one pass, re-checks each
+candidate with a single lookup (a packet may have refreshed or replaced it since the
+read: such a flow is kept), and deletes the rest with one batch delete.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+
+from controlplane.flow_table import (
+    ACCT_BYTES_BITS,
+    TF_PRESERVE,
+    TUNNEL_UP,
+    Event,
+    Flow,
+    FlowTable,
+    Side,
+)
+
+TORN_DOWN = "Tunnel has been torn down"
+_VALUE = struct.Struct("<IHBB4III2Q")  # struct flow_value, see bpf/lib/flow_types.h
+_KEY_PROTO_OFFSET = {4: 12, 6: 36}
+_FIN, _RST, _SYN, _ACK, _PICKUP = Side.FIN, Side.RST, Side.SYN, Side.ACK, Side.PICKUP
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from an ASA ``h:mm:ss`` (or ``m:ss``) string, or a number of seconds."""
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"negative timeout {value}")
+        return float(value)
+    text = value.strip()
+    if ":" not in text:
+        return parse_duration(float(text))
+    parts = text.split(":")
+    if len(parts) > 3 or any(not p.isdigit() for p in parts):
+        raise ValueError(f"not an h:mm:ss duration: {value!r}")
+    secs = 0
+    for p in parts:
+        secs = secs * 60 + int(p)
+    return float(secs)
+
+
+def format_duration(seconds: float) -> str:
+    s = int(max(0, seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Idle timeouts in seconds; defaults are the ASA's."""
+
+    conn: float = 3600.0
+    half_closed: float = 600.0
+    udp: float = 120.0
+    icmp: float = 2.0
+    embryonic: float = 30.0
+    closed: float = 10.0
+
+    @classmethod
+    def parse(cls, **values: str | float) -> Timeouts:
+        """``Timeouts.parse(conn="1:00:00", udp=60)``: ASA strings or seconds."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"unknown timeouts: {', '.join(sorted(unknown))}")
+        return cls(**{k: parse_duration(v) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class RemovedFlow:
+    """A flow that is gone, for the logs: both ends (initiator first), protocol, tunnel,
+    duration, bytes and packets each way (initiator -> responder first), reason."""
+
+    flow: Flow
+    reason: str
+    duration_s: float
+
+    @property
+    def proto(self) -> int:
+        return self.flow.key.proto
+
+    @property
+    def tunnel_id(self) -> int:
+        return self.flow.tunnel_id
+
+    @property
+    def initiator(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+        i = self.flow.initiator
+        return self.flow.key.addr[i], self.flow.key.port[i]
+
+    @property
+    def responder(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+        i = 1 - self.flow.initiator
+        return self.flow.key.addr[i], self.flow.key.port[i]
+
+    @property
+    def bytes(self) -> tuple[int, int]:
+        i = self.flow.initiator
+        return self.flow.bytes[i], self.flow.bytes[1 - i]
+
+    @property
+    def packets(self) -> tuple[int, int]:
+        i = self.flow.initiator
+        return self.flow.packets[i], self.flow.packets[1 - i]
+
+    def log_line(self) -> str:
+        """An ASA-like teardown line."""
+        names = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}
+        (ia, ip), (ra, rp) = self.initiator, self.responder
+        return (f"Teardown {names.get(self.proto, str(self.proto))} connection for "
+                f"{ia}/{ip} to {ra}/{rp} tunnel {self.tunnel_id} duration "
+                f"{format_duration(self.duration_s)} bytes {sum(self.bytes)} "
+                f"({self.bytes[0]} out, {self.bytes[1]} in) {self.reason}")
+
+
+def idle_reason(proto: int, s0: int, s1: int, idle: float, t: Timeouts) -> str | None:
+    """Why a flow idle for ``idle`` seconds expires now, or None."""
+    if proto == 6:
+        either, both = s0 | s1, s0 & s1
+        if either & _RST:
+            return "TCP Reset" if idle >= t.closed else None
+        if both & _FIN:
+            return "TCP FINs" if idle >= t.closed else None
+        if either & _FIN:
+            return "half-closed-timeout" if idle >= t.half_closed else None
+        established = either & _PICKUP or (both & _SYN and both & _ACK)
+        if established:
+            return "conn-timeout" if idle >= t.conn else None
+        return "SYN Timeout" if idle >= t.embryonic else None
+    if proto in (1, 58):
+        return "icmp-timeout" if idle >= t.icmp else None
+    return "udp-timeout" if idle >= t.udp else None
+
+
+class Sweeper:
+    """Sweeps one data path's flow maps. ``sweep()`` returns what it removed."""
+
+    def __init__(self, table: FlowTable, timeouts: Timeouts | None = None) -> None:
+        self.table = table
+        self.timeouts = timeouts or Timeouts()
+        self.last_stats: dict[str, int] = {}
+
+    def now_s(self) -> int:
+        """The data path's clock: the test override when set, else CLOCK_MONOTONIC."""
+        now_ns = self.table.config().now_ns
+        if not now_ns:
+            now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        return now_ns // 1_000_000_000
+
+    def _tunnels(self) -> dict[int, tuple[int, bool, bool]]:
+        """Tunnel id -> (generation, up, preserve), read once per sweep."""
+        out = {}
+        for k, t in self.table.tunnels_map.items():
+            out[k.value] = (t.generation, t.state == TUNNEL_UP, bool(t.flags & TF_PRESERVE))
+        return out
+
+    def sweep(self, now_s: int | None = None) -> list[RemovedFlow]:
+        now = self.now_s() if now_s is None else now_s
+        tunnels = self._tunnels()
+        removed: list[RemovedFlow] = []
+        stats = {"scanned": 0, "candidates": 0, "removed": 0, "kept_changed": 0}
+        t = self.timeouts
+        for fam in (4, 6):
+            raw = self.table.read_raw(fam)
+            n = raw.count
+            stats["scanned"] += n
+            if n == 0:
+                continue
+            vbuf = memoryview(raw.values).cast("B")[: n * raw.value_size]
+            kbuf = memoryview(raw.keys).cast("B")[: n * raw.key_size]
+            poff, ksz = _KEY_PROTO_OFFSET[fam], raw.key_size
+            cands: list[tuple[int, str]] = []
+            for i, (gen, tid, s0, s1, _q0, _q1, _a0, _a1, _c, last, _b0, _b1) in enumerate(
+                    _VALUE.iter_unpack(vbuf)):
+                tun = tunnels.get(tid)
+                proto = kbuf[i * ksz + poff]
+                if tun is None or gen != tun[0]:
+                    cands.append((i, TORN_DOWN))
+                    continue
+                if tid and not tun[1] and (proto != 6 or not tun[2]):
+                    cands.append((i, TORN_DOWN))
+                    continue
+                why = idle_reason(proto, s0, s1, now - last, t)
+                if why:
+                    cands.append((i, why))
+            stats["candidates"] += len(cands)
+            removed.extend(self._remove(fam, raw, cands, now, stats))
+        self.last_stats = stats
+        return removed
+
+    def _remove(self, fam: int, raw: object, cands: list[tuple[int, str]], now: int,
+                stats: dict[str, int]) -> list[RemovedFlow]:
+        """Re-check each candidate against the map (a packet may have refreshed or
+        replaced it since the batch read) and batch-delete the unchanged ones."""
+        from bcc.libbcc import lib
+
+        if not cands:
+            return []
+        table = self.table._flow_map(fam)
+        keys_in, vals_in = raw.keys, raw.values  # type: ignore[attr-defined]
+        dels = (table.Key * len(cands))()
+        out: list[RemovedFlow] = []
+        cur = table.Leaf()
+        n = 0
+        for i, why in cands:
+            k, v = keys_in[i], vals_in[i]
+            if lib.bpf_lookup_elem(table.map_fd, ctypes.byref(k), ctypes.byref(cur)) != 0:
+                continue  # already gone (the packet path removed it)
+            if (cur.generation, cur.last_s, cur.created_s, cur.tunnel_id) != (
+                    v.generation, v.last_s, v.created_s, v.tunnel_id):
+                stats["kept_changed"] += 1
+                continue
+            ctypes.memmove(ctypes.byref(dels, n * ctypes.sizeof(table.Key)),
+                           ctypes.byref(k), ctypes.sizeof(table.Key))
+            n += 1
+            flow = FlowTable.decode(fam, k, cur)
+            out.append(RemovedFlow(flow, why, float(now - flow.created_s)))
+        stats["removed"] += self.table.delete_keys(fam, dels, n)
+        return out
+
+
+def removed_from_events(events: Iterable[Event]) -> list[RemovedFlow]:
+    """Records of the flows the packet path removed itself (stale generation, tunnel
+    down and not preserved), from FLOW_REMOVED events."""
+    out = []
+    for e in events:
+        if e.type == "FLOW_REMOVED" and e.flow is not None:
+            out.append(RemovedFlow(e.flow, TORN_DOWN,
+                                   float(e.ts_ns // 1_000_000_000 - e.flow.created_s)))
+    return out
+
+
+__all__ = ["ACCT_BYTES_BITS", "RemovedFlow", "Sweeper", "Timeouts", "format_duration",
+           "idle_reason", "parse_duration", "removed_from_events", "TORN_DOWN"]
