@@ -150,8 +150,8 @@ def _cflags(cfg: DatapathConfig) -> list[str]:
 def compile_empty() -> tuple[Any, int]:
     """The empty SCHED_CLS program (benchmark baseline): (BPF object, program fd)."""
     bcc = _require_bcc()
-    b = bcc.BPF(text=bpf_source(EMPTY))
-    return b, b.load_func("fp_empty", bcc.BPF.SCHED_CLS).fd
+    b = bcc.BPF(text=bpf_source(EMPTY).encode())
+    return b, b.load_func(b"fp_empty", bcc.BPF.SCHED_CLS).fd
 
 
 class Datapath:
@@ -189,9 +189,9 @@ class Datapath:
             cfg.pin_dir.mkdir(parents=True, exist_ok=True)
             self.reused_pins = (cfg.pin_dir / "flows4").exists()
         try:
-            self._bpf = bcc.BPF(text=bpf_source(), cflags=_cflags(cfg))
+            self._bpf = bcc.BPF(text=bpf_source().encode(), cflags=_cflags(cfg))
             for name in (PROG_OUTBOUND, PROG_INBOUND):
-                self._fds[name] = self._bpf.load_func(name, bcc.BPF.SCHED_CLS).fd
+                self._fds[name] = self._bpf.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd
         except Exception as exc:
             self._bpf = None
             raise DatapathError(f"compiling/loading {ENTRY} failed: {exc}") from exc

@@ -13,55 +13,15 @@
 /* Sizes; the loader overrides them with -D from its config. */
 #ifndef FP_FLOWS4_MAX
 #define FP_FLOWS4_MAX 1048576
-_Static_assert(sizeof(struct flow_key4) == FP_SIZEOF_FLOW_KEY4, "flow_key4");
-_Static_assert(sizeof(struct flow_key6) == FP_SIZEOF_FLOW_KEY6, "flow_key6");
-_Static_assert(sizeof(struct flow_value) == FP_SIZEOF_FLOW_VALUE, "flow_value");
-_Static_assert(sizeof(struct tunnel) == FP_SIZEOF_TUNNEL, "tunnel");
-_Static_assert(sizeof(struct tunnel_stats) == FP_SIZEOF_TUNNEL_STATS, "tunnel_stats");
-_Static_assert(sizeof(struct fp_config) == FP_SIZEOF_CONFIG, "fp_config");
-_Static_assert(sizeof(struct sel_value4) == FP_SIZEOF_SEL_VALUE4, "sel_value4");
-_Static_assert(sizeof(struct sel_value6) == FP_SIZEOF_SEL_VALUE6, "sel_value6");
-_Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
-
 #endif
 #ifndef FP_FLOWS6_MAX
 #define FP_FLOWS6_MAX 262144
-_Static_assert(sizeof(struct flow_key4) == FP_SIZEOF_FLOW_KEY4, "flow_key4");
-_Static_assert(sizeof(struct flow_key6) == FP_SIZEOF_FLOW_KEY6, "flow_key6");
-_Static_assert(sizeof(struct flow_value) == FP_SIZEOF_FLOW_VALUE, "flow_value");
-_Static_assert(sizeof(struct tunnel) == FP_SIZEOF_TUNNEL, "tunnel");
-_Static_assert(sizeof(struct tunnel_stats) == FP_SIZEOF_TUNNEL_STATS, "tunnel_stats");
-_Static_assert(sizeof(struct fp_config) == FP_SIZEOF_CONFIG, "fp_config");
-_Static_assert(sizeof(struct sel_value4) == FP_SIZEOF_SEL_VALUE4, "sel_value4");
-_Static_assert(sizeof(struct sel_value6) == FP_SIZEOF_SEL_VALUE6, "sel_value6");
-_Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
-
 #endif
 #ifndef FP_SELECTORS_MAX
 #define FP_SELECTORS_MAX 4096
-_Static_assert(sizeof(struct flow_key4) == FP_SIZEOF_FLOW_KEY4, "flow_key4");
-_Static_assert(sizeof(struct flow_key6) == FP_SIZEOF_FLOW_KEY6, "flow_key6");
-_Static_assert(sizeof(struct flow_value) == FP_SIZEOF_FLOW_VALUE, "flow_value");
-_Static_assert(sizeof(struct tunnel) == FP_SIZEOF_TUNNEL, "tunnel");
-_Static_assert(sizeof(struct tunnel_stats) == FP_SIZEOF_TUNNEL_STATS, "tunnel_stats");
-_Static_assert(sizeof(struct fp_config) == FP_SIZEOF_CONFIG, "fp_config");
-_Static_assert(sizeof(struct sel_value4) == FP_SIZEOF_SEL_VALUE4, "sel_value4");
-_Static_assert(sizeof(struct sel_value6) == FP_SIZEOF_SEL_VALUE6, "sel_value6");
-_Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
-
 #endif
 #ifndef FP_TUNNELS_MAX
 #define FP_TUNNELS_MAX 4096
-_Static_assert(sizeof(struct flow_key4) == FP_SIZEOF_FLOW_KEY4, "flow_key4");
-_Static_assert(sizeof(struct flow_key6) == FP_SIZEOF_FLOW_KEY6, "flow_key6");
-_Static_assert(sizeof(struct flow_value) == FP_SIZEOF_FLOW_VALUE, "flow_value");
-_Static_assert(sizeof(struct tunnel) == FP_SIZEOF_TUNNEL, "tunnel");
-_Static_assert(sizeof(struct tunnel_stats) == FP_SIZEOF_TUNNEL_STATS, "tunnel_stats");
-_Static_assert(sizeof(struct fp_config) == FP_SIZEOF_CONFIG, "fp_config");
-_Static_assert(sizeof(struct sel_value4) == FP_SIZEOF_SEL_VALUE4, "sel_value4");
-_Static_assert(sizeof(struct sel_value6) == FP_SIZEOF_SEL_VALUE6, "sel_value6");
-_Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
-
 #endif
 #define FP_SEL_SLOTS 4
 #define FP_ACCT_BYTES_BITS 40
