@@ -1,0 +1,76 @@
+"""C and Python agree on every shared struct and constant.
+
+Layouts come from bcc's ctypes and constants from the header, so there is one definition;
+these tests prove that what Python sees is what the C compiled (sizes are
+_Static_assert'ed in the C against the same FP_SIZEOF_* numbers), and that the verdict
+order rule Python uses is the one the program applies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import pytest
+
+from controlplane import flow_table as ft
+from controlplane.datapath import bpf_source
+from controlplane.sweeper import _VALUE
+
+pytestmark = pytest.mark.bpf
+
+
+def test_ctypes_layouts_match_the_c_sizes(dp: Any) -> None:
+    b, c = dp.bpf, ft.CONST
+    assert ctypes.sizeof(b[b"flows4"].Key) == c["FP_SIZEOF_FLOW_KEY4"]
+    assert ctypes.sizeof(b[b"flows6"].Key) == c["FP_SIZEOF_FLOW_KEY6"]
+    assert ctypes.sizeof(b[b"flows4"].Leaf) == c["FP_SIZEOF_FLOW_VALUE"]
+    assert ctypes.sizeof(b[b"flows6"].Leaf) == c["FP_SIZEOF_FLOW_VALUE"]
+    assert ctypes.sizeof(b[b"tunnels"].Leaf) == c["FP_SIZEOF_TUNNEL"]
+    assert ctypes.sizeof(b[b"tunnel_stats"].Leaf) == c["FP_SIZEOF_TUNNEL_STATS"]
+    assert ctypes.sizeof(b[b"config"].Leaf) == c["FP_SIZEOF_CONFIG"]
+    assert ctypes.sizeof(b[b"selectors4"].Leaf) == c["FP_SIZEOF_SEL_VALUE4"]
+    assert ctypes.sizeof(b[b"selectors6"].Leaf) == c["FP_SIZEOF_SEL_VALUE6"]
+    assert ctypes.sizeof(b[b"event_layout"].Leaf) == c["FP_SIZEOF_EVENT"]
+
+
+def test_sweeper_struct_format_matches_flow_value(dp: Any) -> None:
+    """The sweeper unpacks flow_value with struct for speed: a mirrored layout, so check
+    every field offset against bcc's ctypes."""
+    leaf = dp.bpf[b"flows4"].Leaf
+    assert _VALUE.size == ctypes.sizeof(leaf)
+    names = [f[0] for f in leaf._fields_]
+    assert names == ["generation", "tunnel_id", "side", "seq", "ack", "created_s", "last_s",
+                     "acct"]
+    v = leaf(generation=1, tunnel_id=2, created_s=9, last_s=10)
+    v.side[0], v.side[1], v.seq[0], v.seq[1], v.ack[0], v.ack[1] = 3, 4, 5, 6, 7, 8
+    v.acct[0], v.acct[1] = 11, 12
+    assert _VALUE.unpack(bytes(v)) == (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
+
+
+def test_key_proto_offsets(dp: Any) -> None:
+    from controlplane.sweeper import _KEY_PROTO_OFFSET
+
+    assert _KEY_PROTO_OFFSET[4] == dp.bpf[b"flows4"].Key.proto.offset
+    assert _KEY_PROTO_OFFSET[6] == dp.bpf[b"flows6"].Key.proto.offset
+
+
+def test_enums_parsed_from_the_header() -> None:
+    assert ft.Reason.PASS_FLOW == 0
+    assert len(ft.Reason) == ft.REASON_MAX
+    assert [r.value for r in ft.Reason] == list(range(ft.REASON_MAX))
+    assert min(s.value for s in ft.Stat) == ft.REASON_MAX
+    assert ft.EventType.DEMAND and ft.EventType.MAP_FULL and ft.EventType.FLOW_REMOVED
+    passes = [r for r in ft.Reason if r.name.startswith("PASS_")]
+    assert all(ft.reason_passes(r) for r in passes)
+    assert not any(ft.reason_passes(r) for r in ft.Reason if r.name.startswith("DROP_"))
+
+
+def test_header_compiles_with_its_own_defaults() -> None:
+    """Without -D overrides the header's defaults and _Static_asserts still compile."""
+    import bcc
+
+    src = bpf_source().replace("BPF_RINGBUF_OUTPUT(events, 64);", "BPF_RINGBUF_OUTPUT(events, 1);")
+    b = bcc.BPF(text=src.replace("FP_FLOWS4_MAX, 0)", "1024, 0)").encode())
+    assert b[b"flows6"].max_entries == ft.CONST["FP_FLOWS6_MAX"]
+    b.cleanup()

@@ -1,0 +1,164 @@
+"""Sweeper: expiry by idle time with ASA timeouts, teardown, records for the logs.
+
+Rows: description, steps that build flows (packets / map actions), seconds the clock
+advances, the reasons of the flows removed by one sweep (sorted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controlplane import testrun as tr
+from controlplane.sweeper import TORN_DOWN, Sweeper, Timeouts, format_duration, parse_duration
+from tests.datapath.cases import (
+    NET4,
+    NET6,
+    TUN,
+    Net,
+    advance,
+    bump,
+    down,
+    handshake,
+    inb,
+    out,
+    run_steps,
+)
+
+pytestmark = pytest.mark.bpf
+
+C_PORT, S_PORT = 40000, 80
+
+
+def _fin_both(n: Net) -> list[Any]:
+    return handshake(n) + [
+        out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "FA", seq=1001, ack=5001), "PASS_FLOW"),
+        inb(tr.tcp(n.s, n.c, S_PORT, C_PORT, "FA", seq=5001, ack=1002), "PASS_FLOW"),
+    ]
+
+
+def _held(n: Net) -> list[Any]:
+    """Established, tunnel down, packets held for 50 minutes (they do not refresh)."""
+    return handshake(n) + [down(), advance(3000),
+                           out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1001, ack=5001),
+                               "DROP_HELD")]
+
+
+ROWS: list[tuple[str, Any, int, list[str]]] = [
+    ("established, idle just under conn timeout: kept", handshake, 3599, []),
+    ("established, idle conn timeout: removed", handshake, 3600, ["conn-timeout"]),
+    ("embryonic (SYN only) after 30 s", lambda n: [
+        out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "S"), "PASS_NEW")], 30, ["SYN Timeout"]),
+    ("embryonic kept at 29 s", lambda n: [
+        out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "S"), "PASS_NEW")], 29, []),
+    ("half-closed after 10 min", lambda n: handshake(n) + [
+        out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "FA", seq=1001, ack=5001), "PASS_FLOW")],
+     600, ["half-closed-timeout"]),
+    ("closed by FINs after 10 s", _fin_both, 10, ["TCP FINs"]),
+    ("closed by RST after 10 s", lambda n: handshake(n) + [
+        inb(tr.tcp(n.s, n.c, S_PORT, C_PORT, "R", seq=5001), "PASS_FLOW")], 10, ["TCP Reset"]),
+    ("UDP after 2 min", lambda n: [out(tr.udp(n.c, n.s, 5000, 53), "PASS_NEW")], 120,
+     ["udp-timeout"]),
+    ("UDP kept at 119 s", lambda n: [out(tr.udp(n.c, n.s, 5000, 53), "PASS_NEW")], 119, []),
+    ("ICMP echo after 2 s", lambda n: [out(tr.icmp_echo(n.c, n.s, 5), "PASS_NEW")], 2,
+     ["icmp-timeout"]),
+    ("stale generation: removed at once", lambda n: handshake(n) + [bump()], 0, [TORN_DOWN]),
+    ("UDP of a down tunnel: torn down at once (never preserved)", lambda n: [
+        out(tr.udp(n.c, n.s, 5000, 53), "PASS_NEW"), down()], 0, [TORN_DOWN]),
+    ("held TCP flow: kept while within the idle timeout", _held, 599, []),
+    ("held TCP flow: expires by conn timeout from last forwarded", _held, 600,
+     ["conn-timeout"]),
+    ("non-VPN flows expire too", lambda n: [
+        out(tr.tcp(n.c, n.n, C_PORT, 443, "A", seq=1, ack=1), "PASS_NONVPN")], 3600,
+     ["conn-timeout"]),
+]
+
+
+@pytest.mark.parametrize("net", [NET4, NET6], ids=["v4", "v6"])
+@pytest.mark.parametrize(("desc", "steps", "idle", "reasons"), ROWS, ids=[r[0] for r in ROWS])
+def test_sweep(dp: Any, net: Net, desc: str, steps: Any, idle: int,
+               reasons: list[str]) -> None:
+    run_steps(dp, steps(net) + [advance(idle)])
+    before = dp.table.flow_count()
+    removed = Sweeper(dp.table).sweep()
+    assert sorted(r.reason for r in removed) == sorted(reasons)
+    assert dp.table.flow_count() == before - len(removed)
+    assert Sweeper(dp.table).sweep() == []  # nothing left to remove for the same reasons
+
+
+def test_removed_record_has_ends_duration_and_bytes(dp: Any) -> None:
+    n = NET4
+    run_steps(dp, handshake(n) + [
+        out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "PA", seq=1001, ack=5001, payload=b"x" * 100),
+            "PASS_FLOW"),
+        advance(65), bump()])
+    [r] = Sweeper(dp.table).sweep()
+    assert r.reason == TORN_DOWN and r.tunnel_id == TUN and r.proto == 6
+    assert (str(r.initiator[0]), r.initiator[1]) == (n.c, C_PORT)
+    assert (str(r.responder[0]), r.responder[1]) == (n.s, S_PORT)
+    assert r.packets == (3, 1)
+    assert r.bytes == (54 + 54 + 154, 54)
+    assert r.duration_s == 65
+    assert "duration 0:01:05" in r.log_line() and TORN_DOWN in r.log_line()
+
+
+def test_custom_timeouts(dp: Any) -> None:
+    run_steps(dp, handshake(NET4) + [advance(300)])
+    assert Sweeper(dp.table, Timeouts.parse(conn="0:05:01")).sweep() == []
+    [r] = Sweeper(dp.table, Timeouts.parse(conn="0:05:00")).sweep()
+    assert r.reason == "conn-timeout"
+
+
+def test_packet_refresh_between_read_and_delete_keeps_the_flow(dp: Any) -> None:
+    """A flow refreshed after the sweeper read it is re-checked and kept."""
+    n = NET4
+    run_steps(dp, handshake(n) + [advance(3600)])
+    sw = Sweeper(dp.table)
+    orig = sw.table.read_raw
+
+    def read_then_packet(fam: int, chunk: int = 65536) -> Any:
+        raw = orig(fam, chunk)
+        if fam == 4:
+            run_steps(dp, [out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1, ack=1),
+                               "PASS_FLOW")])
+        return raw
+
+    sw.table.read_raw = read_then_packet  # type: ignore[method-assign]
+    try:
+        assert sw.sweep() == []
+        assert sw.last_stats["kept_changed"] == 1
+    finally:
+        del sw.table.read_raw
+
+
+def test_flows_removed_on_the_packet_path_are_reported(dp: Any) -> None:
+    from controlplane.sweeper import removed_from_events
+
+    n = NET6
+    run_steps(dp, handshake(n) + [advance(7), bump(),
+                                  out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1, ack=1),
+                                      "DROP_STALE")])
+    [r] = removed_from_events(dp.table.read_events())
+    assert r.reason == TORN_DOWN and r.duration_s == 7 and r.packets == (2, 1)
+
+
+@pytest.mark.parametrize(("text", "secs"), [
+    ("1:00:00", 3600), ("0:10:00", 600), ("0:02:00", 120), ("0:00:30", 30), ("0:00:10", 10),
+    ("2:30", 150), ("45", 45), (12, 12), (1.5, 1.5)])
+def test_parse_duration(text: Any, secs: float) -> None:
+    assert parse_duration(text) == secs
+
+
+@pytest.mark.parametrize("bad", ["1:xx:00", "1:2:3:4", "-5", -1])
+def test_parse_duration_rejects(bad: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_default_timeouts_are_the_asa_ones() -> None:
+    t = Timeouts()
+    assert (t.conn, t.half_closed, t.udp, t.embryonic, t.closed) == (3600, 600, 120, 30, 10)
+    assert format_duration(3725) == "1:02:05"
+    with pytest.raises(ValueError):
+        Timeouts.parse(bogus=1)
