@@ -13,6 +13,13 @@ import sys
 from typing import Any
 
 DEFAULT_LAB = os.environ.get("FLOWPIN_LAB", "flowpin")
+DEFAULT_SOCKET = "/run/flowpin/default.sock"
+
+
+def control_socket(a: argparse.Namespace) -> str:
+    """--socket, else $FLOWPIN_SOCKET (set by `flowpin lab exec` on a gateway), else the
+    default instance's socket."""
+    return a.socket or os.environ.get("FLOWPIN_SOCKET") or DEFAULT_SOCKET
 
 
 class CliError(RuntimeError):
@@ -70,6 +77,60 @@ def cmd_lab(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_daemon(a: argparse.Namespace) -> int:
+    from controlplane.daemon import main as daemon_main
+
+    return daemon_main(a.config, purge=a.purge)
+
+
+def _ask(a: argparse.Namespace, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    from controlplane.control import ControlError, request
+
+    try:
+        return request(control_socket(a), cmd, args)
+    except ControlError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from controlplane import show
+
+    if a.what == "vpn-context":
+        data = _ask(a, "show-vpn-context")
+        _print(data, a.json, show.vpn_context(data, a.detail))
+    elif a.what == "conn":
+        data = _ask(a, "show-conn", {"tunnel": a.tunnel, "pinned": a.pinned})
+        _print(data, a.json, show.conn(data))
+    elif a.what == "sysopt":
+        data = _ask(a, "show-sysopt")
+        _print(data, a.json, show.sysopt(data))
+    elif a.what == "counters":
+        data = _ask(a, "show-counters")
+        _print(data, a.json, show.counters(data))
+    return 0
+
+
+def cmd_sysopt(a: argparse.Namespace) -> int:
+    from controlplane import show
+
+    data = _ask(a, "sysopt", {"option": a.option, "on": a.value == "on", "tunnel": a.tunnel})
+    print(show.sysopt(data))
+    return 0
+
+
+def cmd_clear(a: argparse.Namespace) -> int:
+    data = _ask(a, "clear-conn", {"tunnel": a.tunnel, "address": a.address, "port": a.port,
+                                  "protocol": a.protocol})
+    print(f"{data['cleared']} connections cleared")
+    return 0
+
+
+def cmd_reload(a: argparse.Namespace) -> int:
+    _ask(a, "reload", None)
+    print("configuration reloaded")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from controlplane.demo import run
 
@@ -114,6 +175,34 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--gw", choices=("bo-gw", "ho-gw"), default="bo-gw")
     fl.add_argument("--json", action="store_true")
 
+    dm = sub.add_parser("daemon", help="run the flowpin daemon")
+    dm.add_argument("--config", required=True, help="TOML file (see flowpin.example.toml)")
+    dm.add_argument("--purge", action="store_true", help="on exit, detach the data path "
+                    "and remove its pinned maps (flows are lost)")
+
+    def sock(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--socket", help="the daemon's control socket (default "
+                        "$FLOWPIN_SOCKET or " + DEFAULT_SOCKET + ")")
+        return sp
+
+    show = sock(sub.add_parser("show", help="show vpn-context | conn | sysopt | counters"))
+    show.add_argument("what", choices=("vpn-context", "conn", "sysopt", "counters"))
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--detail", action="store_true", help="vpn-context: more per tunnel")
+    show.add_argument("--tunnel", help="conn: only this tunnel (conn/child, conn or id)")
+    show.add_argument("--pinned", action="store_true", help="conn: only pinned flows")
+    so = sock(sub.add_parser("sysopt", help="sysopt preserve-vpn-flows|reclassify-vpn on|off"))
+    so.add_argument("option", choices=("preserve-vpn-flows", "reclassify-vpn"))
+    so.add_argument("value", choices=("on", "off"))
+    so.add_argument("--tunnel", help="preserve-vpn-flows for one tunnel only")
+    cl = sock(sub.add_parser("clear", help="clear conn [filters]"))
+    cl.add_argument("what", choices=("conn",))
+    cl.add_argument("--tunnel")
+    cl.add_argument("--address")
+    cl.add_argument("--port", type=int)
+    cl.add_argument("--protocol", choices=("tcp", "udp", "icmp", "icmp6"))
+    sock(sub.add_parser("reload", help="reload the daemon's configuration (as SIGHUP)"))
+
     demo = sub.add_parser("demo", help="the lab, the tunnel, traffic across it")
     demo.add_argument("--name", default="demo")
 
@@ -137,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_lab(a)
         if a.cmd == "demo":
             return cmd_demo(a)
+        if a.cmd == "daemon":
+            return cmd_daemon(a)
+        handler = {"show": cmd_show, "sysopt": cmd_sysopt, "clear": cmd_clear,
+                   "reload": cmd_reload}.get(a.cmd)
+        if handler:
+            return handler(a)
         if a.cmd == "bench":
             return cmd_bench(a, rest)
     except (LabError, CharonError, CliError, ValueError) as exc:

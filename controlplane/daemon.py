@@ -1,0 +1,498 @@
+"""``flowpin daemon``: strongSwan's SA events in, data-path map writes out.
+
+One thread owns the registry and the data path: the main loop. Everything else hands it
+work through ``inbox``: the VICI follower (resyncs, events, disconnections), the control
+socket (CLI requests), SIGHUP (reload), demand initiations finishing. Between items the loop
+drains the data path's event ring (demand, map full, flows removed on the packet path) and
+runs the sweeper on time. A single writer means no locks around the maps and an order of
+writes that follows the order of events.
+
+Safety rules (see README, "Failure behaviour"):
+- At start, before charon has been heard, every tunnel the data path knows is set DOWN
+  (generation kept): held flows stay held, nothing of a tunnel leaks while its state is
+  unknown.
+- charon unreachable = every CHILD_SA gone: tunnels DOWN (pinned or torn down per
+  preserve-vpn-flows), until a resync says otherwise.
+- Stopping leaves the programs attached and the maps pinned, so flows outlive a restart or
+  upgrade and a gateway without its daemon still drops what it must; ``--purge`` removes
+  everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from controlplane import config as config_mod
+from controlplane.config import Config, ConfigError
+from controlplane.datapath import Datapath, DatapathConfig
+from controlplane.flow_table import FlowTable
+from controlplane.messages import Msg, Sev, emit, teardown_line
+from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
+from controlplane.tunnel import Transition, Tunnel, TunnelKey, TunnelRegistry
+from vici_glue import session as vs
+from vici_glue.follower import Disconnected, Follower, Received, Resync
+
+log = logging.getLogger("flowpin")
+STATE_ROOT = Path("/run/flowpin")
+
+
+class TunnelIds:
+    """Stable data-path ids for tunnels (connection/child), kept next to the daemon's state
+    so that a restarted daemon finds its tunnels' flows under the same ids."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.ids: dict[str, int] = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            self.ids = {}
+
+    def __call__(self, key: TunnelKey) -> int:
+        name = f"{key[0]}/{key[1]}"
+        if name not in self.ids:
+            self.ids[name] = max(self.ids.values(), default=0) + 1
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.ids, indent=1))
+            tmp.replace(self.path)
+        return self.ids[name]
+
+
+@dataclass
+class Demand:
+    """Initiation on demand for one tunnel: exponential backoff between attempts."""
+
+    backoff: float
+    next_at: float = 0.0
+    running: bool = False
+    attempts: int = 0
+    last_error: str = ""
+
+
+@dataclass
+class Latency:
+    """Event received -> data-path map written, in ms (the control-plane benchmark)."""
+
+    samples: list[float] = field(default_factory=list)
+
+    def add(self, ms: float) -> None:
+        self.samples.append(ms)
+        del self.samples[:-10000]
+
+
+class Daemon:
+    def __init__(self, cfg: Config, *, lan_if_label: str = "inside") -> None:
+        self.cfg = cfg
+        self.state_dir = STATE_ROOT / cfg.instance
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.runtime_path = self.state_dir / "runtime.json"
+        self.runtime = self._load_runtime()
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.registry = TunnelRegistry(TunnelIds(self.state_dir / "tunnels.json"))
+        self.dp: Datapath | None = None
+        self.table: FlowTable | None = None
+        self.sweeper: Sweeper | None = None
+        self.follower: Follower | None = None
+        self.demand: dict[TunnelKey, Demand] = {}
+        self.latency = Latency()
+        self.stats: dict[str, int] = {"events": 0, "resyncs": 0, "disconnects": 0,
+                                      "initiations": 0, "initiation_failures": 0,
+                                      "teardowns_logged": 0, "reclassified": 0,
+                                      "table_full": 0, "reloads": 0, "reload_errors": 0}
+        self.charon_up = False
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._next_sweep = 0.0
+        self.lan_label = lan_if_label
+        self.control: Any = None
+        self.metrics: Any = None
+
+    # --- runtime (sysopt changed from the CLI, kept across daemon restarts) ---------------
+    def _load_runtime(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.runtime_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _save_runtime(self) -> None:
+        tmp = self.runtime_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.runtime, indent=1))
+        tmp.replace(self.runtime_path)
+
+    def preserve_for(self, key: TunnelKey) -> bool:
+        per = self.runtime.get("preserve_tunnels", {}).get(f"{key[0]}/{key[1]}")
+        if per is not None:
+            return bool(per)
+        for t in self.cfg.tunnels:
+            if t.matches(*key) and t.preserve_vpn_flows is not None:
+                return t.preserve_vpn_flows
+        return bool(self.runtime.get("preserve_vpn_flows", self.cfg.preserve_vpn_flows))
+
+    def reclassify(self) -> bool:
+        return bool(self.runtime.get("reclassify_vpn", self.cfg.reclassify_vpn))
+
+    # --- start / stop -------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.cfg
+        if not cfg.lan_interfaces:
+            raise ConfigError(cfg.path, None, "datapath.lan-interfaces",
+                              "name at least one LAN interface")
+        dpc = DatapathConfig(instance=cfg.instance, flows4_max=cfg.flow_table_size,
+                             flows6_max=max(1024, cfg.flow_table_size // 4),
+                             pickup_s=int(cfg.pickup_window))
+        self.dp = Datapath(dpc).load()
+        self.table = self.dp.table
+        self.sweeper = Sweeper(self.table, cfg.timeouts)
+        # Until charon has been heard, no tunnel is known to be up: hold, never leak.
+        for t in self.table.tunnels():
+            if t.id and t.up:
+                self.table.set_tunnel(t.id, up=False)
+        for ifname in cfg.lan_interfaces:
+            self.dp.attach(ifname)
+        emit(Sev.INFO, Msg.DAEMON, f"data path {cfg.instance} attached to "
+             f"{', '.join(cfg.lan_interfaces)}; {self.table.flow_count()} flows in the "
+             f"table; preserve-vpn-flows {'on' if self.preserve_for(('', '')) else 'off'}")
+        self.follower = Follower(cfg.vici_socket, self.inbox).start()
+        from controlplane.control import ControlServer
+
+        self.control = ControlServer(cfg.control_path, self.submit).start()
+        if cfg.metrics_listen:
+            from controlplane.metrics import MetricsServer
+
+            self.metrics = MetricsServer(cfg.metrics_listen, self.metrics_snapshot).start()
+
+    def stop(self, purge: bool = False) -> None:
+        self._stop.set()
+        if self.follower:
+            self.follower.stop()
+        if self.control:
+            self.control.stop()
+        if self.metrics:
+            self.metrics.stop()
+        if self.dp:
+            if purge:
+                for ifname in self.cfg.lan_interfaces:
+                    self.dp.detach(ifname)
+                self.dp.purge_pins()
+                emit(Sev.INFO, Msg.DAEMON, "stopped; programs detached and maps removed")
+            else:
+                emit(Sev.INFO, Msg.DAEMON, f"stopped; data path left attached with "
+                     f"{self.table.flow_count() if self.table else 0} flows pinned in bpffs")
+            self.dp.close()
+
+    def submit(self, kind: str, payload: Any = None, wait: float | None = 10.0) -> Any:
+        """From another thread: run ``kind`` on the main loop; return its answer."""
+        box: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self.inbox.put((kind, payload, box))
+        if wait is None:
+            return None
+        try:
+            ok, value = box.get(timeout=wait)
+        except queue.Empty:
+            raise TimeoutError(f"daemon busy: no answer to {kind} within {wait} s") from None
+        if not ok:
+            raise value
+        return value
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self) -> None:
+        assert self.table is not None and self.sweeper is not None
+        while not self._stop.is_set():
+            try:
+                item = self.inbox.get(timeout=0.05)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self._handle(item)
+            for ev in self.table.read_events(0):
+                self._on_datapath_event(ev)
+            now = time.monotonic()
+            if now >= self._next_sweep:
+                self._next_sweep = now + self.cfg.sweep_interval
+                self._sweep()
+            self._demand_tick(now)
+
+    def _handle(self, item: Any) -> None:
+        if isinstance(item, Received):
+            self.stats["events"] += 1
+            self._apply(self.registry.on_event(item.event), item.received)
+        elif isinstance(item, Resync):
+            self.stats["resyncs"] += 1
+            if not self.charon_up:
+                emit(Sev.NOTICE, Msg.CHARON_FOUND, f"connected to charon at "
+                     f"{self.cfg.vici_socket}: {len(item.conns)} tunnels configured, "
+                     f"{sum(len(s.children) for s in item.sas)} CHILD_SAs installed")
+            self.charon_up = True
+            self._apply(self.registry.resync(item.conns, item.sas), item.received)
+        elif isinstance(item, Disconnected):
+            self.stats["disconnects"] += 1
+            if self.charon_up or not self.stats["resyncs"]:
+                emit(Sev.WARNING, Msg.CHARON_LOST, f"charon at {self.cfg.vici_socket} "
+                     f"unreachable ({item.reason}): its SAs are gone with it")
+            self.charon_up = False
+            self._apply(self.registry.on_disconnect(), item.received)
+        elif isinstance(item, tuple):
+            kind, payload, box = item
+            try:
+                box.put((True, self._command(kind, payload)))
+            except Exception as exc:  # noqa: BLE001 -- reported to the caller
+                box.put((False, exc))
+
+    # --- transitions -> data path ---------------------------------------------------------
+    def _apply(self, transitions: list[Transition], received: float) -> None:
+        assert self.table is not None
+        for tr in transitions:
+            t = tr.tunnel
+            preserve = self.preserve_for(t.key)
+            if tr.kind == "configured":
+                self.table.set_tunnel(t.tunnel_id, up=t.state == "UP", preserve=preserve)
+                self._install_selectors(t)
+                emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} (id {t.tunnel_id}) "
+                     f"selectors {_ts(t.local_ts)} === {_ts(t.remote_ts)}, "
+                     f"preserve-vpn-flows {'on' if preserve else 'off'}")
+            elif tr.kind == "up":
+                if tr.previous_peer:
+                    gen = self.table.bump_generation(t.tunnel_id)
+                    emit(Sev.WARNING, Msg.PEER_CHANGED, f"Tunnel {t.name} peer changed from "
+                         f"{tr.previous_peer} to {t.peer_id}: its flows are torn down "
+                         f"(generation {gen}), a different peer never inherits them")
+                self._install_selectors(t)
+                held = self._count_flows(t.tunnel_id)
+                self.table.set_tunnel(t.tunnel_id, up=True, preserve=preserve)
+                self.latency.add((time.monotonic() - received) * 1000)
+                self.demand.pop(t.key, None)
+                emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"Tunnel {t.name} UP, peer {t.peer_id}"
+                     f" ({tr.reason}); {held} flows resumed")
+                if self.reclassify():
+                    self._reclassify(t)
+            elif tr.kind == "down":
+                if preserve:
+                    self.table.set_tunnel(t.tunnel_id, up=False, preserve=True)
+                    self.latency.add((time.monotonic() - received) * 1000)
+                    tcp = self._count_flows(t.tunnel_id, proto=6)
+                    emit(Sev.INFO, Msg.TUNNEL_DOWN_PINNED, f"Tunnel {t.name} DOWN "
+                         f"({tr.reason}); preserve-vpn-flows: {tcp} TCP flows pinned, held "
+                         "until the tunnel is back; other flows torn down")
+                else:
+                    gen = self.table.tunnel(t.tunnel_id).generation + 1
+                    self.table.set_tunnel(t.tunnel_id, up=False, generation=gen,
+                                          preserve=False)
+                    self.latency.add((time.monotonic() - received) * 1000)
+                    emit(Sev.INFO, Msg.TUNNEL_DOWN_TORN, f"Tunnel {t.name} DOWN "
+                         f"({tr.reason}); preserve-vpn-flows off: its flows are torn down")
+                self._sweep()  # log the teardowns now, not a sweep interval later
+            elif tr.kind == "removed":
+                self.table.remove_tunnel_selectors(t.tunnel_id)
+                gen = self.table.tunnel(t.tunnel_id).generation + 1
+                self.table.set_tunnel(t.tunnel_id, up=False, generation=gen)
+                emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} no longer "
+                     "configured: selectors removed, flows torn down")
+                self._sweep()
+
+    def _install_selectors(self, t: Tunnel) -> None:
+        assert self.table is not None
+        want = {(loc, rem) for loc in t.local_ts for rem in t.remote_ts
+                if loc.version == rem.version}
+        have = {(s.local, s.remote) for s in self.table.selectors()
+                if s.tunnel_id == t.tunnel_id}
+        for loc, rem in have - want:
+            self.table.remove_selector(t.tunnel_id, loc, rem)
+        for loc, rem in sorted(want - have, key=str):
+            self.table.add_selector(t.tunnel_id, loc, rem)
+
+    def _count_flows(self, tunnel_id: int, proto: int | None = None) -> int:
+        assert self.table is not None
+        return sum(1 for f in self.table.flows()
+                   if f.tunnel_id == tunnel_id and (proto is None or f.key.proto == proto))
+
+    # --- reclassify-vpn ----------------------------------------------------------------
+    def _reclassify(self, t: Tunnel) -> None:
+        from controlplane.reclassify import clear_conntrack, matches
+
+        assert self.table is not None
+        gone = []
+        for f in list(self.table.flows()):
+            if (f.tunnel_id == 0 and matches(f.key, t.local_ts, t.remote_ts)
+                    and self.table.delete_flow(f.key)):
+                gone.append(f)
+        ct = clear_conntrack(t.local_ts, t.remote_ts)
+        if gone or ct:
+            self.stats["reclassified"] += len(gone)
+            emit(Sev.INFO, Msg.RECLASSIFIED, f"reclassify-vpn: Tunnel {t.name} UP: "
+                 f"{len(gone)} non-VPN flows and {ct} conntrack entries matching its "
+                 "selectors cleared")
+
+    # --- sweeper and data-path events ------------------------------------------------------
+    def _sweep(self) -> None:
+        assert self.sweeper is not None
+        self._log_removed(self.sweeper.sweep())
+
+    def _log_removed(self, removed: list[RemovedFlow]) -> None:
+        for r in removed:
+            self.stats["teardowns_logged"] += 1
+            log.info(teardown_line(r, lan_if=self._lan_name(), tunnel_if=self._tunnel_name(
+                r.tunnel_id)))
+
+    def _lan_name(self) -> str:
+        return self.cfg.lan_interfaces[0] if self.cfg.lan_interfaces else "inside"
+
+    def _tunnel_name(self, tunnel_id: int) -> str:
+        t = self.registry.by_id(tunnel_id)
+        return f"vpn-{t.key[0]}" if t else ("outside" if tunnel_id == 0 else "vpn")
+
+    def _on_datapath_event(self, ev: Any) -> None:
+        if ev.type == "DEMAND":
+            t = self.registry.by_id(ev.tunnel_id)
+            if t is not None and t.state == "DOWN":
+                d = self.demand.setdefault(t.key, Demand(self.cfg.demand_backoff_min))
+                d.next_at = d.next_at or time.monotonic()
+        elif ev.type == "MAP_FULL":
+            self.stats["table_full"] += 1
+            emit(Sev.WARNING, Msg.TABLE_FULL, f"flow table full "
+                 f"({self.cfg.flow_table_size} entries): new flow {ev.key} refused")
+        elif ev.type == "FLOW_REMOVED":
+            self._log_removed(removed_from_events([ev]))
+
+    def _demand_tick(self, now: float) -> None:
+        for key, d in list(self.demand.items()):
+            t = self.registry.get(key)
+            if t is None or t.state == "UP":
+                self.demand.pop(key, None)
+                continue
+            if d.running or not d.next_at or now < d.next_at:
+                continue
+            initiate = self.runtime.get("initiate_tunnels", {}).get(t.name)
+            if initiate is None:
+                initiate = self.cfg.initiate_for(*key)
+            if not initiate or not self.charon_up:
+                continue
+            d.running, d.attempts = True, d.attempts + 1
+            self.stats["initiations"] += 1
+            emit(Sev.NOTICE, Msg.DEMAND_INITIATE, f"Tunnel {t.name} DOWN with traffic "
+                 f"waiting: initiating its CHILD_SA (attempt {d.attempts})")
+            threading.Thread(target=self._initiate, args=(key, d), daemon=True).start()
+
+    def _initiate(self, key: TunnelKey, d: Demand) -> None:
+        try:
+            sess = vs.connect(self.cfg.vici_socket, timeout=2.0)
+            try:
+                vs.initiate(sess, key[1], key[0], timeout=10.0)
+            finally:
+                sess.transport.close()
+            d.backoff = self.cfg.demand_backoff_min
+            d.last_error = ""
+        except (vs.ViciError, OSError) as exc:
+            self.stats["initiation_failures"] += 1
+            d.last_error = str(exc)
+            d.backoff = min(d.backoff * 2, self.cfg.demand_backoff_max)
+            emit(Sev.WARNING, Msg.INITIATE_FAILED, f"Tunnel {key[0]}/{key[1]}: initiation "
+                 f"failed ({exc}); next attempt in {d.backoff:.0f} s")
+        finally:
+            d.next_at = time.monotonic() + d.backoff
+            d.running = False
+
+    # --- commands (control socket) -------------------------------------------------------
+    def _command(self, kind: str, payload: Any) -> Any:
+        from controlplane import commands
+
+        handler: Callable[[Daemon, Any], Any] | None = getattr(
+            commands, "cmd_" + kind.replace("-", "_"), None)
+        if handler is None:
+            raise ValueError(f"unknown command {kind!r}")
+        return handler(self, payload or {})
+
+    def reload(self, path: str) -> Config:
+        """Load ``path``; on success apply it, on error keep running as before."""
+        try:
+            new = config_mod.load(path)
+        except ConfigError as exc:
+            self.stats["reload_errors"] += 1
+            emit(Sev.ERROR, Msg.CONFIG_REJECTED, f"configuration rejected, running "
+                 f"configuration unchanged: {exc}")
+            raise
+        fixed = ("instance", "vici_socket", "control_socket", "lan_interfaces",
+                 "flow_table_size", "metrics_listen")
+        changed = [f for f in fixed if getattr(new, f) != getattr(self.cfg, f)]
+        if changed:
+            emit(Sev.WARNING, Msg.CONFIG_LOADED, f"{', '.join(changed)} changed: takes "
+                 "effect at the next restart")
+            new = replace(new, **{f: getattr(self.cfg, f) for f in changed})
+        self.cfg = new
+        assert self.sweeper is not None
+        self.sweeper.timeouts = new.timeouts
+        self.stats["reloads"] += 1
+        self.apply_sysopt()
+        emit(Sev.INFO, Msg.CONFIG_LOADED, f"configuration {path} loaded")
+        return new
+
+    def apply_sysopt(self) -> None:
+        """preserve-vpn-flows takes effect at once, on tunnels already up as well."""
+        assert self.table is not None
+        for t in self.registry.tunnels.values():
+            self.table.set_tunnel(t.tunnel_id, preserve=self.preserve_for(t.key))
+        self._sweep()
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        return self.submit("metrics", wait=5.0)
+
+
+def _ts(nets: Any) -> str:
+    return ",".join(str(n) for n in nets) or "-"
+
+
+def setup_logging(cfg: Config) -> None:
+    handler: logging.Handler = (logging.FileHandler(cfg.log_file) if cfg.log_file
+                                else logging.StreamHandler(sys.stdout))
+    fmt = "%(asctime)s %(message)s" if cfg.log_file else "%(message)s"
+    handler.setFormatter(logging.Formatter(fmt, "%b %d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.log_level.upper())
+
+
+def main(config_path: str, purge: bool = False) -> int:
+    try:
+        cfg = config_mod.load(config_path)
+    except ConfigError as exc:
+        print(f"flowpin: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg)
+    if os.geteuid() != 0:
+        print("flowpin: error: the daemon loads eBPF programs: run it as root", file=sys.stderr)
+        return 1
+    daemon = Daemon(cfg)
+    try:
+        daemon.start()
+    except ConfigError as exc:
+        print(f"flowpin: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 -- a clear line for the admin, then exit
+        emit(Sev.ERROR, Msg.DAEMON, f"cannot start: {exc}")
+        daemon.stop()
+        return 1
+
+    def on_hup(_sig: int, _frm: object) -> None:
+        daemon.inbox.put(("reload", config_path, queue.Queue(maxsize=1)))
+
+    def on_term(_sig: int, _frm: object) -> None:
+        daemon._stop.set()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        daemon.run()
+    finally:
+        daemon.stop(purge=purge)
+    return 0

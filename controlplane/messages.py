@@ -1,0 +1,88 @@
+"""Log lines in the ASA's form: ``%FLOWPIN-<severity>-<id>: <text>``.
+
+Teardowns reuse the ASA's own message ids and wording (302014 TCP, 302016 UDP, 302021
+ICMP), so that existing log parsers and habits carry over. flowpin's own events (pin,
+resume, demand, reclassify, …) have ids of their own in the 7521xx range.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from enum import IntEnum
+
+from controlplane.sweeper import RemovedFlow, format_duration
+
+log = logging.getLogger("flowpin")
+
+
+class Sev(IntEnum):
+    """Syslog severities, as the ASA numbers them."""
+
+    ALERT = 1
+    CRITICAL = 2
+    ERROR = 3
+    WARNING = 4
+    NOTICE = 5
+    INFO = 6
+    DEBUG = 7
+
+
+_PY_LEVEL = {Sev.ALERT: logging.CRITICAL, Sev.CRITICAL: logging.CRITICAL,
+             Sev.ERROR: logging.ERROR, Sev.WARNING: logging.WARNING,
+             Sev.NOTICE: logging.WARNING, Sev.INFO: logging.INFO, Sev.DEBUG: logging.DEBUG}
+
+
+class Msg(IntEnum):
+    TEARDOWN_TCP = 302014
+    TEARDOWN_UDP = 302016
+    TEARDOWN_ICMP = 302021
+    TUNNEL_DOWN_PINNED = 752100
+    TUNNEL_UP_RESUMED = 752101
+    TUNNEL_DOWN_TORN = 752102
+    PEER_CHANGED = 752103
+    DEMAND_INITIATE = 752104
+    INITIATE_FAILED = 752105
+    RECLASSIFIED = 752106
+    TABLE_FULL = 752107
+    CONFIG_LOADED = 752108
+    CONFIG_REJECTED = 752109
+    CHARON_LOST = 752110
+    CHARON_FOUND = 752111
+    SYSOPT_CHANGED = 752112
+    TUNNEL_CONFIGURED = 752113
+    DAEMON = 752114
+
+
+def line(sev: Sev, msg: Msg, text: str) -> str:
+    return f"%FLOWPIN-{int(sev)}-{int(msg)}: {text}"
+
+
+def emit(sev: Sev, msg: Msg, text: str) -> str:
+    out = line(sev, msg, text)
+    log.log(_PY_LEVEL[sev], out)
+    return out
+
+
+def conn_id(r: RemovedFlow) -> int:
+    """A stable connection number for a flow (the ASA prints one): a hash of its key and
+    creation time, so the same flow gets the same number in every line about it."""
+    k = r.flow.key
+    raw = f"{k.proto}|{k.addr[0]}|{k.port[0]}|{k.addr[1]}|{k.port[1]}|{r.flow.created_s}"
+    return zlib.crc32(raw.encode()) & 0x7FFFFFFF
+
+
+def teardown_line(r: RemovedFlow, lan_if: str = "inside", tunnel_if: str = "outside") -> str:
+    """``Teardown TCP connection <id> for <if>:<ip>/<port> to <if>:<ip>/<port> duration
+    h:mm:ss bytes <n> <reason>`` -- the LAN end is named by ``lan_if``, the far end by
+    ``tunnel_if``; the responder is printed first, as the ASA does."""
+    proto = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMP"}.get(r.proto, str(r.proto))
+    msg = {6: Msg.TEARDOWN_TCP, 17: Msg.TEARDOWN_UDP}.get(r.proto, Msg.TEARDOWN_ICMP)
+    lan_idx, key = r.flow.lan_side, r.flow.key
+    ends = []
+    for idx in (1 - r.flow.initiator, r.flow.initiator):  # responder first
+        iface = lan_if if idx == lan_idx else tunnel_if
+        ends.append(f"{iface}:{key.addr[idx]}/{key.port[idx]}")
+    text = (f"Teardown {proto} connection {conn_id(r)} for {ends[0]} to {ends[1]} duration "
+            f"{format_duration(r.duration_s)} bytes {sum(r.bytes)} {r.reason}")
+    return line(Sev.INFO, msg, text)

@@ -1,0 +1,59 @@
+"""reclassify-vpn: clear flows created outside a tunnel that now covers them.
+
+When a tunnel comes up, flows that were tracked as non-VPN (tunnel 0) while it was not
+there -- a connection opened in cleartext, or one that got NAT while the tunnel was down --
+would stay outside it. Like the ASA's ``sysopt connection reclassify-vpn``, flowpin clears
+them, from its own flow table and from netfilter's conntrack (through pyroute2), so that
+their next packets are classified again, into the tunnel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from controlplane.flow_table import FlowKey
+
+log = logging.getLogger("flowpin")
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _covers(local: Iterable[Net], remote: Iterable[Net], a: Any, b: Any) -> bool:
+    return any(a in ln for ln in local) and any(b in rn for rn in remote)
+
+
+def matches(key: FlowKey, local: Iterable[Net], remote: Iterable[Net]) -> bool:
+    """Whether a flow's two ends fall in the tunnel's selectors (either direction)."""
+    lo, re_ = list(local), list(remote)
+    a, b = key.addr
+    return _covers(lo, re_, a, b) or _covers(lo, re_, b, a)
+
+
+def clear_conntrack(local: Iterable[Net], remote: Iterable[Net]) -> int:
+    """Delete conntrack entries between the selectors (this namespace). Returns how many."""
+    try:
+        from pyroute2 import Conntrack
+    except ImportError:  # pragma: no cover - pyroute2 always has it
+        return 0
+    lo, re_ = list(local), list(remote)
+    n = 0
+    try:
+        with Conntrack() as ct:
+            for entry in ct.dump_entries():
+                orig = entry.tuple_orig
+                try:
+                    src = ipaddress.ip_address(orig.saddr)
+                    dst = ipaddress.ip_address(orig.daddr)
+                except (TypeError, ValueError):
+                    continue
+                if _covers(lo, re_, src, dst) or _covers(lo, re_, dst, src):
+                    try:
+                        ct.delete(entry)
+                        n += 1
+                    except Exception as exc:  # noqa: BLE001 -- raced with expiry
+                        log.debug("conntrack delete %s: %s", orig, exc)
+    except OSError as exc:
+        log.warning("reclassify-vpn: conntrack not reachable: %s", exc)
+    return n

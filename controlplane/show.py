@@ -1,0 +1,83 @@
+"""Text rendering of the ``show`` commands, in the shape ASA admins know."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.sweeper import format_duration
+
+
+def vpn_context(data: dict[str, Any], detail: bool = False) -> str:
+    """One line per SA direction, as ``show asp table vpn-context`` prints it::
+
+        VPN CTX=0x00000002, Tunnel=site/lan, Peer=ho-gw, ENCR+ESP+PRESERVE, UP, SPI=0x…,
+        flows=3, pinned=0, held=0
+    """
+    lines = []
+    if data.get("charon") != "connected":
+        lines.append("% charon unreachable: every tunnel is DOWN until it answers again")
+    for t in data["tunnels"]:
+        flags = "+PRESERVE" if t["preserve"] else ""
+        for direction, spi, ctx in (("DECR", t["spi_in"], t["id"] * 2),
+                                    ("ENCR", t["spi_out"], t["id"] * 2 + 1)):
+            spi_txt = f"0x{spi}" if spi else "-"
+            lines.append(f"VPN CTX=0x{ctx:08X}, Tunnel={t['tunnel']}, Peer={t['peer'] or '-'}, "
+                         f"{direction}+ESP{flags}, {t['state']}, SPI={spi_txt}, "
+                         f"flows={t['flows']}, pinned={t['pinned']}, held={t['held_packets']}")
+        if detail:
+            lines.append(f"    selectors {','.join(t['local_ts']) or '-'} === "
+                         f"{','.join(t['remote_ts']) or '-'}; peer host "
+                         f"{t['peer_host'] or '-'}; CHILD_SAs installed {t['child_sas']}")
+            lines.append(f"    data path: id {t['id']}, state {t['datapath_state']}, "
+                         f"generation {t['generation']}, refused {t['refused']}; "
+                         f"up {t['ups']} times, down {t['downs']} times")
+            if t.get("demand"):
+                d = t["demand"]
+                lines.append(f"    demand: {d['attempts']} initiation attempts"
+                             + (f", last error: {d['last_error']}" if d["last_error"] else ""))
+    if not data["tunnels"]:
+        lines.append("No VPN contexts (no tunnel configured in charon)")
+    return "\n".join(lines)
+
+
+def conn(data: dict[str, Any]) -> str:
+    """``show conn``: a header line, then one line per connection."""
+    lines = [f"{data['in_use']} in use, {data['shown']} shown"]
+    for c in data["connections"]:
+        o, i = c["outside"], c["inside"]
+        lines.append(f"{c['protocol']} {c['tunnel']} {o['address']}:{o['port']} "
+                     f"inside {i['address']}:{i['port']}, idle "
+                     f"{format_duration(c['idle_s'])}, bytes {c['bytes']}, flags {c['flags']}"
+                     + (" (stale)" if c["stale"] else ""))
+    return "\n".join(lines)
+
+
+def sysopt(data: dict[str, Any]) -> str:
+    """Like ``show run all sysopt``."""
+    def opt(on: bool, text: str) -> str:
+        return ("" if on else "no ") + "sysopt connection " + text
+
+    lines = [opt(data["preserve_vpn_flows"], "preserve-vpn-flows"),
+             opt(data["reclassify_vpn"], "reclassify-vpn")]
+    for tunnel, on in sorted(data["preserve_tunnels"].items()):
+        lines.append(opt(on, f"preserve-vpn-flows tunnel {tunnel}"))
+    t = data["timeouts"]
+    lines.append(f"timeout conn {t['conn']} half-closed {t['half_closed']} udp {t['udp']} "
+                 f"icmp {t['icmp']}")
+    lines.append(f"timeout embryonic {t['embryonic']} closed {t['closed']}")
+    return "\n".join(lines)
+
+
+def counters(data: dict[str, Any]) -> str:
+    lines = [f"flows {data['flows']} of {data['flow_table_size']}, uptime "
+             f"{format_duration(data['uptime_s'])}", "", "data path (packets by verdict):"]
+    for k, v in data["datapath"].items():
+        lines.append(f"  {k.lower():<24} {v}")
+    lines += ["", "daemon:"]
+    for k, v in data["daemon"].items():
+        lines.append(f"  {k:<24} {v}")
+    lat = data["event_to_map_ms"]
+    if lat["count"]:
+        lines.append(f"  event_to_map_ms          p50 {lat['p50']} p99 {lat['p99']} "
+                     f"max {lat['max']} ({lat['count']} events)")
+    return "\n".join(lines)
