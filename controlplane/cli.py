@@ -33,13 +33,14 @@ def _print(obj: Any, as_json: bool, text: str) -> None:
 def _lab_status_text(st: dict[str, Any]) -> str:
     lines = [f"lab {st['name']}: IPsec backend {st['backend']} ({st['backend_reason']}), "
              f"peer {st['peer']}"]
-    lines.append(f"{'gateway':<8} {'charon':<20} {'IKE_SA':<12} {'CHILD_SA':<10} "
-                 f"{'SPI in/out':<19} selectors")
+    lines.append(f"{'gateway':<8} {'charon':<20} {'flowpin':<20} {'IKE_SA':<12} "
+                 f"{'CHILD_SA':<10} {'SPI in/out':<19} selectors")
     for g in st["gateways"]:
         spis = f"{g['spi_in']}/{g['spi_out']}" if g["spi_in"] else "-"
         ts = (f"{','.join(g['local_ts'])} === {','.join(g['remote_ts'])}"
               if g["local_ts"] else "-")
-        lines.append(f"{g['gw']:<8} {g['charon']:<20} {g['ike_state'] or '-':<12} "
+        lines.append(f"{g['gw']:<8} {g['charon']:<20} {g.get('flowpin', '-'):<20} "
+                     f"{g['ike_state'] or '-':<12} "
                      f"{g['child_state'] or '-':<10} {spis:<19} {ts}")
     return "\n".join(lines)
 
@@ -54,7 +55,7 @@ def cmd_lab(a: argparse.Namespace) -> int:
         return 0
     lab = Lab(a.name)
     if a.lab_cmd == "up":
-        lab.up(peer=a.peer)
+        lab.up(peer=a.peer, preserve=a.preserve == "on")
         st = lab.status()
         _print(st, a.json, _lab_status_text(st))
     elif a.lab_cmd == "down":
@@ -161,6 +162,8 @@ def parser() -> argparse.ArgumentParser:
     up = named(lsub.add_parser("up", help="build the lab and bring the tunnel up"))
     up.add_argument("--peer", choices=("flowpin", "plain"), default="flowpin",
                     help="plain: ho-gw runs strongSwan alone, without flowpin")
+    up.add_argument("--preserve", choices=("on", "off"), default="off",
+                    help="sysopt preserve-vpn-flows of the lab's flowpin daemons")
     up.add_argument("--json", action="store_true")
     down = named(lsub.add_parser("down", help="remove everything the lab made"))
     down.add_argument("--all", action="store_true", help="every flowpin lab, also leftovers")
@@ -240,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flowpin: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `flowpin show conn | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

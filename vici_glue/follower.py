@@ -121,7 +121,7 @@ class Follower:
                 self.connected.set()
                 announced_down = False
                 backoff = self.backoff_min
-                log.info("connected to charon at %s: %d configured CHILD_SAs, %d IKE_SAs",
+                log.debug("connected to charon at %s: %d configured CHILD_SAs, %d IKE_SAs",
                          self.path, len(conns), len(sas))
                 self.out.put(Resync(conns, sas))
                 pending = [first]

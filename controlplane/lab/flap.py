@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.lab import netns, topology
-from controlplane.lab.lab import Lab, LabError, conn_for
+from controlplane.lab.lab import Lab, LabError
 from controlplane.lab.topology import CHILD, CONN, GATEWAYS, PEER
 from vici_glue import session as vs
 
@@ -130,8 +130,7 @@ def flap(lab: Lab, how: str, seconds: float, gw: str = topology.BO_GW,
             res.events.append(f"WAN of {gw} open again")
         if how == "restart-charon" and not lab.charon(gw).running():
             lab.charon(gw).start()
-            with lab.vici(gw) as s:
-                vs.load(s, conn_for(gw))
+            lab.load_conn(gw)
             res.events.append(f"charon on {gw} started again, configuration loaded over VICI")
     res.restored_at = time.monotonic()
     lab.bring_up(gw, timeout=timeout)

@@ -11,7 +11,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,7 +115,9 @@ class Lab:
 
     # --- up -----------------------------------------------------------------------------
     def up(self, peer: str = "flowpin", timeout: float = 30.0,
-           charon_options: dict[str, str] | None = None) -> dict[str, Any]:
+           charon_options: dict[str, str] | None = None, preserve: bool = False,
+           daemon_options: dict[str, Any] | None = None,
+           load_conns: bool = True) -> dict[str, Any]:
         """Build the lab and bring the tunnel up. ``charon_options`` are extra ``charon.*``
         settings for both gateways (e.g. ``{"make_before_break": "yes"}``)."""
         require_root()
@@ -129,15 +133,22 @@ class Lab:
         backend, why = backend_probe.probe()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         meta = {"name": self.name, "backend": backend, "backend_reason": why, "peer": peer,
-                "charon_options": charon_options or {}, "created": time.time()}
+                "charon_options": charon_options or {}, "preserve": preserve,
+                "daemon_options": daemon_options or {}, "created": time.time()}
         (self.state_dir / "lab.json").write_text(json.dumps(meta, indent=2))
         try:
             self._build_network()
             for gw in GATEWAYS:
                 self.charon(gw).start()
-                with self.vici(gw) as s:
-                    vs.load(s, conn_for(gw))
-            self.bring_up(topology.BO_GW, timeout=timeout)
+                if load_conns:
+                    self.load_conn(gw)
+            # flowpin before the tunnel: from its first packet, every flow is tracked.
+            for gw in self.flowpin_gateways():
+                self.start_daemon(gw)
+            if load_conns:
+                self.bring_up(topology.BO_GW, timeout=timeout)
+                for gw in self.flowpin_gateways():
+                    self.wait_daemon_sees_up(gw)
         except (CharonError, vs.ViciError, OSError) as exc:
             detail = str(exc)
             self.down()
@@ -181,6 +192,130 @@ class Lab:
             with IPRoute(netns=self.ns(node)) as ipr:
                 ipr.route("add", dst="0.0.0.0/0", gateway=gw4)
                 ipr.route("add", dst="::/0", gateway=gw6, family=10)
+
+    def load_conn(self, gw: str) -> None:
+        """Load ``gw``'s connection and secret into its charon over VICI."""
+        with self.vici(gw) as s:
+            vs.load(s, conn_for(gw))
+
+    # --- flowpin daemons -----------------------------------------------------------------
+    def flowpin_gateways(self) -> list[str]:
+        """Gateways that run flowpin: both, or bo-gw alone with ``--peer plain``."""
+        return [topology.BO_GW] if self.meta().get("peer") == "plain" else list(GATEWAYS)
+
+    def instance(self, gw: str) -> str:
+        return f"lab-{self.name}-{gw}"
+
+    def daemon_socket(self, gw: str) -> str:
+        return str(self.state_dir / gw / "flowpin.sock")
+
+    def daemon_log(self, gw: str) -> Path:
+        return self.state_dir / gw / "flowpin.log"
+
+    def daemon_config(self, gw: str) -> Path:
+        return self.state_dir / gw / "flowpin.toml"
+
+    def write_daemon_config(self, gw: str) -> Path:
+        meta = self.meta()
+        opts = meta.get("daemon_options", {})
+        preserve = "true" if meta.get("preserve") else "false"
+        text = "\n".join([
+            "# written by `flowpin lab up`",
+            "[sysopt]",
+            f"preserve-vpn-flows = {preserve}",
+            f"reclassify-vpn = {str(opts.get('reclassify', True)).lower()}",
+            "[timeouts]",
+            f"conn = {json.dumps(opts.get('conn_timeout', '1:00:00'))}",
+            "[vici]",
+            f"socket = {json.dumps(self.charon(gw).vici_path)}",
+            "[datapath]",
+            f"instance = {json.dumps(self.instance(gw))}",
+            f"lan-interfaces = [{json.dumps(topology.LAN_IF)}]",
+            f"flow-table-size = {int(opts.get('flow_table_size', 65536))}",
+            f"pickup-window = {int(opts.get('pickup_window', 30))}",
+            "sweep-interval = 0.5",
+            "[demand]",
+            f"initiate = {str(opts.get('initiate', True)).lower()}",
+            "backoff-min = 1",
+            "backoff-max = 4",
+            "[control]",
+            f"socket = {json.dumps(self.daemon_socket(gw))}",
+            "",
+        ])
+        path = self.daemon_config(gw)
+        path.write_text(text)
+        return path
+
+    def daemon_pid(self, gw: str) -> int | None:
+        try:
+            pid = int((self.state_dir / gw / "flowpin.pid").read_text())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+        return pid
+
+    def start_daemon(self, gw: str, timeout: float = 60.0) -> int:
+        """Start ``flowpin daemon`` in ``gw``'s namespace; return once it answers."""
+        from controlplane.control import ControlError, request
+
+        cfg = self.write_daemon_config(gw) if not self.daemon_config(gw).exists() \
+            else self.daemon_config(gw)
+        ns = self.ns(gw)
+        with open(self.daemon_log(gw), "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "controlplane.cli", "daemon", "--config", str(cfg)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True,
+                preexec_fn=netns.preexec(ns), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        (self.state_dir / gw / "flowpin.pid").write_text(str(proc.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise LabError(f"flowpin daemon on {gw} exited ({proc.returncode}):\n"
+                               f"{self.daemon_log_tail(gw)}")
+            try:
+                request(self.daemon_socket(gw), "status", timeout=2)
+                return proc.pid
+            except ControlError:
+                time.sleep(0.1)
+        raise LabError(f"flowpin daemon on {gw} did not answer within {timeout:.0f} s:\n"
+                       f"{self.daemon_log_tail(gw)}")
+
+    def kill_daemon(self, gw: str, sig: int = signal.SIGKILL) -> None:
+        pid = self.daemon_pid(gw)
+        if pid is None:
+            return
+        os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                if not os.path.exists(f"/proc/{pid}"):
+                    break
+            time.sleep(0.05)
+
+    def daemon_log_tail(self, gw: str, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.daemon_log(gw).read_text().splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no daemon log)"
+
+    def ask(self, gw: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        """A control-socket request to ``gw``'s daemon."""
+        from controlplane.control import request
+
+        return request(self.daemon_socket(gw), cmd, args)
+
+    def wait_daemon_sees_up(self, gw: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ctx = self.ask(gw, "show-vpn-context")
+            if ctx["tunnels"] and all(t["state"] == "UP" for t in ctx["tunnels"]):
+                return
+            time.sleep(0.05)
+        raise LabError(f"flowpin on {gw} did not see the tunnel up:\n"
+                       f"{self.daemon_log_tail(gw)}")
 
     # --- VICI ---------------------------------------------------------------------------
     def vici(self, gw: str, timeout: float = 5.0) -> _ViciContext:
@@ -269,7 +404,13 @@ class Lab:
             # by hand): kill by pid file too.
             for gw in GATEWAYS:
                 Charon("", self.state_dir / gw, "").kill()
+                self.kill_daemon(gw)
             shutil.rmtree(self.state_dir, ignore_errors=True)
+        from controlplane.datapath import purge_pins
+
+        for gw in GATEWAYS:  # the data path's pinned maps and the daemon's state
+            purge_pins(self.instance(gw))
+            shutil.rmtree(Path("/run/flowpin") / self.instance(gw), ignore_errors=True)
         return removed
 
     @staticmethod
@@ -280,6 +421,12 @@ class Lab:
                  for ns in netns.listing(topology.PREFIX)}
         if STATE_ROOT.exists():
             names |= {p.name for p in STATE_ROOT.iterdir() if p.is_dir()}
+        from controlplane.datapath import PIN_ROOT
+
+        for root in (PIN_ROOT, Path("/run/flowpin")):
+            if root.exists():  # daemon leftovers: lab-<name>-<gw>
+                names |= {p.name[4:].rsplit("-", 2)[0] for p in root.iterdir()
+                          if p.name.startswith("lab-") and p.name.endswith(GATEWAYS)}
         for name in sorted(names):
             try:
                 removed += Lab(name).down()
@@ -314,7 +461,11 @@ class Lab:
                         st.remote_ts = tuple(child.get("remote-ts", []))
                         if st.child_state == "INSTALLED":
                             break
-            gws.append(st.as_dict())
+            row = st.as_dict()
+            row["flowpin"] = ("not deployed" if gw not in self.flowpin_gateways() else
+                              f"running (pid {self.daemon_pid(gw)})" if self.daemon_pid(gw)
+                              else "not running")
+            gws.append(row)
         return {"name": self.name, "backend": meta.get("backend"),
                 "backend_reason": meta.get("backend_reason"), "peer": meta.get("peer"),
                 "gateways": gws}
@@ -325,8 +476,15 @@ class Lab:
         ns = self.ns(node)
         if not argv:
             raise LabError("lab exec: no command given (flowpin lab exec NODE -- CMD ...)")
+        argv = list(argv)
+        env = dict(kw.pop("env", None) or os.environ)
+        if node in GATEWAYS:
+            # `flowpin …` on a gateway talks to that gateway's daemon.
+            env["FLOWPIN_SOCKET"] = self.daemon_socket(node)
+            if argv[0] == "flowpin":
+                argv[0] = str(Path(sys.executable).with_name("flowpin"))
         try:
-            return subprocess.run(list(argv), preexec_fn=lambda: netns.enter(ns), **kw)
+            return subprocess.run(argv, preexec_fn=lambda: netns.enter(ns), env=env, **kw)
         except FileNotFoundError as exc:
             raise LabError(f"{argv[0]}: command not found") from exc
 
