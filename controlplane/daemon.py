@@ -37,7 +37,7 @@ from controlplane import config as config_mod
 from controlplane.config import Config, ConfigError
 from controlplane.datapath import Datapath, DatapathConfig
 from controlplane.flow_table import FlowTable
-from controlplane.messages import Msg, Sev, emit, teardown_line
+from controlplane.messages import Msg, Sev, emit, line, teardown_line
 from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
 from controlplane.tunnel import Transition, Tunnel, TunnelKey, TunnelRegistry
 from vici_glue import session as vs
@@ -213,15 +213,20 @@ class Daemon:
                 item = self.inbox.get(timeout=0.05)
             except queue.Empty:
                 item = None
-            if item is not None:
-                self._handle(item)
-            for ev in self.table.read_events(0):
-                self._on_datapath_event(ev)
-            now = time.monotonic()
-            if now >= self._next_sweep:
-                self._next_sweep = now + self.cfg.sweep_interval
-                self._sweep()
-            self._demand_tick(now)
+            try:
+                if item is not None:
+                    self._handle(item)
+                for ev in self.table.read_events(0):
+                    self._on_datapath_event(ev)
+                now = time.monotonic()
+                if now >= self._next_sweep:
+                    self._next_sweep = now + self.cfg.sweep_interval
+                    self._sweep()
+                self._demand_tick(now)
+            except Exception:  # noqa: BLE001 -- one bad item must not stop the gateway
+                self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
+                log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "internal error (the "
+                                         "daemon goes on; please report)"))
 
     def _handle(self, item: Any) -> None:
         if isinstance(item, Received):

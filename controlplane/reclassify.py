@@ -40,20 +40,26 @@ def clear_conntrack(local: Iterable[Net], remote: Iterable[Net]) -> int:
     lo, re_ = list(local), list(remote)
     n = 0
     try:
-        with Conntrack() as ct:
-            for entry in ct.dump_entries():
-                orig = entry.tuple_orig
-                try:
-                    src = ipaddress.ip_address(orig.saddr)
-                    dst = ipaddress.ip_address(orig.daddr)
-                except (TypeError, ValueError):
-                    continue
-                if _covers(lo, re_, src, dst) or _covers(lo, re_, dst, src):
-                    try:
-                        ct.delete(entry)
-                        n += 1
-                    except Exception as exc:  # noqa: BLE001 -- raced with expiry
-                        log.debug("conntrack delete %s: %s", orig, exc)
+        ct = Conntrack()
     except OSError as exc:
         log.warning("reclassify-vpn: conntrack not reachable: %s", exc)
+        return 0
+    try:
+        for entry in list(ct.dump_entries()):
+            orig = entry.tuple_orig
+            try:
+                src = ipaddress.ip_address(orig.saddr)
+                dst = ipaddress.ip_address(orig.daddr)
+            except (TypeError, ValueError):
+                continue
+            if _covers(lo, re_, src, dst) or _covers(lo, re_, dst, src):
+                try:
+                    ct.delete(entry)
+                    n += 1
+                except Exception as exc:  # noqa: BLE001 -- raced with expiry
+                    log.debug("conntrack delete %s: %s", orig, exc)
+    except OSError as exc:
+        log.warning("reclassify-vpn: reading conntrack: %s", exc)
+    finally:
+        ct.close()
     return n

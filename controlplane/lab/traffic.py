@@ -120,6 +120,7 @@ class Transfer:
 
         from controlplane.lab import topology
 
+        self.port = port
         py = [sys.executable, "-m", "controlplane.lab.traffic"]
         bind = "::" if ":" in to else "0.0.0.0"
         self.server = lab.popen(topology.SERVER, py + ["serve", "--bind", bind, "--port",
