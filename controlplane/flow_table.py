@@ -17,7 +17,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from importlib.resources import files
@@ -361,6 +361,13 @@ class FlowTable:
             pairs = [s for s in self.selectors()
                      if s.local.version == fam and s.tunnel_id != tunnel_id]
             self._compile(fam, pairs)
+
+    def replace_selectors(self, selectors: Iterable[Selector]) -> None:
+        """Make the tries hold exactly ``selectors`` (every tunnel's), compiling each
+        family once: what a resync of many tunnels needs instead of one add per pair."""
+        wanted = list(dict.fromkeys(selectors))
+        for fam in (4, 6):
+            self._compile(fam, [s for s in wanted if s.local.version == fam])
 
     def _compile(self, family: int, pairs: list[Selector]) -> None:
         """Rewrite the trie of ``family`` so that each remote prefix R lists the pairs
