@@ -141,6 +141,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace, rest: list[str]) -> int:
     if a.bench_name == "datapath":
         from controlplane.bench.datapath import main as bench_main
+    elif a.bench_name == "control":
+        from controlplane.bench.control import main as bench_main
     else:
         raise CliError(f"unknown benchmark {a.bench_name!r}")
     return bench_main(rest)
@@ -210,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", default="demo")
 
     bench = sub.add_parser("bench", help="benchmarks (print JSON)")
-    bench.add_argument("bench_name", choices=("datapath",))
+    bench.add_argument("bench_name", choices=("datapath", "control"))
     return p
 
 

@@ -36,10 +36,10 @@ from typing import Any
 from controlplane import config as config_mod
 from controlplane.config import Config, ConfigError
 from controlplane.datapath import Datapath, DatapathConfig
-from controlplane.flow_table import FlowTable
+from controlplane.flow_table import FlowTable, Selector
 from controlplane.messages import Msg, Sev, emit, line, teardown_line
 from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
-from controlplane.tunnel import Transition, Tunnel, TunnelKey, TunnelRegistry
+from controlplane.tunnel import Transition, TunnelKey, TunnelRegistry
 from vici_glue import session as vs
 from vici_glue.follower import Disconnected, Follower, Received, Resync
 
@@ -85,6 +85,7 @@ class Latency:
     """Event received -> data-path map written, in ms (the control-plane benchmark)."""
 
     samples: list[float] = field(default_factory=list)
+    queued: list[float] = field(default_factory=list)  # received -> picked by the loop
 
     def add(self, ms: float) -> None:
         self.samples.append(ms)
@@ -113,10 +114,13 @@ class Daemon:
         self.charon_up = False
         self.started = time.time()
         self._stop = threading.Event()
-        self._next_sweep = 0.0
+        self._sweep_now = threading.Event()
+        self._reports: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.Queue()
+        self._sweeper_thread: threading.Thread | None = None
         self.lan_label = lan_if_label
         self.control: Any = None
         self.metrics: Any = None
+        self._selectors: set[Selector] | None = None
 
     # --- runtime (sysopt changed from the CLI, kept across daemon restarts) ---------------
     def _load_runtime(self) -> dict[str, Any]:
@@ -151,9 +155,8 @@ class Daemon:
         dpc = DatapathConfig(instance=cfg.instance, flows4_max=cfg.flow_table_size,
                              flows6_max=max(1024, cfg.flow_table_size // 4),
                              pickup_s=int(cfg.pickup_window))
-        self.dp = Datapath(dpc).load()
-        self.table = self.dp.table
-        self.sweeper = Sweeper(self.table, cfg.timeouts)
+        self.use_datapath(Datapath(dpc).load())
+        assert self.table is not None
         # Until charon has been heard, no tunnel is known to be up: hold, never leak.
         for t in self.table.tunnels():
             if t.id and t.up:
@@ -163,6 +166,10 @@ class Daemon:
         emit(Sev.INFO, Msg.DAEMON, f"data path {cfg.instance} attached to "
              f"{', '.join(cfg.lan_interfaces)}; {self.table.flow_count()} flows in the "
              f"table; preserve-vpn-flows {'on' if self.preserve_for(('', '')) else 'off'}")
+        self._sweeper_thread = threading.Thread(target=self._sweeper_loop, name="sweeper",
+                                                daemon=True)
+        self._sweeper_thread.start()
+        threading.Thread(target=self._reporter_loop, name="reporter", daemon=True).start()
         self.follower = Follower(cfg.vici_socket, self.inbox).start()
         from controlplane.control import ControlServer
 
@@ -172,8 +179,18 @@ class Daemon:
 
             self.metrics = MetricsServer(cfg.metrics_listen, self.metrics_snapshot).start()
 
+    def use_datapath(self, dp: Datapath) -> None:
+        """Take a loaded data path (``start`` loads the configured one; benchmarks and
+        tests hand in a private one)."""
+        self.dp = dp
+        self.table = dp.table
+        self.sweeper = Sweeper(dp.table, self.cfg.timeouts)
+
     def stop(self, purge: bool = False) -> None:
         self._stop.set()
+        self._sweep_now.set()
+        if self._sweeper_thread:
+            self._sweeper_thread.join(5)
         if self.follower:
             self.follower.stop()
         if self.control:
@@ -214,21 +231,28 @@ class Daemon:
             except queue.Empty:
                 item = None
             try:
+                t0 = time.monotonic()
                 if item is not None:
                     self._handle(item)
+                t1 = time.monotonic()
                 for ev in self.table.read_events(0):
                     self._on_datapath_event(ev)
-                now = time.monotonic()
-                if now >= self._next_sweep:
-                    self._next_sweep = now + self.cfg.sweep_interval
-                    self._sweep()
-                self._demand_tick(now)
+                t2 = time.monotonic()
+                self._demand_tick(time.monotonic())
+                t3 = time.monotonic()
+                if t3 - t0 > 0.005:
+                    log.debug("slow loop: item %s %.1f ms, events %.1f ms, demand %.1f ms",
+                              type(item).__name__, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+                              (t3 - t2) * 1e3)
             except Exception:  # noqa: BLE001 -- one bad item must not stop the gateway
                 self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "internal error (the "
                                          "daemon goes on; please report)"))
 
     def _handle(self, item: Any) -> None:
+        if hasattr(item, "received"):
+            self.latency.queued.append((time.monotonic() - item.received) * 1000)
+            del self.latency.queued[:-1000]
         if isinstance(item, Received):
             self.stats["events"] += 1
             self._apply(self.registry.on_event(item.event), item.received)
@@ -257,12 +281,14 @@ class Daemon:
     # --- transitions -> data path ---------------------------------------------------------
     def _apply(self, transitions: list[Transition], received: float) -> None:
         assert self.table is not None
+        if any(tr.kind in ("configured", "up", "removed") for tr in transitions):
+            # Selectors first: a tunnel goes UP only once its traffic maps to it.
+            self._sync_selectors()
         for tr in transitions:
             t = tr.tunnel
             preserve = self.preserve_for(t.key)
             if tr.kind == "configured":
                 self.table.set_tunnel(t.tunnel_id, up=t.state == "UP", preserve=preserve)
-                self._install_selectors(t)
                 emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} (id {t.tunnel_id}) "
                      f"selectors {_ts(t.local_ts)} === {_ts(t.remote_ts)}, "
                      f"preserve-vpn-flows {'on' if preserve else 'off'}")
@@ -272,49 +298,40 @@ class Daemon:
                     emit(Sev.WARNING, Msg.PEER_CHANGED, f"Tunnel {t.name} peer changed from "
                          f"{tr.previous_peer} to {t.peer_id}: its flows are torn down "
                          f"(generation {gen}), a different peer never inherits them")
-                self._install_selectors(t)
-                held = self._count_flows(t.tunnel_id)
                 self.table.set_tunnel(t.tunnel_id, up=True, preserve=preserve)
                 self.latency.add((time.monotonic() - received) * 1000)
                 self.demand.pop(t.key, None)
-                emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"Tunnel {t.name} UP, peer {t.peer_id}"
-                     f" ({tr.reason}); {held} flows resumed")
-                if self.reclassify():
-                    self._reclassify(t)
+                text = f"Tunnel {t.name} UP, peer {t.peer_id} ({tr.reason})"
+                self._later(self._report_up, t.tunnel_id, text,
+                            (t.name, t.local_ts, t.remote_ts) if self.reclassify() else None)
             elif tr.kind == "down":
                 if preserve:
                     self.table.set_tunnel(t.tunnel_id, up=False, preserve=True)
-                    self.latency.add((time.monotonic() - received) * 1000)
-                    tcp = self._count_flows(t.tunnel_id, proto=6)
-                    emit(Sev.INFO, Msg.TUNNEL_DOWN_PINNED, f"Tunnel {t.name} DOWN "
-                         f"({tr.reason}); preserve-vpn-flows: {tcp} TCP flows pinned, held "
-                         "until the tunnel is back; other flows torn down")
                 else:
                     gen = self.table.tunnel(t.tunnel_id).generation + 1
                     self.table.set_tunnel(t.tunnel_id, up=False, generation=gen,
                                           preserve=False)
-                    self.latency.add((time.monotonic() - received) * 1000)
-                    emit(Sev.INFO, Msg.TUNNEL_DOWN_TORN, f"Tunnel {t.name} DOWN "
-                         f"({tr.reason}); preserve-vpn-flows off: its flows are torn down")
+                self.latency.add((time.monotonic() - received) * 1000)
+                self._later(self._report_down, t.tunnel_id,
+                            f"Tunnel {t.name} DOWN ({tr.reason})", preserve)
                 self._sweep()  # log the teardowns now, not a sweep interval later
             elif tr.kind == "removed":
-                self.table.remove_tunnel_selectors(t.tunnel_id)
                 gen = self.table.tunnel(t.tunnel_id).generation + 1
                 self.table.set_tunnel(t.tunnel_id, up=False, generation=gen)
                 emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} no longer "
                      "configured: selectors removed, flows torn down")
                 self._sweep()
 
-    def _install_selectors(self, t: Tunnel) -> None:
+    def _sync_selectors(self) -> None:
+        """Make the data path's selectors those of the registry's tunnels (one compile per
+        family, only when something changed)."""
         assert self.table is not None
-        want = {(loc, rem) for loc in t.local_ts for rem in t.remote_ts
-                if loc.version == rem.version}
-        have = {(s.local, s.remote) for s in self.table.selectors()
-                if s.tunnel_id == t.tunnel_id}
-        for loc, rem in have - want:
-            self.table.remove_selector(t.tunnel_id, loc, rem)
-        for loc, rem in sorted(want - have, key=str):
-            self.table.add_selector(t.tunnel_id, loc, rem)
+        want = {Selector(loc, rem, t.tunnel_id)
+                for t in self.registry.tunnels.values()
+                for loc in t.local_ts for rem in t.remote_ts if loc.version == rem.version}
+        if want != self._selectors:
+            self.table.replace_selectors(sorted(want, key=lambda s: (s.tunnel_id, str(s))))
+            self._selectors = want
 
     def _count_flows(self, tunnel_id: int, proto: int | None = None) -> int:
         assert self.table is not None
@@ -322,26 +339,73 @@ class Daemon:
                    if f.tunnel_id == tunnel_id and (proto is None or f.key.proto == proto))
 
     # --- reclassify-vpn ----------------------------------------------------------------
-    def _reclassify(self, t: Tunnel) -> None:
+    # --- reports: counted and logged beside the loop -----------------------------------
+    def _later(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the reporter thread: counting flows reads whole maps (ms at
+        scale) and must never delay the next SA event."""
+        self._reports.put((fn, args))
+
+    def _reporter_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                fn, args = self._reports.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001
+                log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "report failed"))
+
+    def _report_up(self, tunnel_id: int, text: str, reclassify: Any) -> None:
+        emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"{text}; {self._count_flows(tunnel_id)} "
+             "flows resumed")
+        if reclassify:
+            self._reclassify(*reclassify)
+
+    def _report_down(self, tunnel_id: int, text: str, preserve: bool) -> None:
+        if preserve:
+            emit(Sev.INFO, Msg.TUNNEL_DOWN_PINNED, f"{text}; preserve-vpn-flows: "
+                 f"{self._count_flows(tunnel_id, proto=6)} TCP flows pinned, held until the "
+                 "tunnel is back; other flows torn down")
+        else:
+            emit(Sev.INFO, Msg.TUNNEL_DOWN_TORN, f"{text}; preserve-vpn-flows off: its flows "
+                 "are torn down")
+
+    def _reclassify(self, name: str, local_ts: Any, remote_ts: Any) -> None:
+        """reclassify-vpn (on the reporter thread; deleting flows beside the loop is safe:
+        a flow deleted here is simply created again, in its tunnel, by its next packet)."""
         from controlplane.reclassify import clear_conntrack, matches
 
         assert self.table is not None
-        gone = []
-        for f in list(self.table.flows()):
-            if (f.tunnel_id == 0 and matches(f.key, t.local_ts, t.remote_ts)
-                    and self.table.delete_flow(f.key)):
-                gone.append(f)
-        ct = clear_conntrack(t.local_ts, t.remote_ts)
+        gone = [f for f in list(self.table.flows())
+                if f.tunnel_id == 0 and matches(f.key, local_ts, remote_ts)
+                and self.table.delete_flow(f.key)]
+        self.stats["reclassified"] += len(gone)
+        ct = clear_conntrack(local_ts, remote_ts)
         if gone or ct:
-            self.stats["reclassified"] += len(gone)
-            emit(Sev.INFO, Msg.RECLASSIFIED, f"reclassify-vpn: Tunnel {t.name} UP: "
+            emit(Sev.INFO, Msg.RECLASSIFIED, f"reclassify-vpn: Tunnel {name} UP: "
                  f"{len(gone)} non-VPN flows and {ct} conntrack entries matching its "
                  "selectors cleared")
 
     # --- sweeper and data-path events ------------------------------------------------------
     def _sweep(self) -> None:
+        """Ask for a sweep now (the sweeper thread runs it; the loop never waits for it)."""
+        self._sweep_now.set()
+
+    def _sweeper_loop(self) -> None:
+        """The sweeper thread: expiry and teardown cost milliseconds per sweep at scale, so
+        they run beside the loop, not in it -- an SA event never waits behind a sweep.
+        Concurrent map access is safe: the sweeper re-checks every flow it removes."""
         assert self.sweeper is not None
-        self._log_removed(self.sweeper.sweep())
+        while not self._stop.is_set():
+            self._sweep_now.wait(self.cfg.sweep_interval)
+            self._sweep_now.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self._log_removed(self.sweeper.sweep())
+            except Exception:  # noqa: BLE001 -- the next sweep tries again
+                log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "sweep failed"))
 
     def _log_removed(self, removed: list[RemovedFlow]) -> None:
         for r in removed:
@@ -476,6 +540,9 @@ def main(config_path: str, purge: bool = False) -> int:
     if os.geteuid() != 0:
         print("flowpin: error: the daemon loads eBPF programs: run it as root", file=sys.stderr)
         return 1
+    # The loop must get the GIL back quickly from the sweeper and reclassify threads: an SA
+    # event waits at most this long behind their Python code (default 5 ms).
+    sys.setswitchinterval(0.0005)
     daemon = Daemon(cfg)
     try:
         daemon.start()
