@@ -18,6 +18,7 @@ read: such a flow is kept), and deletes the rest with one batch delete.
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import struct
 import time
@@ -84,14 +85,28 @@ class Timeouts:
         return cls(**{k: parse_duration(v) for k, v in values.items()})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RemovedFlow:
     """A flow that is gone, for the logs: both ends (initiator first), protocol, tunnel,
-    duration, bytes and packets each way (initiator -> responder first), reason."""
+    duration, bytes and packets each way (initiator -> responder first), reason.
 
-    flow: Flow
+    A sweep may remove a million flows at once: the record keeps the raw key and value
+    bytes and decodes them (addresses and all) only when a field is read.
+    """
+
     reason: str
     duration_s: float
+    decoded: Flow | None = None
+    raw: tuple[FlowTable, int, bytes, bytes] | None = None  # table, family, key, value
+
+    @functools.cached_property
+    def flow(self) -> Flow:
+        if self.decoded is not None:
+            return self.decoded
+        assert self.raw is not None
+        table, fam, kb, vb = self.raw
+        t = table._flow_map(fam)
+        return FlowTable.decode(fam, t.Key.from_buffer_copy(kb), t.Leaf.from_buffer_copy(vb))
 
     @property
     def proto(self) -> int:
@@ -215,25 +230,31 @@ class Sweeper:
         if not cands:
             return []
         table = self.table._flow_map(fam)
-        keys_in, vals_in = raw.keys, raw.values  # type: ignore[attr-defined]
-        dels = (table.Key * len(cands))()
+        ksz, vsz = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        kbuf = memoryview(raw.keys).cast("B")  # type: ignore[attr-defined]
+        vbuf = memoryview(raw.values).cast("B")  # type: ignore[attr-defined]
+        dels = bytearray(len(cands) * ksz)
         out: list[RemovedFlow] = []
-        cur = table.Leaf()
+        cur = ctypes.create_string_buffer(vsz)
+        cur_p = ctypes.addressof(cur)
+        fd = table.map_fd
         n = 0
         for i, why in cands:
-            k, v = keys_in[i], vals_in[i]
-            if lib.bpf_lookup_elem(table.map_fd, ctypes.byref(k), ctypes.byref(cur)) != 0:
+            kb = bytes(kbuf[i * ksz:(i + 1) * ksz])
+            if lib.bpf_lookup_elem(fd, kb, cur_p) != 0:
                 continue  # already gone (the packet path removed it)
-            if (cur.generation, cur.last_s, cur.created_s, cur.tunnel_id) != (
-                    v.generation, v.last_s, v.created_s, v.tunnel_id):
+            vb = cur.raw
+            old = vbuf[i * vsz:(i + 1) * vsz]
+            # generation + tunnel id, created + last forwarded: unchanged since the read?
+            if vb[0:6] != old[0:6] or vb[24:32] != old[24:32]:
                 stats["kept_changed"] += 1
                 continue
-            ctypes.memmove(ctypes.byref(dels, n * ctypes.sizeof(table.Key)),
-                           ctypes.byref(k), ctypes.sizeof(table.Key))
+            dels[n * ksz:(n + 1) * ksz] = kb
             n += 1
-            flow = FlowTable.decode(fam, k, cur)
-            out.append(RemovedFlow(flow, why, float(now - flow.created_s)))
-        stats["removed"] += self.table.delete_keys(fam, dels, n)
+            created = int.from_bytes(vb[24:28], "little")
+            out.append(RemovedFlow(why, float(now - created), raw=(self.table, fam, kb, vb)))
+        keys = (table.Key * max(n, 1)).from_buffer(dels)
+        stats["removed"] += self.table.delete_keys(fam, keys, n)
         return out
 
 
@@ -243,8 +264,8 @@ def removed_from_events(events: Iterable[Event]) -> list[RemovedFlow]:
     out = []
     for e in events:
         if e.type == "FLOW_REMOVED" and e.flow is not None:
-            out.append(RemovedFlow(e.flow, TORN_DOWN,
-                                   float(e.ts_ns // 1_000_000_000 - e.flow.created_s)))
+            out.append(RemovedFlow(TORN_DOWN, float(e.ts_ns // 1_000_000_000 - e.flow.created_s),
+                                   decoded=e.flow))
     return out
 
 

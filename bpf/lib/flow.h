@@ -84,12 +84,25 @@ static __always_inline void flow_key_build(const struct fp_pkt *p, struct fp_key
 	}
 }
 
+/*
+ * Every map call below is fenced with an empty asm: without it clang merges the IPv4
+ * and IPv6 calls into one call whose map is a register, the verifier then sees two maps
+ * at one call site and cannot inline the lookup (~20 ns more per packet).
+ */
+#define FP_NO_MERGE() asm volatile("" ::: "memory")
+
 static __always_inline struct flow_value *flow_lookup(const struct fp_pkt *p,
 						      struct fp_keys *k)
 {
-	if (p->family == 4)
-		return flows4.lookup(&k->k4);
-	return flows6.lookup(&k->k6);
+	struct flow_value *v;
+
+	if (p->family == 4) {
+		v = flows4.lookup(&k->k4);
+		FP_NO_MERGE();
+	} else {
+		v = flows6.lookup(&k->k6);
+	}
+	return v;
 }
 
 /**
@@ -101,17 +114,25 @@ static __always_inline struct flow_value *flow_lookup(const struct fp_pkt *p,
 static __always_inline int flow_store(const struct fp_pkt *p, struct fp_keys *k,
 				      struct flow_value *v, int replace)
 {
-	if (p->family == 4)
-		return replace ? flows4.update(&k->k4, v) : flows4.insert(&k->k4, v);
-	return replace ? flows6.update(&k->k6, v) : flows6.insert(&k->k6, v);
+	int err;
+
+	if (p->family == 4) {
+		err = replace ? flows4.update(&k->k4, v) : flows4.insert(&k->k4, v);
+		FP_NO_MERGE();
+	} else {
+		err = replace ? flows6.update(&k->k6, v) : flows6.insert(&k->k6, v);
+	}
+	return err;
 }
 
 static __always_inline void flow_delete(const struct fp_pkt *p, struct fp_keys *k)
 {
-	if (p->family == 4)
+	if (p->family == 4) {
 		flows4.delete(&k->k4);
-	else
+		FP_NO_MERGE();
+	} else {
 		flows6.delete(&k->k6);
+	}
 }
 
 #endif

@@ -14,6 +14,7 @@
 #include "flow_types.h"
 #include "maps.h"
 #include "parse.h"
+#include "flow.h"
 
 /* __prefix_match - @addr (network order words) lies in @pfx/@plen, over @words words. */
 static __always_inline int __prefix_match(const __u32 *addr, const __u32 *pfx, __u8 plen,
@@ -47,6 +48,7 @@ static __always_inline __u16 tunnel_classify(__u8 family, const __u32 *local,
 		struct sel_key4 k = { .prefixlen = 32, .remote = remote[0] };
 		struct sel_value4 *v = selectors4.lookup(&k);
 
+		FP_NO_MERGE();	/* see flow.h */
 		if (!v)
 			return 0;
 #pragma unroll
