@@ -26,3 +26,16 @@ int fp_inbound(struct __sk_buff *skb)
 {
 	return fp_handle(skb, FP_DIR_IN);
 }
+
+/* Run by the loader through BPF_PROG_TEST_RUN to map jiffies to CLOCK_MONOTONIC. */
+int fp_clock_probe(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct clock_sample *s = clock_probe.lookup(&zero);
+
+	if (s) {
+		s->jiffies = bpf_jiffies64();
+		s->mono_ns = bpf_ktime_get_ns();
+	}
+	return TC_ACT_OK;
+}

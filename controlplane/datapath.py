@@ -34,6 +34,8 @@ ENTRY = "flowpin.c"
 EMPTY = "empty.c"
 PROG_OUTBOUND = "fp_outbound"  # clsact ingress: LAN -> tunnel
 PROG_INBOUND = "fp_inbound"  # clsact egress: tunnel -> LAN
+PROG_CLOCK = "fp_clock_probe"  # test-run only: samples (jiffies, CLOCK_MONOTONIC)
+HZ_CANDIDATES = (100, 250, 300, 1000)
 PARENT_INGRESS = "ffff:fff2"
 PARENT_EGRESS = "ffff:fff3"
 FILTER_PRIO = 1
@@ -198,7 +200,36 @@ class Datapath:
         self._table = FlowTable(self._bpf)
         self._table.update_config(pickup_s=cfg.pickup_s,
                                   event_interval_ms=cfg.event_interval_ms)
+        self.calibrate_clock()
         return self
+
+    def calibrate_clock(self, interval_s: float = 0.2) -> int:
+        """Map jiffies to CLOCK_MONOTONIC for the data path's clock (see clock.h): two
+        (jiffies, ns) samples taken in the kernel ``interval_s`` apart give HZ, the later
+        one the base. Returns HZ; 0 (and the coarse clock) if jiffies did not move."""
+        import bcc
+
+        from controlplane import testrun
+
+        fd = self._bpf.load_func(PROG_CLOCK.encode(), bcc.BPF.SCHED_CLS).fd
+        frame = testrun.ether(b"\0" * 46, testrun.ETH_P_ARP)
+        probe = self._bpf[b"clock_probe"]
+
+        def sample() -> tuple[int, int]:
+            testrun.test_run(fd, frame)
+            v = probe[ctypes.c_uint32(0)]
+            return v.jiffies, v.mono_ns
+
+        j0, n0 = sample()
+        time.sleep(interval_s)
+        j1, n1 = sample()
+        if j1 <= j0:
+            self.table.update_config(ns_per_jiffy=0)
+            return 0
+        measured = (n1 - n0) / (j1 - j0)
+        hz = min(HZ_CANDIDATES, key=lambda h: abs(1e9 / h - measured))
+        self.table.update_config(base_ns=n1, base_jiffies=j1, ns_per_jiffy=round(1e9 / hz))
+        return hz
 
     @property
     def bpf(self) -> Any:

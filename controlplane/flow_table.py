@@ -219,10 +219,15 @@ class Event:
 
 @dataclass
 class Config:
+    """fp_config: test clock, pickup window, event interval, jiffies->ns clock mapping."""
+
     now_ns: int
     attach_ns: int
     pickup_s: int
     event_interval_ms: int
+    base_ns: int
+    base_jiffies: int
+    ns_per_jiffy: int
 
 
 @dataclass
@@ -257,11 +262,12 @@ class FlowTable:
     # -- config / clock ----------------------------------------------------------------
     def config(self) -> Config:
         c = self.config_map[ctypes.c_uint32(0)]
-        return Config(c.now_ns, c.attach_ns, c.pickup_s, c.event_interval_ms)
+        return Config(c.now_ns, c.attach_ns, c.pickup_s, c.event_interval_ms, c.base_ns,
+                      c.base_jiffies, c.ns_per_jiffy)
 
     def update_config(self, **fields: int) -> None:
-        """Write some fields of the config entry (now_ns, attach_ns, pickup_s,
-        event_interval_ms); the others keep their value."""
+        """Write some fields of the config entry (see :class:`Config`); the others keep
+        their value."""
         k = ctypes.c_uint32(0)
         c = self.config_map[k]
         for name, value in fields.items():

@@ -11,26 +11,26 @@
 
 #include "flow_types.h"
 
-#ifndef FP_PRECISE_CLOCK
 /* bcc 0.26 declares no wrapper for this helper (kernel 5.11+) */
 static __u64 (*fp_ktime_get_coarse_ns)(void) = (void *)BPF_FUNC_ktime_get_coarse_ns;
-#endif
 
 /*
- * fp_now_ns - CLOCK_MONOTONIC in ns, or the test clock.
- * The coarse clock (updated every tick, a few ms) is enough for second-resolution flow
- * times and costs a memory read, where bpf_ktime_get_ns reads the clocksource: ~30 ns
- * per packet on a VM whose clocksource is not the TSC.
+ * fp_now_ns - CLOCK_MONOTONIC in ns (to a jiffy), or the test clock.
+ *
+ * Why jiffies: the verifier inlines bpf_jiffies64() into one load on 64-bit JITs, while
+ * every real helper call costs a call and a return, ~18 ns each on CPUs with the SRSO
+ * "Safe RET" mitigation, which is a third of an established flow's budget. Flow times
+ * are whole seconds, so a jiffy (1-10 ms) of resolution is plenty. The loader maps
+ * jiffies to CLOCK_MONOTONIC (fp_config.base_*); uncalibrated, the coarse clock is read.
  */
 static __always_inline __u64 fp_now_ns(const struct fp_config *cfg)
 {
 	if (cfg->now_ns)
 		return cfg->now_ns;
-#ifdef FP_PRECISE_CLOCK
-	return bpf_ktime_get_ns();
-#else
+	if (cfg->ns_per_jiffy)
+		return cfg->base_ns +
+		       (__s64)(bpf_jiffies64() - cfg->base_jiffies) * cfg->ns_per_jiffy;
 	return fp_ktime_get_coarse_ns();
-#endif
 }
 
 #endif

@@ -33,7 +33,7 @@
 #define FP_SIZEOF_FLOW_VALUE 48
 #define FP_SIZEOF_TUNNEL 8
 #define FP_SIZEOF_TUNNEL_STATS 32
-#define FP_SIZEOF_CONFIG 24
+#define FP_SIZEOF_CONFIG 48
 #define FP_SIZEOF_SEL_VALUE4 32
 #define FP_SIZEOF_SEL_VALUE6 80
 #define FP_SIZEOF_EVENT 104
@@ -166,12 +166,26 @@ struct tunnel_stats {
 	__u64 last_full_ns;	/* rate limit of FP_EV_MAP_FULL */
 };
 
-/* struct fp_config - runtime knobs (array of one entry). */
+/*
+ * struct fp_config - runtime knobs (array of one entry).
+ * The clock: CLOCK_MONOTONIC ns = base_ns + (jiffies - base_jiffies) * ns_per_jiffy, set
+ * by the loader from two samples (see clock.h); now_ns overrides it for tests.
+ */
 struct fp_config {
-	__u64 now_ns;		/* test clock: used instead of ktime when non-zero */
+	__u64 now_ns;		/* test clock: used instead of the real clock when non-zero */
 	__u64 attach_ns;	/* when the data path was first attached */
 	__u32 pickup_s;		/* pickup window after attach_ns, 0 = strict at once */
 	__u32 event_interval_ms; /* min interval between events per tunnel and type */
+	__u64 base_ns;		/* CLOCK_MONOTONIC at base_jiffies */
+	__u64 base_jiffies;
+	__u32 ns_per_jiffy;	/* 1e9 / HZ; 0 = not calibrated: read the coarse clock */
+	__u32 pad;
+};
+
+/* struct clock_sample - one (jiffies, CLOCK_MONOTONIC) pair taken by fp_clock_probe. */
+struct clock_sample {
+	__u64 jiffies;
+	__u64 mono_ns;
 };
 
 /* Selectors: LPM key on the remote prefix; the value lists local prefixes to check. */

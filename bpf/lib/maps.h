@@ -37,6 +37,9 @@ FP_MAP("percpu_array", __u32, __u64, counters, FP_S_MAX, 0);
 /* Runtime configuration, one entry. */
 FP_MAP("array", __u32, struct fp_config, config, 1, 0);
 
+/* Loader only: fp_clock_probe stores one (jiffies, CLOCK_MONOTONIC) sample here. */
+BPF_ARRAY(clock_probe, struct clock_sample, 1);
+
 /* What user space must act on: demand for a down tunnel, map full, flows removed. */
 BPF_RINGBUF_OUTPUT(events, 64);
 
