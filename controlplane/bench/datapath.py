@@ -71,8 +71,16 @@ def calibrate(frame: bytes, repeat: int, empty: int) -> dict[str, float]:
         k.w[i] = i + 1
     h[k] = h.Leaf(1)
     lookup = _best(b.load_func(b"cal_lookup", bcc.BPF.SCHED_CLS).fd, frame, repeat)
+    lpm = b[b"cal_lpm"]
+    lk = lpm.Key()
+    lk.prefixlen, lk.addr = 16, 0x0000010A  # 10.1.0.0/16 in network order
+    lpm[lk] = lpm.Leaf(1)
+    lpm_ns = _best(b.load_func(b"cal_lpm_lookup", bcc.BPF.SCHED_CLS).fd, frame, repeat)
+    ins = tr.test_run(b.load_func(b"cal_insert", bcc.BPF.SCHED_CLS).fd, frame,
+                      min(repeat, 1_000_000)).duration_ns
     b.cleanup()
-    return {"helper_call_ns": round((calls - empty) / 10, 1), "htab_lookup_ns": lookup - empty}
+    return {"helper_call_ns": round((calls - empty) / 10, 1), "htab_lookup_ns": lookup - empty,
+            "lpm_lookup_ns": lpm_ns - empty, "htab_insert_new_key_ns": ins - empty}
 
 
 def fill_flows(t: FlowTable, n: int, now_s: int, generation: int,
@@ -239,8 +247,10 @@ def run(repeat: int = 1_000_000) -> dict[str, Any]:
         "IPv6 flows (key 40) in their own map: bytes_per_flow_v6",
         "pin/release/teardown: median wall time of the user-space call (one bpf(2) read "
         "plus one write of the tunnel's control word); independent of the flow count",
-        "calibration: helper_call_ns = one kernel helper call+return, htab_lookup_ns = one "
-        "hit in a preallocated hash with a 16-byte key, both above the empty program; on "
+        "calibration (each above the empty program): helper_call_ns = one kernel helper "
+        "call+return; htab_lookup_ns = one hit in a preallocated hash, 16-byte key; "
+        "lpm_lookup_ns = one LPM trie hit; htab_insert_new_key_ns = one insert of a new key "
+        "into a preallocated 1M hash growing from empty (per-CPU counter in the key); on "
         "CPUs with the SRSO 'Safe RET' mitigation every kernel return is expensive, and a "
         "hash lookup and the clock read are such calls",
         "sweep_s_1m: batch read of 1M flows, decide, re-check + batch delete of the 100k "
