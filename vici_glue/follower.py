@@ -10,7 +10,8 @@
 - :class:`Disconnected` when charon goes away (socket closed, charon killed): all its SAs
   are gone with it.
 
-Reconnection backs off exponentially (0.1 s doubling to 5 s) and resets once connected.
+Reconnection backs off exponentially (0.05 s doubling to 1 s: a charon that restarts is
+an outage of every tunnel, so it is looked for often) and resets once connected.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _close(sess: vici.Session | None) -> None:
 
 class Follower:
     def __init__(self, path: str, out: queue.Queue[Item] | None = None, *,
-                 poll: float = 0.2, backoff_min: float = 0.1, backoff_max: float = 5.0) -> None:
+                 poll: float = 0.2, backoff_min: float = 0.05, backoff_max: float = 1.0) -> None:
         self.path = path
         self.out: queue.Queue[Item] = out if out is not None else queue.Queue()
         self.poll = poll

@@ -367,7 +367,7 @@ class Lab:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if all(self.child_installed(g) for g in GATEWAYS):
-                return
+                break
             state = self.ike_state(gw)
             if state in ("CONNECTING", "REKEYING", "DELETING"):
                 time.sleep(0.2)
@@ -388,6 +388,9 @@ class Lab:
         if not all(self.child_installed(g) for g in GATEWAYS):
             raise LabError(f"tunnel did not come up within {timeout:.0f} s; {gw}'s charon "
                            f"log:\n{self.charon(gw).log_tail()}")
+        for g in self.flowpin_gateways():  # and flowpin has seen it
+            if self.daemon_pid(g):
+                self.wait_daemon_sees_up(g, timeout=max(5.0, deadline - time.monotonic()))
 
     # --- down ---------------------------------------------------------------------------
     def down(self) -> list[str]:

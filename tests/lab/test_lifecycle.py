@@ -103,7 +103,7 @@ def test_charon_failing_to_start_reports_its_log(tmp_path: Path,
         # A VICI socket charon cannot create: it starts, logs why, and never opens it.
         bad = charon_mod.config_text("kernel-libipsec").replace(
             "unix:///run/charon.vici", "unix:///nonexistent/dir/charon.vici")
-        monkeypatch.setattr(charon_mod, "config_text", lambda backend: bad)
+        monkeypatch.setattr(charon_mod, "config_text", lambda backend, options=None: bad)
         ch = Charon(ns, tmp_path, "kernel-libipsec")
         with pytest.raises(CharonError) as err:
             ch.start(timeout=3)
