@@ -138,14 +138,23 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run(a)
 
 
+BENCHMARKS = {
+    "datapath": "controlplane.bench.datapath",  # issue 3: ns per packet, BPF_PROG_TEST_RUN
+    "control": "controlplane.bench.control",  # issue 4: event -> map latency, resync
+    "resume": "controlplane.bench.resume",  # issue 5: outage -> first byte resumed
+    "forward": "controlplane.bench.forward",  # issue 6: plain vs nftables vs flowpin
+    "all": "controlplane.bench.report",  # issue 6: everything, results.json/.md + charts
+}
+
+
 def cmd_bench(a: argparse.Namespace, rest: list[str]) -> int:
-    if a.bench_name == "datapath":
-        from controlplane.bench.datapath import main as bench_main
-    elif a.bench_name == "control":
-        from controlplane.bench.control import main as bench_main
-    else:
-        raise CliError(f"unknown benchmark {a.bench_name!r}")
-    return bench_main(rest)
+    import importlib
+
+    try:
+        module = importlib.import_module(BENCHMARKS[a.bench_name])
+    except ModuleNotFoundError as exc:
+        raise CliError(f"benchmark {a.bench_name!r} is not available: {exc}") from None
+    return int(module.main(rest))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -212,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", default="demo")
 
     bench = sub.add_parser("bench", help="benchmarks (print JSON)")
-    bench.add_argument("bench_name", choices=("datapath", "control"))
+    bench.add_argument("bench_name", choices=tuple(BENCHMARKS))
     return p
 
 
