@@ -1,0 +1,82 @@
+"""Helpers shared by the side-by-side benchmarks: summaries, alternation, the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def summary(values: Sequence[float], ndigits: int = 3) -> dict[str, Any]:
+    """Median and min-max of the rounds, plus every round, so noise shows."""
+    v = [float(x) for x in values]
+    if not v:
+        return {"median": None, "min": None, "max": None, "runs": []}
+    return {"median": round(statistics.median(v), ndigits), "min": round(min(v), ndigits),
+            "max": round(max(v), ndigits), "runs": [round(x, ndigits) for x in v]}
+
+
+def ratio(a: float | None, b: float | None, ndigits: int = 3) -> float | None:
+    if a is None or not b:
+        return None
+    return round(a / b, ndigits)
+
+
+def alternate(contenders: Sequence[str], rounds: int,
+              run: Callable[[str, int], float]) -> dict[str, list[float]]:
+    """Run ``run(contender, round)`` as A B C A B C ... for ``rounds`` rounds."""
+    out: dict[str, list[float]] = {c: [] for c in contenders}
+    for r in range(rounds):
+        for c in contenders:
+            out[c].append(run(c, r))
+    return out
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = ""
+    flags: set[str] = set()
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name") and not cpu:
+            cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    mem_kib = 0
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    iperf = ""
+    if shutil.which("iperf3"):
+        try:
+            iperf = subprocess.run(["iperf3", "--version"], capture_output=True, text=True,
+                                   timeout=5).stdout.splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            iperf = ""
+    os_name = ""
+    for line in _read("/etc/os-release").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            os_name = line.split("=", 1)[1].strip('"')
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "virtualized": "hypervisor" in flags,
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "os": os_name,
+        "srso_mitigation": _read("/sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow"),
+        "python": sys.version.split()[0],
+        "iperf3": iperf,
+    }
