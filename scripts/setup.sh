@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PKGS=(strongswan-charon strongswan-swanctl libcharon-extra-plugins
       python3-bpfcc python3-nftables python3-venv python3-matplotlib
-      iperf3 nftables tcpdump curl iproute2 iputils-ping procps make gcc)
+      iperf3 nftables tcpdump curl iproute2 iputils-ping procps make gcc ${FLOWPIN_DEV_PKGS-vagrant systemd})
 
 say() { printf 'setup: %s\n' "$*"; }
 

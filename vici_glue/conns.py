@@ -7,8 +7,13 @@ configuration proven in the lab is the configuration deployed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+# A swanctl.conf value that needs no quoting (one `key = value` per line, `#` starts a
+# comment, braces open and close sections).
+_BARE = re.compile(r"^[A-Za-z0-9_.:/@%*+,= -]*$")
 
 
 @dataclass(frozen=True)
@@ -81,3 +86,57 @@ class SiteToSite:
             "data": self.psk,
             "owners": [self.local_id, self.remote_id],
         }
+
+    def swanctl_conf(self) -> str:
+        """This connection and its PSK as a swanctl.conf text (``connections`` and ``secrets``).
+
+        The ``connections`` tree is :meth:`conn_message` itself: swanctl.conf's keys are the
+        VICI keys and swanctl turns the file into the same ``load-conn`` message, so the file
+        deployed on a gateway is the configuration the lab loads over VICI.
+        """
+        lines = ["# Written by flowpin (vici_glue.conns.SiteToSite.swanctl_conf): edit the",
+                 "# generator, not this file.", "connections {"]
+        _render_section(self.conn_message(), 1, lines)
+        lines += [
+            "}",
+            "",
+            "secrets {",
+            f"    ike-{self.name} {{",
+            f"        id-1 = {_swanctl_value(self.local_id)}",
+            f"        id-2 = {_swanctl_value(self.remote_id)}",
+            f"        secret = {_swanctl_secret(self.psk)}",
+            "    }",
+            "}",
+            "",
+        ]
+        return "\n".join(lines)
+
+
+def _swanctl_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(_swanctl_value(v) for v in value)
+    text = str(value)
+    if _BARE.match(text) and text == text.strip():
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _swanctl_secret(psk: str) -> str:
+    """A PSK as swanctl reads it back byte for byte: quoted, or hex when it could be taken
+    for an encoding prefix (``0x``/``0s``) or holds characters a quoted string cannot."""
+    if psk.startswith(("0x", "0s")) or not psk.isprintable() or '"' in psk or "\\" in psk:
+        return "0x" + psk.encode().hex()
+    return f'"{psk}"'
+
+
+def _render_section(tree: dict[str, Any], depth: int, lines: list[str]) -> None:
+    pad = "    " * depth
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            lines.append(f"{pad}{key} {{")
+            _render_section(value, depth + 1, lines)
+            lines.append(f"{pad}}}")
+        else:
+            lines.append(f"{pad}{key} = {_swanctl_value(value)}")
