@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 PROTO = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMP6"}
 
 
+def run(d: Daemon, kind: str, args: Any) -> Any:
+    """Dispatch ``kind`` (``show-conn`` -> :func:`cmd_show_conn`)."""
+    handler = globals().get("cmd_" + kind.replace("-", "_"))
+    if handler is None or not callable(handler):
+        raise ValueError(f"unknown command {kind!r}")
+    return handler(d, args)
+
+
 def _now_s(d: Daemon) -> int:
     assert d.sweeper is not None
     return d.sweeper.now_s()

@@ -27,8 +27,6 @@ from dataclasses import dataclass, fields
 
 from controlplane.flow_table import (
     ACCT_BYTES_BITS,
-    TF_PRESERVE,
-    TUNNEL_UP,
     Event,
     Flow,
     FlowTable,
@@ -146,6 +144,13 @@ class RemovedFlow:
                 f"({self.bytes[0]} out, {self.bytes[1]} in) {self.reason}")
 
 
+class _DefaultTunnels(dict[int, tuple[int, bool, bool]]):
+    """Tunnel words; an id never written is (0, DOWN, no preserve), as in the array map."""
+
+    def get(self, key: int, default: object = None) -> tuple[int, bool, bool]:  # type: ignore[override]
+        return super().get(key, (0, False, False))
+
+
 def idle_reason(proto: int, s0: int, s1: int, idle: float, t: Timeouts) -> str | None:
     """Why a flow idle for ``idle`` seconds expires now, or None."""
     if proto == 6:
@@ -181,11 +186,10 @@ class Sweeper:
         return now_ns // 1_000_000_000
 
     def _tunnels(self) -> dict[int, tuple[int, bool, bool]]:
-        """Tunnel id -> (generation, up, preserve), read once per sweep."""
-        out = {}
-        for k, t in self.table.tunnels_map.items():
-            out[k.value] = (t.generation, t.state == TUNNEL_UP, bool(t.flags & TF_PRESERVE))
-        return out
+        """Tunnel id -> (generation, up, preserve), read once per sweep. A tunnel id with
+        an all-zero control word (never written) reads as generation 0, DOWN."""
+        words = self.table.tunnel_words()
+        return _DefaultTunnels(words)
 
     def sweep(self, now_s: int | None = None) -> list[RemovedFlow]:
         now = self.now_s() if now_s is None else now_s

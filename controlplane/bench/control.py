@@ -2,8 +2,8 @@
 
 - ``event_to_map_ms``: from a VICI event read off charon's socket to the data-path map
   written for it, measured by the daemon itself on every transition; here in the lab, with
-  real charons, over ``--flaps`` CHILD_SA terminations and re-establishments (a down and an
-  up each, on both gateways).
+  real charons, over ``--flaps`` CHILD_SA terminations and re-establishments driven over
+  VICI (a down and an up each, on both gateways), 0.2 s apart.
 - ``resync_ms_1k_tunnels``: a resync (after a (re)connect to charon) that finds 1000
   configured tunnels with an installed CHILD_SA each: registry + selectors + tunnel states
   written into a real (private) data path.
@@ -69,7 +69,6 @@ def resync_1k(n: int = 1000, repeat: int = 5) -> dict[str, Any]:
 
 
 def event_to_map(flaps: int) -> dict[str, Any]:
-    from controlplane.lab.flap import flap
     from controlplane.lab.lab import Lab
 
     lab = Lab("benchctl")
@@ -78,8 +77,17 @@ def event_to_map(flaps: int) -> dict[str, Any]:
     try:
         samples_before = {gw: lab.ask(gw, "show-counters")["event_to_map_ms"]["count"]
                           for gw in lab.flowpin_gateways()}
-        for _ in range(flaps):
-            flap(lab, "child", 0.0)
+        # Drive charon directly (terminate, then initiate, over VICI) and leave the gateways
+        # alone in between: the figure is the daemon's reaction, not the lab's polling.
+        from controlplane.lab.topology import CHILD, CONN
+        from vici_glue import session as vs
+
+        with lab.vici("bo-gw") as s:
+            for _ in range(flaps):
+                vs.terminate(s, child=CHILD)
+                time.sleep(0.2)
+                vs.initiate(s, CHILD, CONN)
+                time.sleep(0.2)
         time.sleep(0.5)
         out: dict[str, Any] = {}
         for gw in lab.flowpin_gateways():
