@@ -303,11 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.node in GATEWAYS:
             lan_if = args.lan_if
             if lan_if == "auto":
+                # --print probes nothing: it shows what a real run would look for.
                 want = str(lan_nic(args.node).ipv4.ip)
-                lan_if = find_nic(want) or ""
-                if not lan_if and args.print:
-                    lan_if = f"<NIC carrying {want}>"
-                elif not lan_if:
+                lan_if = f"<NIC carrying {want}>" if args.print else find_nic(want) or ""
+                if not lan_if:
                     raise DeployError(f"no interface carries {want} (the {args.node} LAN "
                                       "address): did Vagrant configure the private networks?")
         # --print never shows a key: it stands for the one the real run reads.
