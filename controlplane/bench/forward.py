@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from typing import Any
 
 from controlplane.bench import topo as tp
@@ -155,7 +156,7 @@ def _wait_ready(p: subprocess.Popen[str], what: str) -> None:
 
 
 class Runner:
-    def __init__(self, t: tp.Topology, seconds: float) -> None:
+    def __init__(self, t: tp.Topology, seconds: int) -> None:
         self.t, self.seconds = t, seconds
 
     def start_servers(self) -> None:
@@ -227,7 +228,7 @@ def _port_open(ns: str, port: int) -> bool:
     return bool(netns.call(ns, probe, port))
 
 
-def run(rounds: int = 5, seconds: float = 3.0,
+def run(rounds: int = 5, seconds: int = 3,
         measures: tuple[str, ...] = MEASURES) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise BenchError("the forwarding benchmark needs root (namespaces, eBPF, nftables)")
@@ -318,14 +319,20 @@ def main(argv: list[str]) -> int:
                                  "(prints one JSON object)")
     ap.add_argument("--json", action="store_true", help="accepted; output is always JSON")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of A B C (default 5)")
-    ap.add_argument("--seconds", type=float, default=3.0, help="seconds per run (default 3)")
+    ap.add_argument("--seconds", type=int, default=3, help="seconds per run (default 3)")
     ap.add_argument("--measure", action="append", choices=MEASURES,
                     help="only this measure (repeatable; default all)")
     a = ap.parse_args(argv)
-    if a.rounds < 1 or a.seconds <= 0:
-        ap.error("--rounds must be >= 1 and --seconds > 0")
+    if a.rounds < 1 or a.seconds < 1:
+        ap.error("--rounds and --seconds must be >= 1")
+
+    me = os.getpid()
 
     def on_term(_sig: int, _frm: object) -> None:
+        # Forked helpers (netns.call, pyroute2's netns workers) inherit this handler: only
+        # the benchmark process itself unwinds (and cleans up); a helper just exits.
+        if os.getpid() != me:
+            os._exit(128 + signal.SIGTERM)
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, on_term)
@@ -335,7 +342,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"error": "interrupted"}))
         return 130
     except Exception as exc:  # report, as JSON, what failed
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}",
+                          "at": f"{where.filename}:{where.lineno}"}))
         return 1
     finally:
         signal.signal(signal.SIGTERM, old)

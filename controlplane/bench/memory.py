@@ -25,6 +25,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,13 @@ def _ct_count() -> int:
 
 
 def conntrack_bytes_per_flow(n: int = FLOWS) -> dict[str, Any]:
+    from controlplane.bench.topo import BenchLock
+
+    with BenchLock():
+        return _conntrack_bytes_per_flow(n)
+
+
+def _conntrack_bytes_per_flow(n: int) -> dict[str, Any]:
     if netns.exists(NS):
         netns.kill_all(NS)
         netns.remove(NS)
@@ -196,7 +204,9 @@ def main(argv: list[str]) -> int:
     try:
         out = run(a.flows)
     except Exception as exc:
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}",
+                          "at": f"{where.filename}:{where.lineno}"}))
         return 1
     print(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
     return 0

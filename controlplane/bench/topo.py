@@ -14,9 +14,12 @@ and killed before the namespaces go.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -39,6 +42,41 @@ _LINKS = (
 _ROUTES = {CLIENT: "10.1.0.1", SERVER: "10.2.0.1"}
 
 
+LOCK = "/run/flowpin/fpbench.lock"
+
+
+class BenchLock:
+    """One benchmark at a time owns the ``fpbench-`` namespaces: a second one waits
+    (up to ``timeout``) instead of removing the first one's namespaces as leftovers."""
+
+    def __init__(self, timeout: float = 900.0) -> None:
+        self.timeout = timeout
+        self.fd = -1
+
+    def __enter__(self) -> BenchLock:
+        os.makedirs(os.path.dirname(LOCK), exist_ok=True)
+        self.fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    raise RuntimeError(f"another flowpin benchmark holds {LOCK}") from None
+                if not told:
+                    print(f"waiting for another flowpin benchmark ({LOCK})", file=sys.stderr)
+                    told = True
+                time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
 def leftovers() -> list[str]:
     return netns.listing(PREFIX)
 
@@ -58,19 +96,25 @@ class Topology:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[Any]] = []
+        self.lock = BenchLock()
 
     def __enter__(self) -> Topology:
-        remove_leftovers()
+        self.lock.__enter__()
         try:
+            remove_leftovers()
             self.build()
         except BaseException:
             self.remove()
+            self.lock.__exit__()
             raise
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.remove()
+        try:
+            self.remove()
+        finally:
+            self.lock.__exit__()
 
     def build(self) -> None:
         for ns in (CLIENT, GW, SERVER):

@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import time
+import traceback
 from typing import Any
 
 from controlplane.bench.common import alternate, machine, summary
@@ -127,7 +128,7 @@ class LanFilters:
         self.fds = {}
 
 
-def run(rounds: int = 5, seconds: float = 3.0) -> dict[str, Any]:
+def run(rounds: int = 5, seconds: int = 3) -> dict[str, Any]:
     from controlplane.lab.lab import Lab
 
     if os.geteuid() != 0:
@@ -210,15 +211,19 @@ def main(argv: list[str]) -> int:
                                  "and without flowpin's data path (prints one JSON object)")
     ap.add_argument("--json", action="store_true", help="accepted; output is always JSON")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--seconds", type=int, default=3)
     a = ap.parse_args(argv)
+    if a.rounds < 1 or a.seconds < 1:
+        ap.error("--rounds and --seconds must be >= 1")
     try:
         out = run(a.rounds, a.seconds)
     except KeyboardInterrupt:
         print(json.dumps({"error": "interrupted"}))
         return 130
     except Exception as exc:
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}",
+                          "at": f"{where.filename}:{where.lineno}"}))
         return 1
     print(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
     return 0
