@@ -68,10 +68,14 @@ def test_down_after_crash_removes_leftovers() -> None:
     name = unique_lab_name("crash")
     lab = Lab(name)
     lab.up()
-    # Simulate the crash: the record of the lab is gone, namespaces and charons remain.
+    # Simulate the crash: the record of the lab is gone, namespaces, charons, daemons and
+    # pinned maps remain. (Not `down --all`: that would also remove labs of other runs.)
     (lab.state_dir / "lab.json").unlink()
-    assert cli("lab", "down", "--all").returncode == 0
+    assert cli("lab", "down", "--name", name).returncode == 0
     assert leftovers(lab) == []
+    from controlplane.datapath import PIN_ROOT
+
+    assert not [p for p in PIN_ROOT.glob(f"lab-{name}-*")], "pinned maps left behind"
 
 
 def test_flap_on_a_lab_that_is_down() -> None:
