@@ -217,8 +217,14 @@ def parser() -> argparse.ArgumentParser:
     cl.add_argument("--protocol", choices=("tcp", "udp", "icmp", "icmp6"))
     sock(sub.add_parser("reload", help="reload the daemon's configuration (as SIGHUP)"))
 
-    demo = sub.add_parser("demo", help="the lab, the tunnel, traffic across it")
-    demo.add_argument("--name", default="demo")
+    demo = sub.add_parser("demo", help="Cisco's story: a download across a tunnel outage, "
+                          "preserve-vpn-flows off and on, side by side")
+    demo.add_argument("--name", default="demo", help="lab name prefix (default %(default)s)")
+    demo.add_argument("--outage", type=float, default=20.0, help="seconds (default 20)")
+    demo.add_argument("--how", choices=("dpd", "child", "ike", "restart-charon"), default="dpd",
+                      help="the kind of outage (default dpd: the WAN drops IKE and ESP)")
+    demo.add_argument("--size", type=float, default=20.0, help="file size in MiB (default 20)")
+    demo.add_argument("--out", default="out/demo", help="where the pictures go")
 
     bench = sub.add_parser("bench", help="benchmarks (print JSON)")
     bench.add_argument("bench_name", choices=tuple(BENCHMARKS))

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 CHUNK = 64 * 1024
+GAP = 1.0
 
 
 def _pattern(seed: int) -> bytes:
@@ -40,18 +41,26 @@ def serve(bind: str, port: int, timeout: float) -> dict[str, Any]:
         with conn:
             conn.settimeout(timeout)
             digest, total, start = hashlib.sha256(), 0, time.monotonic()
+            # Pauses of more than GAP seconds, as (last byte before, first byte after) in
+            # wall-clock time: when a held flow resumed after an outage.
+            gaps: list[tuple[float, float]] = []
+            last = time.time()
             while True:
                 try:
                     data = conn.recv(CHUNK)
                 except (TimeoutError, ConnectionResetError) as exc:
                     return {"bytes": total, "sha256": digest.hexdigest(), "error": str(exc),
-                            "peer": peer[0]}
+                            "peer": peer[0], "gaps": gaps}
+                now = time.time()
+                if data and now - last > GAP:
+                    gaps.append((round(last, 4), round(now, 4)))
+                last = now
                 if not data:
                     break
                 digest.update(data)
                 total += len(data)
             return {"bytes": total, "sha256": digest.hexdigest(), "peer": peer[0],
-                    "seconds": round(time.monotonic() - start, 3)}
+                    "seconds": round(time.monotonic() - start, 3), "gaps": gaps}
 
 
 def send(to: str, port: int, nbytes: int, rate: float, seed: int,
