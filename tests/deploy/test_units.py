@@ -42,7 +42,7 @@ def test_flowpin_service_contract() -> None:
     assert {"CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_PERFMON"} <= caps
     # Hardening that would break the data path is absent.
     for bad in ("MemoryDenyWriteExecute", "SystemCallFilter", "ProtectKernelTunables",
-                "PrivateNetwork", "PrivateDevices"):
+                "ProtectKernelModules", "PrivateNetwork", "PrivateDevices"):
         assert bad not in keys, bad
     # provisioning installs flowpin where the unit runs it from
     prov = (VAGRANT_DIR / "provision.sh").read_text()

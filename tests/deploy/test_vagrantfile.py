@@ -28,8 +28,12 @@ def test_validate_without_provider(tmp_path: Path) -> None:
     r = _validate(tmp_path, "--ignore-provider")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "validated successfully" in r.stdout
-    # Validating makes no key: only up/provision/reload do.
-    assert not (tmp_path / "dot" / "flowpin.psk").exists()
+    # The gateways' key: made once, private, the same on every later run.
+    psk = tmp_path / "dot" / "flowpin.psk"
+    assert psk.stat().st_mode & 0o777 == 0o600 and len(psk.read_text().strip()) == 48
+    first = psk.read_text()
+    assert _validate(tmp_path, "--ignore-provider").returncode == 0
+    assert psk.read_text() == first
 
 
 def test_validate_virtualbox_provider_block(tmp_path: Path) -> None:
