@@ -14,8 +14,10 @@
 #   flowpin.toml, forwarding, addressing); flowpin.service enabled and started.
 # Hosts: python3 and curl (for vagrant/check), the addressing and routes, nothing else.
 #
-# --dry-run prints every command and file it would run or write and does nothing (it runs
-# no command beyond the printing, so it works on any machine, as a non-root user too).
+# --dry-run prints every command it would run and every file it would write (with its
+# contents, the PSK masked) and changes nothing: it runs only uname, id, sed and the
+# renderer's --print (FLOWPIN_DRY_PYTHON, default the project's venv or python3), so it works
+# on any machine, as a non-root user too.
 set -euo pipefail
 
 usage() { echo "usage: $0 bo-client|bo-gw|ho-gw|ho-server [--stage kernel|main] [--dry-run]" >&2; exit 2; }
@@ -54,20 +56,6 @@ run() {
     else
         "$@"
     fi
-}
-
-# write_file PATH MODE < CONTENT
-write_file() {
-    local path=$1 mode=$2 text
-    text=$(cat; printf x); text=${text%x}
-    if [ "$DRY" = 1 ]; then
-        printf '+ write %s (mode %s)\n%s' "$path" "$mode" "$text"
-        return
-    fi
-    mkdir -p "$(dirname "$path")"
-    printf '%s' "$text" > "$path.tmp"
-    chmod "$mode" "$path.tmp"
-    mv "$path.tmp" "$path"
 }
 
 apt_install() {

@@ -1,4 +1,4 @@
-"""A stand-in for `vagrant ssh NODE -c CMD` that runs CMD on the lab node instead of a VM.
+"""A stand-in for `vagrant ssh NODE --no-tty -c CMD` that runs CMD on the lab node instead of a VM.
 
 It lets the tests run the real ``vagrant/check`` (quoting, polling, nftables outage, verdict)
 against the lab's namespaces, real charons and flowpin daemons. Each node gets its own
@@ -26,9 +26,10 @@ def install(lab: Any) -> Path:
     prefix = lab.ns("bo-client")[: -len("bo-client")]
     scripts = {
         bindir / "vagrant": f"""#!{BASH}
-# vagrant ssh NODE -c CMD [-- ssh options]: CMD in NODE's lab namespace, private /tmp.
-[ "$1" = ssh ] && [ "$3" = -c ] || {{ echo "fake vagrant: only ssh NODE -c CMD: $*" >&2; exit 99; }}
-node=$2 cmd=$4
+# vagrant ssh NODE --no-tty -c CMD [-- ssh options]: CMD in NODE's lab namespace, own /tmp.
+[ "$1" = ssh ] && [ "$3" = --no-tty ] && [ "$4" = -c ] ||
+    {{ echo "fake vagrant: only ssh NODE --no-tty -c CMD: $*" >&2; exit 99; }}
+node=$2 cmd=$5
 case "$node" in bo-gw|ho-gw) state={lab.state_dir}/$node ;; bo-client|ho-server) state= ;;
     *) echo "fake vagrant: no node $node" >&2; exit 99 ;; esac
 mkdir -p {tmps}/$node
