@@ -10,7 +10,9 @@ cleartext (no IPsec: crypto would drown the difference). The gateway forwards; t
   established,related accept``, ``ct state invalid drop``, new TCP SYN accept, new UDP
   accept, ICMP accept; netfilter conntrack does the tracking;
 - ``flowpin``: its data path (TC clsact, both directions) on the gateway's client-facing
-  veth, the client/server subnets a selector of tunnel 1, tunnel 1 UP.
+  veth, the client/server subnets a selector of tunnel 1, tunnel 1 UP;
+- ``tc_empty`` (diagnostic, ``--with-tc-empty``): the same TC hooks running an empty
+  program, so flowpin's cost splits into the hook's and its own.
 
 Three measures, each alternating the contenders (A B C A B C ...) for ``--rounds`` rounds
 of ``--seconds`` each; every contender starts each round with an empty flow table
@@ -20,7 +22,10 @@ of ``--seconds`` each; every contender starts each round with an empty flow tabl
   gateway, so this is bytes moved, not a per-packet rate);
 - ``pps``: 64-byte frames (UDP payload 18) from one ``sendmmsg`` sender, counted as they
   arrive on the server's interface (forwarded by the gateway);
-- ``cps``: short TCP connections (connect, RST) from 2 client processes to an accept loop.
+- ``cps``: short TCP connections (connect, RST) from one client process to an accept loop.
+
+Load generators run on the first CPU, servers on the second (fixed affinity: without it
+runs vary by 2x depending on where the scheduler puts three processes on two cores).
 
 Prints ONE JSON object.
 """
@@ -42,11 +47,12 @@ from controlplane.bench.common import alternate, machine, ratio, summary
 from controlplane.lab import netns
 
 CONTENDERS = ("plain", "nftables", "flowpin")
+TC_EMPTY = "tc_empty"  # diagnostic: the TC hook with an empty program (--with-tc-empty)
 MEASURES = ("tput_gbps", "pps", "cps")
 TUNNEL = 1
 NFT_TABLE = "fpbench"
 IPERF_PORT, UDP_PORT, CPS_PORT = 5201, 9, 5300
-CPS_CLIENTS = 2
+CPS_CLIENTS = 1
 LOADGEN = [sys.executable, "-m", "controlplane.bench.loadgen"]
 
 
@@ -103,6 +109,8 @@ class Gateway:
 
     def __init__(self) -> None:
         self.dp: Any = None
+        self.empty: Any = None
+        self.empty_fd = -1
         self.checks: dict[str, Any] = {"nftables_conntrack_entries": 0,
                                        "flowpin_verdicts": {}}
 
@@ -116,6 +124,31 @@ class Gateway:
         t.add_selector(TUNNEL, tp.CLIENT_NET, tp.SERVER_NET)
         t.set_tunnel(TUNNEL, up=True, preserve=True)
 
+    def load_empty(self) -> None:
+        from controlplane.datapath import compile_empty
+
+        self.empty, self.empty_fd = compile_empty()
+
+    @staticmethod
+    def _del_clsact() -> None:
+        """No qdisc left behind: ``plain`` must not pay for an empty clsact."""
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=tp.GW) as ipr:
+            ipr.tc("del", "clsact", ipr.link_lookup(ifname=tp.GW_LAN_IF)[0])
+
+    def _empty_filters(self) -> None:
+        from pyroute2 import IPRoute
+
+        from controlplane.datapath import PARENT_EGRESS, PARENT_INGRESS
+
+        with IPRoute(netns=tp.GW) as ipr:
+            idx = ipr.link_lookup(ifname=tp.GW_LAN_IF)[0]
+            ipr.tc("add", "clsact", idx)
+            for parent in (PARENT_INGRESS, PARENT_EGRESS):
+                ipr.tc("add-filter", "bpf", idx, handle=1, fd=self.empty_fd, name="fp_empty",
+                       parent=parent, prio=1, classid=1, direct_action=True)
+
     def apply(self, contender: str) -> None:
         netns.call(tp.GW, _conntrack_flush)
         if contender == "nftables":
@@ -126,6 +159,8 @@ class Gateway:
             self.dp.table.clear_flows()
             self.dp.table.reset_counters()
             self.dp.attach(tp.GW_LAN_IF, netns=tp.GW)
+        elif contender == TC_EMPTY:
+            self._empty_filters()
 
     def remove(self, contender: str) -> None:
         if contender == "nftables":
@@ -133,8 +168,11 @@ class Gateway:
             self.checks["nftables_conntrack_entries"] = max(
                 n, self.checks["nftables_conntrack_entries"])
             netns.call(tp.GW, _nft, [f"delete table inet {NFT_TABLE}"])
+        elif contender == TC_EMPTY:
+            self._del_clsact()
         elif contender == "flowpin":
             self.dp.detach()
+            self._del_clsact()
             c = self.dp.table.counters()
             v = self.checks["flowpin_verdicts"]
             for k, n in c.items():
@@ -146,6 +184,9 @@ class Gateway:
             self.dp.detach()
             self.dp.close()
             self.dp = None
+        if self.empty is not None:
+            self.empty.cleanup()
+            self.empty = None
 
 
 def _wait_ready(p: subprocess.Popen[str], what: str) -> None:
@@ -158,15 +199,17 @@ def _wait_ready(p: subprocess.Popen[str], what: str) -> None:
 class Runner:
     def __init__(self, t: tp.Topology, seconds: int) -> None:
         self.t, self.seconds = t, seconds
+        self.load_cpu, self.server_cpu = tp.cpus()
 
     def start_servers(self) -> None:
-        self.iperf = self.t.popen(tp.SERVER, ["iperf3", "-s", "-p", str(IPERF_PORT)],
+        sc = self.server_cpu
+        self.iperf = self.t.popen(tp.SERVER, ["iperf3", "-s", "-p", str(IPERF_PORT)], cpu=sc,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.sink = self.t.popen(tp.SERVER, LOADGEN + ["udp-sink", "--port", str(UDP_PORT)],
-                                 stdout=subprocess.PIPE, text=True)
+                                 cpu=sc, stdout=subprocess.PIPE, text=True)
         _wait_ready(self.sink, "UDP sink")
         self.cps = self.t.popen(tp.SERVER, LOADGEN + ["cps-server", "--port", str(CPS_PORT)],
-                                stdout=subprocess.PIPE, text=True)
+                                cpu=sc, stdout=subprocess.PIPE, text=True)
         _wait_ready(self.cps, "connection server")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # iperf3 prints nothing useful when ready
@@ -176,8 +219,8 @@ class Runner:
         raise BenchError("iperf3 server did not start")
 
     def _client(self, argv: list[str]) -> dict[str, Any]:
-        p = self.t.popen(tp.CLIENT, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+        p = self.t.popen(tp.CLIENT, argv, cpu=self.load_cpu, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
         out, err = p.communicate(timeout=self.seconds + 30)
         self.t.procs.remove(p)
         try:
@@ -203,7 +246,8 @@ class Runner:
         procs = [self.t.popen(tp.CLIENT, LOADGEN + ["cps-client", "--to", tp.SERVER_IP,
                                                     "--port", str(CPS_PORT), "--seconds",
                                                     str(self.seconds)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(CPS_CLIENTS)]
+                              cpu=self.load_cpu, stdout=subprocess.PIPE, text=True)
+                 for _ in range(CPS_CLIENTS)]
         total = 0.0
         for p in procs:
             out, _ = p.communicate(timeout=self.seconds + 30)
@@ -228,16 +272,19 @@ def _port_open(ns: str, port: int) -> bool:
     return bool(netns.call(ns, probe, port))
 
 
-def run(rounds: int = 5, seconds: int = 3,
-        measures: tuple[str, ...] = MEASURES) -> dict[str, Any]:
+def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
+        tc_empty: bool = False) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise BenchError("the forwarding benchmark needs root (namespaces, eBPF, nftables)")
     gw = Gateway()
-    results: dict[str, dict[str, Any]] = {c: {} for c in CONTENDERS}
+    order = CONTENDERS + ((TC_EMPTY,) if tc_empty else ())
+    results: dict[str, dict[str, Any]] = {c: {} for c in order}
     started = time.monotonic()
     try:
         with tp.Topology() as t:
             gw.load_flowpin()
+            if tc_empty:
+                gw.load_empty()
             r = Runner(t, seconds)
             r.start_servers()
             fns = {"tput_gbps": r.tput, "pps": r.pps, "cps": r.cps_run}
@@ -250,8 +297,8 @@ def run(rounds: int = 5, seconds: int = 3,
                     finally:
                         gw.remove(c)
 
-                per = alternate(CONTENDERS, rounds, one)
-                for c in CONTENDERS:
+                per = alternate(order, rounds, one)
+                for c in order:
                     results[c][m] = summary(per[c], digits[m])
     finally:
         gw.close()
@@ -268,6 +315,10 @@ def run(rounds: int = 5, seconds: int = 3,
         "nft_vs_plain_pps": ratio(med["nftables"]["pps"], med["plain"]["pps"]),
         "nft_vs_plain_cps": ratio(med["nftables"]["cps"], med["plain"]["cps"]),
     }
+    if tc_empty:
+        for m, short in (("tput_gbps", "tput"), ("pps", "pps"), ("cps", "cps")):
+            ratios[f"tc_empty_vs_plain_{short}"] = ratio(
+                results[TC_EMPTY].get(m, {}).get("median"), med["plain"][m])
 
     def ok(cond: Any) -> bool | None:
         return None if cond is None else bool(cond)
@@ -294,8 +345,9 @@ def run(rounds: int = 5, seconds: int = 3,
         "ratios": ratios,
         "targets": targets,
         "checks": gw.checks,
-        "config": {"rounds": rounds, "seconds": seconds, "order": list(CONTENDERS),
+        "config": {"rounds": rounds, "seconds": seconds, "order": list(order),
                    "measures": list(measures), "cps_clients": CPS_CLIENTS,
+                   "load_cpu": tp.cpus()[0], "server_cpu": tp.cpus()[1],
                    "udp_payload": 18, "frame_bytes": 64, "nft_ruleset": nft_ruleset()},
         "elapsed_s": round(time.monotonic() - started, 1),
         "machine": machine(),
@@ -303,12 +355,16 @@ def run(rounds: int = 5, seconds: int = 3,
             "units: tput_gbps = iperf3 TCP goodput received (Gbit/s), one stream; pps = "
             "64-byte frames arriving on the server's veth per second from one sendmmsg "
             "sender; cps = short TCP connections (SYN, SYN-ACK, ACK, RST) completed per "
-            "second by 2 client processes",
-            "on veth, sender, gateway and receiver softirq work of one flow run on the "
-            "sending CPU: pps and cps measure the whole path's CPU cost per packet, of "
-            "which the gateway's filter is a part",
+            "second by one client process",
+            "load generators (iperf3 client, UDP sender, connection client) run on CPU 0, "
+            "servers on CPU 1; on veth the softirq work of sender, gateway and receiver "
+            "runs on the sending CPU, so pps and cps measure the whole path's CPU cost per "
+            "packet on one core, of which the gateway's filter is a part",
             "each round starts with an empty table: conntrack flushed (gateway namespace), "
             "flowpin's flows cleared",
+            "tc_empty (with --with-tc-empty): clsact on the same veth with an empty "
+            "SCHED_CLS program on ingress and egress: the price of the TC hook itself, "
+            "which any TC eBPF filter pays before doing any work",
         ],
     }
 
@@ -320,6 +376,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true", help="accepted; output is always JSON")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of A B C (default 5)")
     ap.add_argument("--seconds", type=int, default=3, help="seconds per run (default 3)")
+    ap.add_argument("--with-tc-empty", action="store_true",
+                    help="a 4th contender: the same TC hooks with an empty eBPF program "
+                    "(what attaching at TC costs before flowpin's own work)")
     ap.add_argument("--measure", action="append", choices=MEASURES,
                     help="only this measure (repeatable; default all)")
     a = ap.parse_args(argv)
@@ -337,7 +396,7 @@ def main(argv: list[str]) -> int:
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        out = run(a.rounds, a.seconds, tuple(a.measure or MEASURES))
+        out = run(a.rounds, a.seconds, tuple(a.measure or MEASURES), a.with_tc_empty)
     except KeyboardInterrupt:
         print(json.dumps({"error": "interrupted"}))
         return 130

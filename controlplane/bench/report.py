@@ -31,14 +31,16 @@ MEASURE_LABEL = {"tput_gbps": "TCP throughput (Gbit/s)", "pps": "64-byte packets
 REPRODUCE = "sudo .venv/bin/flowpin bench all --out DIR"
 
 
-def part_commands(rounds: int, seconds: int, quick: bool) -> dict[str, list[str]]:
+def part_commands(rounds: int, seconds: int, quick: bool, tunnel_rounds: int = 7,
+                  tunnel_seconds: int = 4) -> dict[str, list[str]]:
     py = [sys.executable, "-m"]
     if quick:
-        rounds, seconds = 1, 1
+        rounds, seconds, tunnel_rounds, tunnel_seconds = 1, 1, 1, 1
     r, s = ["--rounds", str(rounds)], ["--seconds", str(seconds)]
+    tr, ts = ["--rounds", str(tunnel_rounds)], ["--seconds", str(tunnel_seconds)]
     return {
-        "forward": py + ["controlplane.bench.forward", "--json"] + r + s,
-        "tunnel": py + ["controlplane.bench.tunnel", "--json"] + r + s,
+        "forward": py + ["controlplane.bench.forward", "--json", "--with-tc-empty"] + r + s,
+        "tunnel": py + ["controlplane.bench.tunnel", "--json"] + tr + ts,
         "memory": py + ["controlplane.bench.memory", "--json"]
         + (["--flows", "10000"] if quick else []),
         "datapath": py + ["controlplane.bench.datapath", "--json"]
@@ -139,7 +141,7 @@ def markdown(res: dict[str, Any]) -> str:
             b = plain.get(k, {}).get("median")
             return f"{a / b:.3f}" if a is not None and b else "–"
 
-        for c in CONTENDERS:
+        for c in CONTENDERS + tuple(k for k in fwd if k not in CONTENDERS):
             row = fwd.get(c, {})
             out.append(f"| {c} | {_spread(row.get('tput_gbps'), fmt='{:.2f}')} | "
                        f"{rat(c, 'tput_gbps')} | {_spread(row.get('pps'))} | {rat(c, 'pps')} "
@@ -173,7 +175,8 @@ def markdown(res: dict[str, Any]) -> str:
         out.append(f"| without (filters removed) | "
                    f"{_spread(tun.get('none', {}).get('tput_mbps'), fmt='{:.0f}')} |")
         out.append(f"\nOverhead: **{_num(tun.get('overhead_pct'))} %** (target ≤ 2 %: "
-                   f"{_ok(tun.get('met'))}).\n")
+                   f"{_ok(tun.get('met'))}); median of the per-round paired overheads: "
+                   f"{_num(tun.get('overhead_pct_paired'))} %.\n")
     mem = res.get("memory", {})
     if mem:
         ct = mem.get("conntrack", {})
@@ -234,7 +237,7 @@ def charts(res: dict[str, Any], outdir: Path) -> list[Path]:
 
     written: list[Path] = []
     colors = {"plain": "#9e9e9e", "nftables": "#d9822b", "flowpin": "#2b6cb0",
-              "none": "#9e9e9e"}
+              "none": "#9e9e9e", "tc_empty": "#8fb3d9"}
 
     def bars(ax: Any, names: list[str], stats: list[dict[str, Any]], title: str,
              scale: float = 1.0) -> None:
@@ -251,10 +254,11 @@ def charts(res: dict[str, Any], outdir: Path) -> list[Path]:
 
     fwd = res.get("forward", {})
     if all(c in fwd for c in CONTENDERS):
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+        names = list(CONTENDERS) + [k for k in fwd if k not in CONTENDERS]
+        fig, axes = plt.subplots(1, 3, figsize=(12 + len(names) - 3, 3.8))
         for ax, (k, label) in zip(axes, MEASURE_LABEL.items(), strict=True):
-            stats = [fwd[c].get(k, {}) for c in CONTENDERS]
-            bars(ax, list(CONTENDERS), stats, label)
+            stats = [fwd[c].get(k, {}) for c in names]
+            bars(ax, names, stats, label)
         fig.suptitle("Forwarding through a gateway namespace: median, min–max, each round",
                      fontsize=11)
         fig.tight_layout()
@@ -307,13 +311,18 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", required=True, help="directory for the results")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of the comparisons")
     ap.add_argument("--seconds", type=int, default=3, help="seconds per run")
+    ap.add_argument("--tunnel-rounds", type=int, default=7,
+                    help="rounds through the IPsec tunnel (noisier: userspace ESP)")
+    ap.add_argument("--tunnel-seconds", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 short round, small "
                     "sizes (numbers not for publishing)")
     ap.add_argument("--only", action="append",
                     choices=("forward", "tunnel", "memory", "datapath", "control"),
                     help="run only this part (repeatable)")
     a = ap.parse_args(argv)
-    cmds = part_commands(a.rounds, a.seconds, a.quick)
+    if min(a.rounds, a.seconds, a.tunnel_rounds, a.tunnel_seconds) < 1:
+        ap.error("rounds and seconds must be >= 1")
+    cmds = part_commands(a.rounds, a.seconds, a.quick, a.tunnel_rounds, a.tunnel_seconds)
     parts: dict[str, dict[str, Any]] = {}
     for name, argv_ in cmds.items():
         if a.only and name not in a.only:

@@ -77,6 +77,15 @@ class BenchLock:
         os.close(self.fd)
 
 
+def cpus() -> tuple[int | None, int | None]:
+    """(load generator's CPU, server's CPU): two different CPUs when there are two, so
+    that runs do not depend on where the scheduler puts the processes."""
+    avail = sorted(os.sched_getaffinity(0))
+    if len(avail) < 2:
+        return None, None
+    return avail[0], avail[1]
+
+
 def leftovers() -> list[str]:
     return netns.listing(PREFIX)
 
@@ -145,9 +154,18 @@ class Topology:
             with IPRoute(netns=ns) as ipr:
                 ipr.route("add", dst="0.0.0.0/0", gateway=gw)
 
-    def popen(self, ns: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
-        """Start ``argv`` in namespace ``ns``; it is killed when the topology goes."""
-        p = subprocess.Popen(list(argv), preexec_fn=netns.preexec(ns), **kw)
+    def popen(self, ns: str, argv: Sequence[str], cpu: int | None = None,
+              **kw: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` in namespace ``ns`` (on CPU ``cpu`` only, if given); it is
+        killed when the topology goes."""
+        enter = netns.preexec(ns)
+
+        def pre() -> None:
+            enter()
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+
+        p = subprocess.Popen(list(argv), preexec_fn=pre, **kw)
         self.procs.append(p)
         return p
 

@@ -1,0 +1,104 @@
+"""results.json / results.md / charts writer, on a small fake result (no root needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from controlplane.bench import report
+from controlplane.bench.common import alternate, ratio, summary
+
+
+def _s(*runs: float) -> dict[str, object]:
+    return summary(list(runs))
+
+
+FAKE_PARTS = {
+    "forward": {
+        "forward": {
+            "plain": {"tput_gbps": _s(20, 19, 21), "pps": _s(280e3, 270e3, 290e3),
+                      "cps": _s(40e3, 41e3, 39e3)},
+            "nftables": {"tput_gbps": _s(19, 18, 20), "pps": _s(230e3, 220e3, 240e3),
+                         "cps": _s(36e3, 37e3, 35e3)},
+            "flowpin": {"tput_gbps": _s(20, 19.5, 20.5), "pps": _s(270e3, 265e3, 275e3),
+                        "cps": _s(38e3, 39e3, 37e3)},
+        },
+        "ratios": {"flowpin_vs_plain_tput": 1.0, "flowpin_vs_nft_tput": 1.053,
+                   "flowpin_vs_plain_pps": 0.964, "flowpin_vs_nft_pps": 1.174,
+                   "flowpin_vs_nft_cps": 1.056},
+        "targets": {"met": {"tput_vs_plain": True, "pps_vs_plain": True,
+                            "tput_ahead_of_nft": True, "pps_ahead_of_nft": True,
+                            "cps_ahead_of_nft": True}},
+        "config": {"rounds": 3, "seconds": 1},
+        "machine": {"cpu": "Test CPU", "cpus": 2, "kernel": "6.18", "virtualized": True},
+        "notes": ["a note"],
+    },
+    "tunnel": {"tunnel": {"flowpin": {"tput_mbps": _s(500, 480, 520)},
+                          "none": {"tput_mbps": _s(505, 490, 530)},
+                          "overhead_pct": 0.99, "met": True, "backend": "kernel-libipsec"},
+               "config": {"rounds": 3, "seconds": 1}},
+    "memory": {"memory": {"flows": 100000, "flowpin_bytes_per_flow": 133.0,
+                          "conntrack_bytes_per_flow": 276.7,
+                          "flowpin": {"memlock_bytes": 13298288, "flows": 100000},
+                          "conntrack": {"slab_bytes_per_entry": 255.8, "nf_conn_objsize": 256,
+                                        "hash_bytes_per_entry": 21.0}}},
+    "datapath": {"empty_prog_ns": 33, "established_hit_ns": {"1": 75, "1000000": 73},
+                 "held_ns": 73, "new_flow_ns": 397, "notes": ["dp note"]},
+    "control": {"error": "control: lab failed"},
+}
+
+
+def test_assemble_has_the_issue_keys() -> None:
+    res = report.assemble(FAKE_PARTS, "flowpin bench all --out X")
+    assert set(res["forward"]) == {"plain", "nftables", "flowpin"}
+    for k in ("flowpin_vs_plain_tput", "flowpin_vs_nft_tput", "flowpin_vs_plain_pps",
+              "flowpin_vs_nft_pps", "flowpin_vs_nft_cps"):
+        assert k in res["ratios"]
+    assert res["tunnel"]["overhead_pct"] == 0.99
+    assert res["memory"]["flowpin_bytes_per_flow"] == 133.0
+    assert res["memory"]["conntrack_bytes_per_flow"] == 276.7
+    assert res["machine"]["cpu"] == "Test CPU"
+    assert "notes" not in res["datapath"] and res["datapath"]["held_ns"] == 73
+    assert res["errors"] == {"control": "control: lab failed"}
+    json.dumps(res)  # serialisable
+
+
+def test_write_json_markdown_and_charts(tmp_path: Path) -> None:
+    res = report.assemble(FAKE_PARTS, "flowpin bench all --out X")
+    paths = report.write(res, tmp_path)
+    names = {p.name for p in paths}
+    assert {"results.json", "results.md", "forward.png", "tunnel.png", "memory.png"} <= names
+    for p in paths:
+        assert p.stat().st_size > 0
+    assert json.loads((tmp_path / "results.json").read_text())["ratios"][
+        "flowpin_vs_nft_cps"] == 1.056
+    assert (tmp_path / "forward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "results.md").read_text()
+    assert "| flowpin | **20.00** (19.50–20.50) | 1.000 |" in md
+    assert "| nftables |" in md and "| plain |" in md
+    assert "Overhead: **0.99 %**" in md
+    assert "**133**" in md
+    assert "control: lab failed" in md  # a failed part is shown, not hidden
+    assert "Test CPU" in md
+
+
+def test_partial_results_still_write(tmp_path: Path) -> None:
+    res = report.assemble({"forward": {"error": "no root"}}, "x")
+    paths = report.write(res, tmp_path)
+    assert {p.name for p in paths} == {"results.json", "results.md"}
+    assert "no root" in (tmp_path / "results.md").read_text()
+
+
+def test_summary_alternation_and_ratio() -> None:
+    order: list[str] = []
+
+    def run(c: str, r: int) -> float:
+        order.append(c)
+        return {"a": 1.0, "b": 2.0}[c] + r
+
+    out = alternate(["a", "b"], 3, run)
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert out == {"a": [1.0, 2.0, 3.0], "b": [2.0, 3.0, 4.0]}
+    s = summary(out["a"])
+    assert (s["median"], s["min"], s["max"], s["runs"]) == (2.0, 1.0, 3.0, [1.0, 2.0, 3.0])
+    assert ratio(1.0, 2.0) == 0.5 and ratio(None, 1.0) is None and ratio(1.0, 0) is None
