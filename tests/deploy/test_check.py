@@ -48,6 +48,6 @@ def test_check_options(tmp_path: Path) -> None:
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert "head -c 4M" in r.stderr and "--limit-rate 128k" in r.stderr
-    r = subprocess.run(["/bin/bash", str(VAGRANT_DIR / "check"), "--bogus"],
+    r = subprocess.run(["/bin/bash", str(VAGRANT_DIR / "check"), "--rate", "fast"],
                        env=dry_env(bindir), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
