@@ -29,11 +29,15 @@ def ratio(a: float | None, b: float | None, ndigits: int = 3) -> float | None:
 
 
 def alternate(contenders: Sequence[str], rounds: int,
-              run: Callable[[str, int], float]) -> dict[str, list[float]]:
-    """Run ``run(contender, round)`` as A B C A B C ... for ``rounds`` rounds."""
+              run: Callable[[str, int], float],
+              counterbalance: bool = False) -> dict[str, list[float]]:
+    """Run ``run(contender, round)`` as A B C A B C ... for ``rounds`` rounds; with
+    ``counterbalance``, every other round is reversed (A B B A A B ...), so that a drift
+    of the machine or an effect of going first does not favour one contender."""
     out: dict[str, list[float]] = {c: [] for c in contenders}
     for r in range(rounds):
-        for c in contenders:
+        order = contenders[::-1] if counterbalance and r % 2 else contenders
+        for c in order:
             out[c].append(run(c, r))
     return out
 

@@ -31,7 +31,7 @@ MEASURE_LABEL = {"tput_gbps": "TCP throughput (Gbit/s)", "pps": "64-byte packets
 REPRODUCE = "sudo .venv/bin/flowpin bench all --out DIR"
 
 
-def part_commands(rounds: int, seconds: int, quick: bool, tunnel_rounds: int = 7,
+def part_commands(rounds: int, seconds: int, quick: bool, tunnel_rounds: int = 8,
                   tunnel_seconds: int = 4) -> dict[str, list[str]]:
     py = [sys.executable, "-m"]
     if quick:
@@ -167,7 +167,9 @@ def markdown(res: dict[str, Any]) -> str:
         out.append("## Through the IPsec tunnel (the lab)\n")
         out.append(f"iperf3 TCP bo-client → ho-server, IPsec backend {tun.get('backend')}; "
                    f"median (min–max) of {tc.get('rounds')} alternating rounds of "
-                   f"{tc.get('seconds')} s.\n")
+                   f"{tc.get('seconds')} s"
+                   f"{', every other round reversed' if tc.get('counterbalanced') else ''}."
+                   "\n")
         out.append("| gateways | throughput, Mbit/s |")
         out.append("|---|---|")
         out.append(f"| with flowpin's data path | "
@@ -311,8 +313,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", required=True, help="directory for the results")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of the comparisons")
     ap.add_argument("--seconds", type=int, default=3, help="seconds per run")
-    ap.add_argument("--tunnel-rounds", type=int, default=7,
-                    help="rounds through the IPsec tunnel (noisier: userspace ESP)")
+    ap.add_argument("--tunnel-rounds", type=int, default=8,
+                    help="rounds through the IPsec tunnel (noisier: userspace ESP; even = "
+                    "balanced order)")
     ap.add_argument("--tunnel-seconds", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 short round, small "
                     "sizes (numbers not for publishing)")

@@ -102,3 +102,6 @@ def test_summary_alternation_and_ratio() -> None:
     s = summary(out["a"])
     assert (s["median"], s["min"], s["max"], s["runs"]) == (2.0, 1.0, 3.0, [1.0, 2.0, 3.0])
     assert ratio(1.0, 2.0) == 0.5 and ratio(None, 1.0) is None and ratio(1.0, 0) is None
+    order.clear()
+    alternate(["a", "b"], 3, run, counterbalance=True)
+    assert order == ["a", "b", "b", "a", "a", "b"]
