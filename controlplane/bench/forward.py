@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -279,6 +280,7 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
     gw = Gateway()
     order = CONTENDERS + ((TC_EMPTY,) if tc_empty else ())
     results: dict[str, dict[str, Any]] = {c: {} for c in order}
+    paired: dict[str, float] = {}
     started = time.monotonic()
     try:
         with tp.Topology() as t:
@@ -300,6 +302,9 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
                 per = alternate(order, rounds, one)
                 for c in order:
                     results[c][m] = summary(per[c], digits[m])
+                    if c != "plain":  # the same round's plain run as the reference
+                        paired[f"{c}_vs_plain_{m}"] = round(statistics.median(
+                            a / b for a, b in zip(per[c], per["plain"], strict=True) if b), 3)
     finally:
         gw.close()
     med = {c: {m: results[c].get(m, {}).get("median") for m in MEASURES} for c in CONTENDERS}
@@ -343,6 +348,7 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
     return {
         "forward": results,
         "ratios": ratios,
+        "paired_ratios": paired,
         "targets": targets,
         "checks": gw.checks,
         "config": {"rounds": rounds, "seconds": seconds, "order": list(order),
@@ -360,6 +366,8 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             "servers on CPU 1; on veth the softirq work of sender, gateway and receiver "
             "runs on the sending CPU, so pps and cps measure the whole path's CPU cost per "
             "packet on one core, of which the gateway's filter is a part",
+            "ratios are of medians; paired_ratios are medians over rounds of the ratio to "
+            "the same round's plain run (robust to the machine drifting between rounds)",
             "each round starts with an empty table: conntrack flushed (gateway namespace), "
             "flowpin's flows cleared",
             "tc_empty (with --with-tc-empty): clsact on the same veth with an empty "

@@ -77,6 +77,7 @@ def assemble(parts: dict[str, dict[str, Any]], command: str) -> dict[str, Any]:
     return {
         "forward": fwd.get("forward", {}),
         "ratios": fwd.get("ratios", {}),
+        "paired_ratios": fwd.get("paired_ratios", {}),
         "forward_targets": fwd.get("targets", {}),
         "forward_checks": fwd.get("checks", {}),
         "tunnel": tun.get("tunnel", {}),
