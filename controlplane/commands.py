@@ -233,7 +233,7 @@ def cmd_clear_conn(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
             continue
         if d.table.delete_flow(f.key):
             cleared += 1
-            r = RemovedFlow(f, "Flow cleared by admin", float(max(0, now - f.created_s)))
+            r = RemovedFlow("Flow cleared by admin", float(max(0, now - f.created_s)), decoded=f)
             d.stats["teardowns_logged"] += 1
             logging.getLogger("flowpin").info(teardown_line(
                 r, lan_if=d._lan_name(), tunnel_if=d._tunnel_name(f.tunnel_id)))

@@ -240,6 +240,8 @@ class Lab:
             "backoff-max = 4",
             "[control]",
             f"socket = {json.dumps(self.daemon_socket(gw))}",
+            "[metrics]",  # the gateway's own loopback (its namespace)
+            f"listen = {json.dumps(opts.get('metrics', '127.0.0.1:9477'))}",
             "",
         ])
         path = self.daemon_config(gw)
