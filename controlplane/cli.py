@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -231,11 +232,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(_sig: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     from controlplane.lab.charon import CharonError
     from controlplane.lab.lab import LabError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["daemon"]:
+        # Ctrl-C, and a plain `kill`, unwind through the `finally` blocks that remove labs,
+        # also when started from a script that ignores SIGINT in the background.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
     p = parser()
     if argv[:1] == ["bench"]:
         a, rest = p.parse_known_args(argv)
