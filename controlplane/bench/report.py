@@ -312,7 +312,8 @@ def main(argv: list[str]) -> int:
                                  description="every benchmark: results.json, results.md, "
                                  "PNG charts")
     ap.add_argument("--out", required=True, help="directory for the results")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds of the comparisons")
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="rounds of the forwarding comparison (default 7)")
     ap.add_argument("--seconds", type=int, default=3, help="seconds per run")
     ap.add_argument("--tunnel-rounds", type=int, default=8,
                     help="rounds through the IPsec tunnel (noisier: userspace ESP; even = "
