@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -52,10 +53,22 @@ def part_commands(rounds: int, seconds: int, quick: bool, tunnel_rounds: int = 8
 
 def run_part(name: str, argv: list[str], timeout: float) -> dict[str, Any]:
     t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"{name}: timed out after {timeout:.0f} s"}
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException as exc:
+        # Ctrl-C, SIGTERM or the timeout: let the part remove its namespaces and lab
+        # (it unwinds on SIGINT), then make sure it is gone.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            return {"error": f"{name}: timed out after {timeout:.0f} s"}
+        raise
+    p = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     out = p.stdout.strip().splitlines()
     try:
         res = json.loads(out[-1]) if out else {}
