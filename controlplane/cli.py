@@ -232,7 +232,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _interrupt(_sig: int, _frame: object) -> None:
+_MAIN_PID = os.getpid()
+
+
+def _interrupt(sig: int, _frame: object) -> None:
+    """SIGINT/SIGTERM in the CLI's own process: unwind (cleanup runs). In a forked child
+    (pyroute2's namespace helpers, netns.call) the parent cleans up: just exit."""
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + sig)
     raise KeyboardInterrupt
 
 
@@ -244,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] != ["daemon"]:
         # Ctrl-C, and a plain `kill`, unwind through the `finally` blocks that remove labs,
         # also when started from a script that ignores SIGINT in the background.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        global _MAIN_PID
+        _MAIN_PID = os.getpid()
+        signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
     p = parser()
     if argv[:1] == ["bench"]:

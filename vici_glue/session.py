@@ -93,20 +93,19 @@ def terminate(
         raise ViciError(f"terminating {ike or ''}/{child or ''}: {exc}") from exc
 
 
-def list_sas(session: vici.Session) -> dict[str, dict[str, Any]]:
-    """All IKE_SAs by connection name, decoded to str."""
-    out: dict[str, dict[str, Any]] = {}
+def list_sas(session: vici.Session) -> list[tuple[str, dict[str, Any]]]:
+    """Every IKE_SA as (connection name, IKE_SA), decoded to str. A list, not a dict: one
+    connection can have several IKE_SAs at once (a reauthentication, a duplicate being
+    replaced, an initiation still CONNECTING beside a dying one)."""
+    out: list[tuple[str, dict[str, Any]]] = []
     for entry in session.list_sas():
-        out.update(decode(entry))
+        out.extend(decode(entry).items())
     return out
 
 
-def installed_children(sas: dict[str, dict[str, Any]], ike: str, child: str) -> list[dict]:
-    """The CHILD_SAs named ``child`` under IKE_SA ``ike`` that are INSTALLED."""
-    sa = sas.get(ike)
-    if not sa or sa.get("state") != "ESTABLISHED":
-        return []
-    return [
-        c for c in sa.get("child-sas", {}).values()
-        if c.get("name") == child and c.get("state") == "INSTALLED"
-    ]
+def installed_children(sas: list[tuple[str, dict[str, Any]]], ike: str,
+                       child: str) -> list[dict[str, Any]]:
+    """The CHILD_SAs named ``child`` of ESTABLISHED IKE_SAs of ``ike`` that are INSTALLED."""
+    return [c for name, sa in sas if name == ike and sa.get("state") == "ESTABLISHED"
+            for c in sa.get("child-sas", {}).values()
+            if c.get("name") == child and c.get("state") == "INSTALLED"]

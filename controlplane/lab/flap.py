@@ -110,7 +110,9 @@ def flap(lab: Lab, how: str, seconds: float, gw: str = topology.BO_GW,
             res.events.append(f"dropping IKE and ESP on {gw}'s WAN")
             # DPD must declare the peer dead on both sides before the outage can end.
             deadline = time.monotonic() + timeout
-            while any(lab.ike_state(g) for g in (gw, PEER[gw])):
+            # (New IKE_SAs may be CONNECTING meanwhile -- charon's dpd_action or flowpin's
+            # demand -- and fail while the WAN drops them: only the established one counts.)
+            while any("ESTABLISHED" in lab.ike_states(g) for g in (gw, PEER[gw])):
                 if time.monotonic() > deadline:
                     raise LabError(f"DPD did not declare the peer dead within {timeout:.0f} s")
                 time.sleep(0.2)

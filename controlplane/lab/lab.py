@@ -335,25 +335,22 @@ class Lab:
 
     def child_pending(self, gw: str) -> bool:
         """Whether ``gw`` has our CHILD_SA in a transitional state (being negotiated)."""
-        if not self.charon(gw).running():
-            return False
-        try:
-            with self.vici(gw, timeout=1.0) as s:
-                ike = vs.list_sas(s).get(CONN, {})
-        except vs.ViciError:
-            return False
         return any(c.get("name") == CHILD and c.get("state") in ("CREATED", "INSTALLING",
                                                                   "REKEYING")
-                   for c in ike.get("child-sas", {}).values())
+                   for _n, ike in self._sas(gw) for c in ike.get("child-sas", {}).values())
 
-    def ike_state(self, gw: str) -> str:
+    def ike_states(self, gw: str) -> list[str]:
+        """States of every IKE_SA of our connection on ``gw`` (empty: none)."""
+        return [ike.get("state", "") for _n, ike in self._sas(gw)]
+
+    def _sas(self, gw: str) -> list[tuple[str, dict[str, Any]]]:
         if not self.charon(gw).running():
-            return ""
+            return []
         try:
             with self.vici(gw, timeout=1.0) as s:
-                return vs.list_sas(s).get(CONN, {}).get("state", "")
+                return [(n, sa) for n, sa in vs.list_sas(s) if n == CONN]
         except vs.ViciError:
-            return ""
+            return []
 
     def wait_installed(self, gws: Sequence[str], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -370,8 +367,7 @@ class Lab:
         while time.monotonic() < deadline:
             if all(self.child_installed(g) for g in GATEWAYS):
                 break
-            state = self.ike_state(gw)
-            if state in ("CONNECTING", "REKEYING", "DELETING"):
+            if set(self.ike_states(gw)) & {"CONNECTING", "REKEYING", "DELETING"}:
                 time.sleep(0.2)
                 continue
             if self.child_pending(gw):
@@ -449,11 +445,10 @@ class Lab:
             pid = ch.pid()
             st = GatewayStatus(gw, f"running (pid {pid})" if pid else "not running", "", "")
             if pid:
-                try:
-                    with self.vici(gw, timeout=2.0) as s:
-                        ike = vs.list_sas(s).get(CONN)
-                except vs.ViciError:
-                    ike = None
+                sas = self._sas(gw)
+                # The ESTABLISHED IKE_SA if there is one (others may be coming or going).
+                ike = next((sa for _n, sa in sas if sa.get("state") == "ESTABLISHED"),
+                           sas[0][1] if sas else None)
                 if ike:
                     st.ike_state = ike.get("state", "")
                     for child in ike.get("child-sas", {}).values():

@@ -70,9 +70,9 @@ def test_no_cleartext_during_outage(plab: Lab, how: str) -> None:
     udp = plab.popen("bo-client", [sys.executable, "-c", UDP_SENDER, "41000", "30"])
     try:
         time.sleep(1.5)
-        with WanCapture(plab, "bo-gw") as cap:
+        with WanCapture(plab, "bo-gw") as cap:  # until the transfer is done, resume included
             flap(plab, how, 3.0)
-        sent, got = tr.wait(timeout=150)
+            sent, got = tr.wait(timeout=150)
     finally:
         udp.kill()
         udp.wait()
@@ -89,7 +89,7 @@ def test_no_cleartext_when_preserve_is_off(plab: Lab) -> None:
         time.sleep(1.5)
         with WanCapture(plab, "bo-gw") as cap:
             flap(plab, "restart-charon", 3.0)
-        tr.wait(timeout=60)
+            tr.wait(timeout=60)
     finally:
         for gw in plab.flowpin_gateways():
             plab.ask(gw, "sysopt", {"option": "preserve-vpn-flows", "on": True})
