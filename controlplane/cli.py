@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from typing import Any
 
@@ -232,17 +231,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-_MAIN_PID = os.getpid()
-
-
-def _interrupt(sig: int, _frame: object) -> None:
-    """SIGINT/SIGTERM in the CLI's own process: unwind (cleanup runs). In a forked child
-    (pyroute2's namespace helpers, netns.call) the parent cleans up: just exit."""
-    if os.getpid() != _MAIN_PID:
-        os._exit(128 + sig)
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     from controlplane.lab.charon import CharonError
     from controlplane.lab.lab import LabError
@@ -251,10 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] != ["daemon"]:
         # Ctrl-C, and a plain `kill`, unwind through the `finally` blocks that remove labs,
         # also when started from a script that ignores SIGINT in the background.
-        global _MAIN_PID
-        _MAIN_PID = os.getpid()
-        signal.signal(signal.SIGINT, _interrupt)
-        signal.signal(signal.SIGTERM, _interrupt)
+        from controlplane.interrupt import unwind_on_signals
+
+        unwind_on_signals()
     p = parser()
     if argv[:1] == ["bench"]:
         a, rest = p.parse_known_args(argv)

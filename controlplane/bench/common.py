@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
 import statistics
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,3 +86,23 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "iperf3": iperf,
     }
+
+
+def print_result(run: Callable[[], dict[str, Any]]) -> int:
+    """Run a benchmark and print its one JSON object; an interruption or a failure is a
+    JSON object too (``{"error": …, "at": file:line}``), with exit status 130 or 1."""
+    from controlplane.interrupt import unwind_on_signals
+
+    unwind_on_signals()
+    try:
+        out = run()
+    except KeyboardInterrupt:
+        print(json.dumps({"error": "interrupted"}))
+        return 130
+    except Exception as exc:  # noqa: BLE001 -- reported, as JSON, with where it failed
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}",
+                          "at": f"{where.filename}:{where.lineno}"}))
+        return 1
+    print(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
+    return 0

@@ -35,17 +35,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
-import traceback
 from typing import Any
 
 from controlplane.bench import topo as tp
-from controlplane.bench.common import alternate, machine, ratio, summary
-from controlplane.lab import netns
+from controlplane.bench.common import alternate, machine, print_result, ratio, summary
+from controlplane.lab import netns, nft
 
 CONTENDERS = ("plain", "nftables", "flowpin")
 TC_EMPTY = "tc_empty"  # diagnostic: the TC hook with an empty program (--with-tc-empty)
@@ -73,18 +71,6 @@ def nft_ruleset() -> list[str]:
         f"add rule {t} forward meta l4proto udp ct state new accept",
         f"add rule {t} forward meta l4proto icmp accept",
     ]
-
-
-def _nft(commands: list[str]) -> str:
-    """Runs inside the gateway namespace (netns.call): libnftables, no `nft` process."""
-    import nftables
-
-    nft = nftables.Nftables()
-    for cmd in commands:
-        rc, _out, err = nft.cmd(cmd)
-        if rc != 0:
-            return f"{cmd}: {err.strip()}"
-    return ""
 
 
 def _conntrack_flush() -> int:
@@ -153,7 +139,7 @@ class Gateway:
     def apply(self, contender: str) -> None:
         netns.call(tp.GW, _conntrack_flush)
         if contender == "nftables":
-            err = netns.call(tp.GW, _nft, nft_ruleset())
+            err = nft.apply_in(tp.GW, nft_ruleset())
             if err:
                 raise BenchError(f"nftables: {err}")
         elif contender == "flowpin":
@@ -168,7 +154,7 @@ class Gateway:
             n = netns.call(tp.GW, _conntrack_count)
             self.checks["nftables_conntrack_entries"] = max(
                 n, self.checks["nftables_conntrack_entries"])
-            netns.call(tp.GW, _nft, [f"delete table inet {NFT_TABLE}"])
+            nft.apply_in(tp.GW, [f"delete table inet {NFT_TABLE}"])
         elif contender == TC_EMPTY:
             self._del_clsact()
         elif contender == "flowpin":
@@ -393,30 +379,8 @@ def main(argv: list[str]) -> int:
     if a.rounds < 1 or a.seconds < 1:
         ap.error("--rounds and --seconds must be >= 1")
 
-    me = os.getpid()
-
-    def on_term(_sig: int, _frm: object) -> None:
-        # Forked helpers (netns.call, pyroute2's netns workers) inherit this handler: only
-        # the benchmark process itself unwinds (and cleans up); a helper just exits.
-        if os.getpid() != me:
-            os._exit(128 + signal.SIGTERM)
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        out = run(a.rounds, a.seconds, tuple(a.measure or MEASURES), a.with_tc_empty)
-    except KeyboardInterrupt:
-        print(json.dumps({"error": "interrupted"}))
-        return 130
-    except Exception as exc:  # report, as JSON, what failed
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}",
-                          "at": f"{where.filename}:{where.lineno}"}))
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, old)
-    print(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
-    return 0
+    return print_result(lambda: run(a.rounds, a.seconds, tuple(a.measure or MEASURES),
+                                    a.with_tc_empty))
 
 
 if __name__ == "__main__":

@@ -20,16 +20,14 @@ The namespace is removed at the end (and leftovers first); its conntrack entries
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-from controlplane.bench.common import machine
+from controlplane.bench.common import machine, print_result
 from controlplane.lab import netns
 
 NS = "fpbench-mem"
@@ -201,15 +199,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true", help="accepted; output is always JSON")
     ap.add_argument("--flows", type=int, default=FLOWS)
     a = ap.parse_args(argv)
-    try:
-        out = run(a.flows)
-    except Exception as exc:
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}",
-                          "at": f"{where.filename}:{where.lineno}"}))
-        return 1
-    print(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
-    return 0
+    return print_result(lambda: run(a.flows))
 
 
 if __name__ == "__main__":

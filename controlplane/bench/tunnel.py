@@ -30,10 +30,9 @@ import struct
 import subprocess
 import sys
 import time
-import traceback
 from typing import Any
 
-from controlplane.bench.common import alternate, machine, summary
+from controlplane.bench.common import alternate, machine, print_result, summary
 from controlplane.datapath import (
     FILTER_HANDLE,
     FILTER_PRIO,
@@ -228,18 +227,8 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     if a.rounds < 1 or a.seconds < 1:
         ap.error("--rounds and --seconds must be >= 1")
-    try:
-        out = run(a.rounds, a.seconds, CONTENDERS[::-1] if a.none_first else CONTENDERS)
-    except KeyboardInterrupt:
-        print(json.dumps({"error": "interrupted"}))
-        return 130
-    except Exception as exc:
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}",
-                          "at": f"{where.filename}:{where.lineno}"}))
-        return 1
-    print(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
-    return 0
+    return print_result(lambda: run(a.rounds, a.seconds,
+                                    CONTENDERS[::-1] if a.none_first else CONTENDERS))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.lab import netns, topology
+from controlplane.lab import nft, topology
 from controlplane.lab.lab import Lab, LabError
 from controlplane.lab.topology import CHILD, CONN, GATEWAYS, PEER
 from vici_glue import session as vs
@@ -63,21 +63,9 @@ def _nft_rules(block: bool) -> list[str]:
     return [f"add table inet {BLOCK_TABLE}"] + rules
 
 
-def _nft_apply(commands: list[str]) -> str:
-    """Runs inside the gateway's namespace (through :func:`netns.call`)."""
-    import nftables  # Debian's python3-nftables: libnftables, no `nft` process
-
-    nft = nftables.Nftables()
-    for cmd in commands:
-        rc, _out, err = nft.cmd(cmd)
-        if rc != 0:
-            return f"{cmd}: {err.strip()}"
-    return ""
-
-
 def wan_block(lab: Lab, gw: str, block: bool) -> None:
     """Drop (or stop dropping) IKE and ESP on ``gw``'s WAN side."""
-    err = netns.call(lab.ns(gw), _nft_apply, _nft_rules(block))
+    err = nft.apply_in(lab.ns(gw), _nft_rules(block))
     if err and block:
         raise LabError(f"nftables in {gw}: {err}")
 

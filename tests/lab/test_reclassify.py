@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from controlplane.lab import netns
-from controlplane.lab.flap import _nft_apply
+from controlplane.lab import netns, nft
 from controlplane.lab.lab import Lab
 from tests.conftest import require_lab_prerequisites, unique_lab_name
 
@@ -40,7 +39,7 @@ def test_cleartext_flow_is_reclassified_when_tunnel_comes_up() -> None:
     lab.up(load_conns=False, preserve=True)
     try:
         # Netfilter conntrack tracks what bo-gw forwards (as a stateful ruleset would).
-        err = netns.call(lab.ns("bo-gw"), _nft_apply, [
+        err = nft.apply_in(lab.ns("bo-gw"), [
             "add table inet fptest",
             "add chain inet fptest fchain { type filter hook forward priority 0; }",
             "add rule inet fptest fchain ct state established,related accept"])
