@@ -30,6 +30,7 @@ class ControlServer:
         self.submit = submit
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._thread: threading.Thread | None = None
+        self._inode = 0
 
     def start(self) -> ControlServer:
         submit = self.submit
@@ -57,6 +58,7 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+        self._inode = os.stat(self.path).st_ino
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="control",
                                         daemon=True)
@@ -67,8 +69,11 @@ class ControlServer:
         if self._server:
             self._server.shutdown()
             self._server.server_close()
+            # Only our own socket: a daemon started meanwhile (a restart racing this exit)
+            # may already have bound the same path.
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+                if os.stat(self.path).st_ino == self._inode:
+                    os.unlink(self.path)
 
 
 def request(path: str, cmd: str, args: dict[str, Any] | None = None,

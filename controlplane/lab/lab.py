@@ -288,14 +288,18 @@ class Lab:
             return
         os.kill(pid, sig)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    break
-            except ChildProcessError:
-                if not os.path.exists(f"/proc/{pid}"):
-                    break
+        while not self._reaped(pid):
+            if time.monotonic() > deadline:  # a graceful stop that hangs: no second daemon
+                os.kill(pid, signal.SIGKILL)  # may ever run beside it
+                deadline = time.monotonic() + 10
             time.sleep(0.05)
+
+    @staticmethod
+    def _reaped(pid: int) -> bool:
+        try:
+            return os.waitpid(pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:  # not our child: gone when /proc says so
+            return not os.path.exists(f"/proc/{pid}")
 
     def daemon_log_tail(self, gw: str, lines: int = 20) -> str:
         try:
