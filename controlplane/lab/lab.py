@@ -251,10 +251,9 @@ class Lab:
     def daemon_pid(self, gw: str) -> int | None:
         try:
             pid = int((self.state_dir / gw / "flowpin.pid").read_text())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+        except (FileNotFoundError, ValueError):
             return None
-        return pid
+        return pid if _alive(pid) else None
 
     def start_daemon(self, gw: str, timeout: float = 60.0) -> int:
         """Start ``flowpin daemon`` in ``gw``'s namespace; return once it answers."""
@@ -298,8 +297,8 @@ class Lab:
     def _reaped(pid: int) -> bool:
         try:
             return os.waitpid(pid, os.WNOHANG)[0] != 0
-        except ChildProcessError:  # not our child: gone when /proc says so
-            return not os.path.exists(f"/proc/{pid}")
+        except ChildProcessError:  # not our child: gone when dead (a zombie is dead)
+            return not _alive(pid)
 
     def daemon_log_tail(self, gw: str, lines: int = 20) -> str:
         try:
@@ -496,6 +495,16 @@ class Lab:
         self.require_up()
         ns = self.ns(node)
         return subprocess.Popen(list(argv), preexec_fn=lambda: netns.enter(ns), **kw)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs: exists and is not a zombie (a zombie whose parent has not
+    reaped it yet still answers kill(pid, 0))."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 class _ViciContext:

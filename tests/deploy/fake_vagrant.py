@@ -24,6 +24,11 @@ def install(lab: Any) -> Path:
     for d in (bindir, helpers, tmps):
         d.mkdir(parents=True, exist_ok=True)
     prefix = lab.ns("bo-client")[: -len("bo-client")]
+    import controlplane
+
+    project = Path(controlplane.__file__).parent.parent
+    keep = " ".join(sorted({str(p) for p in (Path(sys.prefix), project)
+                            if Path("/tmp") in p.parents}))
     scripts = {
         bindir / "vagrant": f"""#!{BASH}
 # vagrant ssh NODE --no-tty -c CMD [-- ssh options]: CMD in NODE's lab namespace, own /tmp.
@@ -34,7 +39,12 @@ case "$node" in bo-gw|ho-gw) state={lab.state_dir}/$node ;; bo-client|ho-server)
     *) echo "fake vagrant: no node $node" >&2; exit 99 ;; esac
 mkdir -p {tmps}/$node
 exec ip netns exec {prefix}$node unshare -m {BASH} -c '
-mount --bind "$1" /tmp || exit 98
+# The node gets its own /tmp; what must stay visible (this checkout and its venv, when they
+# live under /tmp, as a CI clone may) is bound back into it first.
+for keep in {keep}; do
+    mkdir -p "$1/${{keep#/tmp/}}" && mount --bind "$keep" "$1/${{keep#/tmp/}}" || exit 98
+done
+mount --rbind "$1" /tmp || exit 98
 export PATH="$2:$PATH" FPSTATE="$3" FLOWPIN_SOCKET="$3/flowpin.sock"
 exec {BASH} -c "$4"' fake-vagrant "{tmps}/$node" "{helpers}" "$state" "$cmd"
 """,
