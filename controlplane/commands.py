@@ -249,9 +249,7 @@ def cmd_show_counters(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
 
     return {"datapath": d.table.counters(), "daemon": dict(d.stats),
             "event_to_map_ms": {"count": len(lat), "p50": pct(0.5), "p99": pct(0.99),
-                                "max": round(lat[-1], 3) if lat else None,
-                                "queued_max": round(max(d.latency.queued), 3)
-                                if d.latency.queued else None},
+                                "max": round(lat[-1], 3) if lat else None},
             "flows": d.table.flow_count(), "flow_table_size": d.cfg.flow_table_size,
             "uptime_s": round(time.time() - d.started, 1)}
 

@@ -95,7 +95,6 @@ class Latency:
     """Event received -> data-path map written, in ms (the control-plane benchmark)."""
 
     samples: list[float] = field(default_factory=list)
-    queued: list[float] = field(default_factory=list)  # received -> picked by the loop
 
     def add(self, ms: float) -> None:
         self.samples.append(ms)
@@ -239,7 +238,7 @@ class Daemon:
         view.demand = {k: replace(d) for k, d in self.demand.items()}
         view.runtime = json.loads(json.dumps(self.runtime))
         view.stats = dict(self.stats)
-        view.latency = Latency(list(self.latency.samples), list(self.latency.queued))
+        view.latency = Latency(list(self.latency.samples))
         return view
 
     def submit(self, kind: str, payload: Any = None, wait: float | None = 10.0) -> Any:
@@ -265,34 +264,20 @@ class Daemon:
             except queue.Empty:
                 item = None
             try:
-                t0 = time.monotonic()
                 if item is not None:
                     with self.lock:
                         self._handle(item)
-                t1 = time.monotonic()
                 events = self.table.read_events(0)
                 with self.lock:
                     for ev in events:
                         self._on_datapath_event(ev)
-                t2 = time.monotonic()
-                with self.lock:
                     self._demand_tick(time.monotonic())
-                t3 = time.monotonic()
-                if t3 - t0 > 0.005:
-                    log.debug("slow loop: item %s %.1f ms, events %.1f ms, demand %.1f ms",
-                              type(item).__name__, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
-                              (t3 - t2) * 1e3)
             except Exception:  # noqa: BLE001 -- one bad item must not stop the gateway
                 self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "internal error (the "
                                          "daemon goes on; please report)"))
 
     def _handle(self, item: Any) -> None:
-        if hasattr(item, "received"):
-            log.debug("item %s received %.3f picked %.3f", type(item).__name__,
-                      item.received % 100, time.monotonic() % 100)
-            self.latency.queued.append((time.monotonic() - item.received) * 1000)
-            del self.latency.queued[:-1000]
         if isinstance(item, Received):
             self.stats["events"] += 1
             self._apply(self.registry.on_event(item.event), item.received)
@@ -392,9 +377,7 @@ class Daemon:
             except queue.Empty:
                 continue
             try:
-                t0 = time.monotonic()
                 fn(*args)
-                log.debug("report %.3f-%.3f", t0 % 100, time.monotonic() % 100)
             except Exception:  # noqa: BLE001
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "report failed"))
 
@@ -445,9 +428,7 @@ class Daemon:
             if self._stop.is_set():
                 break
             try:
-                t0 = time.monotonic()
                 self._log_removed(self.sweeper.sweep())
-                log.debug("sweep %.3f-%.3f", t0 % 100, time.monotonic() % 100)
             except Exception:  # noqa: BLE001 -- the next sweep tries again
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "sweep failed"))
 

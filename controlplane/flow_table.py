@@ -384,12 +384,6 @@ class FlowTable:
                  if s.local.version == sel.local.version and s != sel]
         self._compile(sel.local.version, pairs)
 
-    def remove_tunnel_selectors(self, tunnel_id: int) -> None:
-        for fam in (4, 6):
-            pairs = [s for s in self.selectors()
-                     if s.local.version == fam and s.tunnel_id != tunnel_id]
-            self._compile(fam, pairs)
-
     def replace_selectors(self, selectors: Iterable[Selector]) -> None:
         """Make the tries hold exactly ``selectors`` (every tunnel's), compiling each
         family once: what a resync of many tunnels needs instead of one add per pair."""

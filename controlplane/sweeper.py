@@ -34,6 +34,7 @@ from controlplane.flow_table import (
 )
 
 TORN_DOWN = "Tunnel has been torn down"
+_NEVER_WRITTEN = (0, False, False)  # an array slot never written: generation 0, DOWN
 _VALUE = struct.Struct("<IHBB4III2Q")  # struct flow_value, see bpf/lib/flow_types.h
 _KEY_PROTO_OFFSET = {4: 12, 6: 36}
 _FIN, _RST, _SYN, _ACK, _PICKUP = Side.FIN, Side.RST, Side.SYN, Side.ACK, Side.PICKUP
@@ -134,22 +135,6 @@ class RemovedFlow:
         i = self.flow.initiator
         return self.flow.packets[i], self.flow.packets[1 - i]
 
-    def log_line(self) -> str:
-        """An ASA-like teardown line."""
-        names = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}
-        (ia, ip), (ra, rp) = self.initiator, self.responder
-        return (f"Teardown {names.get(self.proto, str(self.proto))} connection for "
-                f"{ia}/{ip} to {ra}/{rp} tunnel {self.tunnel_id} duration "
-                f"{format_duration(self.duration_s)} bytes {sum(self.bytes)} "
-                f"({self.bytes[0]} out, {self.bytes[1]} in) {self.reason}")
-
-
-class _DefaultTunnels(dict[int, tuple[int, bool, bool]]):
-    """Tunnel words; an id never written is (0, DOWN, no preserve), as in the array map."""
-
-    def get(self, key: int, default: object = None) -> tuple[int, bool, bool]:  # type: ignore[override]
-        return super().get(key, (0, False, False))
-
 
 def idle_reason(proto: int, s0: int, s1: int, idle: float, t: Timeouts) -> str | None:
     """Why a flow idle for ``idle`` seconds expires now, or None."""
@@ -188,8 +173,7 @@ class Sweeper:
     def _tunnels(self) -> dict[int, tuple[int, bool, bool]]:
         """Tunnel id -> (generation, up, preserve), read once per sweep. A tunnel id with
         an all-zero control word (never written) reads as generation 0, DOWN."""
-        words = self.table.tunnel_words()
-        return _DefaultTunnels(words)
+        return self.table.tunnel_words()
 
     def sweep(self, now_s: int | None = None) -> list[RemovedFlow]:
         now = self.now_s() if now_s is None else now_s
@@ -209,9 +193,9 @@ class Sweeper:
             cands: list[tuple[int, str]] = []
             for i, (gen, tid, s0, s1, _q0, _q1, _a0, _a1, _c, last, _b0, _b1) in enumerate(
                     _VALUE.iter_unpack(vbuf)):
-                tun = tunnels.get(tid)
+                tun = tunnels.get(tid, _NEVER_WRITTEN)
                 proto = kbuf[i * ksz + poff]
-                if tun is None or gen != tun[0]:
+                if gen != tun[0]:
                     cands.append((i, TORN_DOWN))
                     continue
                 if tid and not tun[1] and (proto != 6 or not tun[2]):

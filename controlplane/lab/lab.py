@@ -327,14 +327,7 @@ class Lab:
         return _ViciContext(self.charon(gw).vici_path, timeout)
 
     def child_installed(self, gw: str) -> list[dict[str, Any]]:
-        ch = self.charon(gw)
-        if not ch.running():
-            return []
-        try:
-            with self.vici(gw, timeout=1.0) as s:
-                return vs.installed_children(vs.list_sas(s), CONN, CHILD)
-        except vs.ViciError:
-            return []
+        return vs.installed_children(self._sas(gw), CONN, CHILD)
 
     def child_pending(self, gw: str) -> bool:
         """Whether ``gw`` has our CHILD_SA in a transitional state (being negotiated)."""
@@ -354,14 +347,6 @@ class Lab:
                 return [(n, sa) for n, sa in vs.list_sas(s) if n == CONN]
         except vs.ViciError:
             return []
-
-    def wait_installed(self, gws: Sequence[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self.child_installed(gw) for gw in gws):
-                return True
-            time.sleep(0.2)
-        return False
 
     def bring_up(self, gw: str, timeout: float = 30.0) -> None:
         """Initiate the tunnel from ``gw`` unless it is up (or coming up) already, and

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from controlplane import testrun as tr
+from controlplane.messages import teardown_line
 from controlplane.sweeper import TORN_DOWN, Sweeper, Timeouts, format_duration, parse_duration
 from tests.datapath.cases import (
     NET4,
@@ -100,7 +101,8 @@ def test_removed_record_has_ends_duration_and_bytes(dp: Any) -> None:
     assert r.packets == (3, 1)
     assert r.bytes == (54 + 54 + 154, 54)
     assert r.duration_s == 65
-    assert "duration 0:01:05" in r.log_line() and TORN_DOWN in r.log_line()
+    line = teardown_line(r)
+    assert "duration 0:01:05" in line and TORN_DOWN in line
 
 
 def test_custom_timeouts(dp: Any) -> None:
