@@ -176,6 +176,28 @@ class Gateway:
             self.empty = None
 
 
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def prog_run_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) the kernel accounts for the program behind ``fd`` while
+    ``kernel.bpf_stats_enabled`` is 1 (shown in the fd's fdinfo)."""
+    info: dict[str, str] = {}
+    with open(f"/proc/self/fdinfo/{fd}") as fh:
+        for line in fh:
+            k, _, v = line.partition(":")
+            info[k.strip()] = v.strip()
+    return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
+
+
+def added_ns(pps: float | None, plain_pps: float | None) -> float | None:
+    """What a contender adds to one packet's cost on the whole path, from the rates: the
+    path runs on one CPU, so 1 s / pps is the CPU time of one packet."""
+    if not pps or not plain_pps:
+        return None
+    return round(1e9 / pps - 1e9 / plain_pps, 1)
+
+
 def _wait_ready(p: subprocess.Popen[str], what: str) -> None:
     assert p.stdout is not None
     line = p.stdout.readline()
@@ -259,6 +281,37 @@ def _port_open(ns: str, port: int) -> bool:
     return bool(netns.call(ns, probe, port))
 
 
+def prog_costs(gw: Gateway, r: Runner, tc_empty: bool) -> dict[str, Any]:
+    """One more 64-byte run per TC contender with ``kernel.bpf_stats_enabled``: the kernel's
+    own account of the time spent in the program per packet. The accounting itself costs
+    (two clock reads per run), and it is the same in both programs, so flowpin's own work
+    is flowpin's figure minus the empty program's. Not part of the rounds (it slows them)."""
+    fds = {"flowpin": gw.dp.prog_fd()}
+    if tc_empty:
+        fds[TC_EMPTY] = gw.empty_fd
+    with open(BPF_STATS) as fh:
+        was = fh.read().strip()
+    out: dict[str, Any] = {}
+    try:
+        with open(BPF_STATS, "w") as fh:
+            fh.write("1")
+        for c, fd in fds.items():
+            gw.apply(c)
+            try:
+                t0, n0 = prog_run_stats(fd)
+                r.pps()
+                t1, n1 = prog_run_stats(fd)
+            finally:
+                gw.remove(c)
+            out[c] = round((t1 - t0) / (n1 - n0), 1) if n1 > n0 else None
+    finally:
+        with open(BPF_STATS, "w") as fh:
+            fh.write(was)
+    if out.get("flowpin") is not None and out.get(TC_EMPTY) is not None:
+        out["flowpin_own"] = round(out["flowpin"] - out[TC_EMPTY], 1)
+    return out
+
+
 def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
         tc_empty: bool = False) -> dict[str, Any]:
     if os.geteuid() != 0:
@@ -267,6 +320,7 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
     order = CONTENDERS + ((TC_EMPTY,) if tc_empty else ())
     results: dict[str, dict[str, Any]] = {c: {} for c in order}
     paired: dict[str, float] = {}
+    prog_ns: dict[str, Any] = {}
     started = time.monotonic()
     try:
         with tp.Topology() as t:
@@ -291,6 +345,8 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
                     if c != "plain":  # the same round's plain run as the reference
                         paired[f"{c}_vs_plain_{m}"] = round(statistics.median(
                             a / b for a, b in zip(per[c], per["plain"], strict=True) if b), 3)
+            if "pps" in measures:
+                prog_ns = prog_costs(gw, r, tc_empty)
     finally:
         gw.close()
     med = {c: {m: results[c].get(m, {}).get("median") for m in MEASURES} for c in CONTENDERS}
@@ -310,6 +366,14 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
         for m, short in (("tput_gbps", "tput"), ("pps", "pps"), ("cps", "cps")):
             ratios[f"tc_empty_vs_plain_{short}"] = ratio(
                 results[TC_EMPTY].get(m, {}).get("median"), med["plain"][m])
+
+    pps_plain = results["plain"].get("pps", {}).get("median")
+    per_packet = {
+        "added_ns": {c: added_ns(results[c].get("pps", {}).get("median"), pps_plain)
+                     for c in order if c != "plain"},
+        "plain_ns": round(1e9 / pps_plain, 1) if pps_plain else None,
+        "prog_ns_bpf_stats": prog_ns,
+    }
 
     def ok(cond: Any) -> bool | None:
         return None if cond is None else bool(cond)
@@ -335,6 +399,7 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
         "forward": results,
         "ratios": ratios,
         "paired_ratios": paired,
+        "per_packet": per_packet,
         "targets": targets,
         "checks": gw.checks,
         "config": {"rounds": rounds, "seconds": seconds, "order": list(order),
@@ -359,6 +424,12 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             "tc_empty (with --with-tc-empty): clsact on the same veth with an empty "
             "SCHED_CLS program on ingress and egress: the price of the TC hook itself, "
             "which any TC eBPF filter pays before doing any work",
+            "per_packet.plain_ns = 1 s / plain's median pps: the CPU time of one 64-byte "
+            "packet on the whole path; added_ns = what each contender adds to it (from the "
+            "medians); prog_ns_bpf_stats = the kernel's account (kernel.bpf_stats_enabled, "
+            "one extra run each, not in the rounds) of time inside the TC program per run, "
+            "which includes the accounting's own clock reads; flowpin_own = flowpin minus "
+            "the empty program, i.e. flowpin's work without the hook and the accounting",
         ],
     }
 

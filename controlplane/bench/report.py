@@ -93,6 +93,7 @@ def assemble(parts: dict[str, dict[str, Any]], command: str) -> dict[str, Any]:
         "paired_ratios": fwd.get("paired_ratios", {}),
         "forward_targets": fwd.get("targets", {}),
         "forward_checks": fwd.get("checks", {}),
+        "per_packet": fwd.get("per_packet", {}),
         "tunnel": tun.get("tunnel", {}),
         "memory": mem.get("memory", {}),
         "datapath": {k: v for k, v in parts.get("datapath", {}).items() if k != "notes"},
@@ -175,6 +176,26 @@ def markdown(res: dict[str, Any]) -> str:
                  "cps_ahead_of_nft")):
             out.append(f"| {label} | {_num(r.get(key))}× | {_ok(met.get(mk))} |")
         out.append("")
+        pp = res.get("per_packet", {})
+        if pp.get("plain_ns"):
+            added, prog = pp.get("added_ns", {}), pp.get("prog_ns_bpf_stats", {})
+            out.append("### What one 64-byte packet costs\n")
+            out.append(f"The whole path (sender, client stack, gateway, server) runs on one CPU, "
+                       f"so 1 s / pps is one packet's CPU time: {_num(pp['plain_ns'])} ns "
+                       "with plain forwarding. Added by each contender (from the medians), "
+                       "and the kernel's own account of the time inside the TC program "
+                       "(`kernel.bpf_stats_enabled`, one extra run each; it includes the "
+                       "accounting's clock reads, the same in both programs):\n")
+            out.append("| contender | ns added per packet | ns inside the program |")
+            out.append("|---|---|---|")
+            for c, ns in added.items():
+                out.append(f"| {c} | {_num(ns)} | {_num(prog.get(c)) if c in prog else '–'} |")
+            if prog.get("flowpin_own") is not None:
+                out.append(f"\nflowpin's own work (its program minus the empty one): "
+                           f"**{_num(prog['flowpin_own'])} ns** per packet; the rest of what "
+                           "it adds is the TC hook (`tc_empty`) and the caches its map "
+                           "accesses take from the rest of the path.\n")
+            out.append("")
     tun = res.get("tunnel", {})
     if tun:
         tc = res.get("config", {}).get("tunnel", {})

@@ -51,6 +51,7 @@ def _ours() -> list[str]:
 
 def test_forward_json_shape_and_cleanup() -> None:
     _require()
+    stats_before = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
     p = subprocess.run([sys.executable, "-m", "controlplane.cli", "bench", "forward", "--json",
                         "--rounds", "1", "--seconds", "1"], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
@@ -72,6 +73,12 @@ def test_forward_json_shape_and_cleanup() -> None:
     assert verdicts.get("PASS_FLOW", 0) > 0 and verdicts.get("PASS_NEW", 0) > 0
     assert not any(k.startswith("DROP_") for k in verdicts), verdicts
     assert res["machine"]["cpus"] >= 1
+    # the per-packet decomposition: what each contender adds, and the kernel's own account
+    # of the time inside flowpin's program (bpf_stats, switched back off afterwards)
+    pp = res["per_packet"]
+    assert pp["plain_ns"] > 0 and set(pp["added_ns"]) == {"nftables", "flowpin"}
+    assert pp["prog_ns_bpf_stats"]["flowpin"] > 0
+    assert Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() == stats_before
     assert _ours() == []
 
 

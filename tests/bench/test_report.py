@@ -29,6 +29,10 @@ FAKE_PARTS = {
         "targets": {"met": {"tput_vs_plain": True, "pps_vs_plain": True,
                             "tput_ahead_of_nft": True, "pps_ahead_of_nft": True,
                             "cps_ahead_of_nft": True}},
+        "per_packet": {"plain_ns": 3571.4,
+                       "added_ns": {"nftables": 776.4, "flowpin": 132.3, "tc_empty": 60.0},
+                       "prog_ns_bpf_stats": {"flowpin": 131.0, "tc_empty": 61.8,
+                                             "flowpin_own": 69.2}},
         "config": {"rounds": 3, "seconds": 1},
         "machine": {"cpu": "Test CPU", "cpus": 2, "kernel": "6.18", "virtualized": True},
         "notes": ["a note"],
@@ -77,6 +81,9 @@ def test_write_json_markdown_and_charts(tmp_path: Path) -> None:
     assert "| flowpin | **20.00** (19.50–20.50) | 1.000 |" in md
     assert "| nftables |" in md and "| plain |" in md
     assert "Overhead: **0.99 %**" in md
+    assert "one packet's CPU time: 3,571 ns" in md
+    assert "| flowpin | 132.3 | 131 |" in md and "| nftables | 776.4 | – |" in md
+    assert "flowpin's own work (its program minus the empty one): **69.2 ns**" in md
     assert "**133**" in md
     assert "control: lab failed" in md  # a failed part is shown, not hidden
     assert "Test CPU" in md
