@@ -12,9 +12,17 @@ flowpin ...): with a fixed order, going first was worth a few percent here (3.9 
 -0.9 % the other), as much as what is measured. overhead = 1 - median(flowpin) /
 median(none).
 
+Each stage of the path is kept on one CPU (see :func:`placement`): bo-client's iperf3 and
+bo-gw's charon (encrypting) on the first, ho-gw's charon (decrypting) and ho-server's
+iperf3 on the second; iperf3 omits its first second (slow start).
+
 With kernel-libipsec (no kernel ESP, as on the CI machine) ESP is done by charon in user
-space and is the bottleneck by far (a few hundred Mbit/s); the data path's cost per
-packet is then below the run-to-run noise, which the min-max shows.
+space and is the bottleneck. Decrypted packets come out of charon's TUN device one by one
+(no GRO), so every MTU-sized packet (and every ACK) crosses flowpin's TC hook on ho-gw's
+lan0: at ~700 Mbit/s that is ~60k packets/s per direction on a CPU that is already busy
+decrypting, and the hook plus the program (~200 ns a packet, see ``bench forward``'s
+``per_packet``) is then 1-3 % of that CPU. Run-to-run noise of this userspace-ESP path is
+of the same size, which the min-max shows.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from controlplane.lab import topology
 LAB = "fpbtun"
 CONTENDERS = ("flowpin", "none")
 IPERF_PORT = 5201
+OMIT_S = 1  # iperf3 --omit: slow start is not part of the measured seconds
 SYS_BPF = 321  # x86_64
 BPF_PROG_GET_FD_BY_ID = 13
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -96,6 +105,26 @@ def _bpf_id(opts: Any) -> int:
     return 0
 
 
+def pin(pid: int, cpu: int) -> None:
+    """Keep every thread of ``pid`` on ``cpu`` (charon's threads too)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread may have exited meanwhile
+            os.sched_setaffinity(int(tid), {cpu})
+
+
+def placement() -> dict[str, int] | None:
+    """Which CPU each stage of the path runs on: the sending half (bo-client's iperf3,
+    bo-gw's charon encrypting) on one, the receiving half (ho-gw's charon decrypting,
+    ho-server's iperf3) on another. Without it the scheduler moves four busy threads
+    across two cores differently every run: runs of one contender varied by up to 15 %,
+    more than the difference being measured. None on a single CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    a, b = cpus[0], cpus[1]
+    return {topology.CLIENT: a, topology.BO_GW: a, topology.HO_GW: b, topology.SERVER: b}
+
+
 class LanFilters:
     """The flowpin data path's TC filters on one gateway's LAN interface: off and on."""
 
@@ -141,11 +170,20 @@ def run(rounds: int = 5, seconds: int = 3,
     lab.down()
     started = time.monotonic()
     filters: list[LanFilters] = []
+    cpu: dict[str, int] | None = None
     try:
         meta = lab.up()
         filters = [LanFilters(lab.ns(gw)) for gw in lab.flowpin_gateways()]
         server = lab.popen(topology.SERVER, ["iperf3", "-s", "-p", str(IPERF_PORT)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cpu = placement()
+        if cpu is not None:
+            pin(server.pid, cpu[topology.SERVER])
+            for gw in (topology.BO_GW, topology.HO_GW):
+                pid = lab.charon(gw).pid()
+                if pid is None:
+                    raise TunnelBenchError(f"charon of {gw} is not running")
+                pin(pid, cpu[gw])
         time.sleep(0.5)
         dest = topology.HOST_ADDR[topology.SERVER][0]
 
@@ -167,13 +205,16 @@ def run(rounds: int = 5, seconds: int = 3,
                 f.on() if contender == "flowpin" else f.off()
             if contender == "flowpin" and not all(f.attached() for f in filters):
                 raise TunnelBenchError("data path did not re-attach")
-            p = lab.exec(topology.CLIENT, ["iperf3", "-c", dest, "-p", str(IPERF_PORT), "-J",
-                                           "-t", str(seconds)],
-                         capture_output=True, text=True, timeout=seconds + 60)
+            p = lab.popen(topology.CLIENT, ["iperf3", "-c", dest, "-p", str(IPERF_PORT), "-J",
+                                            "-O", str(OMIT_S), "-t", str(seconds + OMIT_S)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if cpu is not None:
+                pin(p.pid, cpu[topology.CLIENT])
+            out, err = p.communicate(timeout=seconds + OMIT_S + 60)
             try:
-                j = json.loads(p.stdout)
+                j = json.loads(out)
             except json.JSONDecodeError:
-                raise TunnelBenchError(f"iperf3: {p.stderr.strip()[-300:]}") from None
+                raise TunnelBenchError(f"iperf3: {err.strip()[-300:]}") from None
             if "error" in j:
                 raise TunnelBenchError(f"iperf3: {j['error']}")
             return j["end"]["sum_received"]["bits_per_second"] / 1e6
@@ -200,7 +241,7 @@ def run(rounds: int = 5, seconds: int = 3,
                    "backend": meta.get("backend"), "backend_reason": meta.get("backend_reason")},
         "checks": {"bo_gw_datapath_passed_packets": seen},
         "config": {"rounds": rounds, "seconds": seconds, "order": list(order),
-                   "counterbalanced": True,
+                   "counterbalanced": True, "omit_s": OMIT_S, "cpu_placement": cpu,
                    "lab": LAB},
         "elapsed_s": round(time.monotonic() - started, 1),
         "machine": machine(),

@@ -1,0 +1,54 @@
+"""`python -m controlplane.bench.tunnel` for real, one short round: the JSON shape, that the
+two contenders differ only in flowpin's data path (the gateway's daemon passed packets for
+`flowpin` and none for `none`), that the stages were placed on CPUs, and that the lab is
+gone afterwards. Needs root; missing prerequisites FAIL the test. Checks behaviour, never
+speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controlplane.lab import netns
+from controlplane.lab.charon import CHARON_CANDIDATES
+
+pytestmark = pytest.mark.bpf
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_tunnel_bench_json_and_cleanup() -> None:
+    missing = [what for ok, what in (
+        (os.geteuid() == 0, "root (the lab: namespaces, charon, eBPF)"),
+        (shutil.which("iperf3") is not None, "iperf3 (Debian package iperf3)"),
+        (any(os.path.exists(c) for c in CHARON_CANDIDATES),
+         "strongSwan's charon (Debian package strongswan-charon)"),
+    ) if not ok]
+    if missing:
+        pytest.fail("tunnel bench prerequisites missing: " + "; ".join(missing)
+                    + " -- run `make setup` as root", pytrace=False)
+    p = subprocess.run([sys.executable, "-m", "controlplane.bench.tunnel", "--json",
+                        "--rounds", "2", "--seconds", "1"], cwd=REPO, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads(p.stdout)
+    tun = res["tunnel"]
+    for c in ("flowpin", "none"):
+        s = tun[c]["tput_mbps"]
+        assert len(s["runs"]) == 2 and s["median"] > 0, (c, s)
+    assert isinstance(tun["overhead_pct"], float)
+    assert isinstance(tun["overhead_pct_paired"], float)
+    assert isinstance(tun["met"], bool)
+    passed = res["checks"]["bo_gw_datapath_passed_packets"]
+    assert passed["flowpin"] > 0 and passed["none"] == 0, passed
+    placement = res["config"]["cpu_placement"]
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert placement["bo-client"] == placement["bo-gw"] != placement["ho-gw"], placement
+        assert placement["ho-gw"] == placement["ho-server"], placement
+    assert netns.listing("fplab-fpbtun-") == []
