@@ -149,11 +149,16 @@ def _cflags(cfg: DatapathConfig) -> list[str]:
     return flags + list(cfg.cflags)
 
 
+def compile_bench_prog(source: str, func: str) -> tuple[Any, int]:
+    """A benchmark-only SCHED_CLS program: (BPF object, program fd)."""
+    bcc = _require_bcc()
+    b = bcc.BPF(text=bpf_source(source).encode())
+    return b, b.load_func(func.encode(), bcc.BPF.SCHED_CLS).fd
+
+
 def compile_empty() -> tuple[Any, int]:
     """The empty SCHED_CLS program (benchmark baseline): (BPF object, program fd)."""
-    bcc = _require_bcc()
-    b = bcc.BPF(text=bpf_source(EMPTY).encode())
-    return b, b.load_func(b"fp_empty", bcc.BPF.SCHED_CLS).fd
+    return compile_bench_prog(EMPTY, "fp_empty")
 
 
 class Datapath:

@@ -12,7 +12,10 @@ cleartext (no IPsec: crypto would drown the difference). The gateway forwards; t
 - ``flowpin``: its data path (TC clsact, both directions) on the gateway's client-facing
   veth, the client/server subnets a selector of tunnel 1, tunnel 1 UP;
 - ``tc_empty`` (diagnostic, ``--with-tc-empty``): the same TC hooks running an empty
-  program, so flowpin's cost splits into the hook's and its own.
+  program, so flowpin's cost splits into the hook's and its own;
+- ``tc_floor`` (diagnostic, ``--with-tc-floor``): the same TC hooks running
+  ``bpf/floor.c``, the least any TC flow table does (parse, one lookup of the 5-tuple in
+  a preallocated hash, one atomic add): the floor of flowpin's design on this machine.
 
 Three measures, each alternating the contenders (A B C A B C ...) for ``--rounds`` rounds
 of ``--seconds`` each; every contender starts each round with an empty flow table
@@ -47,6 +50,9 @@ from controlplane.lab import netns, nft
 
 CONTENDERS = ("plain", "nftables", "flowpin")
 TC_EMPTY = "tc_empty"  # diagnostic: the TC hook with an empty program (--with-tc-empty)
+TC_FLOOR = "tc_floor"  # diagnostic: the least a TC flow table does (--with-tc-floor)
+# diagnostic contender -> (bpf/ source, function)
+BENCH_PROGS = {TC_EMPTY: ("empty.c", "fp_empty"), TC_FLOOR: ("floor.c", "fp_floor")}
 MEASURES = ("tput_gbps", "pps", "cps")
 TUNNEL = 1
 NFT_TABLE = "fpbench"
@@ -96,8 +102,7 @@ class Gateway:
 
     def __init__(self) -> None:
         self.dp: Any = None
-        self.empty: Any = None
-        self.empty_fd = -1
+        self.progs: dict[str, tuple[Any, int]] = {}  # diagnostic contender -> (bcc, fd)
         self.checks: dict[str, Any] = {"nftables_conntrack_entries": 0,
                                        "flowpin_verdicts": {}}
 
@@ -111,10 +116,13 @@ class Gateway:
         t.add_selector(TUNNEL, tp.CLIENT_NET, tp.SERVER_NET)
         t.set_tunnel(TUNNEL, up=True, preserve=True)
 
-    def load_empty(self) -> None:
-        from controlplane.datapath import compile_empty
+    def load_bench_prog(self, contender: str) -> None:
+        from controlplane.datapath import compile_bench_prog
 
-        self.empty, self.empty_fd = compile_empty()
+        self.progs[contender] = compile_bench_prog(*BENCH_PROGS[contender])
+
+    def prog_fd(self, contender: str) -> int:
+        return self.dp.prog_fd() if contender == "flowpin" else self.progs[contender][1]
 
     @staticmethod
     def _del_clsact() -> None:
@@ -124,7 +132,7 @@ class Gateway:
         with IPRoute(netns=tp.GW) as ipr:
             ipr.tc("del", "clsact", ipr.link_lookup(ifname=tp.GW_LAN_IF)[0])
 
-    def _empty_filters(self) -> None:
+    def _bench_filters(self, contender: str) -> None:
         from pyroute2 import IPRoute
 
         from controlplane.datapath import PARENT_EGRESS, PARENT_INGRESS
@@ -133,7 +141,8 @@ class Gateway:
             idx = ipr.link_lookup(ifname=tp.GW_LAN_IF)[0]
             ipr.tc("add", "clsact", idx)
             for parent in (PARENT_INGRESS, PARENT_EGRESS):
-                ipr.tc("add-filter", "bpf", idx, handle=1, fd=self.empty_fd, name="fp_empty",
+                ipr.tc("add-filter", "bpf", idx, handle=1, fd=self.progs[contender][1],
+                       name=BENCH_PROGS[contender][1],
                        parent=parent, prio=1, classid=1, direct_action=True)
 
     def apply(self, contender: str) -> None:
@@ -146,8 +155,10 @@ class Gateway:
             self.dp.table.clear_flows()
             self.dp.table.reset_counters()
             self.dp.attach(tp.GW_LAN_IF, netns=tp.GW)
-        elif contender == TC_EMPTY:
-            self._empty_filters()
+        elif contender in BENCH_PROGS:
+            if contender == TC_FLOOR:
+                self.progs[contender][0]["floor_flows"].clear()
+            self._bench_filters(contender)
 
     def remove(self, contender: str) -> None:
         if contender == "nftables":
@@ -155,7 +166,7 @@ class Gateway:
             self.checks["nftables_conntrack_entries"] = max(
                 n, self.checks["nftables_conntrack_entries"])
             nft.apply_in(tp.GW, [f"delete table inet {NFT_TABLE}"])
-        elif contender == TC_EMPTY:
+        elif contender in BENCH_PROGS:
             self._del_clsact()
         elif contender == "flowpin":
             self.dp.detach()
@@ -171,9 +182,9 @@ class Gateway:
             self.dp.detach()
             self.dp.close()
             self.dp = None
-        if self.empty is not None:
-            self.empty.cleanup()
-            self.empty = None
+        for b, _fd in self.progs.values():
+            b.cleanup()
+        self.progs = {}
 
 
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
@@ -281,14 +292,12 @@ def _port_open(ns: str, port: int) -> bool:
     return bool(netns.call(ns, probe, port))
 
 
-def prog_costs(gw: Gateway, r: Runner, tc_empty: bool) -> dict[str, Any]:
+def prog_costs(gw: Gateway, r: Runner, diagnostics: tuple[str, ...]) -> dict[str, Any]:
     """One more 64-byte run per TC contender with ``kernel.bpf_stats_enabled``: the kernel's
     own account of the time spent in the program per packet. The accounting itself costs
-    (two clock reads per run), and it is the same in both programs, so flowpin's own work
+    (two clock reads per run), and it is the same in every program, so flowpin's own work
     is flowpin's figure minus the empty program's. Not part of the rounds (it slows them)."""
-    fds = {"flowpin": gw.dp.prog_fd()}
-    if tc_empty:
-        fds[TC_EMPTY] = gw.empty_fd
+    fds = {c: gw.prog_fd(c) for c in ("flowpin",) + diagnostics}
     with open(BPF_STATS) as fh:
         was = fh.read().strip()
     out: dict[str, Any] = {}
@@ -313,11 +322,13 @@ def prog_costs(gw: Gateway, r: Runner, tc_empty: bool) -> dict[str, Any]:
 
 
 def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
-        tc_empty: bool = False) -> dict[str, Any]:
+        diagnostics: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``diagnostics``: extra TC contenders from :data:`BENCH_PROGS` (tc_empty, tc_floor)."""
     if os.geteuid() != 0:
         raise BenchError("the forwarding benchmark needs root (namespaces, eBPF, nftables)")
     gw = Gateway()
-    order = CONTENDERS + ((TC_EMPTY,) if tc_empty else ())
+    diagnostics = tuple(c for c in BENCH_PROGS if c in diagnostics)
+    order = CONTENDERS + diagnostics
     results: dict[str, dict[str, Any]] = {c: {} for c in order}
     paired: dict[str, float] = {}
     prog_ns: dict[str, Any] = {}
@@ -325,8 +336,8 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
     try:
         with tp.Topology() as t:
             gw.load_flowpin()
-            if tc_empty:
-                gw.load_empty()
+            for c in diagnostics:
+                gw.load_bench_prog(c)
             r = Runner(t, seconds)
             r.start_servers()
             fns = {"tput_gbps": r.tput, "pps": r.pps, "cps": r.cps_run}
@@ -346,7 +357,7 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
                         paired[f"{c}_vs_plain_{m}"] = round(statistics.median(
                             a / b for a, b in zip(per[c], per["plain"], strict=True) if b), 3)
             if "pps" in measures:
-                prog_ns = prog_costs(gw, r, tc_empty)
+                prog_ns = prog_costs(gw, r, diagnostics)
     finally:
         gw.close()
     med = {c: {m: results[c].get(m, {}).get("median") for m in MEASURES} for c in CONTENDERS}
@@ -362,10 +373,10 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
         "nft_vs_plain_pps": ratio(med["nftables"]["pps"], med["plain"]["pps"]),
         "nft_vs_plain_cps": ratio(med["nftables"]["cps"], med["plain"]["cps"]),
     }
-    if tc_empty:
+    for c in diagnostics:
         for m, short in (("tput_gbps", "tput"), ("pps", "pps"), ("cps", "cps")):
-            ratios[f"tc_empty_vs_plain_{short}"] = ratio(
-                results[TC_EMPTY].get(m, {}).get("median"), med["plain"][m])
+            ratios[f"{c}_vs_plain_{short}"] = ratio(
+                results[c].get(m, {}).get("median"), med["plain"][m])
 
     pps_plain = results["plain"].get("pps", {}).get("median")
     per_packet = {
@@ -424,6 +435,11 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             "tc_empty (with --with-tc-empty): clsact on the same veth with an empty "
             "SCHED_CLS program on ingress and egress: the price of the TC hook itself, "
             "which any TC eBPF filter pays before doing any work",
+            "tc_floor (with --with-tc-floor): the same hooks running bpf/floor.c, the least "
+            "any TC flow table does per packet (parse Ethernet/IPv4/ports, one lookup of the "
+            "5-tuple in a preallocated 1M-entry hash with flowpin's key and value types, "
+            "create on a miss, one atomic add; no tunnel, TCP state or counters): the floor "
+            "of flowpin's design on this machine",
             "per_packet.plain_ns = 1 s / plain's median pps: the CPU time of one 64-byte "
             "packet on the whole path; added_ns = what each contender adds to it (from the "
             "medians); prog_ns_bpf_stats = the kernel's account (kernel.bpf_stats_enabled, "
@@ -442,16 +458,21 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="rounds of A B C (default 5)")
     ap.add_argument("--seconds", type=int, default=3, help="seconds per run (default 3)")
     ap.add_argument("--with-tc-empty", action="store_true",
-                    help="a 4th contender: the same TC hooks with an empty eBPF program "
-                    "(what attaching at TC costs before flowpin's own work)")
+                    help="a diagnostic contender: the same TC hooks with an empty eBPF "
+                    "program (what attaching at TC costs before flowpin's own work)")
+    ap.add_argument("--with-tc-floor", action="store_true",
+                    help="a diagnostic contender: the same TC hooks with the least a TC "
+                    "flow table does (bpf/floor.c: parse, one hash lookup, one atomic add)")
     ap.add_argument("--measure", action="append", choices=MEASURES,
                     help="only this measure (repeatable; default all)")
     a = ap.parse_args(argv)
     if a.rounds < 1 or a.seconds < 1:
         ap.error("--rounds and --seconds must be >= 1")
 
+    diagnostics = ((TC_EMPTY,) if a.with_tc_empty else ()) + (
+        (TC_FLOOR,) if a.with_tc_floor else ())
     return print_result(lambda: run(a.rounds, a.seconds, tuple(a.measure or MEASURES),
-                                    a.with_tc_empty))
+                                    diagnostics))
 
 
 if __name__ == "__main__":

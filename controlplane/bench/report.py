@@ -40,7 +40,8 @@ def part_commands(rounds: int, seconds: int, quick: bool, tunnel_rounds: int = 8
     r, s = ["--rounds", str(rounds)], ["--seconds", str(seconds)]
     tr, ts = ["--rounds", str(tunnel_rounds)], ["--seconds", str(tunnel_seconds)]
     return {
-        "forward": py + ["controlplane.bench.forward", "--json", "--with-tc-empty"] + r + s,
+        "forward": py + ["controlplane.bench.forward", "--json", "--with-tc-empty",
+                           "--with-tc-floor"] + r + s,
         "tunnel": py + ["controlplane.bench.tunnel", "--json"] + tr + ts,
         "memory": py + ["controlplane.bench.memory", "--json"]
         + (["--flows", "10000"] if quick else []),
@@ -127,6 +128,13 @@ def _spread(s: dict[str, Any] | None, scale: float = 1.0, fmt: str = "{:,.0f}") 
             f"({fmt.format(s['min'] * scale)}–{fmt.format(s['max'] * scale)})")
 
 
+def ratio_of(fwd: dict[str, Any], c: str, measure: str) -> float | None:
+    """``c``'s median over plain's median for ``measure``."""
+    a = fwd.get(c, {}).get(measure, {}).get("median")
+    b = fwd.get("plain", {}).get(measure, {}).get("median")
+    return round(a / b, 3) if a is not None and b else None
+
+
 def _ok(v: Any) -> str:
     return "–" if v is None else ("✔ met" if v else "✘ missed")
 
@@ -149,12 +157,10 @@ def markdown(res: dict[str, Any]) -> str:
         out.append("| contender | TCP throughput, Gbit/s | ratio | 64-byte packets/s | ratio "
                    "| new TCP connections/s | ratio |")
         out.append("|---|---|---|---|---|---|---|")
-        plain = fwd.get("plain", {})
 
         def rat(c: str, k: str) -> str:
-            a = fwd.get(c, {}).get(k, {}).get("median")
-            b = plain.get(k, {}).get("median")
-            return f"{a / b:.3f}" if a is not None and b else "–"
+            r = ratio_of(fwd, c, k)
+            return "–" if r is None else f"{r:.3f}"
 
         for c in CONTENDERS + tuple(k for k in fwd if k not in CONTENDERS):
             row = fwd.get(c, {})
@@ -195,6 +201,14 @@ def markdown(res: dict[str, Any]) -> str:
                            f"**{_num(prog['flowpin_own'])} ns** per packet; the rest of what "
                            "it adds is the TC hook (`tc_empty`) and the caches its map "
                            "accesses take from the rest of the path.\n")
+            if added.get("tc_floor") is not None and added.get("flowpin") is not None:
+                out.append(f"The floor of any TC flow table on this machine (`tc_floor`: "
+                           f"parse, one hash lookup, one atomic add) adds "
+                           f"{_num(added['tc_floor'])} ns "
+                           f"({_num(ratio_of(fwd, 'tc_floor', 'pps'))}× plain); flowpin adds "
+                           f"{_num(round(added['flowpin'] - added['tc_floor'], 1))} ns more "
+                           "than that floor for binding flows to tunnels, TCP state and its "
+                           "verdict counters.\n")
             out.append("")
     tun = res.get("tunnel", {})
     if tun:
@@ -274,7 +288,8 @@ def charts(res: dict[str, Any], outdir: Path) -> list[Path]:
 
     written: list[Path] = []
     colors = {"plain": "#9e9e9e", "nftables": "#d9822b", "flowpin": "#2b6cb0",
-              "none": "#9e9e9e", "tc_empty": "#8fb3d9"}
+              "none": "#9e9e9e", "tc_empty": "#8fb3d9",
+              "tc_floor": "#5f8dc4"}
 
     def bars(ax: Any, names: list[str], stats: list[dict[str, Any]], title: str,
              scale: float = 1.0) -> None:

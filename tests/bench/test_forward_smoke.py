@@ -53,11 +53,12 @@ def test_forward_json_shape_and_cleanup() -> None:
     _require()
     stats_before = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
     p = subprocess.run([sys.executable, "-m", "controlplane.cli", "bench", "forward", "--json",
-                        "--rounds", "1", "--seconds", "1"], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
+                        "--rounds", "1", "--seconds", "1", "--with-tc-empty",
+                        "--with-tc-floor"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads(p.stdout)
-    assert set(res["forward"]) == {"plain", "nftables", "flowpin"}
+    assert set(res["forward"]) == {"plain", "nftables", "flowpin", "tc_empty", "tc_floor"}
     for c, measures in res["forward"].items():
         assert set(measures) == {"tput_gbps", "pps", "cps"}, c
         for m, s in measures.items():
@@ -76,8 +77,13 @@ def test_forward_json_shape_and_cleanup() -> None:
     # the per-packet decomposition: what each contender adds, and the kernel's own account
     # of the time inside flowpin's program (bpf_stats, switched back off afterwards)
     pp = res["per_packet"]
-    assert pp["plain_ns"] > 0 and set(pp["added_ns"]) == {"nftables", "flowpin"}
-    assert pp["prog_ns_bpf_stats"]["flowpin"] > 0
+    assert pp["plain_ns"] > 0
+    assert set(pp["added_ns"]) == {"nftables", "flowpin", "tc_empty", "tc_floor"}
+    stats = pp["prog_ns_bpf_stats"]
+    assert stats["flowpin"] > 0 and stats["tc_empty"] > 0 and stats["tc_floor"] > 0
+    assert stats["flowpin_own"] == round(stats["flowpin"] - stats["tc_empty"], 1)
+    for c in ("tc_empty", "tc_floor"):
+        assert isinstance(res["ratios"][f"{c}_vs_plain_pps"], float), c
     assert Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() == stats_before
     assert _ours() == []
 

@@ -22,6 +22,8 @@ FAKE_PARTS = {
                          "cps": _s(36e3, 37e3, 35e3)},
             "flowpin": {"tput_gbps": _s(20, 19.5, 20.5), "pps": _s(270e3, 265e3, 275e3),
                         "cps": _s(38e3, 39e3, 37e3)},
+            "tc_floor": {"tput_gbps": _s(20, 19.5, 20.5), "pps": _s(275e3, 270e3, 280e3),
+                         "cps": _s(39e3, 40e3, 38e3)},
         },
         "ratios": {"flowpin_vs_plain_tput": 1.0, "flowpin_vs_nft_tput": 1.053,
                    "flowpin_vs_plain_pps": 0.964, "flowpin_vs_nft_pps": 1.174,
@@ -30,7 +32,8 @@ FAKE_PARTS = {
                             "tput_ahead_of_nft": True, "pps_ahead_of_nft": True,
                             "cps_ahead_of_nft": True}},
         "per_packet": {"plain_ns": 3571.4,
-                       "added_ns": {"nftables": 776.4, "flowpin": 132.3, "tc_empty": 60.0},
+                       "added_ns": {"nftables": 776.4, "flowpin": 132.3, "tc_empty": 60.0,
+                                    "tc_floor": 65.2},
                        "prog_ns_bpf_stats": {"flowpin": 131.0, "tc_empty": 61.8,
                                              "flowpin_own": 69.2}},
         "config": {"rounds": 3, "seconds": 1},
@@ -54,7 +57,7 @@ FAKE_PARTS = {
 
 def test_assemble_has_the_issue_keys() -> None:
     res = report.assemble(FAKE_PARTS, "flowpin bench all --out X")
-    assert set(res["forward"]) == {"plain", "nftables", "flowpin"}
+    assert set(res["forward"]) == {"plain", "nftables", "flowpin", "tc_floor"}
     for k in ("flowpin_vs_plain_tput", "flowpin_vs_nft_tput", "flowpin_vs_plain_pps",
               "flowpin_vs_nft_pps", "flowpin_vs_nft_cps"):
         assert k in res["ratios"]
@@ -84,6 +87,8 @@ def test_write_json_markdown_and_charts(tmp_path: Path) -> None:
     assert "one packet's CPU time: 3,571 ns" in md
     assert "| flowpin | 132.3 | 131 |" in md and "| nftables | 776.4 | – |" in md
     assert "flowpin's own work (its program minus the empty one): **69.2 ns**" in md
+    assert "adds 65.2 ns (0.982× plain); flowpin adds 67.1 ns more than that floor" in md
+    assert "| tc_floor |" in md
     assert "**133**" in md
     assert "control: lab failed" in md  # a failed part is shown, not hidden
     assert "Test CPU" in md
