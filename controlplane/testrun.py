@@ -1,6 +1,7 @@
 """BPF_PROG_TEST_RUN through ctypes, and a small packet builder for it.
 
-bcc has no wrapper for BPF_PROG_TEST_RUN, so :func:`test_run` issues the bpf(2) syscall
+bcc has no wrapper for BPF_PROG_TEST_RUN (nor for BPF_ENABLE_STATS and
+BPF_PROG_GET_FD_BY_ID, which the benchmarks use), so :func:`bpf` issues the bpf(2) syscall
 itself. The builder makes Ethernet frames (IPv4/IPv6, TCP/UDP/ICMP/ICMPv6) field by field,
 with knobs for the malformed shapes the data path must survive: truncation, bad IHL, IPv6
 extension headers, fragments, a TCP data offset beyond the packet. L4 checksums are left
@@ -15,12 +16,40 @@ import ipaddress
 import os
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 SYS_BPF = 321  # x86_64
 BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_ENABLE_STATS = 32
+BPF_STATS_RUN_TIME = 0
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+
+
+def bpf(cmd: int, attr: ctypes.Array[Any] | ctypes.Structure, what: str) -> int:
+    """bpf(2) with ``attr`` (its size as the attribute size); OSError naming ``what``."""
+    ret = _libc.syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return int(ret)
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new fd of the loaded program with id ``prog_id``."""
+    attr = (ctypes.c_uint32 * 4)(prog_id, 0, 0, 0)
+    return bpf(BPF_PROG_GET_FD_BY_ID, attr, f"BPF_PROG_GET_FD_BY_ID {prog_id}")
+
+
+def enable_run_stats() -> int:
+    """Turn on the kernel's per-program run-time accounting (what
+    ``kernel.bpf_stats_enabled`` does) for as long as the returned fd is open: closed, or
+    the process gone, it is off again, so a killed benchmark cannot leave every BPF program
+    on the machine paying for it."""
+    attr = (ctypes.c_uint32 * 1)(BPF_STATS_RUN_TIME)
+    return bpf(BPF_ENABLE_STATS, attr, "BPF_ENABLE_STATS")
 
 
 class _TestRunAttr(ctypes.Structure):
@@ -65,10 +94,7 @@ def test_run(prog_fd: int, data: bytes, repeat: int = 1) -> RunResult:
         data_out=ctypes.addressof(buf_out),
         repeat=repeat,
     )
-    ret = _libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
+    bpf(BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
     return RunResult(attr.retval, attr.duration, buf_out.raw[: attr.data_size_out])
 
 

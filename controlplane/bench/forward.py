@@ -187,12 +187,9 @@ class Gateway:
         self.progs = {}
 
 
-BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
-
-
 def prog_run_stats(fd: int) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) the kernel accounts for the program behind ``fd`` while
-    ``kernel.bpf_stats_enabled`` is 1 (shown in the fd's fdinfo)."""
+    """(run_time_ns, run_cnt) the kernel accounts for the program behind ``fd`` while run
+    statistics are on (``kernel.bpf_stats_enabled``; shown in the fd's fdinfo)."""
     info: dict[str, str] = {}
     with open(f"/proc/self/fdinfo/{fd}") as fh:
         for line in fh:
@@ -297,13 +294,12 @@ def prog_costs(gw: Gateway, r: Runner, diagnostics: tuple[str, ...]) -> dict[str
     own account of the time spent in the program per packet. The accounting itself costs
     (two clock reads per run), and it is the same in every program, so flowpin's own work
     is flowpin's figure minus the empty program's. Not part of the rounds (it slows them)."""
+    from controlplane.testrun import enable_run_stats
+
     fds = {c: gw.prog_fd(c) for c in ("flowpin",) + diagnostics}
-    with open(BPF_STATS) as fh:
-        was = fh.read().strip()
     out: dict[str, Any] = {}
+    stats_fd = enable_run_stats()
     try:
-        with open(BPF_STATS, "w") as fh:
-            fh.write("1")
         for c, fd in fds.items():
             gw.apply(c)
             try:
@@ -314,8 +310,7 @@ def prog_costs(gw: Gateway, r: Runner, diagnostics: tuple[str, ...]) -> dict[str
                 gw.remove(c)
             out[c] = round((t1 - t0) / (n1 - n0), 1) if n1 > n0 else None
     finally:
-        with open(BPF_STATS, "w") as fh:
-            fh.write(was)
+        os.close(stats_fd)
     if out.get("flowpin") is not None and out.get(TC_EMPTY) is not None:
         out["flowpin_own"] = round(out["flowpin"] - out[TC_EMPTY], 1)
     return out

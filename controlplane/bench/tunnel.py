@@ -21,16 +21,14 @@ space and is the bottleneck. Decrypted packets come out of charon's TUN device o
 (no GRO), so every MTU-sized packet (and every ACK) crosses flowpin's TC hook on ho-gw's
 lan0: at ~700 Mbit/s that is ~60k packets/s per direction on a CPU that is already busy
 decrypting, and the hook plus the program (~200 ns a packet, see ``bench forward``'s
-``per_packet``) is then 1-3 % of that CPU. Run-to-run noise of this userspace-ESP path is
-of the same size, which the min-max shows.
+``per_packet``) is then 2-3 % of that CPU, which is what the throughput loses. Kernel ESP
+(XFRM) takes another path, which this machine cannot measure.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import statistics
@@ -51,27 +49,16 @@ from controlplane.datapath import (
     detach_interface,
 )
 from controlplane.lab import topology
+from controlplane.testrun import prog_fd_by_id
 
 LAB = "fpbtun"
 CONTENDERS = ("flowpin", "none")
 IPERF_PORT = 5201
 OMIT_S = 1  # iperf3 --omit: slow start is not part of the measured seconds
-SYS_BPF = 321  # x86_64
-BPF_PROG_GET_FD_BY_ID = 13
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 class TunnelBenchError(RuntimeError):
     pass
-
-
-def prog_fd_by_id(prog_id: int) -> int:
-    attr = (ctypes.c_uint32 * 4)(prog_id, 0, 0, 0)
-    fd = _libc.syscall(SYS_BPF, BPF_PROG_GET_FD_BY_ID, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"BPF_PROG_GET_FD_BY_ID {prog_id}: {os.strerror(err)}")
-    return int(fd)
 
 
 def _filter_prog_ids(ns: str, ifname: str) -> dict[str, int]:
@@ -208,9 +195,14 @@ def run(rounds: int = 5, seconds: int = 3,
             p = lab.popen(topology.CLIENT, ["iperf3", "-c", dest, "-p", str(IPERF_PORT), "-J",
                                             "-O", str(OMIT_S), "-t", str(seconds + OMIT_S)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            if cpu is not None:
-                pin(p.pid, cpu[topology.CLIENT])
-            out, err = p.communicate(timeout=seconds + OMIT_S + 60)
+            try:
+                if cpu is not None:
+                    pin(p.pid, cpu[topology.CLIENT])
+                out, err = p.communicate(timeout=seconds + OMIT_S + 60)
+            finally:
+                if p.poll() is None:  # timed out or interrupted: no iperf3 left behind
+                    p.kill()
+                    p.wait()
             try:
                 j = json.loads(out)
             except json.JSONDecodeError:
