@@ -290,8 +290,8 @@ def _port_open(ns: str, port: int) -> bool:
 
 
 def prog_costs(gw: Gateway, r: Runner, diagnostics: tuple[str, ...]) -> dict[str, Any]:
-    """One more 64-byte run per TC contender with ``kernel.bpf_stats_enabled``: the kernel's
-    own account of the time spent in the program per packet. The accounting itself costs
+    """One more 64-byte run per TC contender with run statistics on (BPF_ENABLE_STATS):
+    the kernel's own account of the time spent in the program per packet. The accounting itself costs
     (two clock reads per run), and it is the same in every program, so flowpin's own work
     is flowpin's figure minus the empty program's. Not part of the rounds (it slows them)."""
     from controlplane.testrun import enable_run_stats
@@ -437,7 +437,7 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             "of flowpin's design on this machine",
             "per_packet.plain_ns = 1 s / plain's median pps: the CPU time of one 64-byte "
             "packet on the whole path; added_ns = what each contender adds to it (from the "
-            "medians); prog_ns_bpf_stats = the kernel's account (kernel.bpf_stats_enabled, "
+            "medians); prog_ns_bpf_stats = the kernel's account (BPF run statistics, "
             "one extra run each, not in the rounds) of time inside the TC program per run, "
             "which includes the accounting's own clock reads; flowpin_own = flowpin minus "
             "the empty program, i.e. flowpin's work without the hook and the accounting",

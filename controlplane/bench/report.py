@@ -190,7 +190,7 @@ def markdown(res: dict[str, Any]) -> str:
                        f"so 1 s / pps is one packet's CPU time: {_num(pp['plain_ns'])} ns "
                        "with plain forwarding. Added by each contender (from the medians), "
                        "and the kernel's own account of the time inside the TC program "
-                       "(`kernel.bpf_stats_enabled`, one extra run each; it includes the "
+                       "(BPF run statistics, one extra run each; they include the "
                        "accounting's clock reads, the same in both programs):\n")
             out.append("| contender | ns added per packet | ns inside the program |")
             out.append("|---|---|---|")
