@@ -291,9 +291,10 @@ def _port_open(ns: str, port: int) -> bool:
 
 def prog_costs(gw: Gateway, r: Runner, diagnostics: tuple[str, ...]) -> dict[str, Any]:
     """One more 64-byte run per TC contender with run statistics on (BPF_ENABLE_STATS):
-    the kernel's own account of the time spent in the program per packet. The accounting itself costs
-    (two clock reads per run), and it is the same in every program, so flowpin's own work
-    is flowpin's figure minus the empty program's. Not part of the rounds (it slows them)."""
+    the kernel's own account of the time spent in the program per packet. The accounting
+    itself costs (two clock reads per run), and it is the same in every program, so
+    flowpin's own work is flowpin's figure minus the empty program's. Not part of the
+    rounds (it slows them)."""
     from controlplane.testrun import enable_run_stats
 
     fds = {c: gw.prog_fd(c) for c in ("flowpin",) + diagnostics}

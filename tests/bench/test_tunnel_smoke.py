@@ -45,8 +45,10 @@ def test_tunnel_bench_json_and_cleanup() -> None:
     assert isinstance(tun["overhead_pct"], float)
     assert isinstance(tun["overhead_pct_paired"], float)
     assert isinstance(tun["met"], bool)
-    passed = res["checks"]["bo_gw_datapath_passed_packets"]
-    assert passed["flowpin"] > 0 and passed["none"] == 0, passed
+    for gw in ("bo_gw", "ho_gw"):
+        passed = res["checks"][f"{gw}_datapath_passed_packets"]
+        assert passed["flowpin"] > 0 and passed["none"] == 0, (gw, passed)
+    assert all(n > 0 for n in res["checks"]["datapath_packets_per_s"].values())
     placement = res["config"]["cpu_placement"]
     if len(os.sched_getaffinity(0)) >= 2:
         assert placement["bo-client"] == placement["bo-gw"] != placement["ho-gw"], placement
