@@ -37,6 +37,17 @@ def bpf(cmd: int, attr: ctypes.Array[Any] | ctypes.Structure, what: str) -> int:
     return int(ret)
 
 
+def fdinfo(fd: int) -> dict[str, str]:
+    """What the kernel shows of a BPF object in ``/proc/self/fdinfo/<fd>`` (map memlock,
+    program id, run statistics ...), as raw strings by key."""
+    info: dict[str, str] = {}
+    with open(f"/proc/self/fdinfo/{fd}") as fh:
+        for line in fh:
+            k, _, v = line.partition(":")
+            info[k.strip()] = v.strip()
+    return info
+
+
 def prog_fd_by_id(prog_id: int) -> int:
     """A new fd of the loaded program with id ``prog_id``."""
     attr = (ctypes.c_uint32 * 4)(prog_id, 0, 0, 0)

@@ -40,11 +40,10 @@ def _frame(flags: str) -> bytes:
 
 def memlock_bytes(map_fd: int) -> int:
     """The kernel's accounting of a map's memory (what bpftool shows as memlock)."""
-    with open(f"/proc/self/fdinfo/{map_fd}") as fh:
-        for line in fh:
-            if line.startswith("memlock:"):
-                return int(line.split()[1])
-    raise RuntimeError("no memlock in fdinfo")
+    memlock = tr.fdinfo(map_fd).get("memlock")
+    if memlock is None:
+        raise RuntimeError("no memlock in fdinfo")
+    return int(memlock)
 
 
 def _run(fd: int, frame: bytes, repeat: int) -> tuple[int, int]:

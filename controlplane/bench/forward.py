@@ -190,11 +190,9 @@ class Gateway:
 def prog_run_stats(fd: int) -> tuple[int, int]:
     """(run_time_ns, run_cnt) the kernel accounts for the program behind ``fd`` while run
     statistics are on (``kernel.bpf_stats_enabled``; shown in the fd's fdinfo)."""
-    info: dict[str, str] = {}
-    with open(f"/proc/self/fdinfo/{fd}") as fh:
-        for line in fh:
-            k, _, v = line.partition(":")
-            info[k.strip()] = v.strip()
+    from controlplane.testrun import fdinfo
+
+    info = fdinfo(fd)
     return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
 
 

@@ -40,10 +40,7 @@ def test_run_stats_count_while_the_fd_is_open(dp: Any) -> None:
 
 def test_prog_fd_by_id_reopens_a_loaded_program(dp: Any) -> None:
     fd = dp.prog_fd(PROG_OUTBOUND)
-    info = {k.strip(): v.strip() for k, _, v in
-            (line.partition(":") for line in
-             Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines())}
-    again = tr.prog_fd_by_id(int(info["prog_id"]))
+    again = tr.prog_fd_by_id(int(tr.fdinfo(fd)["prog_id"]))
     try:
         assert tr.test_run(again, tr.udp(NET4.c, NET4.s, 40001, 53)).retval == 0
     finally:
