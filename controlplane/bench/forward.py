@@ -104,7 +104,7 @@ class Gateway:
         self.dp: Any = None
         self.progs: dict[str, tuple[Any, int]] = {}  # diagnostic contender -> (bcc, fd)
         self.checks: dict[str, Any] = {"nftables_conntrack_entries": 0,
-                                       "flowpin_verdicts": {}}
+                                       "flowpin_verdicts": {}, "tc_floor_flows": 0}
 
     def load_flowpin(self) -> None:
         from controlplane.datapath import Datapath, DatapathConfig
@@ -168,6 +168,9 @@ class Gateway:
             nft.apply_in(tp.GW, [f"delete table inet {NFT_TABLE}"])
         elif contender in BENCH_PROGS:
             self._del_clsact()
+            if contender == TC_FLOOR:  # the floor really tracked the flows it saw
+                n = len(self.progs[contender][0]["floor_flows"].items())
+                self.checks["tc_floor_flows"] = max(n, self.checks["tc_floor_flows"])
         elif contender == "flowpin":
             self.dp.detach()
             self._del_clsact()

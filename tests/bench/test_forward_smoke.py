@@ -72,6 +72,7 @@ def test_forward_json_shape_and_cleanup() -> None:
     verdicts = res["checks"]["flowpin_verdicts"]
     assert verdicts.get("PASS_FLOW", 0) > 0 and verdicts.get("PASS_NEW", 0) > 0
     assert not any(k.startswith("DROP_") for k in verdicts), verdicts
+    assert res["checks"]["tc_floor_flows"] > 0
     assert res["machine"]["cpus"] >= 1
     # the per-packet decomposition: what each contender adds, and the kernel's own account
     # of the time inside each program (BPF_ENABLE_STATS; off again: tests/datapath)
