@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,25 @@ def test_tunnel_bench_json_and_cleanup() -> None:
         assert placement["bo-client"] == placement["bo-gw"] != placement["ho-gw"], placement
         assert placement["ho-gw"] == placement["ho-server"], placement
     assert netns.listing("fplab-fpbtun-") == []
+
+
+def test_pin_moves_every_thread() -> None:
+    from controlplane.bench.tunnel import pin
+
+    cpu = max(os.sched_getaffinity(0))
+    # a process with a second thread, like charon's pool
+    p = subprocess.Popen([sys.executable, "-c", "import threading, time; "
+                          "threading.Thread(target=time.sleep, args=(30,)).start(); "
+                          "time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(os.listdir(f"/proc/{p.pid}/task")) < 2:
+            assert time.monotonic() < deadline, "the child never started its thread"
+            time.sleep(0.05)
+        pin(p.pid, cpu)
+        tids = [int(t) for t in os.listdir(f"/proc/{p.pid}/task")]
+        assert len(tids) == 2
+        assert all(os.sched_getaffinity(t) == {cpu} for t in tids)
+    finally:
+        p.kill()
+        p.wait()
