@@ -202,13 +202,16 @@ def markdown(res: dict[str, Any]) -> str:
                            "it adds is the TC hook (`tc_empty`) and the caches its map "
                            "accesses take from the rest of the path.\n")
             if added.get("tc_floor") is not None and added.get("flowpin") is not None:
+                above = round(added["flowpin"] - added["tc_floor"], 1)
                 out.append(f"The floor of any TC flow table on this machine (`tc_floor`: "
                            f"parse, one hash lookup, one atomic add) adds "
                            f"{_num(added['tc_floor'])} ns "
-                           f"({_num(ratio_of(fwd, 'tc_floor', 'pps'))}× plain); flowpin adds "
-                           f"{_num(round(added['flowpin'] - added['tc_floor'], 1))} ns more "
-                           "than that floor for binding flows to tunnels, TCP state and its "
-                           "verdict counters.\n")
+                           f"({_num(ratio_of(fwd, 'tc_floor', 'pps'))}× plain); " + (
+                               f"flowpin adds {_num(above)} ns more than that floor for "
+                               "binding flows to tunnels, TCP state and its verdict "
+                               "counters.\n" if above >= 0 else
+                               f"flowpin came out {_num(-above)} ns below it in this run: "
+                               "the two are closer than the run-to-run noise.\n"))
             out.append("")
     tun = res.get("tunnel", {})
     if tun:

@@ -89,6 +89,12 @@ def test_write_json_markdown_and_charts(tmp_path: Path) -> None:
     assert "flowpin's own work (its program minus the empty one): **69.2 ns**" in md
     assert "adds 65.2 ns (0.982× plain); flowpin adds 67.1 ns more than that floor" in md
     assert "| tc_floor |" in md
+    # a flowpin median below the floor's is noise, and said so
+    pp = FAKE_PARTS["forward"]["per_packet"]
+    low = {**FAKE_PARTS, "forward": {**FAKE_PARTS["forward"], "per_packet": {
+        **pp, "added_ns": {**pp["added_ns"], "flowpin": 50.0}}}}
+    md = report.markdown(report.assemble(low, "x"))
+    assert "flowpin came out 15.2 ns below it in this run" in md and "more than that" not in md
     assert "**133**" in md
     assert "control: lab failed" in md  # a failed part is shown, not hidden
     assert "Test CPU" in md
