@@ -96,6 +96,7 @@ def assemble(parts: dict[str, dict[str, Any]], command: str) -> dict[str, Any]:
         "forward_checks": fwd.get("checks", {}),
         "per_packet": fwd.get("per_packet", {}),
         "tunnel": tun.get("tunnel", {}),
+        "tunnel_checks": tun.get("checks", {}),
         "memory": mem.get("memory", {}),
         "datapath": {k: v for k, v in parts.get("datapath", {}).items() if k != "notes"},
         "control": parts.get("control", {}),

@@ -43,6 +43,7 @@ FAKE_PARTS = {
     "tunnel": {"tunnel": {"flowpin": {"tput_mbps": _s(500, 480, 520)},
                           "none": {"tput_mbps": _s(505, 490, 530)},
                           "overhead_pct": 0.99, "met": True, "backend": "kernel-libipsec"},
+               "checks": {"datapath_packets_per_s": {"bo-gw": 13000, "ho-gw": 74000}},
                "config": {"rounds": 3, "seconds": 1}},
     "memory": {"memory": {"flows": 100000, "flowpin_bytes_per_flow": 133.0,
                           "conntrack_bytes_per_flow": 276.7,
@@ -62,6 +63,7 @@ def test_assemble_has_the_issue_keys() -> None:
               "flowpin_vs_nft_pps", "flowpin_vs_nft_cps"):
         assert k in res["ratios"]
     assert res["tunnel"]["overhead_pct"] == 0.99
+    assert res["tunnel_checks"]["datapath_packets_per_s"]["ho-gw"] == 74000
     assert res["memory"]["flowpin_bytes_per_flow"] == 133.0
     assert res["memory"]["conntrack_bytes_per_flow"] == 276.7
     assert res["machine"]["cpu"] == "Test CPU"
