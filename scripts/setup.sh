@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-PKGS=(strongswan-charon strongswan-swanctl libcharon-extra-plugins
+PKGS=(strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins
       python3-bpfcc python3-nftables python3-venv python3-matplotlib
       iperf3 nftables tcpdump curl iproute2 iputils-ping procps make gcc ${FLOWPIN_DEV_PKGS-vagrant systemd})
 
