@@ -128,8 +128,10 @@ def cmd_show_conn(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
     return {"in_use": total, "shown": len(rows), "connections": rows}
 
 
-def _tunnel_row(d: Daemon, t: Any, tunnels: dict[int, Any], flows: list[Flow]) -> dict:
+def _tunnel_row(d: Daemon, t: Any, tunnels: dict[int, Any], flows: list[Flow],
+                guard: dict[int, tuple[int, int]]) -> dict:
     dt = tunnels.get(t.tunnel_id)
+    guard_out, guard_in = guard.get(t.tunnel_id, (0, 0))
     mine = [f for f in flows if f.tunnel_id == t.tunnel_id]
     gen = dt.generation if dt else 0
     active = [f for f in mine if f.generation == gen]
@@ -156,6 +158,9 @@ def _tunnel_row(d: Daemon, t: Any, tunnels: dict[int, Any], flows: list[Flow]) -
         "pinned": len(pinned),
         "held_packets": dt.held if dt else 0,
         "refused": dt.refused if dt else 0,
+        "cleartext_dropped_out": guard_out,
+        "cleartext_dropped_in": guard_in,
+        "missing_since": t.missing_since or None,
         "ups": t.ups,
         "downs": t.downs,
         "demand": ({"attempts": dm.attempts, "last_error": dm.last_error}
@@ -167,7 +172,8 @@ def cmd_show_vpn_context(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
     assert d.table is not None
     tunnels = _tunnels(d)
     flows = list(d.table.flows())
-    rows = [_tunnel_row(d, t, tunnels, flows)
+    guard = d.table.guard_counts()
+    rows = [_tunnel_row(d, t, tunnels, flows, guard)
             for t in sorted(d.registry.tunnels.values(), key=lambda t: t.tunnel_id)]
     return {"charon": "connected" if d.charon_up else "unreachable", "tunnels": rows}
 
@@ -269,4 +275,5 @@ def cmd_reload(d: Daemon, path: Any) -> dict[str, Any]:
 def cmd_status(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
     return {"instance": d.cfg.instance, "config": d.cfg.path, "charon_up": d.charon_up,
             "vici_socket": d.cfg.vici_socket, "lan_interfaces": list(d.cfg.lan_interfaces),
+            "wan_guard": list(d.wan_guarded),
             "pid": os.getpid()}

@@ -49,6 +49,8 @@ class Config:
     vici_socket: str = "/var/run/charon.vici"
     control_socket: str = ""  # default: /run/flowpin/<instance>.sock
     lan_interfaces: tuple[str, ...] = ()
+    wan_interfaces: tuple[str, ...] | None = None  # None: found from the routing table
+    forget_unconfigured_after: float = 600.0
     flow_table_size: int = 1 << 20
     pickup_window: float = 30.0
     sweep_interval: float = 1.0
@@ -94,6 +96,8 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     "datapath": {
         "instance": ("instance", "name"),
         "lan-interfaces": ("lan_interfaces", "strlist"),
+        "wan-interfaces": ("wan_interfaces", "strlist"),
+        "forget-unconfigured-after": ("forget_unconfigured_after", "duration"),
         "flow-table-size": ("flow_table_size", "size"),
         "pickup-window": ("pickup_window", "duration"),
         "sweep-interval": ("sweep_interval", "duration"),

@@ -13,20 +13,28 @@ Who writes what:
   reclassify-vpn) and the read-only commands (`show …`, on a snapshot of the registry), so
   that none of them ever delays an SA event.
 
-Safety rules (see README, "Failure behaviour"):
-- At start, before charon has been heard, every tunnel the data path knows is set DOWN
-  (generation kept): held flows stay held, nothing of a tunnel leaks while its state is
-  unknown.
+Safety rules (see docs/fail-closed.md):
+- The WAN guard (bpf/lib/guard.h) on the WAN interface(s) drops any packet of a tunnel's
+  selectors that would cross the WAN unprotected, whatever the tunnel's state: it needs
+  neither this daemon nor charon to be alive or quick.
+- At start, before anything is compiled, every tunnel of the pinned maps is set DOWN
+  (generation kept): held flows stay held, nothing of a tunnel passes as if it were up
+  while its state is unknown -- also when the start then fails. The tunnels the last run
+  knew are restored DOWN with their selectors before charon is heard.
+- A connection charon no longer lists keeps its tunnel DOWN for
+  ``forget-unconfigured-after`` before it is forgotten (charon restarting, conns not loaded
+  yet): its held flows wait, its traffic is refused.
 - charon unreachable = every CHILD_SA gone: tunnels DOWN (pinned or torn down per
   preserve-vpn-flows), until a resync says otherwise.
-- Stopping leaves the programs attached and the maps pinned, so flows outlive a restart or
-  upgrade and a gateway without its daemon still drops what it must; ``--purge`` removes
-  everything.
+- Stopping sets every tunnel DOWN and leaves the programs attached and the maps pinned:
+  flows outlive a restart or upgrade, held until the next daemon has heard charon, and a
+  gateway without its daemon still drops what it must; ``--purge`` removes everything.
 """
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import logging
 import os
@@ -41,13 +49,15 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import config as config_mod
+from controlplane import wan
 from controlplane.config import Config, ConfigError
-from controlplane.datapath import Datapath, DatapathConfig
+from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
 from controlplane.flow_table import FlowTable, Selector
 from controlplane.messages import Msg, Sev, emit, line, teardown_line
 from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
 from controlplane.tunnel import Transition, TunnelKey, TunnelRegistry
 from vici_glue import session as vs
+from vici_glue.events import parse_conns
 from vici_glue.follower import Disconnected, Follower, Received, Resync
 
 log = logging.getLogger("flowpin")
@@ -77,6 +87,38 @@ class TunnelIds:
             tmp.write_text(json.dumps(self.ids, indent=1))
             tmp.replace(self.path)
         return self.ids[name]
+
+
+class KnownSelectors:
+    """The selectors of every tunnel the daemon knows, kept beside its state so that a
+    restarted daemon restores its tunnels (DOWN) before charon is heard -- a charon that
+    is restarting too must not make them vanish from the data path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[TunnelKey, tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        out = {}
+        for entry in raw if isinstance(raw, list) else []:
+            try:
+                key = (str(entry["conn"]), str(entry["child"]))
+                out[key] = (tuple(ipaddress.ip_network(n) for n in entry["local"]),
+                            tuple(ipaddress.ip_network(n) for n in entry["remote"]))
+            except (KeyError, TypeError, ValueError):
+                continue  # a damaged entry: charon's listing will bring it back
+        return out
+
+    def save(self, tunnels: Any) -> None:
+        data = [{"conn": t.key[0], "child": t.key[1], "local": [str(n) for n in t.local_ts],
+                 "remote": [str(n) for n in t.remote_ts]} for t in tunnels]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(self.path)
 
 
 @dataclass
@@ -112,7 +154,11 @@ class Daemon:
         # One writer at a time: the loop and the follower thread (which applies SA events
         # itself, the moment it reads them) take this lock around registry and map writes.
         self.lock = threading.RLock()
-        self.registry = TunnelRegistry(TunnelIds(self.state_dir / "tunnels.json"))
+        self.registry = TunnelRegistry(TunnelIds(self.state_dir / "tunnels.json"),
+                                       grace=cfg.forget_unconfigured_after)
+        self.known = KnownSelectors(self.state_dir / "selectors.json")
+        self.wan_guarded: list[str] = []
+        self._forgetting = False
         self.dp: Datapath | None = None
         self.table: FlowTable | None = None
         self.sweeper: Sweeper | None = None
@@ -167,16 +213,31 @@ class Daemon:
         dpc = DatapathConfig(instance=cfg.instance, flows4_max=cfg.flow_table_size,
                              flows6_max=max(1024, cfg.flow_table_size // 4),
                              pickup_s=int(cfg.pickup_window))
+        # Before the compile, which takes seconds and may fail: until charon has been
+        # heard no tunnel is known to be up, and the programs of the last run are still
+        # attached. Hold, never pass as if up.
+        held = hold_pinned_tunnels(dpc.instance)
+        if held:
+            emit(Sev.NOTICE, Msg.DAEMON, f"{held} tunnels of the pinned data path set DOWN "
+                 "until charon is heard")
         self.use_datapath(Datapath(dpc).load())
-        assert self.table is not None
-        # Until charon has been heard, no tunnel is known to be up: hold, never leak.
-        for t in self.table.tunnels():
+        assert self.table is not None and self.dp is not None
+        for t in self.table.tunnels():  # a previous run's state: the same rule
             if t.id and t.up:
                 self.table.set_tunnel(t.id, up=False)
+        with self.lock:
+            restored = []
+            for key, (local, remote) in self.known.load().items():
+                restored += self.registry.restore(key, local, remote)
+            self._apply(restored, time.monotonic())
         for ifname in cfg.lan_interfaces:
             self.dp.attach(ifname)
+        self._guard_wan(cfg.wan_interfaces if cfg.wan_interfaces is not None
+                        else wan.default_route_interfaces())
         emit(Sev.INFO, Msg.DAEMON, f"data path {cfg.instance} attached to "
-             f"{', '.join(cfg.lan_interfaces)}; {self.table.flow_count()} flows in the "
+             f"{', '.join(cfg.lan_interfaces)}; WAN guard on "
+             f"{', '.join(self.wan_guarded) or 'no interface'}; "
+             f"{self.table.flow_count()} flows in the "
              f"table; preserve-vpn-flows {'on' if self.preserve_for(('', '')) else 'off'}")
         self._sweeper_thread = threading.Thread(target=self._sweeper_loop, name="sweeper",
                                                 daemon=True)
@@ -190,6 +251,27 @@ class Daemon:
             from controlplane.metrics import MetricsServer
 
             self.metrics = MetricsServer(cfg.metrics_listen, self.metrics_snapshot).start()
+
+    def _guard_wan(self, ifnames: Any) -> None:
+        """Attach the WAN guard on each of ``ifnames`` not guarded yet (LAN interfaces are
+        never a WAN). A missing WAN guard is an error an admin must see, not a stop: the
+        LAN-side data path still holds what it knows."""
+        assert self.dp is not None
+        for ifname in ifnames:
+            if ifname in self.wan_guarded or ifname in self.cfg.lan_interfaces:
+                continue
+            try:
+                self.dp.attach_wan(ifname)
+            except Exception as exc:  # noqa: BLE001 -- named in the log, the rest goes on
+                emit(Sev.ERROR, Msg.WAN_GUARD, f"WAN guard not attached on {ifname}: {exc}")
+                continue
+            self.wan_guarded.append(ifname)
+            emit(Sev.INFO, Msg.WAN_GUARD, f"WAN guard attached on {ifname}: tunnel traffic "
+                 "never crosses it in clear")
+        if not self.wan_guarded:
+            emit(Sev.ERROR, Msg.WAN_GUARD, "no WAN interface guarded (no default route and "
+                 "datapath.wan-interfaces not set): only the LAN-side data path holds "
+                 "tunnel traffic")
 
     def use_datapath(self, dp: Datapath) -> None:
         """Take a loaded data path (``start`` loads the configured one; benchmarks and
@@ -211,13 +293,21 @@ class Daemon:
             self.metrics.stop()
         if self.dp:
             if purge:
-                for ifname in self.cfg.lan_interfaces:
+                for ifname in [*self.cfg.lan_interfaces, *self.wan_guarded]:
                     self.dp.detach(ifname)
                 self.dp.purge_pins()
                 emit(Sev.INFO, Msg.DAEMON, "stopped; programs detached and maps removed")
             else:
+                # Nobody follows charon from now on: a tunnel left UP would pass its
+                # traffic after its SA is gone. DOWN holds it until the next daemon knows.
+                with self.lock:
+                    down = [t.id for t in self.table.tunnels() if t.id and t.up] \
+                        if self.table else []
+                    for tid in down:
+                        self.table.set_tunnel(tid, up=False)  # type: ignore[union-attr]
                 emit(Sev.INFO, Msg.DAEMON, f"stopped; data path left attached with "
-                     f"{self.table.flow_count() if self.table else 0} flows pinned in bpffs")
+                     f"{self.table.flow_count() if self.table else 0} flows pinned in bpffs; "
+                     f"{len(down)} tunnels held DOWN until the daemon is back")
             self.dp.close()
 
     def request(self, kind: str, payload: Any = None) -> Any:
@@ -272,6 +362,7 @@ class Daemon:
                     for ev in events:
                         self._on_datapath_event(ev)
                     self._demand_tick(time.monotonic())
+                    self._forget_tick()
             except Exception:  # noqa: BLE001 -- one bad item must not stop the gateway
                 self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "internal error (the "
@@ -303,6 +394,31 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 -- reported to the caller
                 box.put((False, exc))
 
+    def _forget_tick(self) -> None:
+        """Tunnels missing from charon past the grace period: check ``list-conns`` afresh
+        (VICI announces no conn loads), beside the loop, then forget what is still gone."""
+        if self._forgetting or not self.registry.missing_expired():
+            return
+        self._forgetting = True
+
+        def check() -> None:
+            try:
+                sess = vs.connect(self.cfg.vici_socket, timeout=2.0)
+                try:
+                    conns = parse_conns(list(sess.list_conns()))
+                finally:
+                    sess.transport.close()
+                listed = {(c.conn, c.child) for c in conns}
+                with self.lock:
+                    self._apply(self.registry.forget_missing(listed), time.monotonic())
+            except Exception as exc:  # noqa: BLE001 -- charon away: keep them, try later
+                log.debug("list-conns for missing tunnels: %s", exc)
+                time.sleep(1.0)
+            finally:
+                self._forgetting = False
+
+        threading.Thread(target=check, name="forget-missing", daemon=True).start()
+
     # --- transitions -> data path ---------------------------------------------------------
     def _apply(self, transitions: list[Transition], received: float) -> None:
         assert self.table is not None
@@ -326,6 +442,8 @@ class Daemon:
                 self.table.set_tunnel(t.tunnel_id, up=True, preserve=preserve)
                 self.latency.add((time.monotonic() - received) * 1000)
                 self.demand.pop(t.key, None)
+                if self.cfg.wan_interfaces is None and t.peer_host and self.dp is not None:
+                    self._later(self._guard_peer_route, t.peer_host)
                 text = f"Tunnel {t.name} UP, peer {t.peer_id} ({tr.reason})"
                 self._later(self._report_up, t.tunnel_id, text,
                             (t.name, t.local_ts, t.remote_ts) if self.reclassify() else None)
@@ -340,6 +458,11 @@ class Daemon:
                 self._later(self._report_down, t.tunnel_id,
                             f"Tunnel {t.name} DOWN ({tr.reason})", preserve)
                 self._sweep()  # log the teardowns now, not a sweep interval later
+            elif tr.kind == "missing":
+                emit(Sev.WARNING, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} not configured in "
+                     f"charon: kept DOWN with its selectors for "
+                     f"{self.cfg.forget_unconfigured_after:.0f} s (held flows wait, nothing "
+                     "of it leaves in clear)")
             elif tr.kind == "removed":
                 gen = self.table.tunnel(t.tunnel_id).generation + 1
                 self.table.set_tunnel(t.tunnel_id, up=False, generation=gen)
@@ -357,6 +480,7 @@ class Daemon:
         if want != self._selectors:
             self.table.replace_selectors(sorted(want, key=lambda s: (s.tunnel_id, str(s))))
             self._selectors = want
+            self.known.save(self.registry.tunnels.values())
 
     def _count_flows(self, tunnel_id: int, proto: int | None = None) -> int:
         assert self.table is not None
@@ -380,6 +504,14 @@ class Daemon:
                 fn(*args)
             except Exception:  # noqa: BLE001
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "report failed"))
+
+    def _guard_peer_route(self, peer_host: str) -> None:
+        """Auto WAN: the interface towards a tunnel's peer is a WAN too (a gateway without
+        a default route still sends its leaks that way)."""
+        ifname = wan.route_interface(peer_host)
+        if ifname and ifname not in self.wan_guarded:
+            with self.lock:
+                self._guard_wan([ifname])
 
     def _report_up(self, tunnel_id: int, text: str, reclassify: Any) -> None:
         emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"{text}; {self._count_flows(tunnel_id)} "
@@ -458,6 +590,29 @@ class Daemon:
                  f"({self.cfg.flow_table_size} entries): new flow {ev.key} refused")
         elif ev.type == "FLOW_REMOVED":
             self._log_removed(removed_from_events([ev]))
+        elif ev.type in ("GUARD_OUT", "GUARD_IN"):
+            self._report_guard(ev)
+
+    def _report_guard(self, ev: Any) -> None:
+        """One line per tunnel, direction and event interval (the data path samples); the
+        counters are exact and in ``show vpn-context`` and the metrics."""
+        assert self.table is not None
+        t = self.registry.by_id(ev.tunnel_id)
+        name = t.name if t else f"id {ev.tunnel_id}"
+        out, inn = self.table.guard_counts().get(ev.tunnel_id, (0, 0))
+        src, dst = ev.key.addr
+        proto = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}.get(ev.key.proto,
+                                                                   str(ev.key.proto))
+        if ev.type == "GUARD_OUT":
+            self.stats["guard_out_events"] = self.stats.get("guard_out_events", 0) + 1
+            emit(Sev.WARNING, Msg.CLEARTEXT_BLOCKED, f"Tunnel {name}: {proto} packet from "
+                 f"{src} to {dst} would have left the WAN in clear: dropped by the WAN guard "
+                 f"({out} packets so far)")
+        else:
+            self.stats["guard_in_events"] = self.stats.get("guard_in_events", 0) + 1
+            emit(Sev.WARNING, Msg.CLEARTEXT_RECEIVED, f"IPSEC: Received a non-IPSec ({proto}) "
+                 f"packet from {src} to {dst}: dropped, it matches Tunnel {name} "
+                 f"({inn} packets so far)")
 
     def _demand_tick(self, now: float) -> None:
         for key, d in list(self.demand.items()):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from controlplane.flow_table import FlowTable
+from controlplane.flow_table import TUNNEL_DOWN, TUNNEL_WORD, FlowTable
 
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "flowpin"
@@ -34,6 +35,8 @@ ENTRY = "flowpin.c"
 EMPTY = "empty.c"
 PROG_OUTBOUND = "fp_outbound"  # clsact ingress: LAN -> tunnel
 PROG_INBOUND = "fp_inbound"  # clsact egress: tunnel -> LAN
+PROG_WAN_OUT = "fp_wan_out"  # WAN clsact egress: the guard on what the gateway sends
+PROG_WAN_IN = "fp_wan_in"  # WAN clsact ingress: the guard on what it receives
 PROG_CLOCK = "fp_clock_probe"  # test-run only: samples (jiffies, CLOCK_MONOTONIC)
 HZ_CANDIDATES = (100, 250, 300, 1000)
 PARENT_INGRESS = "ffff:fff2"
@@ -41,7 +44,7 @@ PARENT_EGRESS = "ffff:fff3"
 FILTER_PRIO = 1
 FILTER_HANDLE = 1
 MAP_NAMES = ("flows4", "flows6", "selectors4", "selectors6", "tunnels", "tunnel_stats",
-             "counters", "config")
+             "guard_stats", "counters", "config")
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 _INSTANCE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -197,7 +200,7 @@ class Datapath:
             self.reused_pins = (cfg.pin_dir / "flows4").exists()
         try:
             self._bpf = bcc.BPF(text=bpf_source().encode(), cflags=_cflags(cfg))
-            for name in (PROG_OUTBOUND, PROG_INBOUND):
+            for name in (PROG_OUTBOUND, PROG_INBOUND, PROG_WAN_OUT, PROG_WAN_IN):
                 self._fds[name] = self._bpf.load_func(name.encode(), bcc.BPF.SCHED_CLS).fd
         except Exception as exc:
             self._bpf = None
@@ -264,6 +267,28 @@ class Datapath:
         """Attach on ``ifname`` (optionally in network namespace ``netns``): ingress =
         outbound (LAN -> tunnel), egress = inbound. Replaces a filter left by a previous
         loader atomically. Starts the pickup window on the very first attach."""
+        self._attach(ifname, netns, ((PROG_OUTBOUND, PARENT_INGRESS),
+                                     (PROG_INBOUND, PARENT_EGRESS)))
+        if (ifname, netns) not in self.attached:
+            self.attached.append((ifname, netns))
+        self._start_pickup_window()
+
+    def attach_wan(self, ifname: str, netns: str | None = None) -> None:
+        """Attach the WAN guard on ``ifname``: egress drops tunnel traffic about to leave in
+        clear, ingress drops tunnel traffic arriving in clear (see guard.h). Replaces a
+        guard left by a previous loader atomically, like :meth:`attach`."""
+        self._attach(ifname, netns, ((PROG_WAN_OUT, PARENT_EGRESS),
+                                     (PROG_WAN_IN, PARENT_INGRESS)))
+        if (ifname, netns) not in self.attached:
+            self.attached.append((ifname, netns))
+
+    def _start_pickup_window(self) -> None:
+        cfg = self.table.config()
+        if cfg.attach_ns == 0:
+            self.table.update_config(attach_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+
+    def _attach(self, ifname: str, netns: str | None,
+                progs: tuple[tuple[str, str], ...]) -> None:
         self.load()
         with self._iproute(netns) as ipr:
             links = ipr.link_lookup(ifname=ifname)
@@ -274,17 +299,12 @@ class Datapath:
             try:
                 ipr.tc("add", "clsact", idx)
             except Exception as exc:  # EEXIST: clsact already there (ours or another's)
-                if getattr(exc, "code", None) != 17:
+                if getattr(exc, "code", None) != errno.EEXIST:
                     raise DatapathError(f"adding clsact on {ifname}: {exc}") from exc
-            for prog, parent in ((PROG_OUTBOUND, PARENT_INGRESS), (PROG_INBOUND, PARENT_EGRESS)):
+            for prog, parent in progs:
                 ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE,
                        fd=self._fds[prog], name=prog, parent=parent, prio=FILTER_PRIO,
                        classid=1, direct_action=True)
-        if (ifname, netns) not in self.attached:
-            self.attached.append((ifname, netns))
-        cfg = self.table.config()
-        if cfg.attach_ns == 0:
-            self.table.update_config(attach_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
     def detach(self, ifname: str | None = None, netns: str | None = None,
                purge: bool = False) -> None:
@@ -326,6 +346,43 @@ def detach_interface(ifname: str, netns: str | None = None) -> None:
             except Exception as exc:  # ENOENT / EINVAL: nothing there
                 if getattr(exc, "code", None) not in (2, 22):
                     raise DatapathError(f"removing filter from {ifname}: {exc}") from exc
+
+
+def hold_pinned_tunnels(instance: str) -> int:
+    """Set every tunnel of ``instance``'s pinned maps DOWN (generation and flags kept);
+    return how many were UP. Runs before anything is compiled: programs a previous daemon
+    left attached keep filtering on these maps, and a daemon that is starting -- or fails
+    to -- knows nothing of the SAs yet, so held flows must wait and nothing may pass as if
+    its tunnel were up. Uses libbpf (through bcc's libbcc) on the pinned map; no compile."""
+    path = PIN_ROOT / instance / "tunnels"
+    if not path.exists():
+        return 0
+    lib = _require_bcc().libbcc.lib
+    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    lib.bpf_obj_get.restype = ctypes.c_int
+    fd = lib.bpf_obj_get(os.fsencode(path))
+    if fd < 0:
+        raise DatapathError(f"cannot open the pinned map {path} (bpf_obj_get: {fd})")
+    held = 0
+    try:
+        key, next_key = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        word = (ctypes.c_uint8 * TUNNEL_WORD.size)()
+        first = True
+        while lib.bpf_get_next_key(fd, None if first else ctypes.byref(key),
+                                   ctypes.byref(next_key)) == 0:
+            first = False
+            key.value = next_key.value
+            if lib.bpf_lookup_elem(fd, ctypes.byref(key), word) != 0:
+                continue
+            generation, state, flags, pad = TUNNEL_WORD.unpack(bytes(word))
+            if state != TUNNEL_DOWN:
+                ctypes.memmove(word, TUNNEL_WORD.pack(generation, TUNNEL_DOWN, flags, pad),
+                               TUNNEL_WORD.size)
+                if lib.bpf_update_elem(fd, ctypes.byref(key), word, 0) == 0:
+                    held += 1
+    finally:
+        os.close(fd)
+    return held
 
 
 def purge_pins(instance: str) -> None:

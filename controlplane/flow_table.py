@@ -66,8 +66,9 @@ ACCT_BYTES_BITS: int = CONST["FP_ACCT_BYTES_BITS"]
 TUNNEL_UP: int = CONST["FP_TUNNEL_UP"]
 TUNNEL_DOWN: int = CONST["FP_TUNNEL_DOWN"]
 TF_PRESERVE: int = CONST["FP_TF_PRESERVE"]
-_TUNNEL = struct.Struct("<IBBH")  # struct tunnel
+TUNNEL_WORD = struct.Struct("<IBBH")  # struct tunnel
 _TUNNEL_STATS = struct.Struct("<4Q")  # struct tunnel_stats
+_GUARD_STATS = struct.Struct("<4Q")  # struct fp_guard_stats
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
 
@@ -257,6 +258,7 @@ class FlowTable:
         self.tunnels_map = bpf[b"tunnels"]
         self.tunnel_stats_map = bpf[b"tunnel_stats"]
         self.counters_map = bpf[b"counters"]
+        self.guard_stats_map = bpf[b"guard_stats"]
         self.config_map = bpf[b"config"]
         self.EventStruct = bpf[b"event_layout"].Leaf
         self._ring_open = False
@@ -343,6 +345,15 @@ class FlowTable:
             held, refused = stats.get(tid, (0, 0))
             out.append(Tunnel(tid, up, gen, preserve, held, refused))
         return out
+
+    def guard_counts(self) -> dict[int, tuple[int, int]]:
+        """The WAN guard's drops by tunnel id: (sent in clear, received in clear); tunnels
+        without drops are left out. One batch read of the array."""
+        keys, values, n, ksz, vsz = self._batch(self.guard_stats_map)
+        ids = memoryview(keys).cast("B")[: n * ksz].cast("I")
+        return {ids[i]: (out, inn) for i, (out, inn, _lo, _li) in enumerate(
+            _GUARD_STATS.iter_unpack(memoryview(values).cast("B")[: n * vsz]))
+            if out or inn}
 
     # -- selectors ---------------------------------------------------------------------
     def selectors(self) -> list[Selector]:
@@ -473,7 +484,7 @@ class FlowTable:
         keys, values, n, ksz, vsz = self._batch(self.tunnels_map)
         ids = memoryview(keys).cast("B")[: n * ksz].cast("I")
         out = {}
-        for i, (gen, state, flags, _pad) in enumerate(_TUNNEL.iter_unpack(
+        for i, (gen, state, flags, _pad) in enumerate(TUNNEL_WORD.iter_unpack(
                 memoryview(values).cast("B")[: n * vsz])):
             if gen or state or flags:
                 out[ids[i]] = (gen, state == TUNNEL_UP, bool(flags & TF_PRESERVE))

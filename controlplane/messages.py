@@ -37,6 +37,7 @@ class Msg(IntEnum):
     TEARDOWN_TCP = 302014
     TEARDOWN_UDP = 302016
     TEARDOWN_ICMP = 302021
+    CLEARTEXT_RECEIVED = 402117  # the ASA's "Received a non-IPSec packet"
     TUNNEL_DOWN_PINNED = 752100
     TUNNEL_UP_RESUMED = 752101
     TUNNEL_DOWN_TORN = 752102
@@ -52,6 +53,8 @@ class Msg(IntEnum):
     SYSOPT_CHANGED = 752112
     TUNNEL_CONFIGURED = 752113
     DAEMON = 752114
+    CLEARTEXT_BLOCKED = 752120
+    WAN_GUARD = 752121
 
 
 def line(sev: Sev, msg: Msg, text: str) -> str:

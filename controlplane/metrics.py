@@ -32,7 +32,11 @@ def render(snap: dict[str, Any]) -> str:
     for key, help_ in (("flows", "Active flows of the tunnel."),
                        ("pinned", "TCP flows pinned while the tunnel is down."),
                        ("held_packets", "Packets held (dropped) for pinned flows."),
-                       ("refused", "New flows refused (table full).")):
+                       ("refused", "New flows refused (table full)."),
+                       ("cleartext_dropped_out", "Packets of the tunnel the WAN guard dropped: "
+                        "they would have left the WAN in clear."),
+                       ("cleartext_dropped_in", "Packets of the tunnel the WAN guard dropped: "
+                        "they arrived on the WAN in clear.")):
         metric(f"tunnel_{key}", "gauge", help_,
                [(f'{{tunnel="{t["tunnel"]}",peer="{t["peer"]}"}}', t[key])
                 for t in snap["tunnels"]])

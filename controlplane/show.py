@@ -29,7 +29,9 @@ def vpn_context(data: dict[str, Any], detail: bool = False) -> str:
                          f"{','.join(t['remote_ts']) or '-'}; peer host "
                          f"{t['peer_host'] or '-'}; CHILD_SAs installed {t['child_sas']}")
             lines.append(f"    data path: id {t['id']}, state {t['datapath_state']}, "
-                         f"generation {t['generation']}, refused {t['refused']}; "
+                         f"generation {t['generation']}, refused {t['refused']}, dropped "
+                         f"in clear by the WAN guard {t.get('cleartext_dropped_out', 0)} "
+                         f"out / {t.get('cleartext_dropped_in', 0)} in; "
                          f"up {t['ups']} times, down {t['downs']} times")
             if t.get("demand"):
                 d = t["demand"]

@@ -11,6 +11,13 @@ at least one of its CHILD_SAs is installed, so
 - break-before-make reauthentication, DPD, a terminate, or charon dying is one: the set
   becomes empty, and the tunnel goes DOWN until a CHILD_SA is installed again.
 
+A tunnel outlives its configuration for a grace period: a connection missing from
+charon's ``list-conns`` (charon restarted and its conns not loaded yet, a reload in
+progress) leaves the tunnel DOWN -- its selectors still in the data path, its pinned flows
+held, its traffic refused -- and only once it has been missing for ``grace`` seconds is it
+removed. Forgetting it at once would turn its held flows and new traffic into non-VPN
+traffic that passes: a leak on every charon restart.
+
 The registry is pure: it is fed typed events (:mod:`vici_glue.events`) and returns
 :class:`Transition` values; the daemon turns those into data-path writes and log lines.
 """
@@ -41,6 +48,7 @@ class Tunnel:
     # Installed CHILD_SAs: child uniqueid -> (IKE_SA uniqueid, the CHILD_SA)
     children: dict[int, tuple[int, ChildSA]] = field(default_factory=dict)
     since: float = 0.0  # when the state last changed
+    missing_since: float = 0.0  # when charon stopped listing its connection; 0 = listed
     ups: int = 0
     downs: int = 0
 
@@ -63,10 +71,11 @@ class Transition:
       identity differs from the one the tunnel was bound to: flows pinned under the old peer
       must be torn down first, a different peer never inherits them.
     - ``down``: the last CHILD_SA is gone (``reason`` says why).
-    - ``removed``: no longer configured.
+    - ``missing``: charon no longer lists its connection; kept DOWN for the grace period.
+    - ``removed``: missing for longer than the grace period.
     """
 
-    kind: Literal["configured", "up", "down", "removed"]
+    kind: Literal["configured", "up", "down", "missing", "removed"]
     tunnel: Tunnel
     reason: str = ""
     previous_peer: str = ""
@@ -74,10 +83,20 @@ class Transition:
 
 class TunnelRegistry:
     def __init__(self, allocate_id: Callable[[TunnelKey], int],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, grace: float = 0.0) -> None:
         self._allocate = allocate_id
         self._clock = clock
+        self.grace = grace
         self.tunnels: dict[TunnelKey, Tunnel] = {}
+
+    def restore(self, key: TunnelKey, local_ts: tuple[IPNetwork, ...],
+                remote_ts: tuple[IPNetwork, ...]) -> list[Transition]:
+        """A tunnel known from before a daemon restart: DOWN, with its last selectors, until
+        charon is heard. Until then it is as good as configured -- never forgotten first."""
+        t, out = self._tunnel(key, configured=True)
+        if not t.local_ts:
+            t.local_ts, t.remote_ts = local_ts, remote_ts
+        return out
 
     # --- lookups ------------------------------------------------------------------------
     def get(self, key: TunnelKey) -> Tunnel | None:
@@ -128,6 +147,7 @@ class TunnelRegistry:
         if not t.configured and not t.local_ts:
             t.local_ts, t.remote_ts = child.local_ts, child.remote_ts
         t.children[child.uniqueid] = (ike.uniqueid, child)
+        t.missing_since = 0.0  # a CHILD_SA of it: configured again
         return out + self._set_state(t, "UP", "CHILD_SA installed", ike)
 
     def _drop_children(self, t: Tunnel, uids: Iterable[int], reason: str) -> list[Transition]:
@@ -191,6 +211,7 @@ class TunnelRegistry:
             t, new = self._tunnel(key, configured=True)
             out += new
             t.configured = True
+            t.missing_since = 0.0
             if t.state == "DOWN" or not t.local_ts:
                 t.local_ts, t.remote_ts = cfg.local_ts, cfg.remote_ts
         installed: dict[TunnelKey, list[tuple[IkeSA, ChildSA]]] = {}
@@ -207,6 +228,35 @@ class TunnelRegistry:
             for ike, child in now:
                 out += self._add_child(ike, child)
             if key not in configured and not t.children:
-                del self.tunnels[key]
-                out.append(Transition("removed", t, reason="no longer configured"))
+                out += self._missing(t)
         return out
+
+    def _missing(self, t: Tunnel) -> list[Transition]:
+        now = self._clock()
+        if not t.missing_since:
+            t.missing_since = now
+            if self.grace > 0:
+                return [Transition("missing", t, reason="not configured in charon")]
+        if now - t.missing_since >= self.grace:
+            del self.tunnels[t.key]
+            return [Transition("removed", t, reason="no longer configured")]
+        return []
+
+    def forget_missing(self, configured: set[TunnelKey]) -> list[Transition]:
+        """Remove tunnels missing for longer than the grace period that are still not in
+        ``configured`` (a fresh ``list-conns``); those listed again are kept."""
+        out: list[Transition] = []
+        for key, t in list(self.tunnels.items()):
+            if not t.missing_since:
+                continue
+            if key in configured:
+                t.missing_since = 0.0
+            elif not t.children:
+                out += self._missing(t)
+        return out
+
+    def missing_expired(self) -> bool:
+        """Whether some tunnel has been missing for longer than the grace period."""
+        now = self._clock()
+        return any(t.missing_since and now - t.missing_since >= self.grace
+                   for t in self.tunnels.values())

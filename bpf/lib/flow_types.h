@@ -37,6 +37,7 @@
 #define FP_SIZEOF_SEL_VALUE4 32
 #define FP_SIZEOF_SEL_VALUE6 80
 #define FP_SIZEOF_EVENT 104
+#define FP_SIZEOF_GUARD_STATS 32
 
 /* Hook direction: which TC hook of the LAN-facing interface saw the packet. */
 enum fp_dir {
@@ -100,6 +101,8 @@ enum fp_event_type {
 	FP_EV_DEMAND = 1,		/* traffic for a down tunnel (rate-limited per tunnel) */
 	FP_EV_MAP_FULL = 2,		/* a flow could not be created (rate-limited per tunnel) */
 	FP_EV_FLOW_REMOVED = 3,		/* a stale/torn-down flow removed on the packet path */
+	FP_EV_GUARD_OUT = 4,		/* WAN guard: tunnel traffic about to leave in clear */
+	FP_EV_GUARD_IN = 5,		/* WAN guard: tunnel traffic received in clear */
 };
 
 /*
@@ -164,6 +167,17 @@ struct tunnel_stats {
 	__u64 refused;		/* other packets dropped for this tunnel (down, map full) */
 	__u64 last_demand_ns;	/* rate limit of FP_EV_DEMAND */
 	__u64 last_full_ns;	/* rate limit of FP_EV_MAP_FULL */
+};
+
+/*
+ * struct fp_guard_stats - the WAN guard's drops per tunnel (guard.h). Atomic adds: only
+ * cleartext that escaped IPsec lands here, never the forwarding fast path.
+ */
+struct fp_guard_stats {
+	__u64 out_dropped;	/* would have left the WAN in clear */
+	__u64 in_dropped;	/* arrived on the WAN in clear (the peer leaked) */
+	__u64 last_out_ns;	/* rate limit of FP_EV_GUARD_OUT */
+	__u64 last_in_ns;	/* rate limit of FP_EV_GUARD_IN */
 };
 
 /*
@@ -249,5 +263,6 @@ _Static_assert(sizeof(struct fp_config) == FP_SIZEOF_CONFIG, "fp_config");
 _Static_assert(sizeof(struct sel_value4) == FP_SIZEOF_SEL_VALUE4, "sel_value4");
 _Static_assert(sizeof(struct sel_value6) == FP_SIZEOF_SEL_VALUE6, "sel_value6");
 _Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
+_Static_assert(sizeof(struct fp_guard_stats) == FP_SIZEOF_GUARD_STATS, "fp_guard_stats");
 
 #endif

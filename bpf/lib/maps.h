@@ -32,6 +32,8 @@ FP_MAP("lpm_trie", struct sel_key6, struct sel_value6, selectors6, FP_SELECTORS_
 FP_MAP("array", __u32, struct tunnel, tunnels, FP_TUNNELS_MAX, 0);
 /* Tunnel counters and event rate limits by tunnel id; the data path writes. */
 FP_MAP("array", __u32, struct tunnel_stats, tunnel_stats, FP_TUNNELS_MAX, 0);
+/* WAN guard drops and event rate limits by tunnel id; the guard writes (guard.h). */
+FP_MAP("array", __u32, struct fp_guard_stats, guard_stats, FP_TUNNELS_MAX, 0);
 /* Per-CPU packet counters by verdict reason (enum fp_reason) and enum fp_stat. */
 FP_MAP("percpu_array", __u32, __u64, counters, FP_S_MAX, 0);
 /* Runtime configuration, one entry. */

@@ -63,6 +63,7 @@ def reset_state(t: FlowTable) -> None:
         k = t._tkey(tid)
         t.tunnels_map[k] = t.tunnels_map.Leaf()
         t.tunnel_stats_map[k] = t.tunnel_stats_map.Leaf()
+        t.guard_stats_map[k] = t.guard_stats_map.Leaf()
     t.reset_counters()
     t.update_config(attach_ns=0, pickup_s=0, event_interval_ms=1000)
     for net in NETS.values():

@@ -31,6 +31,8 @@ def test_ctypes_layouts_match_the_c_sizes(dp: Any) -> None:
     assert ctypes.sizeof(b[b"config"].Leaf) == c["FP_SIZEOF_CONFIG"]
     assert ctypes.sizeof(b[b"selectors4"].Leaf) == c["FP_SIZEOF_SEL_VALUE4"]
     assert ctypes.sizeof(b[b"selectors6"].Leaf) == c["FP_SIZEOF_SEL_VALUE6"]
+    assert ctypes.sizeof(b[b"guard_stats"].Leaf) == c["FP_SIZEOF_GUARD_STATS"]
+    assert ft._GUARD_STATS.size == c["FP_SIZEOF_GUARD_STATS"]
     assert ctypes.sizeof(b[b"event_layout"].Leaf) == c["FP_SIZEOF_EVENT"]
 
 
@@ -46,6 +48,24 @@ def test_sweeper_struct_format_matches_flow_value(dp: Any) -> None:
     v.side[0], v.side[1], v.seq[0], v.seq[1], v.ack[0], v.ack[1] = 3, 4, 5, 6, 7, 8
     v.acct[0], v.acct[1] = 11, 12
     assert _VALUE.unpack(bytes(v)) == (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
+
+
+@pytest.mark.parametrize("map_name, mirror, fields", [
+    ("tunnels", "TUNNEL_WORD", ["generation", "state", "flags", "pad"]),
+    ("tunnel_stats", "_TUNNEL_STATS", ["held", "refused", "last_demand_ns", "last_full_ns"]),
+    ("guard_stats", "_GUARD_STATS", ["out_dropped", "in_dropped", "last_out_ns",
+                                     "last_in_ns"]),
+])
+def test_struct_mirrors_match_the_c(dp: Any, map_name: str, mirror: str,
+                                    fields: list[str]) -> None:
+    """The batch readers unpack these values with ``struct`` (no ctypes object per entry):
+    every field, in order, must land where the C puts it."""
+    leaf = dp.bpf[map_name.encode()].Leaf
+    assert [f[0] for f in leaf._fields_] == fields
+    v = leaf(**{name: i + 1 for i, name in enumerate(fields)})
+    fmt = getattr(ft, mirror)
+    assert fmt.size == ctypes.sizeof(leaf)
+    assert fmt.unpack(bytes(v)) == tuple(range(1, len(fields) + 1))
 
 
 def test_key_proto_offsets(dp: Any) -> None:

@@ -46,9 +46,11 @@ def test_metrics_exposition() -> None:
             "flow_table_size": 1024, "charon_up": True, "daemon": {"events": 4},
             "event_to_map_ms": {"count": 2, "p50": 0.1, "p99": 0.2, "max": 0.2},
             "tunnels": [{"tunnel": "site/lan", "peer": "ho-gw", "flows": 3, "pinned": 1,
-                         "held_packets": 2, "refused": 0, "state": "DOWN"}]}
+                         "held_packets": 2, "refused": 0, "state": "DOWN",
+                         "cleartext_dropped_out": 3, "cleartext_dropped_in": 0}]}
     text = render(snap)
     assert 'flowpin_packets_total{reason="drop_held"} 2' in text
     assert 'flowpin_tunnel_pinned{tunnel="site/lan",peer="ho-gw"} 1' in text
     assert 'flowpin_tunnel_up{tunnel="site/lan"} 0' in text
+    assert 'flowpin_tunnel_cleartext_dropped_out{tunnel="site/lan",peer="ho-gw"} 3' in text
     assert 'flowpin_event_to_map_ms{quantile="0.99"} 0.2' in text

@@ -163,3 +163,59 @@ def test_resync_removes_unconfigured_and_keeps_ids() -> None:
     out = reg.resync([], [])
     assert [t.kind for t in out] == ["removed"]
     assert reg.get(KEY) is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_charon_restart_before_its_conns_are_loaded_keeps_the_tunnel_down() -> None:
+    """charon restarted, VICI up, conns not loaded yet (Debian's unit loads them after the
+    socket is up): the tunnel stays, DOWN, with its selectors, for the grace period; a
+    CHILD_SA of it brings it back UP under the same id."""
+    clock = Clock()
+    reg = TunnelRegistry(allocate_id=lambda key: 7, clock=clock, grace=600)
+    conns = parse_conns(wire(steps("list-conns")[0]["list-conns"]))
+    reg.resync(conns, [])
+    assert [t.kind for t in reg.on_disconnect()] == []  # it was DOWN already
+    out = reg.resync([], [])
+    assert [t.kind for t in out] == ["missing"]
+    t = reg.get(KEY)
+    assert t is not None and t.state == "DOWN" and t.local_ts and t.tunnel_id == 7
+    clock.now += 599
+    assert reg.resync([], []) == [] and not reg.missing_expired()
+    assert reg.forget_missing(set()) == []
+    # the conns are loaded again: listed, no longer missing
+    reg.resync(conns, [])
+    assert reg.get(KEY).missing_since == 0.0  # type: ignore[union-attr]
+
+
+def test_missing_tunnel_is_removed_after_the_grace_period_only() -> None:
+    clock = Clock()
+    reg = TunnelRegistry(allocate_id=lambda key: 7, clock=clock, grace=600)
+    conns = parse_conns(wire(steps("list-conns")[0]["list-conns"]))
+    reg.resync(conns, [])
+    reg.resync([], [])
+    clock.now += 600
+    assert reg.missing_expired()
+    assert reg.forget_missing({KEY}) == []  # listed again meanwhile: kept
+    assert reg.get(KEY) is not None and not reg.missing_expired()
+    reg.resync([], [])
+    clock.now += 601
+    assert [t.kind for t in reg.forget_missing(set())] == ["removed"]
+    assert reg.get(KEY) is None
+
+
+def test_restored_tunnel_is_not_forgotten_before_charon_is_heard() -> None:
+    """A restarted daemon restores the tunnels it knew (DOWN, last selectors); a charon that
+    lists nothing yet only starts their grace period."""
+    clock = Clock()
+    reg = TunnelRegistry(allocate_id=lambda key: 7, clock=clock, grace=600)
+    net = parse_conns(wire(steps("list-conns")[0]["list-conns"]))[0]
+    assert [t.kind for t in reg.restore(KEY, net.local_ts, net.remote_ts)] == ["configured"]
+    assert [t.kind for t in reg.resync([], [])] == ["missing"]
+    assert reg.get(KEY).local_ts == net.local_ts  # type: ignore[union-attr]
