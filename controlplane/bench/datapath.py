@@ -168,6 +168,18 @@ def run(repeat: int = 1_000_000) -> dict[str, Any]:
         raise RuntimeError("held benchmark did not hold")
     t.set_tunnel(TUN, up=True)
 
+    # the WAN guard: ESP (exempt before any lookup), internet traffic (one LPM miss),
+    # tunnel traffic in clear (LPM hit, counted, dropped)
+    gw_a, gw_b = "192.0.2.1", "192.0.2.2"
+    esp = tr._ip(gw_a, gw_b, 50, b"\0" * 30)
+    internet = tr.tcp(CLIENT, "198.51.100.7", CPORT, 443, "A", seq=1, ack=1, size=64)
+    guard_fd = dp.prog_fd("fp_wan_out")
+    if _run(guard_fd, ack, 1)[1] != 2 or _run(guard_fd, esp, 1)[1] == 2:
+        raise RuntimeError("WAN guard benchmark packets got the wrong verdict")
+    result["wan_guard_ns"] = {"esp": _best(guard_fd, esp, repeat),
+                              "no_tunnel": _best(guard_fd, internet, repeat),
+                              "cleartext_dropped": _best(guard_fd, ack, repeat)}
+
     # memory: the kernel's accounting of the preallocated 1M-entry hash
     mem4 = memlock_bytes(t.flows4.map_fd)
     result["bytes_per_flow"] = round(mem4 / t.flows4.max_entries, 1)
@@ -229,6 +241,7 @@ def run(repeat: int = 1_000_000) -> dict[str, Any]:
         "established_hit_1m": hit["1000000"] - empty,
         "new_flow": result["new_flow_ns"] - empty,
         "held": result["held_ns"] - empty,
+        **{f"wan_guard_{k}": v - empty for k, v in result["wan_guard_ns"].items()},
     }
     notes += [
         f"ns per packet: kernel BPF_PROG_TEST_RUN mean over repeat={repeat} runs of one "
@@ -241,6 +254,9 @@ def run(repeat: int = 1_000_000) -> dict[str, Any]:
         "so each run is a miss + LPM classification + insert into a table growing from 0 "
         "to 1M; the extra per-CPU lookup (a few ns) is included, so this overestimates",
         "held_ns: tunnel DOWN + PRESERVE: lookup, drop, tunnel counter, rate-limited demand",
+        "wan_guard_ns: the WAN egress guard on an ESP packet between the gateways (exempt "
+        "before any lookup), on LAN-to-internet traffic (one LPM miss) and on tunnel "
+        "traffic in clear (LPM hit, atomic count, rate-limited event, drop)",
         "bytes_per_flow: memlock of the preallocated flows4 hash (1M entries) from "
         "/proc/self/fdinfo / max_entries = htab_elem 48 + key 16 + value 48 + bucket 16; "
         "IPv6 flows (key 40) in their own map: bytes_per_flow_v6",
