@@ -56,6 +56,7 @@ from controlplane.flow_table import FlowTable, Selector
 from controlplane.messages import Msg, Sev, emit, line, teardown_line
 from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
 from controlplane.tunnel import Transition, TunnelKey, TunnelRegistry
+from controlplane.tunnel_ids import TunnelIds
 from vici_glue import session as vs
 from vici_glue.events import parse_conns
 from vici_glue.follower import Disconnected, Follower, Received, Resync
@@ -65,28 +66,6 @@ STATE_ROOT = Path("/run/flowpin")
 # Control-socket commands that only read: answered off the loop, on a snapshot.
 READ_ONLY = frozenset({"show-conn", "show-vpn-context", "show-sysopt", "show-counters",
                        "metrics", "status"})
-
-
-class TunnelIds:
-    """Stable data-path ids for tunnels (connection/child), kept next to the daemon's state
-    so that a restarted daemon finds its tunnels' flows under the same ids."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.ids: dict[str, int] = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
-            self.ids = {}
-
-    def __call__(self, key: TunnelKey) -> int:
-        name = f"{key[0]}/{key[1]}"
-        if name not in self.ids:
-            self.ids[name] = max(self.ids.values(), default=0) + 1
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.ids, indent=1))
-            tmp.replace(self.path)
-        return self.ids[name]
 
 
 class KnownSelectors:
@@ -154,8 +133,8 @@ class Daemon:
         # One writer at a time: the loop and the follower thread (which applies SA events
         # itself, the moment it reads them) take this lock around registry and map writes.
         self.lock = threading.RLock()
-        self.registry = TunnelRegistry(TunnelIds(self.state_dir / "tunnels.json"),
-                                       grace=cfg.forget_unconfigured_after)
+        self.ids = TunnelIds(self.state_dir / "tunnels.json")
+        self.registry = TunnelRegistry(self.ids, grace=cfg.forget_unconfigured_after)
         self.known = KnownSelectors(self.state_dir / "selectors.json")
         self.wan_guarded: list[str] = []
         self._forgetting = False
@@ -168,7 +147,9 @@ class Daemon:
         self.stats: dict[str, int] = {"events": 0, "resyncs": 0, "disconnects": 0,
                                       "initiations": 0, "initiation_failures": 0,
                                       "teardowns_logged": 0, "reclassified": 0,
-                                      "table_full": 0, "reloads": 0, "reload_errors": 0}
+                                      "table_full": 0, "reloads": 0, "reload_errors": 0,
+                                      "selectors_refused": 0, "tunnels_refused": 0,
+                                      "tunnel_ids_freed": 0}
         self.charon_up = False
         self.started = time.time()
         self._stop = threading.Event()
@@ -278,6 +259,7 @@ class Daemon:
         tests hand in a private one)."""
         self.dp = dp
         self.table = dp.table
+        self.ids.refuse_id = dp.table.refuse_id
         self.sweeper = Sweeper(dp.table, self.cfg.timeouts)
 
     def stop(self, purge: bool = False) -> None:
@@ -427,6 +409,9 @@ class Daemon:
             self._sync_selectors()
         for tr in transitions:
             t = tr.tunnel
+            if t.tunnel_id == self.table.refuse_id:
+                self._refused_tunnel(tr)
+                continue
             preserve = self.preserve_for(t.key)
             if tr.kind == "configured":
                 self.table.set_tunnel(t.tunnel_id, up=t.state == "UP", preserve=preserve)
@@ -466,6 +451,7 @@ class Daemon:
             elif tr.kind == "removed":
                 gen = self.table.tunnel(t.tunnel_id).generation + 1
                 self.table.set_tunnel(t.tunnel_id, up=False, generation=gen)
+                self.ids.retire(t.key)
                 emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} no longer "
                      "configured: selectors removed, flows torn down")
                 self._sweep()
@@ -478,9 +464,30 @@ class Daemon:
                 for t in self.registry.tunnels.values()
                 for loc in t.local_ts for rem in t.remote_ts if loc.version == rem.version}
         if want != self._selectors:
-            self.table.replace_selectors(sorted(want, key=lambda s: (s.tunnel_id, str(s))))
+            # Sorted by id: when a remote prefix has more pairs than the data path holds,
+            # the longest-configured tunnels keep their slots (see FlowTable._compile).
+            overflows = self.table.replace_selectors(
+                sorted(want, key=lambda s: (s.tunnel_id, str(s))))
             self._selectors = want
             self.known.save(self.registry.tunnels.values())
+            for o in overflows:
+                self.stats["selectors_refused"] += 1
+                emit(Sev.WARNING, Msg.SELECTORS_REFUSED, o.text(self._tunnel_label))
+
+    def _tunnel_label(self, tunnel_id: int) -> str:
+        t = self.registry.by_id(tunnel_id)
+        return f"Tunnel {t.name}" if t else f"tunnel id {tunnel_id}"
+
+    def _refused_tunnel(self, tr: Transition) -> None:
+        """A tunnel without a data-path id of its own (every id in use): its selectors
+        point at the refusing id, so its traffic is dropped, never passed in clear; its
+        state is not written (the refusing id must stay DOWN). The others go on."""
+        if tr.kind == "configured":
+            self.stats["tunnels_refused"] += 1
+            emit(Sev.ERROR, Msg.TUNNEL_REFUSED, f"Tunnel {tr.tunnel.name}: no free "
+                 f"data-path tunnel id (ids 1..{self.table.refuse_id - 1} in use): its "
+                 f"traffic {_ts(tr.tunnel.local_ts)} === {_ts(tr.tunnel.remote_ts)} is "
+                 "refused until an id is free and the daemon restarts")
 
     def _count_flows(self, tunnel_id: int, proto: int | None = None) -> int:
         assert self.table is not None
@@ -561,8 +568,23 @@ class Daemon:
                 break
             try:
                 self._log_removed(self.sweeper.sweep())
+                self._free_tunnel_ids()
             except Exception:  # noqa: BLE001 -- the next sweep tries again
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "sweep failed"))
+
+    def _free_tunnel_ids(self) -> None:
+        """Ids of removed tunnels become free once the sweeps have removed their flows
+        (read here, beside the loop: a full flow-table read costs ms at scale)."""
+        if not self.ids.retired or self.table is None:
+            return
+        in_use = self.table.tunnel_ids_in_use()
+        with self.lock:
+            retired = {tid for tid in self.ids.retired
+                       if self.registry.by_id(tid) is None}  # not configured again since
+            freed = self.ids.free_unused(in_use | (self.ids.retired - retired))
+            for tid in freed:
+                self.table.reset_tunnel_stats(tid)
+            self.stats["tunnel_ids_freed"] += len(freed)
 
     def _log_removed(self, removed: list[RemovedFlow]) -> None:
         for r in removed:

@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -213,6 +214,37 @@ class Selector:
 
 
 @dataclass(frozen=True)
+class Overflow:
+    """A remote prefix to which more selector pairs apply than a trie entry has slots:
+    ``kept`` got a slot each, ``refused`` are covered by one last slot that refuses
+    traffic from ``refuse_local`` (see :meth:`FlowTable._compile`)."""
+
+    remote: IPNetwork
+    kept: tuple[Selector, ...]
+    refused: tuple[Selector, ...]
+    refuse_local: IPNetwork
+
+    def text(self, name_of: Callable[[int], str] = lambda tid: f"id {tid}") -> str:
+        pairs = ", ".join(f"{s.local}->{s.remote} ({name_of(s.tunnel_id)})"
+                          for s in self.refused)
+        return (f"{len(self.kept) + len(self.refused)} selector pairs apply to remote "
+                f"{self.remote}, the data path holds {SEL_SLOTS}: traffic of {pairs} is "
+                f"refused (from {self.refuse_local}), never passed in clear")
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+def covering_prefix(nets: Iterable[IPNetwork]) -> IPNetwork:
+    """The longest prefix that contains every one of ``nets`` (one family)."""
+    nets = list(nets)
+    out = nets[0]
+    while not all(n.subnet_of(out) for n in nets):  # type: ignore[arg-type]
+        out = out.supernet()
+    return out
+
+
+@dataclass(frozen=True)
 class Event:
     type: str  # DEMAND, MAP_FULL, FLOW_REMOVED
     tunnel_id: int
@@ -263,6 +295,10 @@ class FlowTable:
         self.EventStruct = bpf[b"event_layout"].Leaf
         self._ring_open = False
         self._pending: list[Event] = []
+        # The last id of the tunnel array is never a tunnel: its entry stays DOWN, so
+        # selectors that point to it refuse their traffic (counted in its tunnel_stats).
+        self.refuse_id: int = self.tunnels_map.max_entries - 1
+        self._compiled: dict[int, list[Selector]] = {}
 
     # -- config / clock ----------------------------------------------------------------
     def config(self) -> Config:
@@ -366,7 +402,8 @@ class FlowTable:
                 remote = ipaddress.ip_network(
                     (_addr([k.remote] if fam == 4 else k.remote, fam), k.prefixlen))
                 for slot in v.slot:
-                    if slot.tunnel_id and slot.remote_plen == k.prefixlen:
+                    if (slot.tunnel_id and slot.tunnel_id != self.refuse_id
+                            and slot.remote_plen == k.prefixlen):
                         local = ipaddress.ip_network(
                             (_addr([slot.local] if fam == 4 else slot.local, fam),
                              slot.local_plen))
@@ -374,47 +411,75 @@ class FlowTable:
         return out
 
     def add_selector(self, tunnel_id: int, local: str | IPNetwork,
-                     remote: str | IPNetwork) -> None:
+                     remote: str | IPNetwork) -> list[Overflow]:
         """Map traffic between ``local`` (LAN side) and ``remote`` prefixes to a tunnel.
-        A tunnel may have several pairs; both prefixes must be of one family."""
+        A tunnel may have several pairs; both prefixes must be of one family.
+        Returns the remote prefixes whose pairs did not all fit (see :meth:`_compile`)."""
         if tunnel_id <= 0:
             raise ValueError("selectors map to tunnel ids >= 1 (0 means no tunnel)")
         self._tkey(tunnel_id)
         sel = Selector(ipaddress.ip_network(local), ipaddress.ip_network(remote), tunnel_id)
         if sel.local.version != sel.remote.version:
             raise ValueError(f"{sel.local} and {sel.remote} are not of one family")
-        pairs = [s for s in self.selectors() if s.local.version == sel.local.version]
+        pairs = self._pairs(sel.local.version)
         if sel not in pairs:
             pairs.append(sel)
-        self._compile(sel.local.version, pairs)
+        return self._compile(sel.local.version, pairs)
 
     def remove_selector(self, tunnel_id: int, local: str | IPNetwork,
-                        remote: str | IPNetwork) -> None:
+                        remote: str | IPNetwork) -> list[Overflow]:
         sel = Selector(ipaddress.ip_network(local), ipaddress.ip_network(remote), tunnel_id)
-        pairs = [s for s in self.selectors()
-                 if s.local.version == sel.local.version and s != sel]
-        self._compile(sel.local.version, pairs)
+        pairs = [s for s in self._pairs(sel.local.version) if s != sel]
+        return self._compile(sel.local.version, pairs)
 
-    def replace_selectors(self, selectors: Iterable[Selector]) -> None:
+    def replace_selectors(self, selectors: Iterable[Selector]) -> list[Overflow]:
         """Make the tries hold exactly ``selectors`` (every tunnel's), compiling each
-        family once: what a resync of many tunnels needs instead of one add per pair."""
+        family once: what a resync of many tunnels needs instead of one add per pair.
+        Returns the remote prefixes whose pairs did not all fit (their excess is refused)."""
         wanted = list(dict.fromkeys(selectors))
+        out: list[Overflow] = []
         for fam in (4, 6):
-            self._compile(fam, [s for s in wanted if s.local.version == fam])
+            out += self._compile(fam, [s for s in wanted if s.local.version == fam])
+        return out
 
-    def _compile(self, family: int, pairs: list[Selector]) -> None:
+    def _pairs(self, family: int) -> list[Selector]:
+        """Every pair of ``family``: as last compiled by this object (refused pairs have no
+        slot to be read back from), else as read from the trie (pinned by a predecessor)."""
+        if family in self._compiled:
+            return list(self._compiled[family])
+        return [s for s in self.selectors() if s.local.version == family]
+
+    def _compile(self, family: int, pairs: list[Selector]) -> list[Overflow]:
         """Rewrite the trie of ``family`` so that each remote prefix R lists the pairs
-        whose remote prefix covers R, most specific remote then local first."""
+        whose remote prefix covers R, most specific remote then local first (ties keep
+        the order of ``pairs``).
+
+        More pairs than slots for one R never fails the compile (every other tunnel's
+        selectors would be lost with it, their tunnels left DOWN): the first
+        ``SEL_SLOTS - 1`` pairs keep their slots and the last slot refuses the local
+        prefix that covers all the others, pointing at ``refuse_id``. A packet that one
+        of the kept pairs matches gets exactly the tunnel it would get with every pair
+        listed (they come first, in the same order); one that a dropped pair matches is
+        refused rather than passed as non-VPN traffic -- dropped by the data path, never
+        sent in clear -- and so is other traffic from that covering prefix to R (it may
+        be wider than the dropped pairs: over-refusing is the failure that leaks
+        nothing). The caller logs and counts what is returned."""
         trie = self.sel4 if family == 4 else self.sel6
         remotes = {s.remote for s in pairs}
         entries = {}
-        for r in remotes:
+        overflows = []
+        for r in sorted(remotes, key=lambda n: (n.prefixlen, n.network_address)):
             cover = [s for s in pairs if r.subnet_of(s.remote)]  # type: ignore[arg-type]
             cover.sort(key=lambda s: (-s.remote.prefixlen, -s.local.prefixlen))
             if len(cover) > SEL_SLOTS:
-                raise ValueError(f"more than {SEL_SLOTS} selector pairs apply to remote "
-                                 f"{r}: {', '.join(f'{s.local}->{s.remote}' for s in cover)}")
+                kept, refused = cover[:SEL_SLOTS - 1], cover[SEL_SLOTS - 1:]
+                local = covering_prefix(s.local for s in refused)
+                cover = kept + [Selector(local, r, self.refuse_id)]
+                overflows.append(Overflow(r, tuple(kept), tuple(refused), local))
             entries[r] = cover
+        if overflows:  # never configured, but make sure: the refusing id is DOWN
+            self.set_tunnel(self.refuse_id, up=False, preserve=False)
+        self._compiled[family] = list(pairs)
         for r, cover in entries.items():
             k = trie.Key()
             k.prefixlen = r.prefixlen
@@ -439,6 +504,7 @@ class FlowTable:
             fam_addr = _addr([k.remote] if family == 4 else k.remote, family)
             if ipaddress.ip_network((fam_addr, k.prefixlen)) not in entries:
                 del trie[k]
+        return overflows
 
     # -- flows -------------------------------------------------------------------------
     def _flow_map(self, family: int) -> Any:
@@ -504,6 +570,26 @@ class FlowTable:
             raw = self.read_raw(fam)
             for i in range(raw.count):
                 yield self.decode(fam, raw.keys[i], raw.values[i])
+
+    def tunnel_ids_in_use(self) -> set[int]:
+        """Tunnel ids that at least one flow carries (one batch read per family; the ids
+        are read straight from the value bytes, no object per flow)."""
+        out: set[int] = set()
+        for fam in (4, 6):
+            raw = self.read_raw(fam)
+            off = raw.values._type_.tunnel_id.offset
+            mv = memoryview(raw.values).cast("B")[: raw.count * raw.value_size]
+            lo = bytes(mv[off::raw.value_size])
+            hi = bytes(mv[off + 1::raw.value_size])
+            if sys.byteorder == "big":
+                lo, hi = hi, lo
+            out |= {a | b << 8 for a, b in set(zip(lo, hi, strict=True))}
+        return out
+
+    def reset_tunnel_stats(self, tunnel_id: int) -> None:
+        """Zero a tunnel's counters (an id handed to a new tunnel starts from zero)."""
+        k = self._tkey(tunnel_id)
+        self.tunnel_stats_map[k] = self.tunnel_stats_map.Leaf()
 
     def flow_count(self) -> int:
         return self.read_raw(4).count + self.read_raw(6).count

@@ -34,18 +34,26 @@ def _int(value: Any, default: int = 0) -> int:
 
 def parse_ts(items: Any) -> tuple[IPNetwork, ...]:
     """Traffic selectors as networks. A selector with a port or protocol restriction
-    (``10.0.0.0/8[tcp/80]``) or an address range is kept by its address part only; flowpin
-    binds flows by address."""
+    (``10.0.0.0/8[tcp/80]``) is kept by its address part only (flowpin binds flows by
+    address). An address range, which strongSwan prints as ``a..b`` (a conn loaded with
+    ``10.1.0.10-10.1.0.20`` lists as ``10.1.0.10..10.1.0.20``), becomes the fewest prefixes
+    that cover exactly that range. Anything else raises ``ValueError`` naming the raw text:
+    a selector that is guessed at could leave traffic of a tunnel uncovered."""
     out: list[IPNetwork] = []
     for raw in items or []:
         text = str(decode(raw)).split("[", 1)[0].strip()
         if not text or text == "dynamic":
             continue
-        if "-" in text:  # a range a.b.c.d-e.f.g.h: cover it with its summarizing networks
-            lo, hi = (ipaddress.ip_address(x.strip()) for x in text.split("-", 1))
-            out.extend(ipaddress.summarize_address_range(lo, hi))  # type: ignore[arg-type]
-            continue
-        out.append(ipaddress.ip_network(text, strict=False))
+        try:
+            if ".." in text:
+                lo, hi = (ipaddress.ip_address(x.strip()) for x in text.split("..", 1))
+                if lo.version != hi.version or lo > hi:  # type: ignore[operator]
+                    raise ValueError("not an ascending range of one family")
+                out.extend(ipaddress.summarize_address_range(lo, hi))  # type: ignore[arg-type]
+                continue
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"traffic selector {decode(raw)!r}: {exc}") from None
     return tuple(out)
 
 
@@ -203,7 +211,10 @@ def parse_conns(entries: list[dict[str, Any]]) -> list[ChildConfig]:
             rids = tuple(v.get("id", "") for k, v in body.items()
                          if k.startswith("remote") and isinstance(v, dict))
             for child, c in (body.get("children") or {}).items():
-                out.append(ChildConfig(conn, child, rids, parse_ts(c.get("local-ts")),
-                                       parse_ts(c.get("remote-ts")), c.get("dpd_action", ""),
-                                       c.get("start_action", "")))
+                try:
+                    out.append(ChildConfig(conn, child, rids, parse_ts(c.get("local-ts")),
+                                           parse_ts(c.get("remote-ts")),
+                                           c.get("dpd_action", ""), c.get("start_action", "")))
+                except (ValueError, AttributeError, TypeError) as exc:
+                    raise EventFormatError(f"list-conns {conn}/{child}: {exc}") from exc
     return out

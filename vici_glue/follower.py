@@ -30,13 +30,13 @@ from vici.exception import SessionException
 from vici_glue.events import (
     EVENT_KINDS,
     ChildConfig,
-    EventFormatError,
     IkeSA,
     SAEvent,
     parse_conns,
     parse_event,
     parse_sas,
 )
+from vici_glue.session import decode
 
 log = logging.getLogger("flowpin.vici")
 
@@ -92,6 +92,7 @@ class Follower:
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
         self.connected = threading.Event()
         self.reconnects = 0
+        self.decode_errors = 0  # events or listings that did not decode
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vici-follower", daemon=True)
 
@@ -103,7 +104,36 @@ class Follower:
         self._stop.set()
         self._thread.join(timeout)
 
+    def _resync(self) -> None:
+        """Read what charon has configured and installed, and hand it on as one Resync.
+        A listing that does not decode raises: the caller treats charon as unreachable
+        (every tunnel DOWN, nothing guessed) and tries again."""
+        cmd = _open(self.path)
+        try:
+            conns = parse_conns(list(cmd.list_conns()))
+            sas = parse_sas(list(cmd.list_sas()))
+        finally:
+            _close(cmd)
+        log.debug("charon at %s: %d configured CHILD_SAs, %d IKE_SAs", self.path, len(conns),
+                  len(sas))
+        self.out.put(Resync(conns, sas))
+
+    def _on_undecodable(self, name: object, msg: object, exc: BaseException) -> None:
+        """One event that did not decode: ONE warning naming it and its raw text, then a
+        resync. Skipping it silently could miss a CHILD_SA going down (its tunnel would
+        stay UP with no SA behind it); the listing says what is true now."""
+        self.decode_errors += 1
+        raw = repr(msg)
+        if len(raw) > 2000:
+            raw = raw[:2000] + "..."
+        log.warning("undecodable VICI event %r (%s: %s), resyncing; raw: %s",
+                    decode(name), type(exc).__name__, exc, raw)
+        self._resync()
+
     def _run(self) -> None:
+        """Follow charon until stopped. Nothing charon sends ends this thread: a thread
+        that died would leave the daemon running deaf, with every tunnel frozen in its last
+        state while SAs come and go."""
         backoff = self.backoff_min
         announced_down = False
         while not self._stop.is_set():
@@ -113,18 +143,10 @@ class Follower:
                 listener = _open(self.path)
                 stream = listener.listen(list(EVENT_KINDS), timeout=self.poll)
                 first = next(stream)  # registers for the events, then waits one poll
-                cmd = _open(self.path)
-                try:
-                    conns = parse_conns(list(cmd.list_conns()))
-                    sas = parse_sas(list(cmd.list_sas()))
-                finally:
-                    _close(cmd)
+                self._resync()
                 self.connected.set()
                 announced_down = False
                 backoff = self.backoff_min
-                log.debug("connected to charon at %s: %d configured CHILD_SAs, %d IKE_SAs",
-                         self.path, len(conns), len(sas))
-                self.out.put(Resync(conns, sas))
                 pending = [first]
                 while not self._stop.is_set():
                     name, msg = pending.pop() if pending else next(stream)
@@ -132,14 +154,22 @@ class Follower:
                         continue
                     try:
                         ev = parse_event(name, msg)
-                    except EventFormatError as exc:
-                        log.warning("ignoring VICI event: %s", exc)
+                    except Exception as exc:  # noqa: BLE001 -- any decoder failure
+                        self._on_undecodable(name, msg, exc)
                         continue
                     self.out.put(Received(ev, time.monotonic()))
-            except (OSError, SessionException, StopIteration) as exc:
+            except Exception as exc:  # noqa: BLE001 -- see the docstring
                 if self._stop.is_set():
                     break
                 self.connected.clear()
+                if not isinstance(exc, OSError | SessionException | StopIteration):
+                    # A listing that does not decode, or a bug: as if charon were gone
+                    # (tunnels DOWN and held), then reconnect and list again.
+                    self.decode_errors += 1
+                    if not announced_down:
+                        log.warning("charon at %s: cannot follow (%s: %s); treated as "
+                                    "unreachable until a resync decodes", self.path,
+                                    type(exc).__name__, exc)
                 if not announced_down:
                     log.warning("charon at %s unreachable: %s", self.path, exc or "closed")
                     self.out.put(Disconnected(str(exc) or "connection closed"))

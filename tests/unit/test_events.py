@@ -1,6 +1,7 @@
 """Decoding VICI messages into typed values (bytes in, str/int/networks out)."""
 
 import ipaddress
+import re
 
 import pytest
 
@@ -10,13 +11,30 @@ from vici_glue.events import EventFormatError, parse_event, parse_ts
 @pytest.mark.parametrize(("raw", "nets"), [
     ([b"10.1.0.0/24", b"fd01::/64"], ["10.1.0.0/24", "fd01::/64"]),
     ([b"10.1.0.0/24[tcp/80]"], ["10.1.0.0/24"]),
-    ([b"10.0.0.1-10.0.0.6"], ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]),
+    # Ranges as strongSwan 5.9.8 lists them (a conn loaded with 10.0.0.1-10.0.0.6).
+    ([b"10.0.0.1..10.0.0.6"], ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]),
+    ([b"10.1.0.10..10.1.0.20"], ["10.1.0.10/31", "10.1.0.12/30", "10.1.0.16/30",
+                                 "10.1.0.20/32"]),
+    ([b"fd01::1..fd01::5"], ["fd01::1/128", "fd01::2/127", "fd01::4/127"]),
+    ([b"10.1.0.10..10.1.0.20[tcp/80]"], ["10.1.0.10/31", "10.1.0.12/30", "10.1.0.16/30",
+                                         "10.1.0.20/32"]),
+    ([b"fd01::1..fd01::5[udp/53]"], ["fd01::1/128", "fd01::2/127", "fd01::4/127"]),
+    ([b"0.0.0.0..255.255.255.255"], ["0.0.0.0/0"]),
     ([b"dynamic"], []),
     ([b"10.1.0.7/24"], ["10.1.0.0/24"]),
     (None, []),
 ])
 def test_parse_ts(raw: list[bytes] | None, nets: list[str]) -> None:
     assert parse_ts(raw) == tuple(ipaddress.ip_network(n) for n in nets)
+
+
+@pytest.mark.parametrize("raw", [b"10.0.0.1-10.0.0.6", b"10.0.0.9..10.0.0.1",
+                                 b"10.0.0.1..fd01::1", b"garbage", b"10.1.0.0/33"])
+def test_parse_ts_refuses_what_it_cannot_cover(raw: bytes) -> None:
+    """A selector that is not understood is an error naming it, never a guess: a wrong
+    guess would leave a tunnel's traffic uncovered."""
+    with pytest.raises(ValueError, match=re.escape(repr(raw.decode()))):
+        parse_ts([b"10.1.0.0/24", raw])
 
 
 def test_child_updown_decoded() -> None:

@@ -1,0 +1,128 @@
+"""One tunnel's trouble never stops another's: the daemon's resync on a real data path.
+
+A resync that brings three tunnels at once -- one whose CHILD_SA has five local subnets to
+one remote prefix (more pairs than a trie entry holds), one that finds every data-path id
+taken, and the lab's ordinary one -- must bring up what it can and refuse the rest in the
+data path (dropped, never passed in clear), each logged and counted. Ids of removed
+tunnels are reused once their flows are gone. Packets go through the real programs with
+BPF_PROG_TEST_RUN.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from controlplane import testrun as tr
+from controlplane.config import Config
+from controlplane.datapath import Datapath, DatapathConfig
+from tests.datapath.cases import out, run_steps
+from vici_glue.events import ChildConfig, ChildSA, IkeSA
+
+pytestmark = pytest.mark.bpf
+
+N = ipaddress.ip_network
+SITE = ((N("10.1.0.0/24"), N("fd01::/64")), (N("10.2.0.0/24"), N("fd02::/64")))
+FIVE = (tuple(N(f"10.1.{i}.0/24") for i in range(1, 6)), (N("10.2.0.0/24"),))
+EXTRA = ((N("10.8.0.0/24"),), (N("10.9.0.0/24"),))
+SIX = ((N("10.6.0.0/24"),), (N("10.7.0.0/24"),))
+
+
+def conf(name: str, ts: Any) -> ChildConfig:
+    return ChildConfig(name, "lan", ("peer",), ts[0], ts[1])
+
+
+def sa(name: str, uid: int, ts: Any) -> IkeSA:
+    child = ChildSA("lan", uid, uid, "INSTALLED", "c0000001", "c0000002", ts[0], ts[1])
+    return IkeSA(name, uid, "ESTABLISHED", "us", "peer", "192.0.2.1", "192.0.2.2", (child,))
+
+
+@pytest.fixture(scope="module")
+def small_dp() -> Iterator[Datapath]:
+    """A private data path with 4 tunnel slots: id 0 (non-VPN), 1 and 2, 3 (refusing)."""
+    dp = Datapath(DatapathConfig(instance="fptest-batches", pin=False, flows4_max=1024,
+                                 flows6_max=1024, tunnels_max=4, pickup_s=0)).load()
+    yield dp
+    dp.close()
+
+
+@pytest.fixture
+def daemon(small_dp: Datapath) -> Iterator[Any]:
+    from controlplane.daemon import Daemon
+
+    d = Daemon(Config(instance=f"fptest-batches-{os.getpid()}", preserve_vpn_flows=True,
+                      reclassify_vpn=False))
+    d.use_datapath(small_dp)
+    small_dp.table.clear_flows()
+    small_dp.table.replace_selectors([])
+    for tid in range(4):
+        small_dp.table.tunnels_map[small_dp.table._tkey(tid)] = small_dp.table.tunnels_map.Leaf()
+        small_dp.table.reset_tunnel_stats(tid)
+    yield d
+    shutil.rmtree(d.state_dir, ignore_errors=True)
+
+
+def test_a_resync_brings_up_what_fits_and_refuses_the_rest(daemon: Any, small_dp: Datapath,
+                                                            caplog: Any) -> None:
+    t = small_dp.table
+    assert t.refuse_id == 3
+    conns = [conf("site", SITE), conf("five", FIVE), conf("extra", EXTRA)]
+    sas = [sa("site", 1, SITE), sa("five", 2, FIVE), sa("extra", 3, EXTRA)]
+    with caplog.at_level(logging.INFO, logger="flowpin"):
+        daemon._apply(daemon.registry.resync(conns, sas), time.monotonic())
+    ids = {k[0]: v.tunnel_id for k, v in daemon.registry.tunnels.items()}
+    assert ids == {"site": 1, "five": 2, "extra": t.refuse_id}
+    assert t.tunnel(1).up and t.tunnel(2).up and not t.tunnel(t.refuse_id).up
+    assert daemon.stats["selectors_refused"] == 1 and daemon.stats["tunnels_refused"] == 1
+    text = caplog.text
+    assert "%FLOWPIN-4-752115: 6 selector pairs apply to remote 10.2.0.0/24" in text
+    assert "10.1.5.0/24->10.2.0.0/24 (Tunnel five/lan)" in text
+    assert "%FLOWPIN-3-752117: Tunnel extra/lan: no free data-path tunnel id" in text
+
+    run_steps(small_dp, [
+        # The ordinary tunnel works, both families.
+        out(tr.tcp("10.1.0.10", "10.2.0.10", 40000, 80, "S"), "PASS_NEW"),
+        out(tr.tcp("fd01::10", "fd02::10", 40000, 80, "S"), "PASS_NEW"),
+        # Two of five's pairs fit beside site's (the lower id first).
+        out(tr.udp("10.1.1.5", "10.2.0.10", 5001, 53), "PASS_NEW"),
+        out(tr.udp("10.1.2.5", "10.2.0.10", 5002, 53), "PASS_NEW"),
+        # The other three are refused, not passed as non-VPN traffic.
+        out(tr.udp("10.1.3.5", "10.2.0.10", 5003, 53), "DROP_TUNNEL_DOWN"),
+        out(tr.udp("10.1.4.5", "10.2.0.10", 5004, 53), "DROP_TUNNEL_DOWN"),
+        out(tr.udp("10.1.5.5", "10.2.0.10", 5005, 53), "DROP_TUNNEL_DOWN"),
+        # The tunnel without an id of its own: refused, although its SA is installed.
+        out(tr.udp("10.8.0.5", "10.9.0.5", 5006, 53), "DROP_TUNNEL_DOWN"),
+    ])
+    assert t.tunnel(t.refuse_id).refused == 4
+
+
+def test_ids_are_reused_once_the_flows_are_gone(daemon: Any, small_dp: Datapath) -> None:
+    t = small_dp.table
+    daemon._apply(daemon.registry.resync([conf("site", SITE), conf("five", FIVE)],
+                                         [sa("site", 1, SITE), sa("five", 2, FIVE)]),
+                  time.monotonic())
+    run_steps(small_dp, [out(tr.udp("10.1.1.5", "10.2.0.10", 5001, 53), "PASS_NEW")])
+    assert 2 in t.tunnel_ids_in_use()
+    # five is no longer configured: removed, its id retired but still carried by a flow.
+    daemon._apply(daemon.registry.resync([conf("site", SITE)], [sa("site", 1, SITE)]),
+                  time.monotonic())
+    assert daemon.ids.retired == {2}
+    daemon._free_tunnel_ids()
+    assert daemon.ids.retired == {2}, "freed while a flow still carries the id"
+    t.clear_flows()
+    daemon._free_tunnel_ids()
+    assert daemon.ids.retired == set() and daemon.stats["tunnel_ids_freed"] == 1
+    # A new tunnel gets the freed id, with counters from zero, and works.
+    daemon._apply(daemon.registry.resync([conf("site", SITE), conf("six", SIX)],
+                                         [sa("site", 1, SITE), sa("six", 3, SIX)]),
+                  time.monotonic())
+    assert daemon.registry.get(("six", "lan")).tunnel_id == 2
+    assert t.tunnel(2).up and t.tunnel(2).refused == 0
+    run_steps(small_dp, [out(tr.udp("10.6.0.5", "10.7.0.5", 5001, 53), "PASS_NEW")])

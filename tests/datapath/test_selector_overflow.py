@@ -1,0 +1,105 @@
+"""More selector pairs for one remote prefix than a trie entry has slots.
+
+A CHILD_SA with five local subnets to one remote prefix is a valid strongSwan conn. The
+compile must not fail (every other tunnel's selectors would be lost with it) and must not
+leak: the pairs that fit keep their tunnel, the others are refused by the data path. Run
+on the real programs with BPF_PROG_TEST_RUN, IPv4 and IPv6.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from controlplane import testrun as tr
+from controlplane.flow_table import SEL_SLOTS, Selector
+from tests.datapath.cases import NETS, TUN, Net, down, out, reset_state, run_steps, up
+
+pytestmark = pytest.mark.bpf
+
+FIVE = 3  # the tunnel with five local subnets
+LOCALS = {4: [f"10.7.{i}.0/24" for i in range(1, 6)],
+          6: [f"fd00:7:{i}::/64" for i in range(1, 6)]}
+REMOTE = {4: "10.6.0.0/16", 6: "fd00:6::/64"}
+HOST = {4: ("10.7.{}.5", "10.6.0.9", "10.7.9.5"), 6: ("fd00:7:{}::5", "fd00:6::9",
+                                                     "fd00:7:9::5")}
+
+
+@pytest.fixture(autouse=True)
+def _clean(dp: Any) -> Any:
+    """Leave the standard state behind: the next test's reset only removes what
+    selectors() lists, and refused pairs are not listed."""
+    yield
+    dp.table.replace_selectors([])
+    reset_state(dp.table)
+
+
+def standard_and_five(t: Any) -> list[Selector]:
+    """Tunnel 1's standard pairs (as the dp fixture has them) and tunnel FIVE's."""
+    pairs = [s for s in t.selectors()]
+    for fam in (4, 6):
+        pairs += [Selector(ipaddress.ip_network(loc), ipaddress.ip_network(REMOTE[fam]), FIVE)
+                  for loc in LOCALS[fam]]
+    return pairs
+
+
+def test_overflow_compiles_what_fits_and_refuses_the_rest(dp: Any) -> None:
+    t = dp.table
+    overflows = t.replace_selectors(standard_and_five(t))
+    assert [(str(o.remote), len(o.kept), len(o.refused)) for o in overflows] == [
+        (REMOTE[4], SEL_SLOTS - 1, 2), (REMOTE[6], SEL_SLOTS - 1, 2)]
+    assert [str(o.refuse_local) for o in overflows] == ["10.7.4.0/23", "fd00:7:4::/47"]
+    # Only real pairs are listed as selectors; the refusing slot is not a tunnel's.
+    assert {s.tunnel_id for s in t.selectors()} == {1, 2, FIVE}
+    t.set_tunnel(FIVE, up=True)
+
+    for fam in (4, 6):
+        n: Net = NETS[fam]
+        loc, rem, other = HOST[fam]
+        # Every other tunnel's selectors were compiled: tunnel 1 works.
+        run_steps(dp, [out(tr.tcp(n.c, n.s, 41000, 80, "S"), "PASS_NEW")])
+        # The three pairs that fit carry their tunnel's traffic.
+        run_steps(dp, [out(tr.udp(loc.format(i), rem, 5000 + i, 53), "PASS_NEW")
+                       for i in (1, 2, 3)])
+        # The two that do not are refused, never passed as non-VPN traffic.
+        run_steps(dp, [out(tr.udp(loc.format(i), rem, 5000 + i, 53), "DROP_TUNNEL_DOWN")
+                       for i in (4, 5)])
+        # A LAN host outside every local prefix still reaches the remote as non-VPN.
+        run_steps(dp, [out(tr.udp(other, rem, 5009, 53), "PASS_NONVPN")])
+        # The tunnel DOWN: all five held to it, nothing passes.
+        run_steps(dp, [down(FIVE)] + [out(tr.udp(loc.format(i), rem, 6000 + i, 53),
+                                          "DROP_TUNNEL_DOWN") for i in range(1, 6)]
+                  + [up(FIVE)])
+    refused = t.tunnel(t.refuse_id)
+    # Counted on the refusing id: locals 4 and 5, tunnel up then down, both families.
+    assert not refused.up and refused.refused == 8, refused
+
+
+def test_refusing_slot_is_dropped_once_the_pairs_fit(dp: Any) -> None:
+    t = dp.table
+    assert t.replace_selectors(standard_and_five(t))
+    fits = [s for s in standard_and_five(t) if str(s.local) not in
+            (LOCALS[4][3:] + LOCALS[6][3:])]
+    assert t.replace_selectors(fits) == []
+    t.set_tunnel(FIVE, up=True)
+    loc, rem, other = HOST[4]
+    run_steps(dp, [out(tr.udp(loc.format(4), rem, 5004, 53), "PASS_NONVPN"),
+                   out(tr.udp(loc.format(1), rem, 5001, 53), "PASS_NEW")])
+    assert all(s.tunnel_id != t.refuse_id for s in t.selectors())
+
+
+def test_add_selector_beyond_the_slots_does_not_raise(dp: Any) -> None:
+    t = dp.table
+    t.add_selector(TUN, NETS[4].local5, "10.6.0.0/16")
+    for loc in LOCALS[4]:
+        got = t.add_selector(FIVE, loc, REMOTE[4])
+        assert got == [] or got[0].refused, got
+    # Most specific local first: the three first /24s keep slots; the last two and tunnel
+    # 1's /16 share the refusing slot (none of them forgotten by the adds that followed).
+    assert got and [str(s.local) for s in got[0].refused] == LOCALS[4][3:] + [
+        NETS[4].local5], got
+    # Tunnel 1's pairs are all still there (the add did not abort the compile).
+    assert {(str(s.local), str(s.remote)) for s in t.selectors() if s.tunnel_id == TUN} >= {
+        (NETS[4].local, NETS[4].remote), (NETS[4].local3, NETS[4].remote3)}
