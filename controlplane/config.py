@@ -114,6 +114,21 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
 TUNNEL_KEYS = {"conn": "str", "child": "str", "preserve-vpn-flows": "bool",
                "initiate-on-demand": "bool"}
 LEVELS = ("debug", "info", "warning", "error")
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+
+
+def _top_line(text: str, key: str) -> int | None:
+    """The line of a top-level ``key = ...`` or of a ``[key]``/``[[key]]`` header."""
+    top = True
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if re.match(rf"^\[\[?\s*{re.escape(key)}\s*\]\]?", line):
+            return n
+        if line.startswith("["):
+            top = False  # past the top level: only a header can match now
+        elif top and re.match(rf"^\"?{re.escape(key)}\"?\s*=", line):
+            return n
+    return None
 
 
 def _line_of(text: str, section: str, key: str, index: int | None = None) -> int | None:
@@ -163,8 +178,11 @@ def _convert(kind: str, value: Any) -> Any:
             raise ValueError("must be a string")
         return value
     if kind == "name":
-        if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_.-]{1,32}$", value):
-            raise ValueError("must be 1-32 letters, digits, '_', '.', '-'")
+        # It names a directory (/sys/fs/bpf/flowpin/<instance>, which --purge removes):
+        # "." or ".." would be the bpffs root or every instance's parent.
+        if not isinstance(value, str) or not INSTANCE_RE.match(value):
+            raise ValueError("must be 1-32 letters, digits, '_', '.', '-', starting with a "
+                             "letter or digit")
         return value
     if kind == "strlist":
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -207,7 +225,8 @@ def parse(text: str, path: str = "<config>") -> Config:
         if section not in SCHEMA:
             raise ConfigError(path, _line_of(text, section, ""), section, "unknown section")
         if not isinstance(body, dict):
-            raise ConfigError(path, None, section, "must be a table")
+            raise ConfigError(path, _top_line(text, section), section,
+                              f"must be a table ([{section}])")
         for key, value in body.items():
             if key not in SCHEMA[section]:
                 raise ConfigError(path, _line_of(text, section, key), f"{section}.{key}",
@@ -225,9 +244,12 @@ def parse(text: str, path: str = "<config>") -> Config:
     tunnels = []
     raw_tunnels = doc.get("tunnel", [])
     if not isinstance(raw_tunnels, list):
-        raise ConfigError(path, _line_of(text, "tunnel", ""), "tunnel",
+        raise ConfigError(path, _top_line(text, "tunnel"), "tunnel",
                           "use [[tunnel]] (an array of tables)")
     for i, t in enumerate(raw_tunnels):
+        if not isinstance(t, dict):
+            raise ConfigError(path, _top_line(text, "tunnel"), f"tunnel[{i}]",
+                              "must be a table: use [[tunnel]] with conn = \"<name>\"")
         for key, value in t.items():
             if key not in TUNNEL_KEYS:
                 raise ConfigError(path, _line_of(text, "tunnel", key, i), f"tunnel[{i}].{key}",
@@ -253,6 +275,14 @@ def load(path: str | Path) -> Config:
     p = Path(path)
     try:
         text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(str(p), None, "", f"cannot read: {exc.strerror}") from exc
-    return parse(text, str(p))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), None, "", f"cannot read: {getattr(exc, 'strerror', exc)}"
+                          ) from exc
+    try:
+        return parse(text, str(p))
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- a shape parse() did not foresee
+        # Still a ConfigError: the daemon keeps the configuration it runs with.
+        raise ConfigError(str(p), None, "", f"not a flowpin configuration ({type(exc).__name__}"
+                          f": {exc})") from exc

@@ -18,17 +18,61 @@ from pathlib import Path
 from typing import Any
 
 MAX_REQUEST = 64 * 1024
+# A client gets this long to send its request line (and to take each chunk of the answer):
+# one that connects and stays silent must not keep a handler thread forever.
+READ_TIMEOUT = 5.0
+# Handler threads at once; a connection beyond them is answered "busy" and closed, so that
+# a stuck or hostile client cannot grow the daemon's threads without bound.
+MAX_HANDLERS = 16
 
 
 class ControlError(RuntimeError):
     """The daemon could not be reached or refused the request."""
 
 
+class _Server(socketserver.ThreadingUnixStreamServer):
+    """At most ``max_handlers`` requests in progress; the excess is refused at once."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str, handler: type[socketserver.BaseRequestHandler],
+                 max_handlers: int) -> None:
+        self.max_handlers = max_handlers
+        self.slots = threading.BoundedSemaphore(max_handlers)
+        self.refused = 0
+        super().__init__(path, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(json.dumps({"ok": False, "error": (
+                    f"daemon busy: {self.max_handlers} control requests in progress, "
+                    "connection refused; try again")}).encode() + b"\n")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()  # no thread was started to release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 class ControlServer:
-    def __init__(self, path: str, submit: Callable[..., Any]) -> None:
+    def __init__(self, path: str, submit: Callable[..., Any], *,
+                 read_timeout: float = READ_TIMEOUT, max_handlers: int = MAX_HANDLERS) -> None:
         self.path = path
         self.submit = submit
-        self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self.read_timeout = read_timeout
+        self.max_handlers = max_handlers
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._inode = 0
 
@@ -36,8 +80,16 @@ class ControlServer:
         submit = self.submit
 
         class Handler(socketserver.StreamRequestHandler):
+            timeout = self.read_timeout  # applied to the socket by setup()
+
             def handle(self) -> None:
-                raw = self.rfile.readline(MAX_REQUEST)
+                try:
+                    raw = self.rfile.readline(MAX_REQUEST)
+                except OSError:  # TimeoutError included: a silent client is dropped
+                    with contextlib.suppress(OSError):
+                        self.wfile.write(json.dumps({"ok": False, "error": (
+                            f"no request within {self.timeout:g} s")}).encode() + b"\n")
+                    return
                 try:
                     req = json.loads(raw)
                     if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
@@ -46,7 +98,8 @@ class ControlServer:
                     answer = {"ok": True, "data": data}
                 except Exception as exc:  # noqa: BLE001 -- every error goes to the client
                     answer = {"ok": False, "error": str(exc)}
-                self.wfile.write(json.dumps(answer, default=str).encode() + b"\n")
+                with contextlib.suppress(OSError):  # the client went away or stalled
+                    self.wfile.write(json.dumps(answer, default=str).encode() + b"\n")
 
         p = Path(self.path)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -54,12 +107,11 @@ class ControlServer:
             p.unlink()
         old = os.umask(0o077)
         try:
-            self._server = socketserver.ThreadingUnixStreamServer(self.path, Handler)
+            self._server = _Server(self.path, Handler, self.max_handlers)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
         self._inode = os.stat(self.path).st_ino
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="control",
                                         daemon=True)
         self._thread.start()
@@ -93,7 +145,9 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None,
         raise ControlError(f"flowpin daemon at {path} is not running (stale socket)"
                            ) from None
     with s:
-        s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
+        # A daemon that is busy answers and closes before reading: read its answer.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(1 << 20)

@@ -33,6 +33,7 @@ Safety rules (see docs/fail-closed.md):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ipaddress
 import json
@@ -160,6 +161,9 @@ class Daemon:
         self.control: Any = None
         self.metrics: Any = None
         self._selectors: set[Selector] | None = None
+        # SIGHUP only sets this (a plain store is safe in a signal handler; queue.Queue.put
+        # takes a lock the interrupted code may hold); the loop reloads within 50 ms.
+        self.reload_requested = False
 
     # --- runtime (sysopt changed from the CLI, kept across daemon restarts) ---------------
     def _load_runtime(self) -> dict[str, Any]:
@@ -292,6 +296,11 @@ class Daemon:
                      f"{len(down)} tunnels held DOWN until the daemon is back")
             self.dp.close()
 
+    def on_sighup(self, _sig: int = 0, _frame: object = None) -> None:
+        """SIGHUP: reload the configuration file. Runs as a signal handler, between any
+        two bytecodes of the main thread: it only stores a flag, which the loop reads."""
+        self.reload_requested = True
+
     def request(self, kind: str, payload: Any = None) -> Any:
         """A control-socket request. Reads run in the caller's thread on a snapshot of the
         registry (taken on the loop in microseconds), so `show conn` over a million flows
@@ -336,6 +345,10 @@ class Daemon:
             except queue.Empty:
                 item = None
             try:
+                if self.reload_requested:  # set by SIGHUP (see main)
+                    self.reload_requested = False
+                    with self.lock, contextlib.suppress(ConfigError):  # logged by reload
+                        self.reload(self.cfg.path)
                 if item is not None:
                     with self.lock:
                         self._handle(item)
@@ -773,13 +786,10 @@ def main(config_path: str, purge: bool = False) -> int:
         daemon.stop()
         return 1
 
-    def on_hup(_sig: int, _frm: object) -> None:
-        daemon.inbox.put(("reload", config_path, queue.Queue(maxsize=1)))
-
     def on_term(_sig: int, _frm: object) -> None:
         daemon._stop.set()
 
-    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGHUP, daemon.on_sighup)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     try:

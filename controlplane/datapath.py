@@ -46,7 +46,9 @@ FILTER_HANDLE = 1
 MAP_NAMES = ("flows4", "flows6", "selectors4", "selectors6", "tunnels", "tunnel_stats",
              "guard_stats", "counters", "config")
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
-_INSTANCE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A directory name under PIN_ROOT: never "." or ".." (the pin directory would be bpffs
+# itself or every instance's parent, and a purge would empty it).
+_INSTANCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class DatapathError(RuntimeError):
@@ -75,7 +77,8 @@ class DatapathConfig:
 
     def __post_init__(self) -> None:
         if not _INSTANCE.match(self.instance):
-            raise ValueError(f"instance name {self.instance!r}: use [A-Za-z0-9_.-], 1-64 chars")
+            raise ValueError(f"instance name {self.instance!r}: use [A-Za-z0-9_.-], 1-64 "
+                             "chars, starting with a letter or digit")
         if self.flows4_max < 1 or self.flows6_max < 1 or self.tunnels_max < 2:
             raise ValueError("map sizes must be positive (and tunnels_max >= 2)")
 
@@ -386,6 +389,8 @@ def hold_pinned_tunnels(instance: str) -> int:
 
 
 def purge_pins(instance: str) -> None:
+    if not _INSTANCE.match(instance):
+        raise DatapathError(f"refusing to purge instance {instance!r}: not an instance name")
     d = PIN_ROOT / instance
     if d.is_dir():
         shutil.rmtree(d)

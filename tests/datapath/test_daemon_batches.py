@@ -126,3 +126,34 @@ def test_ids_are_reused_once_the_flows_are_gone(daemon: Any, small_dp: Datapath)
     assert daemon.registry.get(("six", "lan")).tunnel_id == 2
     assert t.tunnel(2).up and t.tunnel(2).refused == 0
     run_steps(small_dp, [out(tr.udp("10.6.0.5", "10.7.0.5", 5001, 53), "PASS_NEW")])
+
+
+def test_sighup_only_flags_and_the_loop_reloads(daemon: Any, tmp_path: Any) -> None:
+    """The SIGHUP handler must not take locks (queue.Queue.put is not reentrant: a signal
+    arriving while the main thread holds the queue's lock would deadlock the daemon). It
+    sets a flag; the loop reloads; a broken file keeps the running configuration."""
+    import dataclasses
+    import threading
+
+    cfg = tmp_path / "flowpin.toml"
+    cfg.write_text("[sysopt]\npreserve-vpn-flows = false\n")
+    daemon.cfg = dataclasses.replace(daemon.cfg, path=str(cfg))
+    before = daemon.inbox.qsize()
+    daemon.on_sighup()
+    assert daemon.reload_requested and daemon.inbox.qsize() == before
+    loop = threading.Thread(target=daemon.run, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 5
+        while daemon.stats["reloads"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert daemon.stats["reloads"] == 1 and daemon.cfg.preserve_vpn_flows is False
+        cfg.write_text("tunnel = [1]\n")
+        daemon.on_sighup()
+        while daemon.stats["reload_errors"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert daemon.stats["reload_errors"] == 1 and loop.is_alive()
+        assert daemon.cfg.path == str(cfg) and daemon.cfg.preserve_vpn_flows is False
+    finally:
+        daemon._stop.set()
+        loop.join(5)

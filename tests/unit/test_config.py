@@ -41,6 +41,21 @@ BROKEN = [
      "unknown key"),
     ("[logging]\nlevel = \"loud\"\n", 2, "logging.level", "one of"),
     ("[demand]\nbackoff-min = 60\nbackoff-max = 10\n", 2, "demand.backoff-min", "larger"),
+    # Wrong types where a table is expected: named, never an AttributeError.
+    ("[sysopt]\npreserve-vpn-flows = true\n\ntunnel = [1]\n", 4, "sysopt.tunnel",
+     "unknown key"),
+    ("tunnel = [1]\n[sysopt]\npreserve-vpn-flows = true\n", 1, "tunnel[0]", "must be a table"),
+    ("tunnel = [{conn = \"a\"}, \"b\"]\n", 1, "tunnel[1]", "must be a table"),
+    ("tunnel = 1\n", 1, "tunnel", "[[tunnel]]"),
+    ("[tunnel]\nconn = \"a\"\n", 1, "tunnel", "[[tunnel]]"),
+    ("sysopt = 1\n", 1, "sysopt", "must be a table"),
+    ("[[sysopt]]\npreserve-vpn-flows = true\n", 1, "sysopt", "must be a table"),
+    ("[[tunnel]]\nconn = [\"a\"]\n", 2, "tunnel[0].conn", "must be a string"),
+    # Instance names name a directory: never "." or ".." (the bpffs root), nor a path.
+    ("[datapath]\ninstance = \".\"\n", 2, "datapath.instance", "starting with a letter"),
+    ("[datapath]\ninstance = \"..\"\n", 2, "datapath.instance", "starting with a letter"),
+    ("[datapath]\ninstance = \"a/b\"\n", 2, "datapath.instance", "letters, digits"),
+    ("[datapath]\ninstance = \"../x\"\n", 2, "datapath.instance", "letters, digits"),
 ]
 
 
@@ -60,3 +75,15 @@ def test_broken_file_names_file_line_key(tmp_path: Path, text: str, line: int, k
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/b", "../x", "", "-x"])
+def test_instance_names_that_are_not_a_directory_of_their_own(name: str) -> None:
+    """The pin directory is /sys/fs/bpf/flowpin/<instance>: "." and ".." would make it
+    the bpffs root or flowpin's parent of every instance, and --purge would empty it."""
+    from controlplane.datapath import DatapathConfig, DatapathError, purge_pins
+
+    with pytest.raises(ValueError, match="instance name"):
+        DatapathConfig(instance=name)
+    with pytest.raises(DatapathError, match="refusing to purge"):
+        purge_pins(name)
