@@ -54,6 +54,7 @@ from controlplane import wan
 from controlplane.config import Config, ConfigError
 from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
 from controlplane.flow_table import FlowTable, Selector
+from controlplane.hooks import HookWatch
 from controlplane.messages import Msg, Sev, emit, line, teardown_line
 from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
 from controlplane.tunnel import Transition, TunnelKey, TunnelRegistry
@@ -164,6 +165,7 @@ class Daemon:
         # SIGHUP only sets this (a plain store is safe in a signal handler; queue.Queue.put
         # takes a lock the interrupted code may hold); the loop reloads within 50 ms.
         self.reload_requested = False
+        self.hooks: HookWatch | None = None
 
     # --- runtime (sysopt changed from the CLI, kept across daemon restarts) ---------------
     def _load_runtime(self) -> dict[str, Any]:
@@ -219,6 +221,7 @@ class Daemon:
             self.dp.attach(ifname)
         self._guard_wan(cfg.wan_interfaces if cfg.wan_interfaces is not None
                         else wan.default_route_interfaces())
+        self._watch_hooks()
         emit(Sev.INFO, Msg.DAEMON, f"data path {cfg.instance} attached to "
              f"{', '.join(cfg.lan_interfaces)}; WAN guard on "
              f"{', '.join(self.wan_guarded) or 'no interface'}; "
@@ -258,6 +261,26 @@ class Daemon:
                  "datapath.wan-interfaces not set): only the LAN-side data path holds "
                  "tunnel traffic")
 
+    def _watch_hooks(self) -> None:
+        """Re-attach lost LAN filters (clsact deleted, interface re-created), logged and
+        counted: without them the LAN side forwards everything unchecked."""
+        assert self.dp is not None
+
+        def repaired(ifname: str, missing: list[str], ms: float) -> None:
+            self.stats["hooks_reattached"] += 1
+            emit(Sev.WARNING, Msg.HOOK_REATTACHED, f"interface {ifname} had lost flowpin's "
+                 f"{' and '.join(missing)} filter{'s' if len(missing) > 1 else ''} (clsact "
+                 f"deleted or interface re-created): re-attached in {ms:.0f} ms")
+
+        def failed(ifname: str, text: str) -> None:
+            self.stats["hook_errors"] += 1
+            emit(Sev.ERROR, Msg.HOOK_REATTACHED, text)
+
+        self.stats.setdefault("hooks_reattached", 0)
+        self.stats.setdefault("hook_errors", 0)
+        self.hooks = HookWatch(self.dp, self.cfg.lan_interfaces, on_reattach=repaired,
+                               on_error=failed).start()
+
     def use_datapath(self, dp: Datapath) -> None:
         """Take a loaded data path (``start`` loads the configured one; benchmarks and
         tests hand in a private one)."""
@@ -267,6 +290,8 @@ class Daemon:
         self.sweeper = Sweeper(dp.table, self.cfg.timeouts)
 
     def stop(self, purge: bool = False) -> None:
+        if self.hooks:  # first: a purge below detaches, nothing must attach again
+            self.hooks.stop()
         self._stop.set()
         self._sweep_now.set()
         if self._sweeper_thread:

@@ -42,6 +42,7 @@ HZ_CANDIDATES = (100, 250, 300, 1000)
 PARENT_INGRESS = "ffff:fff2"
 PARENT_EGRESS = "ffff:fff3"
 FILTER_PRIO = 1
+ARPHRD_ETHER = 1  # if_arp.h: Ethernet link headers (veth, VLAN, bridge, bond, NICs)
 FILTER_HANDLE = 1
 MAP_NAMES = ("flows4", "flows6", "selectors4", "selectors6", "tunnels", "tunnel_stats",
              "guard_stats", "counters", "config")
@@ -299,6 +300,14 @@ class Datapath:
                 raise DatapathError(f"interface {ifname!r} not found"
                                     + (f" in netns {netns!r}" if netns else ""))
             idx = links[0]
+            link_type = ipr.link("get", index=idx)[0]["ifi_type"]
+            if link_type != ARPHRD_ETHER:
+                # The programs parse Ethernet frames; on an L3 device (tun, WireGuard, ipip:
+                # no link header) every packet would read as not-IP and pass unchecked.
+                raise DatapathError(f"interface {ifname!r} is not an Ethernet device (link "
+                                    f"type {link_type}): flowpin's LAN hooks need one; an "
+                                    "L3 device (tun, WireGuard, ...) is refused rather than "
+                                    "left unfiltered")
             try:
                 ipr.tc("add", "clsact", idx)
             except Exception as exc:  # EEXIST: clsact already there (ours or another's)

@@ -1,0 +1,130 @@
+"""Lost TC filters are attached again within a second; L3 devices are refused at attach.
+
+The data path is attached to a veth in a namespace of its own; ``tc`` (iproute2) is the
+independent actor that deletes the clsact qdisc or a filter, and the witness that reads the
+filters back. The interface is also deleted and created again.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute, netns
+
+from controlplane.datapath import Datapath, DatapathConfig, DatapathError
+from controlplane.hooks import HookWatch
+
+pytestmark = pytest.mark.bpf
+
+PREFIX = "fptest-hk-"
+
+
+def tc_filters(ns: str, dev: str) -> dict[str, bool]:
+    """Which of flowpin's filters ``tc`` lists on ``dev`` (the independent witness)."""
+    out = {}
+    for hook, prog in (("ingress", "fp_outbound"), ("egress", "fp_inbound")):
+        r = subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev,
+                            hook], capture_output=True, text=True, timeout=10)
+        out[hook] = f"{prog} direct-action" in r.stdout
+    return out
+
+
+def tc(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "tc", *args], check=True, timeout=10)
+
+
+def make_veth(ns: str) -> None:
+    with IPRoute(netns=ns) as ipr:
+        ipr.link("add", ifname="v0", kind="veth", peer={"ifname": "v1"})
+        for name in ("v0", "v1"):
+            ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+
+
+def wait_attached(ns: str, since: float, timeout: float = 3.0) -> float:
+    """Seconds from ``since`` until tc lists both filters again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(tc_filters(ns, "v0").values()):
+            return time.monotonic() - since
+        time.sleep(0.02)
+    raise AssertionError(f"filters not back within {timeout} s: {tc_filters(ns, 'v0')}")
+
+
+@pytest.fixture(scope="module")
+def small_dp() -> Iterator[Datapath]:
+    dp = Datapath(DatapathConfig(instance="fptest-hooks", pin=False, flows4_max=64,
+                                 flows6_max=64, tunnels_max=8)).load()
+    yield dp
+    dp.close()
+
+
+@pytest.fixture
+def hooked(small_dp: Datapath) -> Iterator[tuple[str, Datapath, HookWatch, list[Any]]]:
+    ns = f"{PREFIX}{os.getpid() % 100000}"
+    if ns in netns.listnetns():
+        netns.remove(ns)
+    netns.create(ns)
+    dp = small_dp
+    repaired: list[Any] = []
+    watch = None
+    try:
+        make_veth(ns)
+        dp.attach("v0", netns=ns)
+        watch = HookWatch(dp, ["v0"], netns=ns, on_reattach=lambda *a: repaired.append(a),
+                          on_error=lambda *a: repaired.append(("error", *a))).start()
+        yield ns, dp, watch, repaired
+    finally:
+        if watch:
+            watch.stop()
+        dp.attached.clear()
+        netns.remove(ns)
+
+
+def test_clsact_deleted_by_another_tool_is_repaired_within_a_second(hooked: Any) -> None:
+    ns, _dp, watch, repaired = hooked
+    assert all(tc_filters(ns, "v0").values())
+    time.sleep(0.6)
+    assert watch.checks >= 1 and repaired == []  # nothing to repair: nothing done
+    t0 = time.monotonic()
+    tc(ns, "qdisc", "del", "dev", "v0", "clsact")
+    assert not any(tc_filters(ns, "v0").values())
+    assert wait_attached(ns, t0) < 1.0
+    assert repaired[0][:2] == ("v0", ["ingress", "egress"]) and watch.reattached == 1
+
+
+def test_one_filter_deleted_is_repaired(hooked: Any) -> None:
+    ns, _dp, watch, repaired = hooked
+    t0 = time.monotonic()
+    tc(ns, "filter", "del", "dev", "v0", "egress")
+    assert wait_attached(ns, t0) < 1.0
+    assert repaired[0][:2] == ("v0", ["egress"])
+
+
+def test_interface_recreated_is_attached_again(hooked: Any) -> None:
+    ns, _dp, watch, repaired = hooked
+    with IPRoute(netns=ns) as ipr:
+        ipr.link("del", index=ipr.link_lookup(ifname="v0")[0])
+    time.sleep(1.2)  # the watcher notices it is gone, once
+    assert [r for r in repaired if r[0] == "error"] == [
+        ("error", "v0", "interface v0 is gone: its filters are attached again as soon as "
+                        "it exists")]
+    make_veth(ns)
+    t0 = time.monotonic()
+    assert wait_attached(ns, t0) < 1.0
+    assert repaired[-1][:2] == ("v0", ["ingress", "egress"])
+
+
+def test_l3_device_is_refused_at_attach(hooked: Any) -> None:
+    ns, dp, _watch, _ = hooked
+    with IPRoute(netns=ns) as ipr:
+        ipr.link("add", ifname="tun7", kind="tuntap", mode="tun")
+    with pytest.raises(DatapathError, match="interface 'tun7' is not an Ethernet device"):
+        dp.attach("tun7", netns=ns)
+    r = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", "tun7"],
+                       capture_output=True, text=True, timeout=10)
+    assert "clsact" not in r.stdout  # refused before anything was attached
