@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from vici_glue.events import EventFormatError, parse_event, parse_ts
+from vici_glue.events import EventFormatError, parse_conns, parse_event, parse_ts
 
 
 @pytest.mark.parametrize(("raw", "nets"), [
@@ -63,3 +63,23 @@ def test_down_has_no_up_key() -> None:
 def test_malformed_events_are_refused(kind: bytes, msg: dict) -> None:
     with pytest.raises(EventFormatError):
         parse_event(kind, msg)
+
+
+def test_range_selectors_as_a_real_charon_lists_them() -> None:
+    """``list-conns`` recorded from strongSwan 5.9.8 with a child loaded with
+    ``local_ts = 10.1.0.10-10.1.0.20, fd01::1-fd01::5`` (tests/fixtures/vici/record.py,
+    scenario ranges): charon prints ``a..b``, and a range that is a prefix as a prefix."""
+    from tests.unit.test_registry import steps, wire
+
+    (step,) = steps("list-conns-ranges")
+    conns = {c.child: c for c in parse_conns(wire(step["list-conns"]))}
+    rng = conns["ranges"]
+    cover = ipaddress.summarize_address_range
+    assert rng.local_ts == (
+        *cover(ipaddress.ip_address("10.1.0.10"), ipaddress.ip_address("10.1.0.20")),
+        *cover(ipaddress.ip_address("fd01::1"), ipaddress.ip_address("fd01::5")))
+    assert rng.remote_ts == (
+        *cover(ipaddress.ip_address("10.2.0.10"), ipaddress.ip_address("10.2.0.12")),
+        ipaddress.ip_network("fd02::10/124"))
+    assert conns["lan"].local_ts == (ipaddress.ip_network("10.1.0.0/24"),
+                                     ipaddress.ip_network("fd01::/64"))

@@ -1,0 +1,202 @@
+"""The LAN hooks of a real flowpin daemon, removed by another actor, come back within 1 s.
+
+The tunnel is down (terminated on bo-gw, no initiation on demand) with a TCP transfer held.
+Another tool then deletes bo-gw's clsact qdisc on lan0 (``tc qdisc del``), or lan0 is
+deleted and created again. ``tc`` is the witness that the filters are back within a
+second, and a capture of what bo-gw sends on its WAN (``tcpdump -Q out``) is the witness
+that no packet of bo-client's traffic to the far LAN leaves in clear once they are: a flow
+held for the tunnel stays held after the re-attach, and the transfer completes byte-exact
+when the tunnel is back.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute
+
+from controlplane.lab import topology
+from controlplane.lab.capture import classify
+from controlplane.lab.lab import Lab
+from controlplane.lab.traffic import Transfer
+from tests.conftest import require_lab_prerequisites, unique_lab_name
+from vici_glue import session as vs
+
+pytestmark = pytest.mark.lab
+
+SERVER4 = "10.2.0.10"
+GW = topology.BO_GW
+
+
+@pytest.fixture(scope="module")
+def hlab() -> Iterator[Lab]:
+    require_lab_prerequisites()
+    lab = Lab(unique_lab_name("hook"))
+    lab.up(preserve=True, daemon_options={"initiate": False})
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+def wait_for(pred: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def filters_back(lab: Lab) -> bool:
+    """Both of flowpin's filters on bo-gw's lan0, as `tc` lists them."""
+    for hook, prog in (("ingress", "fp_outbound"), ("egress", "fp_inbound")):
+        r = lab.exec(GW, ["tc", "filter", "show", "dev", topology.LAN_IF, hook],
+                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if f"{prog} direct-action" not in r.stdout:
+            return False
+    return True
+
+
+def take_tunnel_down(lab: Lab) -> None:
+    with lab.vici(GW) as s:
+        vs.terminate(s, child=topology.CHILD)
+    wait_for(lambda: all(t["state"] == "DOWN" for t in lab.ask(GW, "show-vpn-context")[
+        "tunnels"]), 10, "flowpin to see the tunnel DOWN")
+
+
+class Capture:
+    """What bo-gw *sends* on its WAN, with capture times (tcpdump, an independent tool)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.path = lab.state_dir / f"hooks-{time.monotonic_ns()}.pcap"
+        self.proc = lab.popen(GW, ["tcpdump", "-i", topology.WAN_IF, "-Q", "out", "-n", "-U",
+                                   "-s", "128", "-w", str(self.path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline().decode(errors="replace")
+        assert "listening" in line, line
+
+    def stop(self) -> list[tuple[float, str]]:
+        """Cleartext packets between the two LANs: (capture time, description)."""
+        time.sleep(0.2)
+        self.proc.terminate()
+        self.proc.wait(5)
+        return cleartext(self.path)
+
+
+def cleartext(path: Path) -> list[tuple[float, str]]:
+    data = path.read_bytes()
+    endian = "<" if struct.unpack_from("<I", data)[0] in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    out, off = [], 24
+    while off + 16 <= len(data):
+        sec, usec, incl, _orig = struct.unpack_from(endian + "IIII", data, off)
+        kind, desc = classify(data[off + 16: off + 16 + incl])
+        off += 16 + incl
+        if kind == "cleartext":
+            out.append((sec + usec / 1e6, desc))
+    return out
+
+
+def reattach_lines(lab: Lab) -> list[str]:
+    return [ln for ln in lab.daemon_log(GW).read_text().splitlines() if "-752116:" in ln]
+
+
+def test_clsact_deleted_by_another_tool(hlab: Lab) -> None:
+    lab = hlab
+    before = len(reattach_lines(lab))
+    tr = Transfer(lab, SERVER4, 2 << 20, rate=300_000, port=6101, timeout=90)
+    time.sleep(1.5)
+    take_tunnel_down(lab)
+    wait_for(lambda: lab.ask(GW, "show-conn", {"pinned": True})["connections"], 10,
+             "the transfer pinned")
+    ping = lab.popen(topology.CLIENT, ["ping", "-q", "-i", "0.01", SERVER4],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cap = Capture(lab)
+    try:
+        time.sleep(0.5)
+        t_del, t0 = time.time(), time.monotonic()
+        lab.exec(GW, ["tc", "qdisc", "del", "dev", topology.LAN_IF, "clsact"], check=True)
+        wait_for(lambda: filters_back(lab), 3, "the filters back")
+        back_s = time.monotonic() - t0
+        time.sleep(2.0)  # the held flow's retransmissions and the pings, filtered again
+    finally:
+        ping.kill()
+        ping.wait()
+        leaks = cap.stop()
+    assert back_s < 1.0, back_s
+    late = [(round(ts - t_del, 3), d) for ts, d in leaks if ts > t_del + 1.0]
+    assert late == [], late[:10]
+    lines = reattach_lines(lab)
+    assert len(lines) == before + 1 and "interface lan0 had lost" in lines[-1], lines
+    assert lab.ask(GW, "metrics")["daemon"]["hooks_reattached"] >= 1
+    # The held flow was held through it all: it resumes byte-exact when the tunnel is back.
+    lab.bring_up(GW)
+    sent, got = tr.wait(timeout=150)
+    assert got["bytes"] == sent["bytes"] == 2 << 20 and got["sha256"] == sent["sha256"]
+
+
+def recreate_lan(lab: Lab) -> None:
+    """Delete bo-gw's lan0 (and with it bo-client's eth0) and create the pair again, as a
+    network configuration tool rebuilding the interface would."""
+    link = topology.LINKS[0]
+    assert (link.b, link.b_if) == (GW, topology.LAN_IF)
+    with IPRoute(netns=lab.ns(GW)) as ipr:
+        ipr.link("del", index=ipr.link_lookup(ifname=topology.LAN_IF)[0])
+    tmp_a, tmp_b = f"fph{os.getpid() % 100000}a", f"fph{os.getpid() % 100000}b"
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=tmp_a, kind="veth", peer=tmp_b)
+        ipr.link("set", index=ipr.link_lookup(ifname=tmp_a)[0], net_ns_fd=lab.ns(link.a))
+        ipr.link("set", index=ipr.link_lookup(ifname=tmp_b)[0], net_ns_fd=lab.ns(link.b))
+    for node, tmp, ifname, addrs in ((link.a, tmp_a, link.a_if, link.a_addrs),
+                                     (link.b, tmp_b, link.b_if, link.b_addrs)):
+        with IPRoute(netns=lab.ns(node)) as ipr:
+            idx = ipr.link_lookup(ifname=tmp)[0]
+            ipr.link("set", index=idx, ifname=ifname)
+            for cidr in addrs:
+                addr, plen = cidr.split("/")
+                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+            ipr.link("set", index=idx, state="up")
+    gw4, gw6 = topology.DEFAULT_ROUTES[link.a]
+    with IPRoute(netns=lab.ns(link.a)) as ipr:
+        ipr.route("add", dst="0.0.0.0/0", gateway=gw4)
+        ipr.route("add", dst="::/0", gateway=gw6, family=10)
+
+
+def test_lan_interface_recreated(hlab: Lab) -> None:
+    lab = hlab
+    lab.bring_up(GW)
+    before = len(reattach_lines(lab))
+    take_tunnel_down(lab)
+    cap = Capture(lab)
+    ping = None
+    try:
+        recreate_lan(lab)
+        t_new, t0 = time.time(), time.monotonic()
+        ping = lab.popen(topology.CLIENT, ["ping", "-q", "-i", "0.01", SERVER4],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: filters_back(lab), 3, "the filters on the new lan0")
+        back_s = time.monotonic() - t0
+        time.sleep(2.0)
+    finally:
+        if ping:
+            ping.kill()
+            ping.wait()
+        leaks = cap.stop()
+    assert back_s < 1.0, back_s
+    late = [(round(ts - t_new, 3), d) for ts, d in leaks if ts > t_new + 1.0]
+    assert late == [], late[:10]
+    assert len(reattach_lines(lab)) >= before + 1
+    # And the new interface carries tunnel traffic once the tunnel is back.
+    lab.bring_up(GW)
+    r = lab.exec(topology.CLIENT, ["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER4],
+                 stdout=subprocess.DEVNULL)
+    assert r.returncode == 0
