@@ -166,6 +166,7 @@ class Daemon:
         # takes a lock the interrupted code may hold); the loop reloads within 50 ms.
         self.reload_requested = False
         self.hooks: HookWatch | None = None
+        self._selectors_ok = True  # the last selector compile succeeded
 
     # --- runtime (sysopt changed from the CLI, kept across daemon restarts) ---------------
     def _load_runtime(self) -> dict[str, Any]:
@@ -440,11 +441,38 @@ class Daemon:
         threading.Thread(target=check, name="forget-missing", daemon=True).start()
 
     # --- transitions -> data path ---------------------------------------------------------
-    def _apply(self, transitions: list[Transition], received: float) -> None:
+    def _apply(self, transitions: list[Transition], received: float,
+               sync: bool = True) -> None:
         assert self.table is not None
-        if any(tr.kind in ("configured", "up", "removed") for tr in transitions):
+        if sync and (not self._selectors_ok or any(tr.kind in ("configured", "up", "removed")
+                                                     for tr in transitions)):
             # Selectors first: a tunnel goes UP only once its traffic maps to it.
-            self._sync_selectors()
+            try:
+                self._sync_selectors()
+                if not self._selectors_ok:  # tunnels held DOWN meanwhile get their state
+                    for t in self.registry.tunnels.values():
+                        if t.tunnel_id != self.table.refuse_id:
+                            self.table.set_tunnel(t.tunnel_id, up=t.state == "UP")
+                self._selectors_ok = True
+            except Exception:  # noqa: BLE001 -- the other transitions still apply
+                self._selectors_ok = False
+                self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
+                log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "compiling the selectors "
+                                         "failed: tunnels that came up stay DOWN, the rest "
+                                         "applies (please report)"))
+                transitions = [tr for tr in transitions if tr.kind != "up"]
+        if len(transitions) > 1:
+            # One at a time, so that one tunnel's failure never stops another's (a DOWN
+            # above all must be written).
+            for tr in transitions:
+                try:
+                    self._apply([tr], received, sync=False)
+                except Exception:  # noqa: BLE001 -- logged; the next tunnel goes on
+                    self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
+                    log.exception("%s", line(Sev.ERROR, Msg.DAEMON, f"Tunnel "
+                                             f"{tr.tunnel.name}: applying '{tr.kind}' failed "
+                                             "(the other tunnels go on; please report)"))
+            return
         for tr in transitions:
             t = tr.tunnel
             if t.tunnel_id == self.table.refuse_id:
@@ -452,7 +480,8 @@ class Daemon:
                 continue
             preserve = self.preserve_for(t.key)
             if tr.kind == "configured":
-                self.table.set_tunnel(t.tunnel_id, up=t.state == "UP", preserve=preserve)
+                self.table.set_tunnel(t.tunnel_id, up=t.state == "UP" and self._selectors_ok,
+                                      preserve=preserve)
                 emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} (id {t.tunnel_id}) "
                      f"selectors {_ts(t.local_ts)} === {_ts(t.remote_ts)}, "
                      f"preserve-vpn-flows {'on' if preserve else 'off'}")

@@ -157,3 +157,61 @@ def test_sighup_only_flags_and_the_loop_reloads(daemon: Any, tmp_path: Any) -> N
     finally:
         daemon._stop.set()
         loop.join(5)
+
+
+def test_a_failing_selector_compile_never_stops_a_down(daemon: Any, small_dp: Datapath,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: Any) -> None:
+    """A resync in which site's CHILD_SA is gone and a new tunnel appears: if compiling the
+    selectors fails (injected here: the trie refuses the write), site must still be written
+    DOWN -- the gateway would otherwise keep passing its traffic with no SA behind it."""
+    t = small_dp.table
+    daemon._apply(daemon.registry.resync([conf("site", SITE)], [sa("site", 1, SITE)]),
+                  time.monotonic())
+    assert t.tunnel(1).up
+
+    def broken(*_a: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(t, "replace_selectors", broken)
+    trs = daemon.registry.resync([conf("six", SIX), conf("site", SITE)], [])
+    assert sorted(tr.kind for tr in trs) == ["configured", "down"]
+    with caplog.at_level(logging.ERROR, logger="flowpin"):
+        daemon._apply(trs, time.monotonic())
+    assert not t.tunnel(1).up
+    assert "compiling the selectors failed" in caplog.text
+    assert daemon.stats["internal_errors"] == 1
+    # A tunnel that comes up meanwhile is not written UP while its selectors are missing.
+    trs = daemon.registry.resync([conf("six", SIX), conf("site", SITE)],
+                                 [sa("site", 4, SITE), sa("six", 5, SIX)])
+    assert sorted(tr.kind for tr in trs) == ["up", "up"]
+    daemon._apply(trs, time.monotonic())
+    assert not t.tunnel(1).up and not t.tunnel(2).up
+    # Once the selectors compile again (the next resync, even one that changes nothing),
+    # the tunnels get the state the registry has for them.
+    monkeypatch.undo()
+    trs = daemon.registry.resync([conf("six", SIX), conf("site", SITE)],
+                                 [sa("site", 4, SITE), sa("six", 5, SIX)])
+    assert trs == []
+    daemon._apply(trs, time.monotonic())
+    assert t.tunnel(1).up and t.tunnel(2).up
+
+
+def test_one_failing_transition_does_not_stop_the_others(daemon: Any, small_dp: Datapath,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: Any) -> None:
+    t = small_dp.table
+    real = t.set_tunnel
+
+    def set_tunnel(tid: int, **kw: Any) -> None:
+        if tid == 1:
+            raise OSError(7, "injected: this tunnel's write fails")
+        real(tid, **kw)
+
+    monkeypatch.setattr(t, "set_tunnel", set_tunnel)
+    with caplog.at_level(logging.ERROR, logger="flowpin"):
+        daemon._apply(daemon.registry.resync([conf("site", SITE), conf("six", SIX)],
+                                             [sa("site", 1, SITE), sa("six", 2, SIX)]),
+                      time.monotonic())
+    assert t.tunnel(2).up
+    assert "Tunnel site/lan: applying 'configured' failed" in caplog.text
