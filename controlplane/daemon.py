@@ -345,6 +345,7 @@ class Daemon:
         view.demand = {k: replace(d) for k, d in self.demand.items()}
         view.runtime = json.loads(json.dumps(self.runtime))
         view.stats = dict(self.stats)
+        view.stats["vici_decode_errors"] = self.follower.decode_errors if self.follower else 0
         view.latency = Latency(list(self.latency.samples))
         return view
 
