@@ -162,16 +162,18 @@ class Follower:
                 if self._stop.is_set():
                     break
                 self.connected.clear()
-                if not isinstance(exc, OSError | SessionException | StopIteration):
-                    # A listing that does not decode, or a bug: as if charon were gone
-                    # (tunnels DOWN and held), then reconnect and list again.
-                    self.decode_errors += 1
-                    if not announced_down:
-                        log.warning("charon at %s: cannot follow (%s: %s); treated as "
-                                    "unreachable until a resync decodes", self.path,
-                                    type(exc).__name__, exc)
+                # A listing that does not decode (or a bug) is handled as if charon were
+                # gone: tunnels DOWN and held, then reconnect and list again.
+                undecodable = not isinstance(exc, OSError | SessionException | StopIteration)
+                self.decode_errors += undecodable
                 if not announced_down:
-                    log.warning("charon at %s unreachable: %s", self.path, exc or "closed")
+                    if undecodable:
+                        log.warning("charon at %s: cannot follow (%s: %s); treated as "
+                                    "unreachable until a listing decodes", self.path,
+                                    type(exc).__name__, exc)
+                    else:
+                        log.warning("charon at %s unreachable: %s", self.path,
+                                    exc or "closed")
                     self.out.put(Disconnected(str(exc) or "connection closed"))
                     announced_down = True
                     self.reconnects += 1
