@@ -132,7 +132,9 @@ def test_clsact_deleted_by_another_tool(hlab: Lab) -> None:
         ping.kill()
         ping.wait()
         leaks = cap.stop()
-    assert back_s < 1.0, back_s
+    # The 1 s bound is the capture's (no cleartext later than 1 s after the loss, with a
+    # ping every 10 ms); tc, run from a loaded test machine, is a slower witness.
+    assert back_s < 2.0, back_s
     late = [(round(ts - t_del, 3), d) for ts, d in leaks if ts > t_del + 1.0]
     assert late == [], late[:10]
     lines = reattach_lines(lab)
@@ -191,7 +193,9 @@ def test_lan_interface_recreated(hlab: Lab) -> None:
             ping.kill()
             ping.wait()
         leaks = cap.stop()
-    assert back_s < 1.0, back_s
+    # The 1 s bound is the capture's (no cleartext later than 1 s after the loss, with a
+    # ping every 10 ms); tc, run from a loaded test machine, is a slower witness.
+    assert back_s < 2.0, back_s
     late = [(round(ts - t_new, 3), d) for ts, d in leaks if ts > t_new + 1.0]
     assert late == [], late[:10]
     assert len(reattach_lines(lab)) >= before + 1
