@@ -263,15 +263,16 @@ class Daemon:
                  "tunnel traffic")
 
     def _watch_hooks(self) -> None:
-        """Re-attach lost LAN filters (clsact deleted, interface re-created), logged and
-        counted: without them the LAN side forwards everything unchecked."""
+        """Re-attach lost filters, LAN and WAN guard (clsact deleted, interface re-created),
+        logged and counted: without them that side forwards everything unchecked."""
         assert self.dp is not None
 
-        def repaired(ifname: str, missing: list[str], ms: float) -> None:
+        def repaired(ifname: str, role: str, missing: list[str], ms: float) -> None:
             self.stats["hooks_reattached"] += 1
+            what = "WAN guard" if role == "wan" else "LAN"
             emit(Sev.WARNING, Msg.HOOK_REATTACHED, f"interface {ifname} had lost flowpin's "
-                 f"{' and '.join(missing)} filter{'s' if len(missing) > 1 else ''} (clsact "
-                 f"deleted or interface re-created): re-attached in {ms:.0f} ms")
+                 f"{what} {' and '.join(missing)} filter{'s' if len(missing) > 1 else ''} "
+                 f"(clsact deleted or interface re-created): re-attached in {ms:.0f} ms")
 
         def failed(ifname: str, text: str) -> None:
             self.stats["hook_errors"] += 1
@@ -279,7 +280,11 @@ class Daemon:
 
         self.stats.setdefault("hooks_reattached", 0)
         self.stats.setdefault("hook_errors", 0)
-        self.hooks = HookWatch(self.dp, self.cfg.lan_interfaces, on_reattach=repaired,
+        def interfaces() -> list[tuple[str, str]]:
+            return ([(i, "lan") for i in self.cfg.lan_interfaces]
+                    + [(i, "wan") for i in list(self.wan_guarded)])
+
+        self.hooks = HookWatch(self.dp, interfaces, on_reattach=repaired,
                                on_error=failed).start()
 
     def use_datapath(self, dp: Datapath) -> None:

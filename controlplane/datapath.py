@@ -305,7 +305,7 @@ class Datapath:
                 # The programs parse Ethernet frames; on an L3 device (tun, WireGuard, ipip:
                 # no link header) every packet would read as not-IP and pass unchecked.
                 raise DatapathError(f"interface {ifname!r} is not an Ethernet device (link "
-                                    f"type {link_type}): flowpin's LAN hooks need one; an "
+                                    f"type {link_type}): flowpin's hooks need one; an "
                                     "L3 device (tun, WireGuard, ...) is refused rather than "
                                     "left unfiltered")
             try:

@@ -1,11 +1,12 @@
 """Watching the data path's TC hooks: filters that are lost are attached again.
 
-Another tool may delete the clsact qdisc of a LAN interface (``tc qdisc del dev lan0
+Another tool may delete the clsact qdisc of a LAN or WAN interface (``tc qdisc del dev lan0
 clsact``), or the interface may be deleted and created again (a VLAN or bridge rebuilt by
 the network configuration, a veth of a container restarted). Either way flowpin's filters
-are gone and, with them, every guarantee of the LAN side: the interface forwards whatever
-it gets. :class:`HookWatch` checks every ``interval`` seconds that both filters are in
-place on every watched interface and attaches them again when they are not.
+are gone and, with them, every guarantee of that side: a LAN interface forwards whatever it
+gets, a WAN interface no longer has its guard. :class:`HookWatch` checks every ``interval``
+seconds that both filters are in place on every watched interface and attaches them again
+when they are not.
 
 Why a poll and not netlink events: the check is a link lookup and two filter dumps per
 interface over one open netlink socket (measured on the 2-core build machine: 4.7 ms per
@@ -13,8 +14,8 @@ interface, mostly pyroute2 decoding, so a 0.5 s poll costs about 1 % of one core
 interface), it finds a loss however it happened (clsact deleted, link re-created, a filter
 replaced by another program, a netlink notification lost to ENOBUFS under load), and it
 needs no second code path to get right. A loss is repaired within ``interval`` plus one
-attach (a few ms): within 0.6 s at the default. Until then, the kernel guard on the WAN
-(not the LAN filters) is what holds tunnel traffic back.
+attach (a few ms): within 0.6 s at the default. Until then, the other side's programs
+hold tunnel traffic back (the WAN guard while the LAN filters are missing).
 """
 
 from __future__ import annotations
@@ -32,12 +33,18 @@ from controlplane.datapath import (
     PARENT_INGRESS,
     PROG_INBOUND,
     PROG_OUTBOUND,
+    PROG_WAN_IN,
+    PROG_WAN_OUT,
     Datapath,
 )
 
 log = logging.getLogger("flowpin.hooks")
 INTERVAL = 0.5
-_EXPECTED = ((PARENT_INGRESS, PROG_OUTBOUND), (PARENT_EGRESS, PROG_INBOUND))
+Role = str  # "lan": the flow programs; "wan": the WAN guard
+EXPECTED: dict[Role, tuple[tuple[str, str], ...]] = {
+    "lan": ((PARENT_INGRESS, PROG_OUTBOUND), (PARENT_EGRESS, PROG_INBOUND)),
+    "wan": ((PARENT_EGRESS, PROG_WAN_OUT), (PARENT_INGRESS, PROG_WAN_IN)),
+}
 
 
 def _parent(text: str) -> int:
@@ -56,14 +63,14 @@ def _ours(f: Any, prog: str) -> bool:
     return opts is not None and opts.get_attr("TCA_BPF_NAME") == prog
 
 
-def missing_filters(ipr: Any, ifname: str) -> list[str]:
-    """What of flowpin's hooks on ``ifname`` is missing: [] when both filters are there,
-    ["interface"] when the interface does not exist, else the missing hooks."""
+def missing_filters(ipr: Any, ifname: str, role: Role = "lan") -> list[str]:
+    """What of flowpin's hooks of ``role`` on ``ifname`` is missing: [] when both filters
+    are there, ["interface"] when the interface does not exist, else the missing hooks."""
     links = ipr.link_lookup(ifname=ifname)
     if not links:
         return ["interface"]
     out = []
-    for parent, prog in _EXPECTED:
+    for parent, prog in EXPECTED[role]:
         try:
             filters = ipr.get_filters(index=links[0], parent=_parent(parent))
         except Exception:  # noqa: BLE001 -- no clsact: the dump fails
@@ -74,16 +81,18 @@ def missing_filters(ipr: Any, ifname: str) -> list[str]:
 
 
 class HookWatch:
-    """Re-attaches ``dp``'s filters on ``interfaces`` whenever they are lost.
-    ``on_reattach(ifname, what_was_missing, ms)`` is called after each repair (the daemon
-    logs and counts it); ``on_error(ifname, text)`` once per distinct failure."""
+    """Re-attaches ``dp``'s filters whenever they are lost, on the interfaces that
+    ``interfaces()`` names at each pass as (name, role): "lan" for the flow programs, "wan"
+    for the WAN guard (the daemon guards more WAN interfaces as tunnels come up).
+    ``on_reattach(ifname, role, what_was_missing, ms)`` is called after each repair (the
+    daemon logs and counts it); ``on_error(ifname, text)`` once per distinct failure."""
 
-    def __init__(self, dp: Datapath, interfaces: tuple[str, ...] | list[str], *,
+    def __init__(self, dp: Datapath, interfaces: Callable[[], list[tuple[str, Role]]], *,
                  netns: str | None = None, interval: float = INTERVAL,
-                 on_reattach: Callable[[str, list[str], float], None] | None = None,
+                 on_reattach: Callable[[str, Role, list[str], float], None] | None = None,
                  on_error: Callable[[str, str], None] | None = None) -> None:
         self.dp = dp
-        self.interfaces = list(interfaces)
+        self.interfaces = interfaces
         self.netns = netns
         self.interval = interval
         self.on_reattach = on_reattach or (lambda *_a: None)
@@ -106,8 +115,8 @@ class HookWatch:
     def check(self, ipr: Any) -> None:
         """One pass over the interfaces (the thread calls it every ``interval``)."""
         self.checks += 1
-        for ifname in self.interfaces:
-            missing = missing_filters(ipr, ifname)
+        for ifname, role in self.interfaces():
+            missing = missing_filters(ipr, ifname, role)
             if not missing:
                 self._errors.pop(ifname, None)
                 continue
@@ -117,13 +126,14 @@ class HookWatch:
                 continue
             t0 = time.monotonic()
             try:
-                self.dp.attach(ifname, netns=self.netns)
+                attach = self.dp.attach_wan if role == "wan" else self.dp.attach
+                attach(ifname, netns=self.netns)
             except Exception as exc:  # noqa: BLE001 -- netlink errors; try again next pass
                 self._error(ifname, f"re-attaching to {ifname} failed: {exc}")
                 continue
             self._errors.pop(ifname, None)
             self.reattached += 1
-            self.on_reattach(ifname, missing, (time.monotonic() - t0) * 1000)
+            self.on_reattach(ifname, role, missing, (time.monotonic() - t0) * 1000)
 
     def _error(self, ifname: str, text: str) -> None:
         if self._errors.get(ifname) != text:

@@ -79,7 +79,7 @@ def hooked(small_dp: Datapath) -> Iterator[tuple[str, Datapath, HookWatch, list[
     try:
         make_veth(ns)
         dp.attach("v0", netns=ns)
-        watch = HookWatch(dp, ["v0"], netns=ns,
+        watch = HookWatch(dp, lambda: [("v0", "lan")], netns=ns,
                           on_reattach=lambda *a: repaired.append((*a, time.monotonic())),
                           on_error=lambda *a: repaired.append(("error", *a))).start()
         yield ns, dp, watch, repaired
@@ -99,7 +99,7 @@ def test_clsact_deleted_by_another_tool_is_repaired_within_a_second(hooked: Any)
     tc(ns, "qdisc", "del", "dev", "v0", "clsact")
     assert not any(tc_filters(ns, "v0").values())
     assert wait_attached(ns, t0, repaired) < 1.0
-    assert repaired[0][:2] == ("v0", ["ingress", "egress"]) and watch.reattached == 1
+    assert repaired[0][:3] == ("v0", "lan", ["ingress", "egress"]) and watch.reattached == 1
 
 
 def test_one_filter_deleted_is_repaired(hooked: Any) -> None:
@@ -107,7 +107,7 @@ def test_one_filter_deleted_is_repaired(hooked: Any) -> None:
     t0 = time.monotonic()
     tc(ns, "filter", "del", "dev", "v0", "egress")
     assert wait_attached(ns, t0, repaired) < 1.0
-    assert repaired[0][:2] == ("v0", ["egress"])
+    assert repaired[0][:3] == ("v0", "lan", ["egress"])
 
 
 def test_interface_recreated_is_attached_again(hooked: Any) -> None:
@@ -121,7 +121,7 @@ def test_interface_recreated_is_attached_again(hooked: Any) -> None:
     t0 = time.monotonic()
     make_veth(ns)
     assert wait_attached(ns, t0, repaired) < 1.0
-    assert repaired[-1][:2] == ("v0", ["ingress", "egress"])
+    assert repaired[-1][:3] == ("v0", "lan", ["ingress", "egress"])
 
 
 def test_l3_device_is_refused_at_attach(hooked: Any) -> None:
@@ -133,3 +133,38 @@ def test_l3_device_is_refused_at_attach(hooked: Any) -> None:
     r = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", "tun7"],
                        capture_output=True, text=True, timeout=10)
     assert "clsact" not in r.stdout  # refused before anything was attached
+
+
+def test_the_wan_guard_is_watched_too(small_dp: Datapath) -> None:
+    """The WAN guard is the last line of defence: if another tool removes it, it is back
+    within a second as well."""
+    ns = f"{PREFIX}w{os.getpid() % 100000}"
+    if ns in netns.listnetns():
+        netns.remove(ns)
+    netns.create(ns)
+    repaired: list[Any] = []
+    watch = None
+    try:
+        make_veth(ns)
+        small_dp.attach_wan("v0", netns=ns)
+        watch = HookWatch(small_dp, lambda: [("v0", "wan")], netns=ns,
+                          on_reattach=lambda *a: repaired.append((*a, time.monotonic()))
+                          ).start()
+        time.sleep(0.6)
+        assert repaired == []
+        t0 = time.monotonic()
+        tc(ns, "qdisc", "del", "dev", "v0", "clsact")
+        deadline = time.monotonic() + 5
+        while not repaired and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert repaired and repaired[0][:3] == ("v0", "wan", ["egress", "ingress"])
+        assert repaired[0][-1] - t0 < 1.0
+        for hook, prog in (("egress", "fp_wan_out"), ("ingress", "fp_wan_in")):
+            r = subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", "v0",
+                                hook], capture_output=True, text=True, timeout=10)
+            assert f"{prog} direct-action" in r.stdout, r.stdout
+    finally:
+        if watch:
+            watch.stop()
+        small_dp.attached.clear()
+        netns.remove(ns)
