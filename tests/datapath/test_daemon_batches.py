@@ -57,8 +57,9 @@ def small_dp() -> Iterator[Datapath]:
 def daemon(small_dp: Datapath) -> Iterator[Any]:
     from controlplane.daemon import Daemon
 
+    # No grace for unconfigured tunnels: removed at once (the id tests need removals).
     d = Daemon(Config(instance=f"fptest-batches-{os.getpid()}", preserve_vpn_flows=True,
-                      reclassify_vpn=False))
+                      reclassify_vpn=False, forget_unconfigured_after=0))
     d.use_datapath(small_dp)
     small_dp.table.clear_flows()
     small_dp.table.replace_selectors([])
