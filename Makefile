@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test lint unit clean-lab
+.PHONY: setup demo test lint unit clean-lab fresh-check
 setup:
 	@VENV=$(VENV) scripts/setup.sh
 
@@ -21,3 +21,7 @@ unit: setup
 
 clean-lab: setup
 	$(VENV)/bin/flowpin lab down --all
+
+# The Quick start on a Debian 12 debootstrapped from nothing (committed state; see docs/testing.md).
+fresh-check:
+	@scripts/fresh-check.sh
