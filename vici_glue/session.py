@@ -1,4 +1,5 @@
-"""A thin, typed layer over the ``vici`` package: connect, load, initiate, terminate, list.
+"""A thin, typed layer over the ``vici`` package: connect, load, initiate, terminate, list,
+and what charon can do (its plugins and algorithms).
 
 charon answers in ``bytes`` (``b"yes"``); everything leaving this module is ``str``.
 """
@@ -109,3 +110,24 @@ def installed_children(sas: list[tuple[str, dict[str, Any]]], ike: str,
     return [c for name, sa in sas if name == ike and sa.get("state") == "ESTABLISHED"
             for c in sa.get("child-sas", {}).values()
             if c.get("name") == child and c.get("state") == "INSTALLED"]
+
+
+def loaded_plugins(session: vici.Session) -> list[str]:
+    """The plugins charon has loaded, in load order (``stats``: charon 5.9 has no
+    ``get-plugins`` command; ``stats`` lists them). A plugin named in ``charon.load`` that
+    charon could not find is silently missing here."""
+    try:
+        return [str(p) for p in decode(session.stats()).get("plugins", [])]
+    except (CommandException, SessionException) as exc:
+        raise ViciError(f"reading charon's plugins: {exc}") from exc
+
+
+def algorithms(session: vici.Session) -> dict[str, dict[str, str]]:
+    """``get-algorithms``: per kind (``encryption``, ``aead``, ``integrity``, ``prf``,
+    ``dh``, ...), each algorithm charon's loaded plugins implement and the plugin that does,
+    e.g. ``{"aead": {"AES_GCM_16": "openssl"}}``. charon's user-space crypto only: with the
+    kernel-netlink backend the kernel does ESP, with algorithms of its own."""
+    try:
+        return {str(kind): dict(algs) for kind, algs in decode(session.get_algorithms()).items()}
+    except (CommandException, SessionException) as exc:
+        raise ViciError(f"reading charon's algorithms: {exc}") from exc

@@ -21,8 +21,11 @@ from controlplane.lab.backend import KERNEL_LIBIPSEC
 CHARON_CANDIDATES = ("/usr/lib/ipsec/charon", "/usr/libexec/ipsec/charon")
 
 # Crypto and plumbing plugins for PSK IKEv2; the IPsec backend is put first (the first
-# backend loaded wins), kernel-netlink is always needed for addresses and routes.
-BASE_PLUGINS = ("random nonce openssl aes sha1 sha2 hmac gmp curve25519 x509 pubkey pkcs1 "
+# backend loaded wins), kernel-netlink is always needed for addresses and routes. charon
+# skips a listed plugin it cannot find without a word, so each must come from a package
+# setup installs (a unit test checks that against the files on disk); openssl also brings
+# AES-GCM and Curve25519.
+BASE_PLUGINS = ("random nonce openssl aes sha1 sha2 hmac gmp x509 pubkey pkcs1 "
                 "pem kdf socket-default vici")
 
 
@@ -38,23 +41,33 @@ def binary() -> str:
                       "missing (run `make setup`)")
 
 
+def plugins(backend: str) -> tuple[str, ...]:
+    """The plugins a lab charon loads on ``backend``, in load order."""
+    ipsec = ("kernel-libipsec", "kernel-netlink") if backend == KERNEL_LIBIPSEC \
+        else ("kernel-netlink",)
+    return ipsec + tuple(BASE_PLUGINS.split())
+
+
 def config_text(backend: str, options: dict[str, str] | None = None) -> str:
     """strongswan.conf for one lab charon. Paths are as charon sees them (/run private).
 
     Timers are short so that tests do not wait minutes: an IKEv2 peer is declared dead
     after ~5 s of silence (1 + 1.4 + 1.96 s of retransmits after the DPD probe).
+    ``options`` are extra ``charon.*`` settings; a ``load`` among them replaces the plugin
+    list rather than adding a second `load =` line.
     """
-    ipsec = "kernel-libipsec kernel-netlink" if backend == KERNEL_LIBIPSEC else "kernel-netlink"
+    opts = dict(options or {})
+    load = opts.pop("load", " ".join(plugins(backend)))
     # strongswan.conf takes one `key = value` per line.
     return "\n".join([
         "charon {",
-        f"    load = {ipsec} {BASE_PLUGINS}",
+        f"    load = {load}",
         "    install_virtual_ip = no",
         "    retransmit_timeout = 1.0",
         "    retransmit_base = 1.4",
         "    retransmit_tries = 2",
         "    retry_initiate_interval = 0",
-        *(f"    {k} = {v}" for k, v in sorted((options or {}).items())),
+        *(f"    {k} = {v}" for k, v in sorted(opts.items())),
         "    filelog {",
         "        lab {",
         "            path = /run/charon.log",
@@ -89,6 +102,11 @@ class Charon:
         self.run_dir = run_dir
         self.backend = backend
         self.options = options or {}
+
+    def plugins(self) -> tuple[str, ...]:
+        """The plugins this charon is told to load (its ``load`` list)."""
+        load = self.options.get("load")
+        return tuple(load.split()) if load else plugins(self.backend)
 
     @property
     def vici_path(self) -> str:

@@ -23,9 +23,10 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from controlplane.lab import backend as backend_probe
-from controlplane.lab import netns, topology
+from controlplane.lab import netns, preflight, topology
 from controlplane.lab.charon import Charon, CharonError
 from controlplane.lab.charon import binary as charon_binary
+from controlplane.lab.preflight import PreflightError
 from controlplane.lab.topology import CHILD, CONN, GATEWAYS, NODES, PEER
 from vici_glue import session as vs
 from vici_glue.conns import SiteToSite
@@ -140,6 +141,7 @@ class Lab:
             self._build_network()
             for gw in GATEWAYS:
                 self.charon(gw).start()
+                self.preflight(gw)
                 if load_conns:
                     self.load_conn(gw)
             # flowpin before the tunnel: from its first packet, every flow is tracked.
@@ -149,7 +151,7 @@ class Lab:
                 self.bring_up(topology.BO_GW, timeout=timeout)
                 for gw in self.flowpin_gateways():
                     self.wait_daemon_sees_up(gw)
-        except (CharonError, vs.ViciError, OSError) as exc:
+        except (CharonError, vs.ViciError, PreflightError, OSError) as exc:
             detail = str(exc)
             self.down()
             raise LabError(f"lab up failed: {detail}") from exc
@@ -192,6 +194,14 @@ class Lab:
             with IPRoute(netns=self.ns(node)) as ipr:
                 ipr.route("add", dst="0.0.0.0/0", gateway=gw4)
                 ipr.route("add", dst="::/0", gateway=gw6, family=10)
+
+    def preflight(self, gw: str) -> None:
+        """Ask ``gw``'s charon whether it has the plugins and algorithms the lab's connection
+        needs; raise :class:`PreflightError` naming the missing ones and their package."""
+        ch = self.charon(gw)
+        with self.vici(gw) as s:
+            preflight.check(gw, s, wanted_plugins=ch.plugins(), conn=conn_for(gw),
+                            backend=ch.backend)
 
     def load_conn(self, gw: str) -> None:
         """Load ``gw``'s connection and secret into its charon over VICI."""
