@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # flowpin setup: idempotent, and fast when everything is already in place.
-#  - Debian packages (apt-get update only when one is missing)
+#  - Debian packages of scripts/debian-packages.txt (apt-get update only when one is missing)
 #  - kernel headers for bcc, mapped from Debian's linux-headers-amd64 only when the
 #    running kernel has none of its own (said when it is done)
 #  - bpffs on /sys/fs/bpf
@@ -10,9 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-PKGS=(strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins
-      python3-bpfcc python3-nftables python3-venv python3-matplotlib
-      iperf3 nftables tcpdump curl iproute2 iputils-ping procps make gcc ${FLOWPIN_DEV_PKGS-vagrant systemd})
+# The package list lives in one file, read here and by the tests; the deployment tests'
+# extra packages are left out with FLOWPIN_DEV_PKGS= (as the VMs' provisioning does).
+read -r -a PKGS <<<"$(sed 's/#.*//' scripts/debian-packages.txt | tr '\n' ' ')"
+# shellcheck disable=SC2206  # the dev packages are a space-separated list
+PKGS+=(${FLOWPIN_DEV_PKGS-vagrant systemd})
 
 say() { printf 'setup: %s\n' "$*"; }
 
