@@ -7,10 +7,11 @@
 # make`, `make demo`, then a short part of the suite that exercises charon, the eBPF data
 # path and the lab. It prints how long each phase took.
 #
-# Everything runs in private mount and PID namespaces: every mount it makes is invisible to
-# the host and gone when it ends, every process it starts (charons, daemons) is killed with
-# it, also on Ctrl-C or a SIGKILL. It never touches the host's bpffs pins, namespaces or
-# processes: the chroot gets its own bpffs, its own /run (so its own /run/netns).
+# Everything runs in private mount and PID namespaces, and the new system lives on a tmpfs:
+# every mount and file it makes is invisible to the host and gone when it ends, every
+# process it starts (charons, daemons) is killed with it, also on Ctrl-C or a SIGKILL. It
+# never touches the host's bpffs pins, namespaces or processes: the chroot gets its own
+# bpffs, its own /run (so its own /run/netns). It needs about 3 GB of memory for the tmpfs.
 #
 # Caches, to make reruns fast without making them less fresh: debootstrap's tarball of the
 # base system's .debs and apt's downloaded .debs (apt checks each against the freshly
@@ -19,7 +20,7 @@
 #   FLOWPIN_FRESH_CACHE   cache directory (/var/cache/flowpin-fresh)
 #   FLOWPIN_FRESH_MIRROR  Debian mirror (http://deb.debian.org/debian)
 #   FLOWPIN_FRESH_TESTS   the pytest arguments of the suite's part (see TESTS below)
-#   FLOWPIN_FRESH_KEEP=1  keep the chroot (and its mounts' namespace ends anyway) for a look
+#   FLOWPIN_FRESH_SIZE    the tmpfs's size limit (6G)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,14 +59,12 @@ if [ -z "${FLOWPIN_FRESH_INNER:-}" ]; then
     trap 'say "interrupted: cleaning up"' INT TERM
     rc=0
     unshare --mount --pid --fork --propagation private -- "$0" "$@" || rc=$?
-    # The namespaces are gone with their last process, and their mounts with them; only
-    # files can be left here (after a SIGKILL of the inner part).
-    if [ -z "${FLOWPIN_FRESH_KEEP:-}" ] && [ -d "$WORK" ]; then
-        if findmnt -rn -o TARGET | grep -q "^$WORK"; then
-            say "something is still mounted under $WORK: not removing it"; exit 1
-        fi
-        rm -rf --one-file-system "$WORK"
+    # The namespaces are gone with their last process, and their mounts (the tmpfs with the
+    # new system among them) with them; here are only logs and an empty mount point.
+    if findmnt -rn -o TARGET | grep -q "^$WORK"; then
+        say "something is still mounted under $WORK: not removing it"; exit 1
     fi
+    rm -rf --one-file-system "$WORK"
     exit $rc
 fi
 
@@ -88,19 +87,11 @@ cleanup() {
     # as PID 1, `kill -1` reaches exactly those processes and no host process.
     kill -KILL -1 2>/dev/null
     sleep 0.2
-    if [ -z "${FLOWPIN_FRESH_KEEP:-}" ]; then
-        # Innermost first; the namespace drops them anyway, but `rm` must never meet one.
-        findmnt -rn -o TARGET | grep "^$ROOT" | sort -r | while read -r m; do
-            umount -l "$m"
-        done
-        if findmnt -rn -o TARGET | grep -q "^$ROOT"; then
-            say "mounts left under $ROOT: not removing it"
-        else
-            rm -rf --one-file-system "$ROOT"
-        fi
-    else
-        say "kept $ROOT (FLOWPIN_FRESH_KEEP)"
-    fi
+    # Innermost first, the tmpfs of the new system last (the namespace would drop them
+    # anyway when this process ends).
+    findmnt -rn -o TARGET | grep "^$ROOT" | sort -r | while read -r m; do
+        umount -l "$m"
+    done
     print_times
     if [ "$rc" -eq 0 ]; then say "PASSED"; else say "FAILED (exit $rc)"; fi
     exit "$rc"
@@ -120,7 +111,8 @@ phase() {  # phase NAME CMD...: run it, and record how long it took
 }
 
 bootstrap() {
-    mkdir -p "$CACHE"
+    mkdir -p "$CACHE" "$ROOT"
+    mount -t tmpfs -o "size=${FLOWPIN_FRESH_SIZE:-6G},mode=0755" tmpfs "$ROOT"
     # The tarball holds the base system's .debs only (downloaded once, refreshed monthly);
     # --unpack-tarball installs them from nothing into the new root.
     if [ ! -s "$TARBALL" ] || [ -n "$(find "$TARBALL" -mtime +30)" ]; then
@@ -136,9 +128,8 @@ bootstrap() {
 }
 
 mounts() {
-    # The root must be a mount point: the lab's charons make / private in their own mount
-    # namespace (mount --make-rprivate /), which fails on a plain directory.
-    mount --bind "$ROOT" "$ROOT"
+    # (The root is a mount point, the tmpfs: the lab's charons make / private in their own
+    # mount namespace, which fails on a plain directory.)
     mount -t proc proc "$ROOT/proc"  # this PID namespace's
     mount --rbind /sys "$ROOT/sys"
     # Its own bpffs instance: the pins made inside go away with it; the host's stay unseen.
@@ -148,7 +139,10 @@ mounts() {
     mount -t tmpfs -o mode=0755 tmpfs "$ROOT/run"
     mount -t tmpfs tmpfs "$ROOT/tmp"
     mount --bind "$CACHE/apt-archives" "$ROOT/var/cache/apt/archives"
+    # The site's network settings, as any machine there has them: its resolver, and the TLS
+    # trust pip needs (a site whose egress re-signs HTTPS has its CA on every machine).
     cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/site-ca-certificates.crt"
 }
 
 clone() {
@@ -159,6 +153,7 @@ clone() {
 
 inside() {  # a login-like root shell in the chroot: a clean environment, not the host's
     chroot "$ROOT" /usr/bin/env -i HOME=/root TERM="${TERM:-dumb}" \
+        PIP_CERT=/etc/site-ca-certificates.crt \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         /bin/bash -c "cd /root/flowpin && $1"
 }
