@@ -144,16 +144,26 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None,
     except ConnectionRefusedError:
         raise ControlError(f"flowpin daemon at {path} is not running (stale socket)"
                            ) from None
+    except TimeoutError:
+        s.close()
+        raise ControlError(f"flowpin daemon at {path} did not accept within {timeout:g} s"
+                           ) from None
     with s:
-        # A daemon that is busy answers and closes before reading: read its answer.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            buf += chunk
+        try:
+            # A daemon that is busy answers and closes before reading: read its answer.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+        except TimeoutError:
+            # A daemon that is busy (or hung) is a daemon that did not answer, as the callers
+            # that wait for one to come up expect: not a raw socket error.
+            raise ControlError(f"flowpin daemon at {path} did not answer {cmd!r} within "
+                               f"{timeout:g} s") from None
     if not buf:
         raise ControlError(f"flowpin daemon at {path} closed the connection")
     answer = json.loads(buf)
