@@ -54,9 +54,9 @@ if [ -z "${FLOWPIN_FRESH_INNER:-}" ]; then
     export FLOWPIN_FRESH_INNER=1 FLOWPIN_FRESH_WORK=$WORK FLOWPIN_FRESH_REPO=$PWD
     export FLOWPIN_FRESH_COMMIT FLOWPIN_FRESH_T0=$t0
     FLOWPIN_FRESH_COMMIT=$(git rev-parse HEAD)
-    # A handler (not an ignore: ignores are inherited across exec): Ctrl-C reaches the inner
-    # part too, which cleans up; this part waits for it and then removes what is left.
-    trap 'say "interrupted: cleaning up"' INT TERM
+    # Ctrl-C reaches the inner part too, which cleans up; this part must outlive it to
+    # remove what is left. A handler, not an ignore (an ignore is inherited across exec).
+    trap ':' INT TERM
     rc=0
     unshare --mount --pid --fork --propagation private -- "$0" "$@" || rc=$?
     # The namespaces are gone with their last process, and their mounts (the tmpfs with the
