@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -31,7 +32,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--only", default="", help="comma-separated fault names (default: all: "
                    + ", ".join(f.name for f in FAULTS) + ")")
     p.add_argument("--pps", type=int, default=PPS, help="UDP packets/s (default %(default)s)")
-    p.add_argument("--name", default="faults", help="lab name (default %(default)s)")
+    p.add_argument("--name", default=f"flt{os.getpid() % 100000}",
+                   help="lab name (default: unique per run, %(default)s)")
     a = p.parse_args(argv)
     names = [n.strip() for n in a.only.split(",") if n.strip()] or None
     known = {f.name for f in FAULTS}

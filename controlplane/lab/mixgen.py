@@ -280,6 +280,50 @@ def icmp(src4: str, dst4: str, src6: str, dst6: str, quoted: str, rate: float,
     return {"sent": sent, "errors": errors, "kinds": len(pkts)}
 
 
+def tagged_frames(src_mac: bytes, dst_mac: bytes, src4: str, dst4: str, src6: str,
+                  dst6: str, port: int, size: int) -> list[bytes]:
+    """UDP in IPv4 and IPv6 behind two priority tags (802.1ad VID 0, then 802.1Q VID 0).
+
+    Linux takes the outer tag off into the skb before TC ingress, so a program on the LAN
+    sees a frame that still starts with an 802.1Q header; the stack then strips the inner
+    priority tag and forwards the packet as if it had come untagged (no VLAN device, no
+    8021q module needed)."""
+    tags = struct.pack("!HHHH", 0x88A8, 0, 0x8100, 0)
+    data = b"v" * size
+    ip4 = _ipv4(src4, dst4, 17, _udp4(src4, 41000, dst4, port, data))
+    s6, d6 = socket.inet_pton(socket.AF_INET6, src6), socket.inet_pton(socket.AF_INET6, dst6)
+    udp6 = struct.pack("!HHHH", 41001, port + 1, 8 + len(data), 0) + data
+    pseudo = s6 + d6 + struct.pack("!IxxxB", len(udp6), 17)
+    udp6 = udp6[:6] + struct.pack("!H", _csum(pseudo + udp6) or 0xFFFF) + udp6[8:]
+    ip6 = struct.pack("!IHBB16s16s", 0x60000000, len(udp6), 17, 64, s6, d6) + udp6
+    return [dst_mac + src_mac + tags + struct.pack("!H", 0x0800) + ip4,
+            dst_mac + src_mac + tags + struct.pack("!H", 0x86DD) + ip6]
+
+
+def tagged(ifname: str, dst_mac: str, src4: str, dst4: str, src6: str, dst6: str, port: int,
+           pps: int, seconds: float) -> dict[str, Any]:
+    stop = _Stop()
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((ifname, 0))
+    src_mac = s.getsockname()[4]
+    frames = tagged_frames(src_mac, bytes.fromhex(dst_mac.replace(":", "")), src4, dst4,
+                           src6, dst6, port, 100)
+    sent = errors = 0
+    t0 = time.monotonic()
+    print(json.dumps({"started": time.time()}), flush=True)
+    while not stop.event.is_set() and time.monotonic() - t0 < seconds:
+        due = int((time.monotonic() - t0) * pps) - sent - errors
+        for i in range(max(0, due)):
+            try:
+                s.send(frames[i % 2])
+                sent += 1
+            except OSError:
+                errors += 1
+        stop.event.wait(TICK)
+    elapsed = time.monotonic() - t0
+    return {"sent": sent, "errors": errors, "pps": round(sent / elapsed) if elapsed else 0}
+
+
 def ackscan(src: str, dst: str, ports: int, first_port: int, rate: float) -> dict[str, Any]:
     """TCP ACKs (no SYN) from ``src`` to ``ports`` ports of ``dst``, as fast as ``rate``."""
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
@@ -342,6 +386,16 @@ def main(argv: list[str] | None = None) -> int:
     ic.add_argument("--quoted", required=True, help="peer of the tunnel-0 flow quoted")
     ic.add_argument("--rate", type=float, default=200.0, help="packets per second")
     ic.add_argument("--seconds", type=float, default=600.0)
+    tg = sub.add_parser("tagged")
+    tg.add_argument("--ifname", default="eth0")
+    tg.add_argument("--dst-mac", required=True, help="the gateway's LAN MAC address")
+    tg.add_argument("--src4", required=True)
+    tg.add_argument("--dst4", required=True)
+    tg.add_argument("--src6", required=True)
+    tg.add_argument("--dst6", required=True)
+    tg.add_argument("--port", type=int, default=9000)
+    tg.add_argument("--pps", type=int, default=2000)
+    tg.add_argument("--seconds", type=float, default=600.0)
     sc = sub.add_parser("ackscan")
     sc.add_argument("--src", required=True)
     sc.add_argument("--dst", required=True)
@@ -356,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
                      a.connect_interval, a.seconds)
     elif a.cmd == "udp":
         res = udp(a.v4, a.v6, a.src4, a.src6, a.port, a.pps, a.size, a.seconds)
+    elif a.cmd == "tagged":
+        res = tagged(a.ifname, a.dst_mac, a.src4, a.dst4, a.src6, a.dst6, a.port, a.pps,
+                     a.seconds)
     elif a.cmd == "probe":
         res = probe(a.addrs, a.port, a.timeout)
     elif a.cmd == "icmp":

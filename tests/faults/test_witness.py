@@ -74,3 +74,14 @@ def test_witness_sees_a_leak_and_only_what_the_gateway_sends(
     assert len(cap.summary.leaks) == 3, cap.summary.as_dict()
     assert all(x.startswith("10.1.0.10 > 10.2.0.10") for x in cap.summary.leaks)
     assert cap.dropped == 0
+
+
+def test_tagged_frames_carry_two_priority_tags() -> None:
+    from controlplane.lab.mixgen import tagged_frames
+
+    frames = tagged_frames(b"\x02" * 6, b"\x04" * 6, "10.1.0.10", "10.2.0.10", "fd01::10",
+                           "fd02::10", 9000, 100)
+    for frame, inner in zip(frames, (0x0800, 0x86DD), strict=True):
+        assert struct.unpack_from("!HHHHH", frame, 12) == (0x88A8, 0, 0x8100, 0, inner)
+    v4 = frames[0][22:]
+    assert _csum(v4[:20]) == 0 and v4[12:16] == socket.inet_aton("10.1.0.10")
