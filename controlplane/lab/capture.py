@@ -153,7 +153,9 @@ class WanCapture:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc:
-            time.sleep(0.2)
+            # Buffered, libpcap hands packets over in blocks at the latest after its 1 s
+            # timeout, and a block not yet handed over when tcpdump stops is lost.
+            time.sleep(1.2 if self.buffer_kib else 0.2)
             self.proc.send_signal(signal.SIGINT)
             try:
                 _out, err = self.proc.communicate(timeout=15)

@@ -47,7 +47,7 @@ CLIENT4, CLIENT6 = topology.HOST_ADDR[CLIENT]
 PPS = 20_000
 UDP_PORT, TCP_PORT = 9000, 5400
 TRANSFER_RATE = 150_000  # bytes/s per held transfer
-TRANSFER_GRACE_S = 45.0  # how long held transfers may take to finish after the fault
+TRANSFER_GRACE_S = 30.0  # how long held transfers may take to finish after the fault
 FLOW_TABLE_SIZE = 8192  # small, so that an ACK scan can fill it in seconds
 CAPTURE_BUFFER_KIB = 65536
 SNAPLEN = 96  # Ethernet + IPv6 + UDP + the ESP marker, with room to spare
@@ -67,7 +67,8 @@ class Context:
     checks: dict[str, Any] = field(default_factory=dict)  # fault-specific, must all be True
     outage_s: float | None = None
     flaps: list[dict[str, Any]] = field(default_factory=list)
-    restart_daemons: bool = False  # heal() restarts the daemons after this fault
+    # Gateways whose daemon heal() restarts after this fault (hooks, follower, table).
+    restart_daemons: set[str] = field(default_factory=set)
 
     def note(self, text: str) -> None:
         self.events.append(text)
@@ -135,7 +136,7 @@ def _daemon_down_then_flap(sig: int, env: dict[str, str] | None = None
                            ) -> Callable[[Context], None]:
     def inject(ctx: Context) -> None:
         lab = ctx.lab
-        ctx.restart_daemons = True
+        ctx.restart_daemons = {BO_GW}
         lab.kill_daemon(BO_GW, sig)
         ctx.note(f"flowpin daemon on bo-gw stopped ({signal.Signals(sig).name})")
         if env is not None:
@@ -155,7 +156,7 @@ def _daemon_down_then_flap(sig: int, env: dict[str, str] | None = None
 
 
 def _clsact_deleted(ctx: Context) -> None:
-    ctx.restart_daemons = True
+    ctx.restart_daemons = {BO_GW}
     r = ctx.lab.exec(BO_GW, ["tc", "qdisc", "del", "dev", topology.LAN_IF, "clsact"],
                      capture_output=True, text=True)
     if r.returncode:
@@ -192,7 +193,7 @@ def _recreate_lan(lab: Lab) -> None:
 
 
 def _lan_recreated(ctx: Context) -> None:
-    ctx.restart_daemons = True
+    ctx.restart_daemons = {BO_GW}
     _recreate_lan(ctx.lab)
     ctx.note("bo-gw lan0 deleted and created again (new ifindex, same name and addresses)")
     time.sleep(1.0)
@@ -229,7 +230,7 @@ def _five_subnets_prepare(ctx: Context) -> None:
 
 def _five_subnets(ctx: Context) -> None:
     lab = ctx.lab
-    ctx.restart_daemons = True
+    ctx.restart_daemons = set(GATEWAYS)
     for gw in GATEWAYS:
         _load_with_extra_child(lab, gw)
     with lab.vici(BO_GW) as s:
@@ -263,7 +264,7 @@ def _ranges(gw: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def _range_selectors(ctx: Context) -> None:
     lab = ctx.lab
-    ctx.restart_daemons = True
+    ctx.restart_daemons = set(GATEWAYS)
     for gw in GATEWAYS:
         local, remote = _ranges(gw)
         with lab.vici(gw) as s:
@@ -323,33 +324,42 @@ def _icmp(ctx: Context) -> None:
     ctx.checks["crafted packets sent"] = res["sent"] > 0
 
 
-SCAN_TARGET = topology.WAN_ADDR[BO_GW]  # bo-gw itself: the scan never leaves bo-gw
+# Scanned hosts that never answer (as firewalled hosts on the internet): bo-gw drops what
+# it routes there, after flowpin's LAN hook has seen it, so nothing reaches the WAN.
+SCAN_NET, SCAN_TARGET = "198.51.100.0/24", "198.51.100.7"
+
+
+def _ack_scan_prepare(ctx: Context) -> None:
+    r = ctx.lab.exec(BO_GW, ["ip", "route", "add", "blackhole", SCAN_NET],
+                     capture_output=True, text=True)
+    if r.returncode:
+        raise FaultError(f"ip route add blackhole: {r.stderr.strip()}")
 
 
 def _ack_scan(ctx: Context) -> None:
     lab = ctx.lab
-    ctx.restart_daemons = True
+    ctx.restart_daemons = {BO_GW}
     ports = FLOW_TABLE_SIZE + 2000
+    before = lab.ask(BO_GW, "show-counters")["flows"]
     proc = ctx.background(CLIENT, MIXGEN + ["ackscan", "--src", CLIENT4, "--dst",
                                             SCAN_TARGET, "--ports", str(ports),
                                             "--rate", "5000"])
     out, _ = proc.communicate(timeout=60)
     res = json.loads(out.strip().splitlines()[-1])
+    after = lab.ask(BO_GW, "show-counters")["flows"]
     ctx.note(f"ACK scan of {res['sent']} ports of {SCAN_TARGET} from bo-client in "
-             f"{res['seconds']} s (flow table of {FLOW_TABLE_SIZE})")
-    with contextlib.suppress(Exception):
-        ctx.note(f"bo-gw flows after the scan: "
-                 f"{lab.ask(BO_GW, 'show-conn', {'pinned': False})['total']}")
+             f"{res['seconds']} s; bo-gw's flows {before} -> {after} (table of "
+             f"{FLOW_TABLE_SIZE} IPv4 flows)")
     pr = lab.exec(CLIENT, MIXGEN + ["probe", SERVER4, SERVER6, "--port", str(TCP_PORT)],
                   capture_output=True, text=True)
-    ctx.checks["new VPN connections while the table is full of scan flows"] = \
-        pr.returncode == 0
-    ctx.note(f"VPN connections after the scan: {pr.stdout.strip()}")
+    ctx.checks["new VPN connections right after the scan"] = pr.returncode == 0
+    ctx.note(f"VPN connections right after the scan: {pr.stdout.strip()}")
 
 
 def _ack_scan_restore(ctx: Context) -> None:
     with contextlib.suppress(Exception):
         ctx.lab.ask(BO_GW, "clear-conn", {"address": SCAN_TARGET})
+    ctx.lab.exec(BO_GW, ["ip", "route", "del", "blackhole", SCAN_NET], capture_output=True)
 
 
 BROKEN_COMPILE = {"BCC_KERNEL_SOURCE": "/nonexistent/kernel-headers"}
@@ -390,9 +400,10 @@ FAULTS: tuple[Fault, ...] = (
     Fault("icmp-crafted", "ICMP errors quoting a non-VPN flow and ICMPv6 NS/NA/RS/MLDv2 "
           "from bo-client's LAN address to ho-server's, 500/s, then a 3 s CHILD_SA flap",
           "the crafted packets were sent", _icmp, budget_s=8),
-    Fault("ack-scan", f"ACK scan from bo-client of {FLOW_TABLE_SIZE + 2000} ports "
-          f"(flow table of {FLOW_TABLE_SIZE})", "new VPN connections work during the scan",
-          _ack_scan, restore=_ack_scan_restore, budget_s=4),
+    Fault("ack-scan", f"ACK scan from bo-client of {FLOW_TABLE_SIZE + 2000} ports of a "
+          f"host that never answers (flow table of {FLOW_TABLE_SIZE})",
+          "new VPN connections work right after the scan", _ack_scan,
+          prepare=_ack_scan_prepare, restore=_ack_scan_restore, budget_s=4),
 )
 BY_NAME = {f.name: f for f in FAULTS}
 
@@ -585,7 +596,7 @@ def run_fault(lab: Lab, traffic: Traffic, fault: Fault, index: int = 0,
     return res
 
 
-def heal(lab: Lab, restart_daemons: bool = False) -> None:
+def heal(lab: Lab, restart_daemons: set[str] | None = None) -> None:
     """Put the lab back as :func:`make_lab` made it: both charons with the lab's conn, both
     daemons running (started afresh if asked), the tunnel up and seen up."""
     for gw in GATEWAYS:
@@ -593,7 +604,7 @@ def heal(lab: Lab, restart_daemons: bool = False) -> None:
             lab.charon(gw).start()
             lab.load_conn(gw)
     for gw in lab.flowpin_gateways():
-        if restart_daemons and lab.daemon_pid(gw):
+        if gw in (restart_daemons or set()) and lab.daemon_pid(gw):
             lab.kill_daemon(gw, signal.SIGTERM)
         if not lab.daemon_pid(gw):
             lab.start_daemon(gw, timeout=120)
