@@ -67,6 +67,11 @@ def classify(frame: bytes) -> tuple[str, str]:
         return "other", ""
     desc = f"{_addr(src)} > {_addr(dst)} proto {proto}"
     if _in_lan(src) or _in_lan(dst):
+        # Ports and ICMP types say whose packet leaked (the fault suite attributes them).
+        if proto in (6, 17) and len(l4) >= 4:
+            desc += " ports {} > {}".format(*struct.unpack_from("!HH", l4))
+        elif proto in (1, 58) and l4:
+            desc += f" type {l4[0]}"
         return "cleartext", desc
     if proto == 50:
         return "esp", desc

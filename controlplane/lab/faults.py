@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ PPS = 20_000
 UDP_PORT, TCP_PORT = 9000, 5400
 TRANSFER_RATE = 150_000  # bytes/s per held transfer
 TRANSFER_GRACE_S = 30.0  # how long held transfers may take to finish after the fault
+FLAP_TIMEOUT_S = 20.0  # a tunnel (as flowpin sees it) not back by then is a failure
 FLOW_TABLE_SIZE = 8192  # small, so that an ACK scan can fill it in seconds
 CAPTURE_BUFFER_KIB = 65536
 SNAPLEN = 96  # Ethernet + IPv6 + UDP + the ESP marker, with room to spare
@@ -69,6 +71,9 @@ class Context:
     flaps: list[dict[str, Any]] = field(default_factory=list)
     # Gateways whose daemon heal() restarts after this fault (hooks, follower, table).
     restart_daemons: set[str] = field(default_factory=set)
+    # bo-client's eth0 transmit counter just before the fault re-created the interface
+    # (a new interface counts from 0).
+    tx_before_reset: int | None = None
 
     def note(self, text: str) -> None:
         self.events.append(text)
@@ -76,7 +81,7 @@ class Context:
     def flap(self, how: str = "child", seconds: float = 3.0) -> FlapResult:
         start = time.monotonic()
         try:
-            res = flap(self.lab, how, seconds)
+            res = flap(self.lab, how, seconds, timeout=FLAP_TIMEOUT_S)
         except LabError:
             # The tunnel did not come back (in time): the outage lasted at least this long.
             self.outage_s = round((self.outage_s or 0.0) + time.monotonic() - start, 3)
@@ -102,6 +107,9 @@ class Fault:
     prepare: Callable[[Context], None] | None = None  # before the traffic starts
     restore: Callable[[Context], None] | None = None  # always, after the checks
     budget_s: float = 8.0  # roughly how long inject takes (sizes the held transfers)
+    # Which leaked packets (capture.classify's description) are the fault's own crafted
+    # ones rather than the mix's, reported apart.
+    own: Callable[[str], bool] | None = None
 
 
 # --- the faults ------------------------------------------------------------------------------
@@ -194,6 +202,7 @@ def _recreate_lan(lab: Lab) -> None:
 
 def _lan_recreated(ctx: Context) -> None:
     ctx.restart_daemons = {BO_GW}
+    ctx.tx_before_reset = tx_packets(ctx.lab)
     _recreate_lan(ctx.lab)
     ctx.note("bo-gw lan0 deleted and created again (new ifindex, same name and addresses)")
     time.sleep(1.0)
@@ -396,10 +405,12 @@ FAULTS: tuple[Fault, ...] = (
           _range_selectors, restore=_range_restore, budget_s=10),
     Fault("vlan-tagged", "UDP behind two priority tags (802.1ad VID 0 + 802.1Q VID 0) from "
           "bo-client, 2k frames/s (raw socket) beside the mix, then a 3 s CHILD_SA flap",
-          "the tagged stream ran", _vlan, budget_s=8),
+          "the tagged stream ran", _vlan, budget_s=8,
+          own=lambda d: " ports 41000 > " in d or " ports 41001 > " in d),
     Fault("icmp-crafted", "ICMP errors quoting a non-VPN flow and ICMPv6 NS/NA/RS/MLDv2 "
           "from bo-client's LAN address to ho-server's, 500/s, then a 3 s CHILD_SA flap",
-          "the crafted packets were sent", _icmp, budget_s=8),
+          "the crafted packets were sent", _icmp, budget_s=8,
+          own=lambda d: " proto 1 " in d or " proto 58 " in d),
     Fault("ack-scan", f"ACK scan from bo-client of {FLOW_TABLE_SIZE + 2000} ports of a "
           f"host that never answers (flow table of {FLOW_TABLE_SIZE})",
           "new VPN connections work right after the scan", _ack_scan,
@@ -543,7 +554,9 @@ def run_fault(lab: Lab, traffic: Traffic, fault: Fault, index: int = 0,
                 if not exact:
                     failures.append(f"held transfer to {to} not byte-exact "
                                     f"({got.get('bytes')} of {size} bytes)")
-            res["packets_sent_eth0"] = tx_packets(lab) - tx0
+            tx1 = tx_packets(lab)
+            res["packets_sent_eth0"] = (tx1 - tx0 if ctx.tx_before_reset is None
+                                        else ctx.tx_before_reset - tx0 + tx1)
     finally:
         for p in ctx.procs:
             if p.poll() is None:
@@ -571,6 +584,12 @@ def run_fault(lab: Lab, traffic: Traffic, fault: Fault, index: int = 0,
     res["capture"] = {c.gw: {"captured": c.captured, "dropped": c.dropped,
                              "counts": dict(c.summary.counts)} for c in caps}
     res["leak_sample"] = {c.gw: c.summary.leaks[:5] for c in caps if c.summary.leaks}
+    res["cleartext_by_proto"] = {c.gw: dict(Counter(x.split(" proto ")[1].split()[0]
+                                                    for x in c.summary.leaks))
+                                 for c in caps if c.summary.leaks}
+    if fault.own:
+        own = fault.own
+        res["cleartext_own"] = {c.gw: sum(own(x) for x in c.summary.leaks) for c in caps}
     for c in caps:
         if c.summary.leaks:
             failures.append(f"{len(c.summary.leaks)} cleartext packets on {c.gw}'s WAN")

@@ -85,3 +85,8 @@ def test_tagged_frames_carry_two_priority_tags() -> None:
         assert struct.unpack_from("!HHHHH", frame, 12) == (0x88A8, 0, 0x8100, 0, inner)
     v4 = frames[0][22:]
     assert _csum(v4[:20]) == 0 and v4[12:16] == socket.inet_aton("10.1.0.10")
+
+
+def test_a_leak_says_whose_packet_it_was() -> None:
+    kind, desc = classify(_frame("10.1.0.10", "10.2.0.10"))
+    assert kind == "cleartext" and desc == "10.1.0.10 > 10.2.0.10 proto 17 ports 40000 > 7"
