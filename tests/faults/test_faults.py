@@ -34,6 +34,9 @@ def test_fault(fault_lab: dict[str, Any], name: str) -> None:
                                    "new_connection_after", "checks", "events")}
     summary["witness"] = {gw: {k: c[k] for k in ("captured", "dropped")}
                           for gw, c in res["capture"].items()}
-    summary["leak_sample"] = res["leak_sample"]
+    for key in ("leak_sample", "cleartext_by_proto", "cleartext_own"):
+        if key in res:
+            summary[key] = res[key]
+    summary["fault"] = name
     print(json.dumps(summary))
     assert res["failures"] == [], json.dumps(summary, indent=1)
