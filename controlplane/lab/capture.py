@@ -7,7 +7,9 @@ IKE, cleartext between the two LANs (a leak) and other.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 import signal
 import struct
 import subprocess
@@ -36,9 +38,16 @@ class WanSummary:
                 "leaks": self.leaks[:20]}
 
 
+@functools.lru_cache(maxsize=4096)
 def _in_lan(addr: bytes) -> bool:
+    # Cached: a capture of a 20k packets/s run holds millions of packets but few addresses.
     ip = ipaddress.ip_address(addr)
     return any(ip in n for n in LAN_NETS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _addr(addr: bytes) -> str:
+    return str(ipaddress.ip_address(addr))
 
 
 def classify(frame: bytes) -> tuple[str, str]:
@@ -56,8 +65,13 @@ def classify(frame: bytes) -> tuple[str, str]:
         l4 = pkt[40:]
     else:
         return "other", ""
-    desc = f"{ipaddress.ip_address(src)} > {ipaddress.ip_address(dst)} proto {proto}"
+    desc = f"{_addr(src)} > {_addr(dst)} proto {proto}"
     if _in_lan(src) or _in_lan(dst):
+        # Ports and ICMP types say whose packet leaked (the fault suite attributes them).
+        if proto in (6, 17) and len(l4) >= 4:
+            desc += " ports {} > {}".format(*struct.unpack_from("!HH", l4))
+        elif proto in (1, 58) and l4:
+            desc += f" type {l4[0]}"
         return "cleartext", desc
     if proto == 50:
         return "esp", desc
@@ -92,20 +106,48 @@ def read_pcap(path: Path) -> WanSummary:
     return out
 
 
-class WanCapture:
-    """``with WanCapture(lab, gw) as cap: ...`` then ``cap.summary``."""
+_DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
+_CAPTURED = re.compile(r"(\d+) packets? captured")
 
-    def __init__(self, lab: Lab, gw: str = topology.BO_GW, path: Path | None = None) -> None:
+
+class WanCapture:
+    """``with WanCapture(lab, gw) as cap: ...`` then ``cap.summary``.
+
+    ``direction="out"`` captures only what the gateway sends (tcpdump ``-Q out``): under
+    XFRM, decrypted packets re-enter the stack on the WAN device and would look like leaks
+    in a capture of both directions. ``buffer_kib`` enlarges the kernel buffer for fast
+    streams; after the block ``dropped`` holds what tcpdump reports as "dropped by kernel"
+    (a witness that dropped packets cannot vouch for them: callers must check it).
+    """
+
+    def __init__(self, lab: Lab, gw: str = topology.BO_GW, path: Path | None = None, *,
+                 direction: str | None = None, snaplen: int = 128,
+                 buffer_kib: int | None = None) -> None:
+        if direction not in (None, "in", "out", "inout"):
+            raise ValueError(f"direction {direction!r}: in, out or inout")
         self.lab, self.gw = lab, gw
         self.path = path or (lab.state_dir / f"wan-{gw}-{time.monotonic_ns()}.pcap")
+        self.direction, self.snaplen, self.buffer_kib = direction, snaplen, buffer_kib
         self.proc: subprocess.Popen | None = None
         self.summary = WanSummary()
+        self.dropped: int | None = None  # None: tcpdump did not say
+        self.captured: int | None = None
+
+    def argv(self) -> list[str]:
+        argv = ["tcpdump", "-i", topology.WAN_IF, "-n", "-s", str(self.snaplen)]
+        if self.direction:
+            argv += ["-Q", self.direction]
+        if self.buffer_kib:
+            # Large buffer, no per-packet flush (-U): at tens of thousands of packets/s a
+            # write per packet is what makes tcpdump fall behind and the kernel drop.
+            argv += ["-B", str(self.buffer_kib)]
+        else:
+            argv.append("-U")
+        return argv + ["-w", str(self.path)]
 
     def __enter__(self) -> WanCapture:
-        self.proc = self.lab.popen(
-            self.gw, ["tcpdump", "-i", topology.WAN_IF, "-n", "-U", "-s", "128", "-w",
-                      str(self.path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = self.lab.popen(self.gw, self.argv(),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # tcpdump says "listening on" once the capture runs.
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline().decode(errors="replace")
@@ -116,11 +158,18 @@ class WanCapture:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc:
-            time.sleep(0.2)
+            # Buffered, libpcap hands packets over in blocks at the latest after its 1 s
+            # timeout, and a block not yet handed over when tcpdump stops is lost.
+            time.sleep(1.2 if self.buffer_kib else 0.2)
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(5)
+                _out, err = self.proc.communicate(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+                _out, err = self.proc.communicate()
+            text = err.decode(errors="replace") if err else ""
+            m = _DROPPED.search(text)
+            self.dropped = int(m.group(1)) if m else None
+            m = _CAPTURED.search(text)
+            self.captured = int(m.group(1)) if m else None
         self.summary = read_pcap(self.path)

@@ -265,8 +265,10 @@ class Lab:
             return None
         return pid if _alive(pid) else None
 
-    def start_daemon(self, gw: str, timeout: float = 60.0) -> int:
-        """Start ``flowpin daemon`` in ``gw``'s namespace; return once it answers."""
+    def start_daemon(self, gw: str, timeout: float = 60.0,
+                     env: dict[str, str] | None = None) -> int:
+        """Start ``flowpin daemon`` in ``gw``'s namespace; return once it answers.
+        ``env``: extra environment (the fault suite breaks bcc's compile with it)."""
         from controlplane.control import ControlError, request
 
         cfg = self.write_daemon_config(gw) if not self.daemon_config(gw).exists() \
@@ -276,7 +278,8 @@ class Lab:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "controlplane.cli", "daemon", "--config", str(cfg)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True,
-                preexec_fn=netns.preexec(ns), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                preexec_fn=netns.preexec(ns),
+                env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
         (self.state_dir / gw / "flowpin.pid").write_text(str(proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
