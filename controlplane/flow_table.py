@@ -244,6 +244,49 @@ def covering_prefix(nets: Iterable[IPNetwork]) -> IPNetwork:
     return out
 
 
+def coalesce(cover: list[Selector], slots: int) -> list[Selector]:
+    """Merge local prefixes of one tunnel (same remote prefix) until ``cover`` fits in
+    ``slots``, each time the two whose covering prefix is the longest: the least address
+    space added. A merge whose covering prefix would overlap another tunnel's local
+    prefix in ``cover`` is never made (it could take that tunnel's traffic). The merged
+    prefix may hold a few addresses the tunnel's selectors do not (a range's edges): their
+    traffic is then the tunnel's to flowpin -- held while it is down, and stopped by the
+    WAN guard if strongSwan does not protect it -- never another tunnel's, never leaked.
+    Returns ``cover`` re-sorted most specific first; still too long if no merge was
+    possible (the caller refuses the rest)."""
+    cover = list(cover)
+    while len(cover) > slots:
+        best: tuple[int, int, IPNetwork] | None = None
+        for i, a in enumerate(cover):
+            for j in range(i + 1, len(cover)):
+                b = cover[j]
+                if (a.tunnel_id, a.remote) != (b.tunnel_id, b.remote):
+                    continue
+                merged = covering_prefix((a.local, b.local))
+                if any(o.tunnel_id != a.tunnel_id and o.local.overlaps(merged)  # type: ignore[arg-type]
+                       and _slot_order(o.remote, o.local) >= _slot_order(a.remote, merged)
+                       for o in cover):
+                    continue  # it would come first for that tunnel's addresses
+                if best is None or merged.prefixlen > best[2].prefixlen:
+                    best = (i, j, merged)
+        if best is None:
+            break
+        i, j, merged = best
+        a = cover[i]
+        # the merged prefix also swallows any other local of the tunnel inside it
+        cover = [s for s in cover if not ((s.tunnel_id, s.remote) == (a.tunnel_id, a.remote)
+                                         and s.local.subnet_of(merged))]  # type: ignore[arg-type]
+        cover.append(Selector(merged, a.remote, a.tunnel_id))
+        cover.sort(key=lambda s: _slot_order(s.remote, s.local))
+    return cover
+
+
+def _slot_order(remote: IPNetwork, local: IPNetwork) -> tuple[int, int]:
+    """Where a pair stands in a trie entry's slots: most specific remote, then local,
+    first (the data path takes the first match)."""
+    return (-remote.prefixlen, -local.prefixlen)
+
+
 @dataclass(frozen=True)
 class Event:
     type: str  # DEMAND, MAP_FULL, FLOW_REMOVED
@@ -455,7 +498,9 @@ class FlowTable:
         the order of ``pairs``).
 
         More pairs than slots for one R never fails the compile (every other tunnel's
-        selectors would be lost with it, their tunnels left DOWN): the first
+        selectors would be lost with it, their tunnels left DOWN). First, local prefixes
+        of one tunnel are merged (see :func:`coalesce`): a range selector ``a..b`` or many
+        subnets of one CHILD_SA keep working whole. What still does not fit: the first
         ``SEL_SLOTS - 1`` pairs keep their slots and the last slot refuses the local
         prefix that covers all the others, pointing at ``refuse_id``. A packet that one
         of the kept pairs matches gets exactly the tunnel it would get with every pair
@@ -471,6 +516,8 @@ class FlowTable:
         for r in sorted(remotes, key=lambda n: (n.prefixlen, n.network_address)):
             cover = [s for s in pairs if r.subnet_of(s.remote)]  # type: ignore[arg-type]
             cover.sort(key=lambda s: (-s.remote.prefixlen, -s.local.prefixlen))
+            if len(cover) > SEL_SLOTS:
+                cover = coalesce(cover, SEL_SLOTS)
             if len(cover) > SEL_SLOTS:
                 kept, refused = cover[:SEL_SLOTS - 1], cover[SEL_SLOTS - 1:]
                 local = covering_prefix(s.local for s in refused)

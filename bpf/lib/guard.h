@@ -8,9 +8,10 @@
  *
  * - WAN egress (fp_wan_out): protected tunnel traffic leaves the WAN as ESP or
  *   UDP-encapsulated ESP between the gateways' own addresses, so a packet that still
- *   carries LAN addresses of a tunnel (local selector -> remote selector) is cleartext
- *   that escaped IPsec -- an SA deleted before the daemon noticed, charon restarting, the
- *   daemon stopped. It is dropped and counted, whatever the tunnel's state.
+ *   carries LAN addresses of a tunnel (between a local and a remote selector, in either
+ *   order) is cleartext that escaped IPsec -- an SA deleted before the daemon noticed,
+ *   charon restarting, the daemon stopped, a decrypted packet routed back out because
+ *   the LAN interface is gone. It is dropped and counted, whatever the tunnel's state.
  * - WAN ingress (fp_wan_in): the same addresses arriving in clear from the peer (a stock
  *   peer leaking while its SA is gone, or a spoofer) are dropped too -- unless the kernel
  *   decrypted them: under XFRM tunnel mode a decrypted packet re-enters the stack on the
@@ -191,11 +192,22 @@ static __always_inline int fp_guard(struct __sk_buff *skb, __u8 dir)
 
 	if (!__guard_parse(skb, &g))
 		return TC_ACT_UNSPEC;
-	/* local (LAN side) is the source of what we send, the destination of what we get */
-	if (dir == FP_DIR_OUT)
+	/*
+	 * Both orders, on both hooks: on egress, our LAN's packets to the remote LAN and the
+	 * remote LAN's packets to ours (decrypted, then routed back out because the LAN
+	 * interface is gone: a leak of the peer's traffic); on ingress, the peer's leaks and
+	 * packets spoofing our LAN as their source. The likely order first: local is the
+	 * source of what we send and the destination of what we get.
+	 */
+	if (dir == FP_DIR_OUT) {
 		tid = tunnel_classify(g.family, g.src, g.dst);
-	else
+		if (!tid)
+			tid = tunnel_classify(g.family, g.dst, g.src);
+	} else {
 		tid = tunnel_classify(g.family, g.dst, g.src);
+		if (!tid)
+			tid = tunnel_classify(g.family, g.src, g.dst);
+	}
 	if (__builtin_expect(tid == 0, 1))
 		return TC_ACT_UNSPEC;
 	if (dir == FP_DIR_IN && __guard_decrypted(skb))

@@ -81,9 +81,13 @@ ROWS = [
     Row("ESP from the peer", "in", lambda n: _esp(GW_B[n.family], GW_A[n.family]), 0),
     Row("internet traffic to a LAN host", "in",
         lambda n: tr.tcp(n.n, n.c, 443, 40000, "SA"), 0),
-    # direction matters: a LAN-sourced packet arriving from the WAN is not ours to judge
-    Row("local->remote addresses arriving (not the peer's traffic)", "in",
-        lambda n: tr.tcp(n.c, n.s, 40000, 80, "A"), 0),
+    # either order of the addresses, on either hook
+    Row("the peer's traffic decrypted, routed back out (LAN interface gone)", "out",
+        lambda n: tr.tcp(n.s, n.c, 80, 40000, "A"), TUN),
+    Row("our LAN spoofed as the source of a packet from the WAN", "in",
+        lambda n: tr.tcp(n.c, n.s, 40000, 80, "A"), TUN),
+    Row("internet traffic from a LAN host, reply direction", "out",
+        lambda n: tr.tcp(n.n, n.c, 443, 40000, "SA"), 0),
 ]
 
 
