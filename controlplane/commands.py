@@ -257,6 +257,8 @@ def cmd_show_counters(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
             "event_to_map_ms": {"count": len(lat), "p50": pct(0.5), "p99": pct(0.99),
                                 "max": round(lat[-1], 3) if lat else None},
             "flows": d.table.flow_count(), "flow_table_size": d.cfg.flow_table_size,
+            "nonvpn": {str(fam): {"flows": d.table.nonvpn_flows(fam),
+                                  "limit": d.table.nonvpn_limit(fam)} for fam in (4, 6)},
             "uptime_s": round(time.time() - d.started, 1)}
 
 

@@ -52,6 +52,7 @@ class Config:
     wan_interfaces: tuple[str, ...] | None = None  # None: found from the routing table
     forget_unconfigured_after: float = 600.0
     flow_table_size: int = 1 << 20
+    nonvpn_flow_share: int = 50  # percent of the flow table non-VPN flows may take
     pickup_window: float = 30.0
     sweep_interval: float = 1.0
     demand_backoff_min: float = 1.0
@@ -99,6 +100,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "wan-interfaces": ("wan_interfaces", "strlist"),
         "forget-unconfigured-after": ("forget_unconfigured_after", "duration"),
         "flow-table-size": ("flow_table_size", "size"),
+        "nonvpn-flow-share": ("nonvpn_flow_share", "percent"),
         "pickup-window": ("pickup_window", "duration"),
         "sweep-interval": ("sweep_interval", "duration"),
     },
@@ -198,6 +200,10 @@ def _convert(kind: str, value: Any) -> Any:
     if kind == "size":
         if isinstance(value, bool) or not isinstance(value, int) or not 16 <= value <= 1 << 26:
             raise ValueError("must be an integer from 16 to 67108864")
+        return value
+    if kind == "percent":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+            raise ValueError("must be an integer percentage from 1 to 100")
         return value
     if kind == "level":
         if value not in LEVELS:

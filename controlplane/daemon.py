@@ -151,7 +151,7 @@ class Daemon:
                                       "teardowns_logged": 0, "reclassified": 0,
                                       "table_full": 0, "reloads": 0, "reload_errors": 0,
                                       "selectors_refused": 0, "tunnels_refused": 0,
-                                      "tunnel_ids_freed": 0}
+                                      "tunnel_ids_freed": 0, "nonvpn_budget": 0}
         self.charon_up = False
         self.started = time.time()
         self._stop = threading.Event()
@@ -200,7 +200,8 @@ class Daemon:
                               "name at least one LAN interface")
         dpc = DatapathConfig(instance=cfg.instance, flows4_max=cfg.flow_table_size,
                              flows6_max=max(1024, cfg.flow_table_size // 4),
-                             pickup_s=int(cfg.pickup_window))
+                             pickup_s=int(cfg.pickup_window),
+                             nonvpn_percent=cfg.nonvpn_flow_share)
         # Before the compile, which takes seconds and may fail: until charon has been
         # heard no tunnel is known to be up, and the programs of the last run are still
         # attached. Hold, never pass as if up.
@@ -294,6 +295,7 @@ class Daemon:
         self.table = dp.table
         self.ids.refuse_id = dp.table.refuse_id
         self.sweeper = Sweeper(dp.table, self.cfg.timeouts)
+        dp.table.set_reclassify(self.reclassify())
 
     def stop(self, purge: bool = False) -> None:
         if self.hooks:  # first: a purge below detaches, nothing must attach again
@@ -683,6 +685,13 @@ class Daemon:
             self.stats["table_full"] += 1
             emit(Sev.WARNING, Msg.TABLE_FULL, f"flow table full "
                  f"({self.cfg.flow_table_size} entries): new flow {ev.key} refused")
+        elif ev.type == "NONVPN_BUDGET":
+            self.stats["nonvpn_budget"] += 1
+            fam = ev.key.family
+            emit(Sev.WARNING, Msg.NONVPN_BUDGET, f"non-VPN flows at their budget "
+                 f"({self.table.nonvpn_limit(fam) if self.table else '?'} IPv{fam} flows, "
+                 f"{self.cfg.nonvpn_flow_share}% of the table): new flow {ev.key} passes "
+                 "untracked; the rest of the table stays free for VPN flows")
         elif ev.type == "FLOW_REMOVED":
             self._log_removed(removed_from_events([ev]))
         elif ev.type in ("GUARD_OUT", "GUARD_IN"):
@@ -782,6 +791,7 @@ class Daemon:
     def apply_sysopt(self) -> None:
         """preserve-vpn-flows takes effect at once, on tunnels already up as well."""
         assert self.table is not None
+        self.table.set_reclassify(self.reclassify())
         for t in self.registry.tunnels.values():
             self.table.set_tunnel(t.tunnel_id, preserve=self.preserve_for(t.key))
         self._sweep()

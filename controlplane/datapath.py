@@ -45,7 +45,7 @@ FILTER_PRIO = 1
 ARPHRD_ETHER = 1  # if_arp.h: Ethernet link headers (veth, VLAN, bridge, bond, NICs)
 FILTER_HANDLE = 1
 MAP_NAMES = ("flows4", "flows6", "selectors4", "selectors6", "tunnels", "tunnel_stats",
-             "guard_stats", "counters", "config")
+             "guard_stats", "counters", "config", "nonvpn")
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 # A directory name under PIN_ROOT: never "." or ".." (the pin directory would be bpffs
 # itself or every instance's parent, and a purge would empty it).
@@ -73,6 +73,7 @@ class DatapathConfig:
     tunnels_max: int = 4096
     pickup_s: int = 60
     event_interval_ms: int = 1000
+    nonvpn_percent: int = 50
     pin: bool = True
     cflags: list[str] = field(default_factory=list)
 
@@ -82,6 +83,16 @@ class DatapathConfig:
                              "chars, starting with a letter or digit")
         if self.flows4_max < 1 or self.flows6_max < 1 or self.tunnels_max < 2:
             raise ValueError("map sizes must be positive (and tunnels_max >= 2)")
+        if not 1 <= self.nonvpn_percent <= 100:
+            raise ValueError("nonvpn_percent must be 1-100 (100: no budget)")
+
+    def nonvpn_limit(self, family: int) -> int:
+        """Most non-VPN flows tracked per family (0 = no budget): the rest of the table
+        stays free for VPN flows, whatever a LAN host sends elsewhere."""
+        if self.nonvpn_percent >= 100:
+            return 0
+        size = self.flows4_max if family == 4 else self.flows6_max
+        return max(1, size * self.nonvpn_percent // 100)
 
     @property
     def pin_dir(self) -> Path:
@@ -212,6 +223,8 @@ class Datapath:
         self._table = FlowTable(self._bpf)
         self._table.update_config(pickup_s=cfg.pickup_s,
                                   event_interval_ms=cfg.event_interval_ms)
+        for fam in (4, 6):
+            self._table.set_nonvpn_limit(fam, cfg.nonvpn_limit(fam))
         self.calibrate_clock()
         return self
 

@@ -68,6 +68,10 @@ TUNNEL_UP: int = CONST["FP_TUNNEL_UP"]
 TUNNEL_DOWN: int = CONST["FP_TUNNEL_DOWN"]
 TF_PRESERVE: int = CONST["FP_TF_PRESERVE"]
 TUNNEL_WORD = struct.Struct("<IBBH")  # struct tunnel
+CF_NO_RECLASSIFY: int = CONST["FP_CF_NO_RECLASSIFY"]
+NV_COUNT4: int = CONST["FP_NV_COUNT4"]
+NV_OFFSET4: int = CONST["FP_NV_OFFSET4"]
+NV_LIMIT4: int = CONST["FP_NV_LIMIT4"]
 _TUNNEL_STATS = struct.Struct("<4Q")  # struct tunnel_stats
 _GUARD_STATS = struct.Struct("<4Q")  # struct fp_guard_stats
 TC_ACT_OK = 0
@@ -307,6 +311,7 @@ class Config:
     base_ns: int
     base_jiffies: int
     ns_per_jiffy: int
+    flags: int = 0  # enum fp_config_flags
 
 
 @dataclass
@@ -335,6 +340,7 @@ class FlowTable:
         self.counters_map = bpf[b"counters"]
         self.guard_stats_map = bpf[b"guard_stats"]
         self.config_map = bpf[b"config"]
+        self.nonvpn_map = bpf[b"nonvpn"]
         self.EventStruct = bpf[b"event_layout"].Leaf
         self._ring_open = False
         self._pending: list[Event] = []
@@ -347,7 +353,7 @@ class FlowTable:
     def config(self) -> Config:
         c = self.config_map[ctypes.c_uint32(0)]
         return Config(c.now_ns, c.attach_ns, c.pickup_s, c.event_interval_ms, c.base_ns,
-                      c.base_jiffies, c.ns_per_jiffy)
+                      c.base_jiffies, c.ns_per_jiffy, c.flags)
 
     def update_config(self, **fields: int) -> None:
         """Write some fields of the config entry (see :class:`Config`); the others keep
@@ -359,6 +365,14 @@ class FlowTable:
                 raise AttributeError(f"config has no field {name!r}")
             setattr(c, name, value)
         self.config_map[k] = c
+
+    def set_reclassify(self, on: bool) -> None:
+        """reclassify-vpn in the data path: on, a non-VPN flow that a selector change puts
+        in a tunnel is cleared (as the ASA clears it); off, it is bound to that tunnel as
+        it is (not cut, but held or refused with the tunnel). See __no_flow in policy.h."""
+        flags = self.config().flags
+        self.update_config(flags=(flags & ~CF_NO_RECLASSIFY) if on
+                           else (flags | CF_NO_RECLASSIFY))
 
     def set_clock(self, now_ns: int) -> None:
         """Tests: make the data path use ``now_ns`` as its clock (0 = real clock)."""
@@ -467,13 +481,17 @@ class FlowTable:
         pairs = self._pairs(sel.local.version)
         if sel not in pairs:
             pairs.append(sel)
-        return self._compile(sel.local.version, pairs)
+        refused = self._compile(sel.local.version, pairs)
+        self._selectors_changed()
+        return refused
 
     def remove_selector(self, tunnel_id: int, local: str | IPNetwork,
                         remote: str | IPNetwork) -> list[Overflow]:
         sel = Selector(ipaddress.ip_network(local), ipaddress.ip_network(remote), tunnel_id)
         pairs = [s for s in self._pairs(sel.local.version) if s != sel]
-        return self._compile(sel.local.version, pairs)
+        refused = self._compile(sel.local.version, pairs)
+        self._selectors_changed()
+        return refused
 
     def replace_selectors(self, selectors: Iterable[Selector]) -> list[Overflow]:
         """Make the tries hold exactly ``selectors`` (every tunnel's), compiling each
@@ -483,7 +501,15 @@ class FlowTable:
         out: list[Overflow] = []
         for fam in (4, 6):
             out += self._compile(fam, [s for s in wanted if s.local.version == fam])
+        self._selectors_changed()
         return out
+
+    def _selectors_changed(self) -> None:
+        """Every non-VPN flow is classified again on its next packet: a flow tracked
+        outside all tunnels may be covered by one now (see __no_flow in policy.h). After
+        the tries are written, never before: a flow created under the new generation must
+        have been classified against the new selectors."""
+        self.bump_generation(0)
 
     def _pairs(self, family: int) -> list[Selector]:
         """Every pair of ``family``: as last compiled by this object (refused pairs have no
@@ -696,9 +722,40 @@ class FlowTable:
         big hash because every get_next_key after a delete restarts the walk)."""
         n = 0
         for fam in (4, 6):
+            counted = self.nonvpn_counted(fam)
             raw = self.read_raw(fam)
             n += self.delete_keys(fam, raw.keys, raw.count)
+            self.sync_nonvpn(fam, counted, 0)
         return n
+
+    # -- non-VPN flow budget -----------------------------------------------------------
+    def _nv(self, slot: int, family: int) -> int:
+        return int(self.nonvpn_map[ctypes.c_uint32(slot + (family == 6))].value)
+
+    def _nv_set(self, slot: int, family: int, value: int) -> None:
+        self.nonvpn_map[ctypes.c_uint32(slot + (family == 6))] = ctypes.c_int64(value)
+
+    def nonvpn_counted(self, family: int) -> int:
+        """The data path's running count of non-VPN flow creations minus removals."""
+        return self._nv(NV_COUNT4, family)
+
+    def nonvpn_flows(self, family: int) -> int:
+        """Non-VPN flows of ``family`` as the data path counts them for the budget."""
+        return self._nv(NV_COUNT4, family) - self._nv(NV_OFFSET4, family)
+
+    def nonvpn_limit(self, family: int) -> int:
+        """Most non-VPN flows tracked in ``family``'s table; 0 = no budget."""
+        return self._nv(NV_LIMIT4, family)
+
+    def set_nonvpn_limit(self, family: int, limit: int) -> None:
+        self._nv_set(NV_LIMIT4, family, max(0, limit))
+
+    def sync_nonvpn(self, family: int, counted_before: int, present: int) -> None:
+        """Correct the data path's non-VPN count to ``present`` flows (a recount made
+        after reading ``counted_before`` = :meth:`nonvpn_counted`). Only the sweeper
+        calls this: the offset slot has one writer, the count slot another (the data
+        path's atomic adds), so no write of ours loses one of its updates."""
+        self._nv_set(NV_OFFSET4, family, counted_before - present)
 
     # -- counters ----------------------------------------------------------------------
     def counters(self) -> dict[str, int]:

@@ -58,6 +58,7 @@ class Msg(IntEnum):
     TUNNEL_REFUSED = 752117
     CLEARTEXT_BLOCKED = 752120
     WAN_GUARD = 752121
+    NONVPN_BUDGET = 752122
 
 
 def line(sev: Sev, msg: Msg, text: str) -> str:

@@ -27,6 +27,12 @@ def render(snap: dict[str, Any]) -> str:
     metric("flows", "gauge", "Flows in the flow table.", [("", snap["flows"])])
     metric("flow_table_size", "gauge", "Capacity of the flow table.",
            [("", snap["flow_table_size"])])
+    nonvpn = snap.get("nonvpn", {})
+    metric("nonvpn_flows", "gauge", "Non-VPN flows tracked, as the data path counts them "
+           "for its budget.", [(f'{{family="{f}"}}', v["flows"]) for f, v in nonvpn.items()])
+    metric("nonvpn_flow_limit", "gauge", "Budget of non-VPN flows (0: none); beyond it "
+           "new non-VPN flows pass untracked.",
+           [(f'{{family="{f}"}}', v["limit"]) for f, v in nonvpn.items()])
     metric("charon_up", "gauge", "1 while charon's VICI socket answers.",
            [("", int(snap["charon_up"]))])
     for key, help_ in (("flows", "Active flows of the tunnel."),

@@ -9,6 +9,15 @@ tunnel is down, so it expires by the conn timeout like on the ASA: preserve-vpn-
 Also removed: flows bound under an older generation of their tunnel (teardown), and
 flows of a tunnel that is down and not preserving them (UDP and ICMP are never
 preserved). Every removed flow is returned as a :class:`RemovedFlow` for the logs.
+Non-VPN (tunnel 0) flows of an older generation are not torn down: that generation
+moves on every selector change only so that the data path classifies each of them again
+on its next packet.
+
+A scan must not fill the table: a non-VPN TCP flow picked up mid-stream (no handshake
+seen) that has not yet carried traffic both ways is embryonic, and expires after the
+embryonic timeout (30 s), not the conn timeout (1 h). Each sweep also recounts the
+non-VPN flows and corrects the data path's count of them (its budget, see
+``FlowTable.sync_nonvpn``).
 
 A sweep reads each flow map with batch lookups, decides in one pass, re-checks each
 candidate with a single lookup (a packet may have refreshed or replaced it since the
@@ -136,8 +145,11 @@ class RemovedFlow:
         return self.flow.packets[i], self.flow.packets[1 - i]
 
 
-def idle_reason(proto: int, s0: int, s1: int, idle: float, t: Timeouts) -> str | None:
-    """Why a flow idle for ``idle`` seconds expires now, or None."""
+def idle_reason(proto: int, s0: int, s1: int, idle: float, t: Timeouts,
+                one_way: bool = False) -> str | None:
+    """Why a flow idle for ``idle`` seconds expires now, or None. ``one_way``: a non-VPN
+    flow that has carried packets in one direction only (a picked-up one stays embryonic
+    until the other side answers: an ACK scan's flows go in 30 s, not an hour)."""
     if proto == 6:
         either, both = s0 | s1, s0 & s1
         if either & _RST:
@@ -146,7 +158,7 @@ def idle_reason(proto: int, s0: int, s1: int, idle: float, t: Timeouts) -> str |
             return "TCP FINs" if idle >= t.closed else None
         if either & _FIN:
             return "half-closed-timeout" if idle >= t.half_closed else None
-        established = either & _PICKUP or (both & _SYN and both & _ACK)
+        established = (either & _PICKUP and not one_way) or (both & _SYN and both & _ACK)
         if established:
             return "conn-timeout" if idle >= t.conn else None
         return "SYN Timeout" if idle >= t.embryonic else None
@@ -182,30 +194,39 @@ class Sweeper:
         stats = {"scanned": 0, "candidates": 0, "removed": 0, "kept_changed": 0}
         t = self.timeouts
         for fam in (4, 6):
+            counted = self.table.nonvpn_counted(fam)  # before the read: see sync_nonvpn
             raw = self.table.read_raw(fam)
             n = raw.count
             stats["scanned"] += n
             if n == 0:
+                self.table.sync_nonvpn(fam, counted, 0)
                 continue
             vbuf = memoryview(raw.values).cast("B")[: n * raw.value_size]
             kbuf = memoryview(raw.keys).cast("B")[: n * raw.key_size]
             poff, ksz = _KEY_PROTO_OFFSET[fam], raw.key_size
             cands: list[tuple[int, str]] = []
-            for i, (gen, tid, s0, s1, _q0, _q1, _a0, _a1, _c, last, _b0, _b1) in enumerate(
+            nonvpn = 0
+            for i, (gen, tid, s0, s1, _q0, _q1, _a0, _a1, _c, last, b0, b1) in enumerate(
                     _VALUE.iter_unpack(vbuf)):
                 tun = tunnels.get(tid, _NEVER_WRITTEN)
                 proto = kbuf[i * ksz + poff]
-                if gen != tun[0]:
+                if tid == 0:
+                    nonvpn += 1
+                elif gen != tun[0]:
                     cands.append((i, TORN_DOWN))
                     continue
                 if tid and not tun[1] and (proto != 6 or not tun[2]):
                     cands.append((i, TORN_DOWN))
                     continue
-                why = idle_reason(proto, s0, s1, now - last, t)
+                one_way = tid == 0 and (b0 >> ACCT_BYTES_BITS == 0 or b1 >> ACCT_BYTES_BITS == 0)
+                why = idle_reason(proto, s0, s1, now - last, t, one_way)
                 if why:
                     cands.append((i, why))
             stats["candidates"] += len(cands)
-            removed.extend(self._remove(fam, raw, cands, now, stats))
+            gone = self._remove(fam, raw, cands, now, stats)
+            removed.extend(gone)
+            swept = sum(1 for r in gone if r.raw and r.raw[3][4:6] == b"\0\0")  # tunnel 0
+            self.table.sync_nonvpn(fam, counted, nonvpn - swept)
         self.last_stats = stats
         return removed
 

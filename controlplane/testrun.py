@@ -144,7 +144,7 @@ def ipv4(src: str, dst: str, proto: int, payload: bytes, *, ihl: int = 5, ttl: i
 
 
 def ipv6(src: str, dst: str, nexthdr: int, payload: bytes,
-         ext: list[tuple[int, bytes]] | None = None) -> bytes:
+         ext: list[tuple[int, bytes]] | None = None, hlim: int = 64) -> bytes:
     """An IPv6 packet. ``ext`` is a list of (header type, body) extension headers, in order;
     each body is the header without its first (next header) byte, see :func:`ext_hdr`."""
     chain = b""
@@ -152,7 +152,7 @@ def ipv6(src: str, dst: str, nexthdr: int, payload: bytes,
     for i, (_, body) in enumerate(ext or []):
         chain += bytes([types[i + 1]]) + body
     first = types[0]
-    hdr = struct.pack("!IHBB16s16s", 6 << 28, len(chain) + len(payload), first, 64,
+    hdr = struct.pack("!IHBB16s16s", 6 << 28, len(chain) + len(payload), first, hlim,
                       ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed)
     return hdr + chain + payload
 
@@ -232,8 +232,21 @@ def icmp_error(src: str, dst: str, quoted: bytes, type_: int | None = None,
     return _ip(src, dst, 1, icmp_hdr(3 if type_ is None else type_, code, payload=quoted))
 
 
-def icmp6(src: str, dst: str, type_: int, code: int = 0) -> bytes:
-    return _ip(src, dst, 58, icmp_hdr(type_, code, payload=b"\0" * 16))
+def icmp6(src: str, dst: str, type_: int, code: int = 0, hlim: int = 64) -> bytes:
+    """An ICMPv6 message of ``type_`` (ND, MLD, ...) with hop limit ``hlim``."""
+    return _ip(src, dst, 58, icmp_hdr(type_, code, payload=b"\0" * 16), hlim=hlim)
+
+
+def vlan(frame: bytes, *tags: tuple[int, int]) -> bytes:
+    """``frame`` with VLAN tags in the data, outermost first: (TPID, VLAN id) pairs, e.g.
+    ``(ETH_P_8021AD, 100), (ETH_P_8021Q, 10)`` for QinQ (as a device without VLAN
+    offload hands them to TC)."""
+    body = b"".join(struct.pack("!HH", tpid, vid & 0xFFF) for tpid, vid in tags)
+    return frame[:12] + body + frame[12:]
+
+
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
 
 
 def strip_ether(frame: bytes) -> bytes:

@@ -93,7 +93,8 @@ enum fp_reason {
 enum fp_stat {
 	FP_S_EVENT_LOST = 14,		/* ring buffer full, event not delivered */
 	FP_S_STALE_REMOVED = 15,	/* stale flows removed on the packet path */
-	FP_S_MAX = 16,
+	FP_S_NONVPN_UNTRACKED = 16,	/* non-VPN flow not created: non-VPN budget spent */
+	FP_S_MAX = 17,
 };
 
 /* Event types on the ring buffer. */
@@ -103,6 +104,31 @@ enum fp_event_type {
 	FP_EV_FLOW_REMOVED = 3,		/* a stale/torn-down flow removed on the packet path */
 	FP_EV_GUARD_OUT = 4,		/* WAN guard: tunnel traffic about to leave in clear */
 	FP_EV_GUARD_IN = 5,		/* WAN guard: tunnel traffic received in clear */
+	FP_EV_NONVPN_BUDGET = 6,	/* non-VPN flows at their budget (rate-limited) */
+};
+
+/* fp_config.flags. */
+enum fp_config_flags {
+	FP_CF_NO_RECLASSIFY = 1,	/* reclassify-vpn off: see __no_flow in policy.h */
+};
+
+/*
+ * Slots of the nonvpn map (one __s64 each), by family (4: +0, 6: +1). Non-VPN flows may
+ * take at most LIMIT entries of their flow table, so that a LAN host scanning the
+ * internet cannot fill it and starve new VPN flows. The live count is COUNT - OFFSET:
+ * COUNT is written by the data path only (atomic add on create and remove), OFFSET by
+ * the sweeper only (it recounts the table every sweep and absorbs the drift of removals
+ * made by user space and of races), LIMIT by the loader (0 = no budget). Separate slots,
+ * because a user-space write of a slot replaces the whole value.
+ */
+enum fp_nonvpn_slot {
+	FP_NV_COUNT4 = 0,
+	FP_NV_COUNT6 = 1,
+	FP_NV_OFFSET4 = 2,
+	FP_NV_OFFSET6 = 3,
+	FP_NV_LIMIT4 = 4,
+	FP_NV_LIMIT6 = 5,
+	FP_NV_MAX = 6,
 };
 
 /*
@@ -193,7 +219,7 @@ struct fp_config {
 	__u64 base_ns;		/* CLOCK_MONOTONIC at base_jiffies */
 	__u64 base_jiffies;
 	__u32 ns_per_jiffy;	/* 1e9 / HZ; 0 = not calibrated: read the coarse clock */
-	__u32 pad;
+	__u32 flags;		/* enum fp_config_flags */
 };
 
 /* struct clock_sample - one (jiffies, CLOCK_MONOTONIC) pair taken by fp_clock_probe. */

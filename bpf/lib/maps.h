@@ -38,6 +38,8 @@ FP_MAP("array", __u32, struct fp_guard_stats, guard_stats, FP_TUNNELS_MAX, 0);
 FP_MAP("percpu_array", __u32, __u64, counters, FP_S_MAX, 0);
 /* Runtime configuration, one entry. */
 FP_MAP("array", __u32, struct fp_config, config, 1, 0);
+/* Non-VPN flow budget: count, sweeper's offset and limit per family (enum fp_nonvpn_slot). */
+FP_MAP("array", __u32, __s64, nonvpn, FP_NV_MAX, 0);
 
 /* Loader only: fp_clock_probe stores one (jiffies, CLOCK_MONOTONIC) sample here. */
 BPF_ARRAY(clock_probe, struct clock_sample, 1);

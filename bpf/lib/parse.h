@@ -19,7 +19,7 @@ enum fp_parse {
 	FP_PARSE_OK = 0,	/* tracked tuple in pkt (TCP, UDP, ICMP echo) */
 	FP_PARSE_RELATED,	/* ICMP error: pkt holds the tuple of the quoted packet */
 	FP_PARSE_UNTRACKED,	/* IP, but not a flow: fragment, other protocol, other ICMP */
-	FP_PARSE_LOCAL,		/* IPv6 ND/MLD: link-local signalling, always passes */
+	FP_PARSE_LOCAL,		/* IPv6 ND/MLD that cannot leave the link: passes */
 	FP_PARSE_NOT_IP,
 	FP_PARSE_MALFORMED,
 };
@@ -205,12 +205,55 @@ static __always_inline int __parse_ip6(void *ip, void *end, __u32 *src, __u32 *d
  * For an ICMP error the tuple (tsrc/tdst/ports/proto) is the quoted packet's, so the
  * error finds the flow it is about; the outer addresses stay in src/dst for selectors.
  */
+/* struct fp_vlan_hdr - an 802.1Q/802.1ad tag as it sits in the frame after the MACs. */
+struct fp_vlan_hdr {
+	__be16 tci;
+	__be16 proto;		/* ethertype of what follows */
+};
+
+/* __link_scope6 - @a is link-local unicast (fe80::/10) or multicast of scope <= link. */
+static __always_inline int __link_scope6(const __u32 *a)
+{
+	__u32 w = bpf_ntohl(a[0]);
+
+	return (w & 0xffc00000) == 0xfe800000 ||
+	       ((w >> 24) == 0xff && ((w >> 16) & 0xf) <= 2);
+}
+
+static __always_inline int __unspecified6(const __u32 *a)
+{
+	return (a[0] | a[1] | a[2] | a[3]) == 0;
+}
+
+/**
+ * __on_link6 - an ND or MLD message (@type) that cannot leave the link, so it may pass
+ * whatever the tunnels' states: ND (RFC 4861) with hop limit 255, MLD (RFC 2710, 3810)
+ * with hop limit 1, and a source that no router forwards (link-local, or unspecified
+ * where the RFC allows it: ND's DAD, an MLDv2 report) or a link-scoped destination.
+ * Anything else with these types is judged like any packet, by addresses and tunnel
+ * state: a crafted "neighbour advertisement" between a LAN host and a remote host of a
+ * tunnel is routable, and would leave the WAN in clear while the tunnel is down.
+ */
+static __always_inline int __on_link6(const struct ipv6hdr *ip6, const struct fp_pkt *p,
+				      __u8 type)
+{
+	int ll_src = __link_scope6(p->src);
+
+	if (type >= 133 && type <= 137)		/* RS, RA, NS, NA, redirect */
+		return ip6->hop_limit == 255 &&
+		       (ll_src || __unspecified6(p->src) || __link_scope6(p->dst));
+	/* 130-132 MLDv1 query/report/done, 143 MLDv2 report */
+	return ip6->hop_limit == 1 &&
+	       (ll_src || (type == 143 && __unspecified6(p->src)));
+}
+
 static __always_inline int parse_packet(struct __sk_buff *skb, struct fp_pkt *p)
 {
-	void *data, *end, *l4 = 0, *inner_l4 = 0;
+	void *data, *end, *l3, *l4 = 0, *inner_l4 = 0;
 	struct ethhdr *eth;
 	__u8 proto = 0, inner_proto = 0;
-	int ret;
+	__be16 etype;
+	int ret, i;
 
 	__u32 want = skb->len < FP_PULL_LEN ? skb->len : FP_PULL_LEN;
 
@@ -230,12 +273,33 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct fp_pkt *p)
 		return FP_PARSE_MALFORMED;
 	p->len = skb->len;
 
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+	/*
+	 * VLAN tags still in the frame (a device without VLAN offload, or the inner tag of
+	 * QinQ when the outer one was offloaded into skb->vlan_tci): skip up to two, 802.1ad
+	 * or 802.1Q, and judge the packet like an untagged one. An offloaded tag is not in
+	 * the data at all, so such frames need nothing here. More tags than that: we cannot
+	 * see the addresses, so the frame is dropped rather than passed as "not IP".
+	 */
+	etype = eth->h_proto;
+	l3 = eth + 1;
+#pragma unroll
+	for (i = 0; i < 3; i++) {
+		struct fp_vlan_hdr *vh = l3;
+
+		if (etype != bpf_htons(ETH_P_8021Q) && etype != bpf_htons(ETH_P_8021AD))
+			break;
+		if (i == 2 || (void *)(vh + 1) > end)
+			return FP_PARSE_MALFORMED;
+		etype = vh->proto;
+		l3 = vh + 1;
+	}
+
+	if (etype == bpf_htons(ETH_P_IP)) {
 		p->family = 4;
-		ret = __parse_ip4(eth + 1, end, p->src, p->dst, &l4, &proto);
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		ret = __parse_ip4(l3, end, p->src, p->dst, &l4, &proto);
+	} else if (etype == bpf_htons(ETH_P_IPV6)) {
 		p->family = 6;
-		ret = __parse_ip6(eth + 1, end, p->src, p->dst, &l4, &proto);
+		ret = __parse_ip6(l3, end, p->src, p->dst, &l4, &proto);
 	} else {
 		return FP_PARSE_NOT_IP;
 	}
@@ -246,6 +310,14 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct fp_pkt *p)
 	ret = __parse_l4(p, l4, end, proto, 0);
 	__builtin_memcpy(p->tsrc, p->src, 16);
 	__builtin_memcpy(p->tdst, p->dst, 16);
+	if (ret == FP_PARSE_LOCAL) {
+		/* bounds: __parse_l4 checked l4 + 8, the verifier wants to see it here too */
+		if (p->family != 6)
+			return FP_PARSE_UNTRACKED;	/* ICMPv6 inside IPv4: not ND */
+		if (l4 + 8 > end || l3 + sizeof(struct ipv6hdr) > end)
+			return FP_PARSE_MALFORMED;
+		return __on_link6(l3, p, *(__u8 *)l4) ? FP_PARSE_LOCAL : FP_PARSE_UNTRACKED;
+	}
 	if (ret != FP_PARSE_RELATED)
 		return ret;
 

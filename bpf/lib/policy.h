@@ -64,12 +64,46 @@ static __always_inline int __refuse(struct fp_ctx *c, __u16 tid, __u32 reason)
 	return verdict(reason);
 }
 
+/* __nonvpn_slot - the nonvpn map's value at @slot for @family (see enum fp_nonvpn_slot). */
+static __always_inline __s64 *__nonvpn_slot(__u32 slot, __u8 family)
+{
+	__u32 k = slot + (family == 6);
+
+	return nonvpn.lookup(&k);
+}
+
+/*
+ * __nonvpn_room - a new non-VPN flow may be tracked: its family is under its budget.
+ * Read without a lock: CPUs creating at once may overshoot by one flow each.
+ */
+static __always_inline int __nonvpn_room(__u8 family)
+{
+	__s64 *cnt = __nonvpn_slot(FP_NV_COUNT4, family);
+	__s64 *off = __nonvpn_slot(FP_NV_OFFSET4, family);
+	__s64 *lim = __nonvpn_slot(FP_NV_LIMIT4, family);
+
+	if (!cnt || !off || !lim || *lim <= 0)
+		return 1;
+	return *cnt - *off < *lim;
+}
+
+/* __nonvpn_add - account a non-VPN flow created (+1) or removed (-1) by the data path. */
+static __always_inline void __nonvpn_add(__u8 family, __s64 delta)
+{
+	__s64 *cnt = __nonvpn_slot(FP_NV_COUNT4, family);
+
+	if (cnt)
+		__sync_fetch_and_add(cnt, delta);
+}
+
 /* __remove - delete a flow on the packet path and hand its record to user space. */
 static __always_inline void __remove(struct fp_ctx *c, const struct flow_value *old)
 {
 	struct flow_value copy = *old;	/* the element may be reused once deleted */
 
 	flow_delete(&c->p, &c->k);
+	if (copy.tunnel_id == 0)
+		__nonvpn_add(c->p.family, -1);
 	count_stat(FP_S_STALE_REMOVED);
 	event_emit(FP_EV_FLOW_REMOVED, copy.tunnel_id, &c->p, &c->k, &copy, 0, c->now_ns, 0);
 }
@@ -84,36 +118,56 @@ static __always_inline int __untracked(struct fp_ctx *c)
 	return __refuse(c, tid, FP_R_DROP_TUNNEL_DOWN);
 }
 
-/* __related - an ICMP error follows the flow it quotes; it does not refresh it. */
+/**
+ * __related - an ICMP error follows the flow it quotes, and it does not refresh it.
+ * It is judged by its outer addresses too: what leaves the gateway is the outer packet,
+ * so an error between addresses of a tunnel that is down is refused whatever flow it
+ * quotes (a tunnel-0 flow, a flow of another tunnel). One more trie lookup, for ICMP
+ * errors only.
+ */
 static __always_inline int __related(struct fp_ctx *c)
 {
+	__u16 outer = __classify(c);
 	struct flow_value *v;
 	struct tunnel *t;
 
+	if (!tunnel_up(outer, tunnel_get(outer)))
+		return __refuse(c, outer, FP_R_DROP_TUNNEL_DOWN);
 	flow_key_build(&c->p, &c->k);
 	v = flow_lookup(&c->p, &c->k);
 	if (!v)
-		return __untracked(c);
+		return verdict(FP_R_PASS_UNTRACKED);	/* the outer addresses decided */
 	t = tunnel_get(v->tunnel_id);
-	if (t && v->generation == t->generation && tunnel_up(v->tunnel_id, t))
-		return verdict(FP_R_PASS_RELATED);
-	if (v->tunnel_id == 0)
+	if (tunnel_up(v->tunnel_id, t) && (v->tunnel_id == 0 || v->generation == t->generation))
 		return verdict(FP_R_PASS_RELATED);
 	return __refuse(c, v->tunnel_id, FP_R_DROP_TUNNEL_DOWN);
 }
 
 /**
- * __create - bind a new flow to tunnel @tid; @stale is the entry it replaces, if any.
+ * __create - bind a new flow to tunnel @tid under @gen; @stale is the entry it replaces.
  * A full table refuses the flow (never evicts): VPN traffic is dropped, non-VPN traffic
- * passes untracked, both are counted and reported (rate-limited).
+ * passes untracked, both are counted and reported (rate-limited). A new non-VPN flow
+ * beyond the non-VPN budget also passes untracked (each of its packets is then judged
+ * by the selectors afresh, so nothing of a tunnel passes on that account).
  */
-static __always_inline int __create(struct fp_ctx *c, __u16 tid, const struct tunnel *t,
+static __always_inline int __create(struct fp_ctx *c, __u16 tid, __u32 gen,
 				    struct flow_value *stale, int pickup, __u32 reason)
 {
 	struct flow_value v;
 	struct tunnel_stats *st;
+	int was_nonvpn = stale && stale->tunnel_id == 0;
 	int err;
 
+	if (tid == 0 && !was_nonvpn && !__nonvpn_room(c->p.family)) {
+		if (stale)
+			__remove(c, stale);
+		count_stat(FP_S_NONVPN_UNTRACKED);
+		st = tunnel_stats_get(0);
+		if (st)
+			event_emit(FP_EV_NONVPN_BUDGET, 0, &c->p, &c->k, 0, &st->last_full_ns,
+				   c->now_ns, c->event_interval_ms);
+		return verdict(FP_R_PASS_NOTRACK_FULL);
+	}
 	if (stale) {
 		struct flow_value copy = *stale;
 
@@ -121,11 +175,15 @@ static __always_inline int __create(struct fp_ctx *c, __u16 tid, const struct tu
 			   c->now_ns, 0);
 		count_stat(FP_S_STALE_REMOVED);
 	}
-	flow_init(&v, &c->p, c->k.side, c->dir == FP_DIR_OUT, pickup, tid,
-		  t ? t->generation : 0, c->now_s);
+	flow_init(&v, &c->p, c->k.side, c->dir == FP_DIR_OUT, pickup, tid, gen, c->now_s);
 	err = flow_store(&c->p, &c->k, &v, stale != 0);
-	if (err == 0)
+	if (err == 0) {
+		if (tid == 0 && !was_nonvpn)
+			__nonvpn_add(c->p.family, 1);
+		else if (tid != 0 && was_nonvpn)
+			__nonvpn_add(c->p.family, -1);
 		return verdict(reason);
+	}
 	if (err == -EEXIST) {
 		/* another CPU created it between our lookup and insert: account on it */
 		struct flow_value *cur = flow_lookup(&c->p, &c->k);
@@ -145,29 +203,83 @@ static __always_inline int __create(struct fp_ctx *c, __u16 tid, const struct tu
 }
 
 /**
+ * __on_flow - the verdict for a packet of flow @v, current under its tunnel @t.
+ * Up: a SYN on a closed flow opens a new connection on the same tuple, anything else is
+ * accounted. Down: a pinned TCP flow is held, not refreshed; anything else is removed.
+ */
+static __always_inline int __on_flow(struct fp_ctx *c, struct flow_value *v,
+				     struct tunnel *t)
+{
+	if (fp_likely(tunnel_up(v->tunnel_id, t))) {
+		if (fp_unlikely(tcp_is_syn(&c->p) && flow_closed(v)))
+			return __create(c, v->tunnel_id, t ? t->generation : 0, v, 0,
+					v->tunnel_id ? FP_R_PASS_NEW : FP_R_PASS_NONVPN);
+		flow_update(v, &c->p, c->k.side, c->now_s);
+		return verdict(v->tunnel_id ? FP_R_PASS_FLOW : FP_R_PASS_NONVPN);
+	}
+	if (c->p.proto == IPPROTO_TCP && t && (t->flags & FP_TF_PRESERVE))
+		return __refuse(c, v->tunnel_id, FP_R_DROP_HELD);
+	__remove(c, v);
+	return __refuse(c, v->tunnel_id, FP_R_DROP_TUNNEL_DOWN);
+}
+
+/**
  * __no_flow - no flow, or a flow bound under an older generation (@stale).
+ *
+ * Tunnel-0 (non-VPN) flows are re-checked here: user space bumps tunnel 0's generation
+ * after every selector change, so each tunnel-0 flow comes here once, on its next
+ * packet, and is classified against the new selectors. Still outside every tunnel: it
+ * keeps its state under the new generation. Now covered by a tunnel: with reclassify-vpn
+ * on it is treated as the ASA's reclassify-vpn would treat it (cleared: a TCP packet
+ * without SYN is refused, UDP/ICMP start a flow in the tunnel, nothing passes while the
+ * tunnel is down); with reclassify-vpn off the connection is not cut but bound to that
+ * tunnel as it is, so it passes only while the tunnel is up and is held or refused with
+ * it. The established path pays nothing for this: it already reads tunnel 0's control
+ * word and compares generations for every tunnel-0 flow (see fp_handle).
  */
 static __always_inline int __no_flow(struct fp_ctx *c, struct flow_value *stale,
 				     const struct fp_config *cfg)
 {
-	__u16 tid = __classify(c);
-	struct tunnel *t = tunnel_get(tid);
+	struct tunnel *t0 = tunnel_get(0);
+	/*
+	 * Tunnel 0's generation is read before the selectors: user space bumps it after it
+	 * has written them, so a flow created under the new generation was classified
+	 * against the new selectors (the empty asm keeps the compiler from reordering).
+	 */
+	__u32 gen0 = t0 ? t0->generation : 0;
+	struct tunnel *t;
+	__u16 tid;
+	__u32 gen;
 
+	asm volatile("" ::: "memory");
+	tid = __classify(c);
+	t = tunnel_get(tid);
+	gen = tid ? (t ? t->generation : 0) : gen0;
+
+	if (stale && stale->tunnel_id == 0 &&
+	    (tid == 0 || (cfg->flags & FP_CF_NO_RECLASSIFY))) {
+		if (tid) {
+			__nonvpn_add(c->p.family, -1);
+			stale->tunnel_id = tid;
+		}
+		stale->generation = gen;
+		return __on_flow(c, stale, t);
+	}
 	if (!tunnel_up(tid, t)) {
 		if (stale)
 			__remove(c, stale);
 		return __refuse(c, tid, FP_R_DROP_TUNNEL_DOWN);
 	}
 	if (c->p.proto != IPPROTO_TCP)
-		return __create(c, tid, t, stale, 0, tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN);
+		return __create(c, tid, gen, stale, 0, tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN);
 	if (tcp_is_syn(&c->p))
-		return __create(c, tid, t, stale, 0, tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN);
+		return __create(c, tid, gen, stale, 0, tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN);
 	/* flowpin does not police other traffic: a non-VPN flow is picked up anywhere */
 	if (tid == 0)
-		return __create(c, tid, t, stale, 1, FP_R_PASS_NONVPN);
+		return __create(c, tid, gen, stale, 1, FP_R_PASS_NONVPN);
 	if (cfg->pickup_s && cfg->attach_ns &&
 	    c->now_ns - cfg->attach_ns < (__u64)cfg->pickup_s * FP_NSEC_PER_SEC)
-		return __create(c, tid, t, stale, 1, FP_R_PASS_PICKUP);
+		return __create(c, tid, gen, stale, 1, FP_R_PASS_PICKUP);
 	if (stale) {
 		__remove(c, stale);
 		return verdict(FP_R_DROP_STALE);
@@ -233,19 +345,7 @@ static __always_inline int fp_handle(struct __sk_buff *skb, __u8 dir)
 	t = tunnel_get(v->tunnel_id);
 	if (fp_unlikely(!t || v->generation != t->generation))
 		return __no_flow(&c, v, cfg);
-
-	if (fp_likely(tunnel_up(v->tunnel_id, t))) {
-		/* a SYN on a closed flow opens a new connection on the same tuple */
-		if (fp_unlikely(tcp_is_syn(&c.p) && flow_closed(v)))
-			return __create(&c, v->tunnel_id, t, v, 0, FP_R_PASS_NEW);
-		flow_update(v, &c.p, c.k.side, c.now_s);
-		return verdict(v->tunnel_id ? FP_R_PASS_FLOW : FP_R_PASS_NONVPN);
-	}
-	/* tunnel down: a pinned TCP flow is held, not refreshed; anything else goes */
-	if (c.p.proto == IPPROTO_TCP && (t->flags & FP_TF_PRESERVE))
-		return __refuse(&c, v->tunnel_id, FP_R_DROP_HELD);
-	__remove(&c, v);
-	return __refuse(&c, v->tunnel_id, FP_R_DROP_TUNNEL_DOWN);
+	return __on_flow(&c, v, t);
 }
 
 #endif

@@ -65,7 +65,7 @@ def reset_state(t: FlowTable) -> None:
         t.tunnel_stats_map[k] = t.tunnel_stats_map.Leaf()
         t.guard_stats_map[k] = t.guard_stats_map.Leaf()
     t.reset_counters()
-    t.update_config(attach_ns=0, pickup_s=0, event_interval_ms=1000)
+    t.update_config(attach_ns=0, pickup_s=0, event_interval_ms=1000, flags=0)
     for net in NETS.values():
         t.add_selector(TUN, net.local, net.remote)
         t.add_selector(TUN, net.local3, net.remote3)
@@ -145,6 +145,16 @@ def bump(tid: int = TUN) -> Act:
 
 def release(tid: int = TUN) -> Act:
     return Act(f"release tunnel {tid}", lambda t: t.release(tid))
+
+
+def add_sel(tid: int, local: str, remote: str) -> Act:
+    """A selector change (as the daemon makes on a tunnel configured or changed)."""
+    return Act(f"selector {local} -> {remote} to tunnel {tid}",
+               lambda t: t.add_selector(tid, local, remote))
+
+
+def reclassify(on: bool) -> Act:
+    return Act(f"reclassify-vpn {'on' if on else 'off'}", lambda t: t.set_reclassify(on))
 
 
 def advance(seconds: int) -> Act:

@@ -24,6 +24,7 @@ from tests.datapath.cases import (
     handshake,
     inb,
     out,
+    pickup,
     run_steps,
 )
 
@@ -71,8 +72,25 @@ ROWS: list[tuple[str, Any, int, list[str]]] = [
     ("held TCP flow: expires by conn timeout from last forwarded", _held, 600,
      ["conn-timeout"]),
     ("non-VPN flows expire too", lambda n: [
-        out(tr.tcp(n.c, n.n, C_PORT, 443, "A", seq=1, ack=1), "PASS_NONVPN")], 3600,
+        out(tr.tcp(n.c, n.n, C_PORT, 443, "A", seq=1, ack=1), "PASS_NONVPN"),
+        inb(tr.tcp(n.n, n.c, 443, C_PORT, "A", seq=1, ack=1), "PASS_NONVPN")], 3600,
      ["conn-timeout"]),
+    ("non-VPN picked up, traffic both ways: kept like any connection", lambda n: [
+        out(tr.tcp(n.c, n.n, C_PORT, 443, "A", seq=1, ack=1), "PASS_NONVPN"),
+        inb(tr.tcp(n.n, n.c, 443, C_PORT, "A", seq=1, ack=1), "PASS_NONVPN")], 3599, []),
+    # an ACK scan: every probe a picked-up flow that never hears back
+    ("non-VPN picked up one way only: embryonic, gone after 30 s", lambda n: [
+        out(tr.tcp(n.c, n.n, C_PORT, 443, "A", seq=1, ack=1), "PASS_NONVPN")], 30,
+     ["SYN Timeout"]),
+    ("non-VPN picked up one way only: kept at 29 s", lambda n: [
+        out(tr.tcp(n.c, n.n, C_PORT, 443, "A", seq=1, ack=1), "PASS_NONVPN")], 29, []),
+    ("non-VPN half-open (SYN only) after 30 s", lambda n: [
+        out(tr.tcp(n.c, n.n, C_PORT, 443, "S", seq=1), "PASS_NONVPN")], 30, ["SYN Timeout"]),
+    ("VPN flow picked up one way (pickup window): the conn timeout, it may be held", lambda n: [
+        pickup(60, 10),
+        out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1, ack=1), "PASS_PICKUP")], 3599, []),
+    ("non-VPN flow after a selector change (tunnel 0's generation): not torn down",
+     lambda n: [out(tr.udp(n.c, n.n, 5000, 53), "PASS_NONVPN"), bump(0)], 0, []),
 ]
 
 
@@ -86,6 +104,30 @@ def test_sweep(dp: Any, net: Net, desc: str, steps: Any, idle: int,
     assert sorted(r.reason for r in removed) == sorted(reasons)
     assert dp.table.flow_count() == before - len(removed)
     assert Sweeper(dp.table).sweep() == []  # nothing left to remove for the same reasons
+
+
+@pytest.mark.parametrize("net", [NET4, NET6], ids=["v4", "v6"])
+def test_sweep_recounts_the_nonvpn_flows(dp: Any, net: Net) -> None:
+    """The budget's count follows the table: the sweeper corrects drift (here flows
+    deleted behind the data path's back) and what it removes itself."""
+    t, fam = dp.table, net.family
+    run_steps(dp, [out(tr.tcp(net.c, net.n, 1000 + i, 443, "A", seq=1, ack=1), "PASS_NONVPN")
+                   for i in range(5)] + [
+        out(tr.udp(net.c, net.n, 5000, 53), "PASS_NONVPN"),
+        inb(tr.udp(net.n, net.c, 53, 5000), "PASS_NONVPN"),
+        out(tr.tcp(net.c, net.s, C_PORT, S_PORT, "S"), "PASS_NEW"),  # VPN: not counted
+    ])
+    assert t.nonvpn_flows(fam) == 6
+    udp = next(f for f in t.flows(fam) if f.key.proto == 17)
+    assert t.delete_flow(udp.key)  # e.g. reclassify-vpn or `clear conn`
+    assert t.nonvpn_flows(fam) == 6  # the data path did not see it go
+    run_steps(dp, [advance(30)])
+    removed = Sweeper(dp.table).sweep()
+    assert sorted((r.reason, r.tunnel_id) for r in removed) == (
+        [("SYN Timeout", 0)] * 5 + [("SYN Timeout", TUN)])
+    assert t.nonvpn_flows(fam) == 0
+    run_steps(dp, [out(tr.udp(net.c, net.n, 5001, 53), "PASS_NONVPN")])
+    assert t.nonvpn_flows(fam) == 1
 
 
 def test_removed_record_has_ends_duration_and_bytes(dp: Any) -> None:

@@ -5,6 +5,7 @@ Adding a case is adding a row to CASES.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from tests.datapath.cases import (
     EventIs,
     FlowIs,
     Net,
+    add_sel,
     advance,
     bump,
     down,
@@ -26,6 +28,7 @@ from tests.datapath.cases import (
     inb,
     out,
     pickup,
+    reclassify,
     release,
     run_steps,
     up,
@@ -247,12 +250,146 @@ CASES = [
              down(),
              out(_fragment(n), "DROP_TUNNEL_DOWN"),
          ]),
-    Case("IPv6 neighbour discovery always passes, even for a down tunnel's addresses",
+    Case("IPv6 ND on the link passes whatever the tunnels' states (RFC 4861: hop limit 255)",
          lambda n: [
              down(),
-             out(tr.icmp6(n.c, n.s, 135), "PASS_UNTRACKED"),
-             inb(tr.icmp6(n.s, n.c, 136), "PASS_UNTRACKED"),
+             add_sel(TUN2, n.local, "::/0"),  # a full tunnel, down: covers ff02::/16 too
+             out(tr.icmp6("fe80::5", SOLICITED, 135, hlim=255), "PASS_UNTRACKED"),
+             inb(tr.icmp6("fe80::1", "fe80::5", 136, hlim=255), "PASS_UNTRACKED"),
+             out(tr.icmp6("::", SOLICITED, 135, hlim=255), "PASS_UNTRACKED"),  # DAD
+             out(tr.icmp6(n.c, SOLICITED, 135, hlim=255), "PASS_UNTRACKED"),  # to link scope
+             out(tr.icmp6("fe80::5", "ff02::2", 133, hlim=255), "PASS_UNTRACKED"),  # RS
+             inb(tr.icmp6("fe80::1", "ff02::1", 134, hlim=255), "PASS_UNTRACKED"),  # RA
          ], families=(6,)),
+    Case("IPv6 ND not provably on the link is judged by its addresses and tunnel state",
+         lambda n: [
+             out(tr.icmp6(n.c, n.s, 136, hlim=255), "PASS_UNTRACKED"),
+             down(),
+             # routable source and destination: a router would forward it to the WAN
+             out(tr.icmp6(n.c, n.s, 136, hlim=255), "DROP_TUNNEL_DOWN"),
+             inb(tr.icmp6(n.s, n.c, 135, hlim=255), "DROP_TUNNEL_DOWN"),
+             add_sel(TUN2, n.local, "::/0"),
+             out(tr.icmp6(n.c, SOLICITED, 135, hlim=64), "DROP_TUNNEL_DOWN"),  # hop limit
+             out(tr.icmp6(n.c, n.n, 137, hlim=255), "DROP_TUNNEL_DOWN"),  # redirect
+         ], families=(6,)),
+    Case("MLD passes on the link only (RFC 2710/3810: link-local source, hop limit 1)",
+         lambda n: [
+             down(),
+             add_sel(TUN2, n.local, "::/0"),
+             out(tr.icmp6("fe80::5", "ff02::16", 143, hlim=1), "PASS_UNTRACKED"),
+             out(tr.icmp6("::", "ff02::16", 143, hlim=1), "PASS_UNTRACKED"),  # before DAD
+             inb(tr.icmp6("fe80::1", "ff02::1", 130, hlim=1), "PASS_UNTRACKED"),
+             out(tr.icmp6(n.c, "ff02::16", 143, hlim=1), "DROP_TUNNEL_DOWN"),  # global src
+             out(tr.icmp6(n.c, n.s, 131, hlim=1), "DROP_TUNNEL_DOWN"),
+             up(TUN2),
+             out(tr.icmp6(n.c, "ff02::16", 143, hlim=1), "PASS_UNTRACKED"),
+         ], families=(6,)),
+    Case("ICMP error about a non-VPN flow, outer addresses of a down tunnel: refused",
+         lambda n: [
+             out(tr.tcp(n.c, n.n, C_PORT, 443, "S", seq=1), "PASS_NONVPN"),
+             inb(tr.icmp_error(n.s, n.c, _quote(n.c, n.n)), "PASS_RELATED"),
+             out(tr.icmp_error(n.c, n.s, _quote(n.n, n.c)), "PASS_RELATED"),
+             down(),
+             inb(tr.icmp_error(n.s, n.c, _quote(n.c, n.n)), "DROP_TUNNEL_DOWN"),
+             out(tr.icmp_error(n.c, n.s, _quote(n.n, n.c)), "DROP_TUNNEL_DOWN"),
+             inb(tr.icmp_error(n.n, n.c, _quote(n.c, n.n)), "PASS_RELATED"),  # outer non-VPN
+         ]),
+    Case("ICMP error about a tunnel's flow, outer addresses of another tunnel that is down",
+         lambda n: handshake(n) + [
+             inb(tr.icmp_error(n.s, n.c5, _inner_tcp(n)), "DROP_TUNNEL_DOWN"),
+             FlowIs(**_cs(n), attrs={"pkts": (2, 1)}),
+         ]),
+    Case("802.1Q and QinQ frames without VLAN offload are judged like untagged ones",
+         lambda n: [
+             out(_q(tr.tcp(n.c, n.s, C_PORT, S_PORT, "S", seq=1000)), "PASS_NEW"),
+             inb(_qinq(tr.tcp(n.s, n.c, S_PORT, C_PORT, "SA", seq=5000, ack=1001)),
+                 "PASS_FLOW"),
+             out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1001, ack=5001), "PASS_FLOW"),
+             FlowIs(**_cs(n), attrs={"tcp_state": "ESTABLISHED", "tunnel_id": TUN,
+                                     "pkts": (2, 1)}),
+             out(_q(tr.tcp(n.c, n.s, 1, S_PORT, "A", seq=1, ack=1)), "DROP_NO_CONN"),
+             out(_qinq(tr.udp(n.c, n.n, 5000, 53)), "PASS_NONVPN"),
+             down(),
+             out(_q(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1001, ack=5001)), "DROP_HELD"),
+             out(_qinq(tr.udp(n.c, n.s, 5000, 53)), "DROP_TUNNEL_DOWN"),
+             out(_q(_fragment(n)), "DROP_TUNNEL_DOWN"),
+             inb(_qinq(tr.icmp_error(n.r, n.c, _inner_tcp(n))), "DROP_TUNNEL_DOWN"),
+             out(_q(tr.ether(b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\0" * 20,
+                             tr.ETH_P_ARP)), "PASS_NOT_IP"),
+         ]),
+    # -- tunnel 0 is re-checked when the selectors change ------------------------------
+    Case("selectors change: a non-VPN flow now covered by a down tunnel is refused",
+         lambda n: [
+             out(tr.udp(n.o, n.s, 5000, 53), "PASS_NONVPN"),
+             out(tr.tcp(n.o, n.s, C_PORT, S_PORT, "S", seq=1), "PASS_NONVPN"),
+             inb(tr.tcp(n.s, n.o, S_PORT, C_PORT, "SA", seq=7, ack=2), "PASS_NONVPN"),
+             add_sel(TUN2, _o_net(n), n.remote),  # TUN2 is down
+             FlowIs((n.o, 5000), (n.s, 53), proto=17, attrs={"tunnel_id": 0}),
+             out(tr.udp(n.o, n.s, 5000, 53), "DROP_TUNNEL_DOWN"),
+             inb(tr.tcp(n.s, n.o, S_PORT, C_PORT, "A", seq=8, ack=2), "DROP_TUNNEL_DOWN"),
+             FlowIs((n.o, 5000), (n.s, 53), proto=17, absent=True),
+             FlowIs((n.o, C_PORT), (n.s, S_PORT), absent=True),
+             EventIs("DEMAND", TUN2),
+             up(TUN2),  # then as reclassify-vpn: UDP starts in the tunnel, TCP was cleared
+             out(tr.udp(n.o, n.s, 5000, 53), "PASS_NEW"),
+             FlowIs((n.o, 5000), (n.s, 53), proto=17, attrs={"tunnel_id": TUN2}),
+             out(tr.tcp(n.o, n.s, C_PORT, S_PORT, "A", seq=2, ack=8), "DROP_NO_CONN"),
+         ]),
+    Case("selectors change: covered by an up tunnel, as reclassify-vpn says (cleared)",
+         lambda n: [
+             out(tr.udp(n.o, n.s, 5000, 53), "PASS_NONVPN"),
+             out(tr.tcp(n.o, n.s, C_PORT, S_PORT, "S", seq=1), "PASS_NONVPN"),
+             add_sel(TUN, _o_net(n), n.remote),
+             out(tr.udp(n.o, n.s, 5000, 53), "PASS_NEW"),
+             FlowIs((n.o, 5000), (n.s, 53), proto=17, attrs={"tunnel_id": TUN,
+                                                             "pkts": (1, 0)}),
+             inb(tr.tcp(n.s, n.o, S_PORT, C_PORT, "SA", seq=7, ack=2), "DROP_STALE"),
+             FlowIs((n.o, C_PORT), (n.s, S_PORT), absent=True),
+             EventIs("FLOW_REMOVED", 0),
+             out(tr.tcp(n.o, n.s, C_PORT, S_PORT, "S", seq=1), "PASS_NEW"),
+             FlowIs((n.o, C_PORT), (n.s, S_PORT), attrs={"tunnel_id": TUN}),
+         ]),
+    Case("reclassify-vpn off: a covered non-VPN flow is not cut but bound to the tunnel",
+         lambda n: [
+             reclassify(False),
+             out(tr.tcp(n.o, n.s, C_PORT, S_PORT, "S", seq=1), "PASS_NONVPN"),
+             inb(tr.tcp(n.s, n.o, S_PORT, C_PORT, "SA", seq=7, ack=2), "PASS_NONVPN"),
+             out(tr.udp(n.o, n.s, 5000, 53), "PASS_NONVPN"),
+             add_sel(TUN, _o_net(n), n.remote),
+             out(tr.tcp(n.o, n.s, C_PORT, S_PORT, "A", seq=2, ack=8), "PASS_FLOW"),
+             FlowIs((n.o, C_PORT), (n.s, S_PORT), attrs={"tunnel_id": TUN, "pkts": (2, 1),
+                                                         "tcp_state": "ESTABLISHED"}),
+             down(),  # ... and never passes while that tunnel is down
+             out(tr.tcp(n.o, n.s, C_PORT, S_PORT, "A", seq=2, ack=8), "DROP_HELD"),
+             out(tr.udp(n.o, n.s, 5000, 53), "DROP_TUNNEL_DOWN"),
+             FlowIs((n.o, 5000), (n.s, 53), proto=17, absent=True),
+             up(),
+             inb(tr.tcp(n.s, n.o, S_PORT, C_PORT, "A", seq=8, ack=2), "PASS_FLOW"),
+         ]),
+    Case("reclassify-vpn off: covered by a down tunnel: held or refused, resumes with it",
+         lambda n: [
+             reclassify(False),
+             out(tr.tcp(n.o, n.s, C_PORT, S_PORT, "S", seq=1), "PASS_NONVPN"),
+             inb(tr.tcp(n.s, n.o, S_PORT, C_PORT, "SA", seq=7, ack=2), "PASS_NONVPN"),
+             out(tr.icmp_echo(n.o, n.s, 9), "PASS_NONVPN"),
+             add_sel(TUN2, _o_net(n), n.remote),
+             out(tr.tcp(n.o, n.s, C_PORT, S_PORT, "A", seq=2, ack=8), "DROP_HELD"),
+             out(tr.icmp_echo(n.o, n.s, 9), "DROP_TUNNEL_DOWN"),
+             FlowIs((n.o, C_PORT), (n.s, S_PORT), attrs={"tunnel_id": TUN2, "pkts": (1, 1)}),
+             up(TUN2),
+             out(tr.tcp(n.o, n.s, C_PORT, S_PORT, "A", seq=2, ack=8), "PASS_FLOW"),
+             FlowIs((n.o, C_PORT), (n.s, S_PORT), attrs={"tunnel_id": TUN2, "pkts": (2, 1)}),
+         ]),
+    Case("selectors change elsewhere: a non-VPN flow keeps its state and passes",
+         lambda n: [
+             out(tr.tcp(n.c, n.n, C_PORT, 443, "S", seq=1), "PASS_NONVPN"),
+             inb(tr.tcp(n.n, n.c, 443, C_PORT, "SA", seq=7, ack=2), "PASS_NONVPN"),
+             add_sel(TUN2, n.local5, n.remote3),
+             out(tr.tcp(n.c, n.n, C_PORT, 443, "A", seq=2, ack=8), "PASS_NONVPN"),
+             FlowIs((n.c, C_PORT), (n.n, 443), attrs={"tunnel_id": 0, "pkts": (2, 1),
+                                                      "tcp_state": "ESTABLISHED"}),
+             EventIs("FLOW_REMOVED", 0, count=0),
+         ]),
     Case("other IP protocols: no flow, classified by addresses",
          lambda n: [
              out(_proto47(n), "PASS_UNTRACKED"),
@@ -262,6 +399,28 @@ CASES = [
              out(_proto47(n, n.n), "PASS_UNTRACKED"),
          ]),
 ]
+
+
+SOLICITED = "ff02::1:ff00:9"  # solicited-node multicast (link scope)
+
+
+def _quote(src: str, dst: str) -> bytes:
+    """The IP packet an ICMP error quotes: ``src`` -> ``dst``, TCP to port 443."""
+    sport, dport = (C_PORT, 443) if dst != NETS[4].c and dst != NETS[6].c else (443, C_PORT)
+    return tr.strip_ether(tr.tcp(src, dst, sport, dport, "S", seq=1))
+
+
+def _o_net(n: Net) -> str:
+    """A prefix for the LAN host ``o`` (outside every local prefix of the standard set)."""
+    return str(ipaddress.ip_network(f"{n.o}/{16 if n.family == 4 else 64}", strict=False))
+
+
+def _q(frame: bytes) -> bytes:
+    return tr.vlan(frame, (tr.ETH_P_8021Q, 10))
+
+
+def _qinq(frame: bytes) -> bytes:
+    return tr.vlan(frame, (tr.ETH_P_8021AD, 100), (tr.ETH_P_8021Q, 10))
 
 
 def _fragment(n: Net) -> bytes:
