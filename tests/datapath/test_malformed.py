@@ -104,6 +104,17 @@ ROWS: list[tuple[str, str, bytes, str]] = [
     ("IPv6 chain longer than we walk: untracked", "out", _hbh_chain6(7), "PASS_UNTRACKED"),
     ("IPv6 ESP: untracked, by addresses", "out",
      tr.ether(tr.ipv6(C6, S6, 50, b"\0" * 16), IP6), "PASS_UNTRACKED"),
+    # VLAN tags in the frame
+    ("802.1Q tag cut short", "out", tr.ether(b"\x00\x0a", tr.ETH_P_8021Q), "DROP_MALFORMED"),
+    ("three VLAN tags: the addresses are out of reach, dropped not passed", "out",
+     tr.vlan(SYN4, (tr.ETH_P_8021AD, 1), (tr.ETH_P_8021Q, 2), (tr.ETH_P_8021Q, 3)),
+     "DROP_MALFORMED"),
+    ("802.1Q then IPv4 with a bad IHL", "out",
+     tr.vlan(tr.ether(tr.ipv4(C4, S4, 6, tr.tcp_hdr(1, 2), ihl=3), IP4), (tr.ETH_P_8021Q, 5)),
+     "DROP_MALFORMED"),
+    ("802.1ad then IPv6 SYN", "out", tr.vlan(SYN6, (tr.ETH_P_8021AD, 7)), "PASS_NEW"),
+    ("ICMPv6 ND type carried in IPv4 is not ND", "out",
+     tr.ether(tr.ipv4(C4, S4, 58, tr.icmp_hdr(135)), IP4), "PASS_UNTRACKED"),
 ]
 
 
@@ -127,7 +138,9 @@ def test_random_mutations_always_get_a_defined_verdict(dp: Any) -> None:
     verdict reason."""
     rnd = random.Random(1234)
     seeds = [SYN4, SYN6, tr.udp(C4, S4, 1, 2, b"x" * 20), tr.icmp_echo(C6, S6, 9),
-             tr.icmp_error("10.2.255.1", C4, tr.strip_ether(SYN4)), _hbh_chain6(3)]
+             tr.icmp_error("10.2.255.1", C4, tr.strip_ether(SYN4)), _hbh_chain6(3),
+             tr.vlan(SYN6, (tr.ETH_P_8021AD, 1), (tr.ETH_P_8021Q, 2)),
+             tr.icmp6("fe80::1", "ff02::1:ff00:1", 135, hlim=255)]
     fds = [dp.prog_fd(PROG_OUTBOUND), dp.prog_fd(PROG_INBOUND)]
     t = dp.table
     before = sum(t.counters()[r] for r in _reason_names())
