@@ -93,7 +93,7 @@ def _conn_row(d: Daemon, f: Flow, tunnels: dict[int, Any], now: int) -> dict[str
         "packets": sum(f.packets),
         "flags": _flow_flags(f, pinned),
         "pinned": pinned,
-        "stale": bool(t and f.generation != t.generation),
+        "stale": bool(f.tunnel_id and t and f.generation != t.generation),
         "tunnel_id": f.tunnel_id,
         "tunnel": reg.name if reg else ("-" if f.tunnel_id == 0 else f"#{f.tunnel_id}"),
     }
