@@ -235,7 +235,9 @@ static __always_inline int __on_flow(struct fp_ctx *c, struct flow_value *v,
  * tunnel is down); with reclassify-vpn off the connection is not cut but bound to that
  * tunnel as it is, so it passes only while the tunnel is up and is held or refused with
  * it. The established path pays nothing for this: it already reads tunnel 0's control
- * word and compares generations for every tunnel-0 flow (see fp_handle).
+ * word and compares generations for every tunnel-0 flow (see fp_handle). Measured with
+ * `flowpin bench datapath` (3 runs alternating with the code before): an established
+ * hit 40-45 ns above the empty program both ways, a new flow within the runs' noise.
  */
 static __always_inline int __no_flow(struct fp_ctx *c, struct flow_value *stale,
 				     const struct fp_config *cfg)
