@@ -164,3 +164,35 @@ def test_the_budget_count_follows_the_data_paths_own_changes(dp: Any, net: Any) 
     t.bump_generation(0)
     run_steps(dp, [out(tr.udp(net.o, net.s, 5002, 53), "PASS_FLOW")])
     assert t.nonvpn_flows(fam) == 2
+
+
+def test_the_daemon_logs_counts_and_exports_the_budget(small: Any,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import os
+    import shutil
+
+    from controlplane import commands
+    from controlplane.config import Config
+    from controlplane.daemon import Daemon
+    from controlplane.metrics import render
+
+    dp, net = _clean(small), NET4
+    d = Daemon(Config(instance=f"fptest-nv{os.getpid()}"))
+    try:
+        d.use_datapath(dp)
+        run_steps(dp, _ack_scan(net, SMALL // 2, "PASS_NONVPN")
+                  + _ack_scan(net, SMALL, "PASS_NOTRACK_FULL")[SMALL // 2:])
+        with caplog.at_level(logging.INFO, logger="flowpin"):
+            for ev in dp.table.read_events():
+                d._on_datapath_event(ev)
+        assert d.stats["nonvpn_budget"] == 1
+        [msg] = [r.getMessage() for r in caplog.records if "752122" in r.getMessage()]
+        assert msg.startswith("%FLOWPIN-4-752122: non-VPN flows at their budget (8 IPv4")
+        text = render(commands.cmd_metrics(d, {}))
+        assert 'flowpin_nonvpn_flows{family="4"} 8' in text
+        assert 'flowpin_nonvpn_flow_limit{family="4"} 8' in text
+        assert 'flowpin_packets_total{reason="nonvpn_untracked"} 8' in text
+        assert 'flowpin_daemon_events_total{kind="nonvpn_budget"} 1' in text
+    finally:
+        shutil.rmtree(d.state_dir, ignore_errors=True)
