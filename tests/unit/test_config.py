@@ -15,6 +15,7 @@ def test_example_loads_with_asa_defaults() -> None:
     t = cfg.timeouts
     assert (t.conn, t.half_closed, t.udp, t.embryonic, t.closed) == (3600, 600, 120, 30, 10)
     assert cfg.flow_table_size == 1 << 20
+    assert cfg.nonvpn_flow_share == 50
     assert cfg.control_path == "/run/flowpin/default.sock"
 
 
@@ -23,6 +24,7 @@ def test_overrides() -> None:
                 '[[tunnel]]\nconn = "site"\nchild = "lan"\npreserve-vpn-flows = false\n'
                 '[[tunnel]]\nconn = "other"\ninitiate-on-demand = false\n')
     assert cfg.timeouts.conn == 90
+    assert parse("[datapath]\nnonvpn-flow-share = 100\n").nonvpn_flow_share == 100
     assert cfg.preserve_for("site", "lan") is False
     assert cfg.preserve_for("site", "voice") is True
     assert cfg.initiate_for("other", "x") is False and cfg.initiate_for("site", "lan") is True
@@ -36,6 +38,7 @@ BROKEN = [
     ("[sysopt]\npreserve-vpn-flow = true\n", 2, "sysopt.preserve-vpn-flow", "unknown key"),
     ("[bogus]\nx = 1\n", 1, "bogus", "unknown section"),
     ("[datapath]\nflow-table-size = 3\n", 2, "datapath.flow-table-size", "integer"),
+    ("[datapath]\nnonvpn-flow-share = 0\n", 2, "datapath.nonvpn-flow-share", "1 to 100"),
     ("[sysopt\npreserve-vpn-flows = true\n", 1, "", "not valid TOML"),
     ("[[tunnel]]\nconn = \"a\"\n[[tunnel]]\nchild = \"b\"\nfoo = 1\n", 5, "tunnel[1].foo",
      "unknown key"),
