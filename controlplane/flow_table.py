@@ -754,7 +754,12 @@ class FlowTable:
         """Correct the data path's non-VPN count to ``present`` flows (a recount made
         after reading ``counted_before`` = :meth:`nonvpn_counted`). Only the sweeper
         calls this: the offset slot has one writer, the count slot another (the data
-        path's atomic adds), so no write of ours loses one of its updates."""
+        path's atomic adds), so no write of ours loses one of its updates.
+
+        The recount is not a snapshot of the same instant as ``counted_before``: a flow
+        the data path creates between the two reads is counted twice until the next
+        sweep (the budget errs towards leaving room for VPN flows), one it removes there
+        once too few. Either error lasts one sweep interval; nothing accumulates."""
         self._nv_set(NV_OFFSET4, family, counted_before - present)
 
     # -- counters ----------------------------------------------------------------------

@@ -119,7 +119,9 @@ enum fp_config_flags {
  * COUNT is written by the data path only (atomic add on create and remove), OFFSET by
  * the sweeper only (it recounts the table every sweep and absorbs the drift of removals
  * made by user space and of races), LIMIT by the loader (0 = no budget). Separate slots,
- * because a user-space write of a slot replaces the whole value.
+ * because a user-space write of a slot replaces the whole value. One shared counter with
+ * atomic adds rather than per-CPU ones: it moves only when a non-VPN flow is created or
+ * removed (never on an established packet), and the budget check must read the total.
  */
 enum fp_nonvpn_slot {
 	FP_NV_COUNT4 = 0,
