@@ -199,12 +199,6 @@ static __always_inline int __parse_ip6(void *ip, void *end, __u32 *src, __u32 *d
 	return FP_PARSE_OK;
 }
 
-/**
- * parse_packet - fill @p from the frame in @skb.
- *
- * For an ICMP error the tuple (tsrc/tdst/ports/proto) is the quoted packet's, so the
- * error finds the flow it is about; the outer addresses stay in src/dst for selectors.
- */
 /* struct fp_vlan_hdr - an 802.1Q/802.1ad tag as it sits in the frame after the MACs. */
 struct fp_vlan_hdr {
 	__be16 tci;
@@ -247,6 +241,12 @@ static __always_inline int __on_link6(const struct ipv6hdr *ip6, const struct fp
 	       (ll_src || (type == 143 && __unspecified6(p->src)));
 }
 
+/**
+ * parse_packet - fill @p from the frame in @skb.
+ *
+ * For an ICMP error the tuple (tsrc/tdst/ports/proto) is the quoted packet's, so the
+ * error finds the flow it is about; the outer addresses stay in src/dst for selectors.
+ */
 static __always_inline int parse_packet(struct __sk_buff *skb, struct fp_pkt *p)
 {
 	void *data, *end, *l3, *l4 = 0, *inner_l4 = 0;
