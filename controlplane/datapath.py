@@ -27,7 +27,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from controlplane.flow_table import TUNNEL_DOWN, TUNNEL_WORD, FlowTable
+from controlplane.flow_table import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD, FlowTable
 
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "flowpin"
@@ -213,6 +213,7 @@ class Datapath:
             ensure_bpffs()
             cfg.pin_dir.mkdir(parents=True, exist_ok=True)
             self.reused_pins = (cfg.pin_dir / "flows4").exists()
+            drop_outgrown_counters(cfg.pin_dir)
         try:
             self._bpf = bcc.BPF(text=bpf_source().encode(), cflags=_cflags(cfg))
             for name in (PROG_OUTBOUND, PROG_INBOUND, PROG_WAN_OUT, PROG_WAN_IN):
@@ -408,6 +409,37 @@ def hold_pinned_tunnels(instance: str) -> int:
     finally:
         os.close(fd)
     return held
+
+
+def _pinned_max_entries(path: Path) -> int:
+    """max_entries of the map pinned at ``path`` (from /proc/self/fdinfo; no compile)."""
+    lib = _require_bcc().libbcc.lib
+    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    lib.bpf_obj_get.restype = ctypes.c_int
+    fd = lib.bpf_obj_get(os.fsencode(path))
+    if fd < 0:
+        raise DatapathError(f"cannot open the pinned map {path} (bpf_obj_get: {fd})")
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "max_entries":
+                    return int(value)
+    finally:
+        os.close(fd)
+    raise DatapathError(f"no max_entries in the fdinfo of {path}")
+
+
+def drop_outgrown_counters(pin_dir: Path) -> bool:
+    """Remove a ``counters`` pin made by an older build with fewer slots than this one
+    counts (a verdict reason or stat added since): reused, the new slots would never be
+    counted and reading them would fail. Counters are statistics; every other map keeps
+    its state. Returns whether the pin was removed."""
+    path = pin_dir / "counters"
+    if not path.exists() or _pinned_max_entries(path) >= STAT_MAX:
+        return False
+    path.unlink()
+    return True
 
 
 def purge_pins(instance: str) -> None:

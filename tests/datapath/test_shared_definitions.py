@@ -94,3 +94,35 @@ def test_header_compiles_with_its_own_defaults() -> None:
     b = bcc.BPF(text=src.replace("FP_FLOWS4_MAX, 0)", "1024, 0)").encode())
     assert b[b"flows6"].max_entries == ft.CONST["FP_FLOWS6_MAX"]
     b.cleanup()
+
+
+def test_a_counters_pin_of_an_older_build_is_replaced() -> None:
+    """Pins outlive upgrades: a counters map with fewer slots than this build counts is
+    dropped at load (every other pinned map is reused), and every reason reads."""
+    import ctypes
+    import os
+
+    from bcc.libbcc import lib
+
+    from controlplane.datapath import Datapath, DatapathConfig, purge_pins
+    from controlplane.flow_table import STAT_MAX
+
+    instance = f"fptest-pins{os.getpid()}"
+    cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8)
+    try:
+        cfg.pin_dir.mkdir(parents=True, exist_ok=True)
+        lib.bcc_create_map.argtypes = [ctypes.c_int, ctypes.c_char_p] + [ctypes.c_int] * 4
+        lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        percpu_array = 6
+        fd = lib.bcc_create_map(percpu_array, b"counters", 4, 8, STAT_MAX - 1, 0)
+        assert fd >= 0
+        assert lib.bpf_obj_pin(fd, os.fsencode(cfg.pin_dir / "counters")) == 0
+        os.close(fd)
+        dp = Datapath(cfg).load()
+        try:
+            counters = dp.table.counters()
+            assert counters["NONVPN_UNTRACKED"] == 0 and len(counters) == STAT_MAX
+        finally:
+            dp.close()
+    finally:
+        purge_pins(instance)
