@@ -1,8 +1,16 @@
-"""What crosses the WAN: capture on a gateway's WAN interface and classify each packet.
+"""What crosses the WAN: capture what each gateway *sends* on its WAN and classify it.
 
 tcpdump writes the capture (an independent witness: it is not flowpin looking at its own
 work); this module reads the pcap and sorts packets into ESP (raw or UDP-encapsulated),
 IKE, cleartext between the two LANs (a leak) and other.
+
+Only what a gateway sends is captured (``tcpdump -Q out``), on every gateway: the WAN is
+one link between the two, so everything on it was sent by one of them, once. Capturing both
+directions on one gateway is wrong under strongSwan's kernel-netlink (XFRM) backend: there
+a decrypted packet re-enters the stack on the WAN device it arrived on, and a capture of
+the WAN's ingress sees it a second time, in clear -- a leak that never crossed the wire.
+(Under kernel-libipsec the decrypted packet comes out of the TUN device ``ipsec0``, so the
+mistake went unnoticed there.)
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import struct
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,34 +102,60 @@ def read_pcap(path: Path) -> WanSummary:
 
 
 class WanCapture:
-    """``with WanCapture(lab, gw) as cap: ...`` then ``cap.summary``."""
+    """``with WanCapture(lab) as cap: ...`` then ``cap.summary`` (everything the gateways
+    sent on the WAN) and ``cap.by_sender`` (the same, per gateway)."""
 
-    def __init__(self, lab: Lab, gw: str = topology.BO_GW, path: Path | None = None) -> None:
-        self.lab, self.gw = lab, gw
-        self.path = path or (lab.state_dir / f"wan-{gw}-{time.monotonic_ns()}.pcap")
-        self.proc: subprocess.Popen | None = None
+    def __init__(self, lab: Lab, senders: Sequence[str] = topology.GATEWAYS) -> None:
+        self.lab = lab
+        self.senders = tuple(senders)
+        stamp = time.monotonic_ns()
+        self.paths = {gw: lab.state_dir / f"wan-{gw}-out-{stamp}.pcap" for gw in self.senders}
+        self.procs: dict[str, subprocess.Popen] = {}
         self.summary = WanSummary()
+        self.by_sender: dict[str, WanSummary] = {}
 
     def __enter__(self) -> WanCapture:
-        self.proc = self.lab.popen(
-            self.gw, ["tcpdump", "-i", topology.WAN_IF, "-n", "-U", "-s", "128", "-w",
-                      str(self.path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        # tcpdump says "listening on" once the capture runs.
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline().decode(errors="replace")
-        if "listening" not in line:
-            self.proc.kill()
-            raise RuntimeError(f"tcpdump on {self.gw}: {line.strip()}")
+        try:
+            for gw in self.senders:
+                self.procs[gw] = self._start(gw)
+        except BaseException:
+            self._stop()
+            raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.proc:
+    def _start(self, gw: str) -> subprocess.Popen:
+        proc = self.lab.popen(
+            gw, ["tcpdump", "-i", topology.WAN_IF, "-Q", "out", "--immediate-mode", "-n",
+                 "-U", "-s", "128", "-w", str(self.paths[gw])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # --immediate-mode: without it libpcap takes packets from the kernel a ring block
+        # at a time, and what sits in a block not yet handed over when tcpdump is stopped
+        # is never written -- the last packets of a capture, perhaps the leak.
+        # tcpdump says "listening on" once the capture runs.
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode(errors="replace")
+        if "listening" not in line:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"tcpdump on {gw}: {line.strip()}")
+        return proc
+
+    def _stop(self) -> None:
+        if self.procs:
             time.sleep(0.2)
-            self.proc.send_signal(signal.SIGINT)
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs.values():
             try:
-                self.proc.wait(5)
+                proc.wait(5)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.summary = read_pcap(self.path)
+                proc.kill()
+                proc.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+        self.by_sender = {gw: read_pcap(path) for gw, path in self.paths.items()}
+        self.summary = WanSummary()
+        for part in self.by_sender.values():
+            self.summary.counts.update(part.counts)
+            self.summary.leaks += part.leaks

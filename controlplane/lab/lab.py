@@ -117,9 +117,10 @@ class Lab:
     def up(self, peer: str = "flowpin", timeout: float = 30.0,
            charon_options: dict[str, str] | None = None, preserve: bool = False,
            daemon_options: dict[str, Any] | None = None,
-           load_conns: bool = True) -> dict[str, Any]:
+           load_conns: bool = True, daemons: bool = True) -> dict[str, Any]:
         """Build the lab and bring the tunnel up. ``charon_options`` are extra ``charon.*``
-        settings for both gateways (e.g. ``{"make_before_break": "yes"}``)."""
+        settings for both gateways (e.g. ``{"make_before_break": "yes"}``). Without
+        ``daemons`` no gateway runs flowpin: two plain strongSwan gateways."""
         require_root()
         if peer not in PEER_MODES:
             raise LabError(f"--peer must be one of {', '.join(PEER_MODES)}")
@@ -134,7 +135,8 @@ class Lab:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         meta = {"name": self.name, "backend": backend, "backend_reason": why, "peer": peer,
                 "charon_options": charon_options or {}, "preserve": preserve,
-                "daemon_options": daemon_options or {}, "created": time.time()}
+                "daemon_options": daemon_options or {}, "daemons": daemons,
+                "created": time.time()}
         (self.state_dir / "lab.json").write_text(json.dumps(meta, indent=2))
         try:
             self._build_network()
@@ -200,8 +202,12 @@ class Lab:
 
     # --- flowpin daemons -----------------------------------------------------------------
     def flowpin_gateways(self) -> list[str]:
-        """Gateways that run flowpin: both, or bo-gw alone with ``--peer plain``."""
-        return [topology.BO_GW] if self.meta().get("peer") == "plain" else list(GATEWAYS)
+        """Gateways that run flowpin: both, or bo-gw alone with ``--peer plain``, or none
+        (``up(daemons=False)``)."""
+        meta = self.meta()
+        if not meta.get("daemons", True):
+            return []
+        return [topology.BO_GW] if meta.get("peer") == "plain" else list(GATEWAYS)
 
     def instance(self, gw: str) -> str:
         return f"lab-{self.name}-{gw}"
@@ -255,8 +261,13 @@ class Lab:
             return None
         return pid if _alive(pid) else None
 
-    def start_daemon(self, gw: str, timeout: float = 60.0) -> int:
-        """Start ``flowpin daemon`` in ``gw``'s namespace; return once it answers."""
+    def start_daemon(self, gw: str, stall: float = 60.0, limit: float = 900.0) -> int:
+        """Start ``flowpin daemon`` in ``gw``'s namespace; return once it answers.
+
+        How long a start takes depends on the machine: bcc compiles the data path at load
+        time, 3 s here, ~45 s in a VM without hardware virtualisation. So there is no fixed
+        deadline: the wait goes on while the daemon works (its CPU time grows) and gives up
+        when it has used no CPU for ``stall`` seconds, or after ``limit`` in all."""
         from controlplane.control import ControlError, request
 
         cfg = self.write_daemon_config(gw) if not self.daemon_config(gw).exists() \
@@ -268,8 +279,9 @@ class Lab:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True,
                 preexec_fn=netns.preexec(ns), env=dict(os.environ, PYTHONUNBUFFERED="1"))
         (self.state_dir / gw / "flowpin.pid").write_text(str(proc.pid))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        start = last_progress = time.monotonic()
+        cpu = _cpu_ticks(proc.pid)
+        while True:
             if proc.poll() is not None:
                 raise LabError(f"flowpin daemon on {gw} exited ({proc.returncode}):\n"
                                f"{self.daemon_log_tail(gw)}")
@@ -278,8 +290,13 @@ class Lab:
                 return proc.pid
             except ControlError:
                 time.sleep(0.1)
-        raise LabError(f"flowpin daemon on {gw} did not answer within {timeout:.0f} s:\n"
-                       f"{self.daemon_log_tail(gw)}")
+            now, used = time.monotonic(), _cpu_ticks(proc.pid)
+            if used > cpu:
+                cpu, last_progress = used, now
+            if now - last_progress > stall or now - start > limit:
+                why = (f"used no CPU for {stall:.0f} s" if now - last_progress > stall
+                       else f"did not answer within {limit:.0f} s")
+                raise LabError(f"flowpin daemon on {gw} {why}:\n{self.daemon_log_tail(gw)}")
 
     def kill_daemon(self, gw: str, sig: int = signal.SIGKILL) -> None:
         pid = self.daemon_pid(gw)
@@ -480,6 +497,15 @@ class Lab:
         self.require_up()
         ns = self.ns(node)
         return subprocess.Popen(list(argv), preexec_fn=lambda: netns.enter(ns), **kw)
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User + system CPU time of ``pid`` in clock ticks (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
 
 
 def _alive(pid: int) -> bool:

@@ -70,7 +70,7 @@ def test_no_cleartext_during_outage(plab: Lab, how: str) -> None:
     udp = plab.popen("bo-client", [sys.executable, "-c", UDP_SENDER, "41000", "30"])
     try:
         time.sleep(1.5)
-        with WanCapture(plab, "bo-gw") as cap:  # until the transfer is done, resume included
+        with WanCapture(plab) as cap:  # until the transfer is done, resume included
             flap(plab, how, 3.0)
             sent, got = tr.wait(timeout=150)
     finally:
@@ -87,7 +87,7 @@ def test_no_cleartext_when_preserve_is_off(plab: Lab) -> None:
     try:
         tr = Transfer(plab, "10.2.0.10", 2 << 20, rate=150_000, port=6600, timeout=10)
         time.sleep(1.5)
-        with WanCapture(plab, "bo-gw") as cap:
+        with WanCapture(plab) as cap:
             flap(plab, "restart-charon", 3.0)
             tr.wait(timeout=60)
     finally:
