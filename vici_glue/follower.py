@@ -37,6 +37,7 @@ from vici_glue.events import (
     parse_event,
     parse_sas,
 )
+from vici_glue.session import ipsec_backend
 
 log = logging.getLogger("flowpin.vici")
 
@@ -46,6 +47,7 @@ class Resync:
     conns: list[ChildConfig]
     sas: list[IkeSA]
     received: float = field(default_factory=time.monotonic)
+    backend: str = "unknown"  # charon's IPsec backend (kernel-netlink, kernel-libipsec)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class Follower:
                 try:
                     conns = parse_conns(list(cmd.list_conns()))
                     sas = parse_sas(list(cmd.list_sas()))
+                    backend = ipsec_backend(cmd.stats())
                 finally:
                     _close(cmd)
                 self.connected.set()
@@ -124,7 +127,7 @@ class Follower:
                 backoff = self.backoff_min
                 log.debug("connected to charon at %s: %d configured CHILD_SAs, %d IKE_SAs",
                          self.path, len(conns), len(sas))
-                self.out.put(Resync(conns, sas))
+                self.out.put(Resync(conns, sas, backend=backend))
                 pending = [first]
                 while not self._stop.is_set():
                     name, msg = pending.pop() if pending else next(stream)
