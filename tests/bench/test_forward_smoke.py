@@ -71,7 +71,9 @@ def test_forward_json_shape_and_cleanup() -> None:
     assert res["checks"]["nftables_conntrack_entries"] > 0
     verdicts = res["checks"]["flowpin_verdicts"]
     assert verdicts.get("PASS_FLOW", 0) > 0 and verdicts.get("PASS_NEW", 0) > 0
-    assert not any(k.startswith("DROP_") for k in verdicts), verdicts
+    # (a drop here was a packet of an earlier contender's connection: see forward.settle)
+    assert not any(k.startswith("DROP_") for k in verdicts), (
+        verdicts, res["checks"]["unsettled_connections"])
     assert res["checks"]["tc_floor_flows"] > 0
     assert res["machine"]["cpus"] >= 1
     # the per-packet decomposition: what each contender adds, and the kernel's own account

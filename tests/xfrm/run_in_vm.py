@@ -65,7 +65,7 @@ def vng_command(kernel: Path, accel: str, out: Path, memory: str, exec_cmd: str)
            "readonly=on,multidevs=remap",
            "--exec", exec_cmd]
     if accel == "tcg":
-        cmd.insert(2, "--disable-kvm")
+        cmd.append("--disable-kvm")
     return cmd
 
 
