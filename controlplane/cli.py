@@ -143,6 +143,7 @@ BENCHMARKS = {
     "control": "controlplane.bench.control",  # issue 4: event -> map latency, resync
     "resume": "controlplane.bench.resume",  # issue 5: outage -> first byte resumed
     "forward": "controlplane.bench.forward",  # issue 6: plain vs nftables vs flowpin
+    "tunnel": "controlplane.bench.tunnel",  # throughput through the lab's tunnel, +/- flowpin
     "all": "controlplane.bench.report",  # issue 6: everything, results.json/.md + charts
 }
 
