@@ -9,7 +9,9 @@ and pytest's summary and exit code come back here.
 
 Environment: ``XFRM_ACCEL`` = auto (default) | kvm | tcg; ``XFRM_MEMORY`` (default 4G);
 ``XFRM_OUT`` the results folder (default out/xfrm/<time>); ``XFRM_TIMEOUT`` seconds for
-the whole VM run (default 5400).
+the whole VM run (default 5400); ``XFRM_AFTER`` commands to run in the guest after pytest,
+separated by ``;;`` (e.g. ``flowpin demo --out OUT/demo``; OUT is the results folder),
+their output in after.log.
 
 Exit code: pytest's; 3 if the VM did not boot or the guest died before pytest reported
 (its console log is printed); 2 if something this needs is missing.
@@ -143,7 +145,10 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pytest_args = argv or ["tests/e2e"]
     (out / "pytest-args").write_text("\n".join(pytest_args) + "\n")
-    for stale in ("result.json", "pytest.log", "junit.xml"):
+    after = [c.strip().replace("OUT/", f"{out}/")
+             for c in os.environ.get("XFRM_AFTER", "").split(";;") if c.strip()]
+    (out / "after").write_text("".join(f"{c}\n" for c in after))
+    for stale in ("result.json", "pytest.log", "junit.xml", "after.log"):
         (out / stale).unlink(missing_ok=True)
 
     want = os.environ.get("XFRM_ACCEL", "auto")
@@ -176,12 +181,15 @@ def main(argv: list[str]) -> int:
     res |= {"accel": accel, "accel_reason": why, "kernel_image": str(kernel),
             "pytest_args": pytest_args, "wall_s": round(wall, 1),
             "boot_s": round(wall - res["guest_setup_s"] - res["pytest_s"]
-                            - (t_boot - t0), 1)}
+                            - res["after_s"] - (t_boot - t0), 1)}
     (out / "result.json").write_text(json.dumps(res, indent=2))
     summary = next((ln for ln in reversed((out / "pytest.log").read_text(
         errors="replace").splitlines()) if ln.startswith("=")), "(no pytest summary)")
     say(f"kernel {res['kernel']}; IPsec backend {res['backend']}; {accel.upper()} ({why})")
     say(f"pytest: {summary.strip('= ')}; exit {res['pytest_exit']}")
+    if after:
+        say(f"after pytest: {len(after)} commands, exit codes {res['after_exit']}, "
+            f"{res['after_s']:.0f} s (output in {out / 'after.log'})")
     say(f"time: {wall:.0f} s in all (boot {res['boot_s']:.0f} s, guest setup "
         f"{res['guest_setup_s']:.0f} s, pytest {res['pytest_s']:.0f} s); results in {out}")
     if res["backend"] != "kernel-netlink":
