@@ -145,8 +145,7 @@ class Lab:
                 if load_conns:
                     self.load_conn(gw)
             # flowpin before the tunnel: from its first packet, every flow is tracked.
-            for gw in self.flowpin_gateways():
-                self.start_daemon(gw)
+            self.start_daemons(self.flowpin_gateways())
             if load_conns:
                 self.bring_up(topology.BO_GW, timeout=timeout)
                 for gw in self.flowpin_gateways():
@@ -262,41 +261,60 @@ class Lab:
         return pid if _alive(pid) else None
 
     def start_daemon(self, gw: str, stall: float = 60.0, limit: float = 900.0) -> int:
-        """Start ``flowpin daemon`` in ``gw``'s namespace; return once it answers.
+        """Start ``flowpin daemon`` in ``gw``'s namespace; return once it answers."""
+        return self.start_daemons([gw], stall, limit)[gw]
+
+    def start_daemons(self, gws: Sequence[str], stall: float = 60.0,
+                      limit: float = 900.0) -> dict[str, int]:
+        """Start ``flowpin daemon`` on each of ``gws`` at once (their bcc compiles run in
+        parallel); return their pids once every one answers.
 
         How long a start takes depends on the machine: bcc compiles the data path at load
         time, 3 s here, ~45 s in a VM without hardware virtualisation. So there is no fixed
-        deadline: the wait goes on while the daemon works (its CPU time grows) and gives up
-        when it has used no CPU for ``stall`` seconds, or after ``limit`` in all."""
+        deadline: the wait goes on while a daemon works (its CPU time grows) and gives up
+        when one has used no CPU for ``stall`` seconds, or after ``limit`` in all."""
         from controlplane.control import ControlError, request
 
+        procs = {gw: self._spawn_daemon(gw) for gw in gws}
+        start = time.monotonic()
+        progress = {gw: (start, _cpu_ticks(proc.pid)) for gw, proc in procs.items()}
+        waiting = list(gws)
+        while waiting:
+            for gw in list(waiting):
+                proc = procs[gw]
+                if proc.poll() is not None:
+                    raise LabError(f"flowpin daemon on {gw} exited ({proc.returncode}):\n"
+                                   f"{self.daemon_log_tail(gw)}")
+                try:
+                    request(self.daemon_socket(gw), "status", timeout=2)
+                    waiting.remove(gw)
+                    continue
+                except ControlError:
+                    pass
+                now, used = time.monotonic(), _cpu_ticks(proc.pid)
+                last, cpu = progress[gw]
+                if used > cpu:
+                    progress[gw] = (now, used)
+                elif now - last > stall or now - start > limit:
+                    why = (f"used no CPU for {stall:.0f} s" if now - last > stall
+                           else f"did not answer within {limit:.0f} s")
+                    raise LabError(f"flowpin daemon on {gw} {why}:\n"
+                                   f"{self.daemon_log_tail(gw)}")
+            if waiting:
+                time.sleep(0.1)
+        return {gw: proc.pid for gw, proc in procs.items()}
+
+    def _spawn_daemon(self, gw: str) -> subprocess.Popen:
         cfg = self.write_daemon_config(gw) if not self.daemon_config(gw).exists() \
             else self.daemon_config(gw)
-        ns = self.ns(gw)
         with open(self.daemon_log(gw), "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "controlplane.cli", "daemon", "--config", str(cfg)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True,
-                preexec_fn=netns.preexec(ns), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                preexec_fn=netns.preexec(self.ns(gw)),
+                env=dict(os.environ, PYTHONUNBUFFERED="1"))
         (self.state_dir / gw / "flowpin.pid").write_text(str(proc.pid))
-        start = last_progress = time.monotonic()
-        cpu = _cpu_ticks(proc.pid)
-        while True:
-            if proc.poll() is not None:
-                raise LabError(f"flowpin daemon on {gw} exited ({proc.returncode}):\n"
-                               f"{self.daemon_log_tail(gw)}")
-            try:
-                request(self.daemon_socket(gw), "status", timeout=2)
-                return proc.pid
-            except ControlError:
-                time.sleep(0.1)
-            now, used = time.monotonic(), _cpu_ticks(proc.pid)
-            if used > cpu:
-                cpu, last_progress = used, now
-            if now - last_progress > stall or now - start > limit:
-                why = (f"used no CPU for {stall:.0f} s" if now - last_progress > stall
-                       else f"did not answer within {limit:.0f} s")
-                raise LabError(f"flowpin daemon on {gw} {why}:\n{self.daemon_log_tail(gw)}")
+        return proc
 
     def kill_daemon(self, gw: str, sig: int = signal.SIGKILL) -> None:
         pid = self.daemon_pid(gw)

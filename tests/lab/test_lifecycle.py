@@ -42,7 +42,9 @@ def leftovers(lab: Lab) -> list[str]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(FLOWPIN + list(args), capture_output=True, text=True, timeout=120)
+    # A guard against a hang, not a measure: `lab up` compiles the data path (3 s here,
+    # ~45 s a gateway in a VM without hardware virtualisation).
+    return subprocess.run(FLOWPIN + list(args), capture_output=True, text=True, timeout=900)
 
 
 def test_up_twice_down_leaves_nothing() -> None:
