@@ -121,3 +121,31 @@ def test_exception_removes_the_topology() -> None:
         t.popen("fpbench-server", ["sleep", "60"])
         raise RuntimeError("boom")
     assert _ours() == []
+
+
+def test_a_contender_waits_for_the_last_measurements_connections() -> None:
+    """A connection still open through the gateway is what a fresh contender would see
+    without its SYN (flowpin: DROP_NO_CONN): settle() reports it, and is quiet once it is
+    closed."""
+    _require()
+    from controlplane.bench import topo as tp
+    from controlplane.bench.forward import settle
+
+    server = ("import socket, sys; s = socket.socket(); s.bind(('0.0.0.0', 5999)); "
+              "s.listen(); print('listening', flush=True); c, _ = s.accept(); "
+              "sys.stdin.read(); c.close()")
+    client = ("import socket, sys; s = socket.create_connection(('10.2.0.10', 5999)); "
+              "print('connected', flush=True); sys.stdin.read(); s.close()")
+    with tp.Topology() as t:
+        srv = t.popen(tp.SERVER, [sys.executable, "-c", server], stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE, text=True)
+        assert srv.stdout is not None and srv.stdout.readline().startswith("listening")
+        cli = t.popen(tp.CLIENT, [sys.executable, "-c", client], stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE, text=True)
+        assert cli.stdout is not None and cli.stdout.readline().startswith("connected")
+        left = settle(t, timeout=0.5)
+        assert f"{tp.CLIENT}: ESTABLISHED" in " ".join(left), left
+        assert any(s.startswith(f"{tp.SERVER}: ESTABLISHED 5999") for s in left), left
+        for p in (cli, srv):
+            p.communicate("", timeout=10)
+        assert settle(t, timeout=10) == []
