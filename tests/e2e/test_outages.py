@@ -130,7 +130,11 @@ def test_many_flows_through_many_flaps(plab: Lab) -> None:
     """50 concurrent long transfers through 10 consecutive flaps of mixed kinds."""
     n, size, rate = 50, 3 << 20, 40_000
     transfers = [Transfer(plab, "10.2.0.10", size, rate=rate, port=7100 + i, seed=i,
-                          timeout=240) for i in range(n)]
+                          timeout=240, gated=True) for i in range(n)]
+    for tr in transfers:  # all 50 connected before any sends: they run at the same time
+        tr.connected()
+    for tr in transfers:
+        tr.go()
     pinned_max = 0
     stop = threading.Event()
 
