@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test lint unit clean-lab fresh-check
+.PHONY: setup demo test lint unit clean-lab fresh-check test-xfrm
 setup:
 	@VENV=$(VENV) scripts/setup.sh
 
@@ -25,3 +25,12 @@ clean-lab: setup
 # The Quick start on a Debian 12 debootstrapped from nothing (committed state; see docs/testing.md).
 fresh-check:
 	@scripts/fresh-check.sh
+
+# The suite on kernel IPsec (strongSwan's kernel-netlink/XFRM backend): in a VM booting
+# Debian's own kernel, because this host's kernel has no ESP. Installs what it needs (QEMU,
+# the kernel and its headers, virtme-ng in .venv-vm) only here. Choose what runs with
+# XFRM_TESTS, e.g. make test-xfrm XFRM_TESTS="tests/e2e -k story". See docs/kernel-ipsec.md.
+XFRM_TESTS ?= tests/e2e tests/lab/test_reclassify.py tests/lab/test_lifecycle.py tests/lab/test_capture_witness.py
+test-xfrm: setup
+	@scripts/setup-xfrm.sh
+	$(PY) tests/xfrm/run_in_vm.py $(XFRM_TESTS)

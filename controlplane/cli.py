@@ -144,6 +144,7 @@ BENCHMARKS = {
     "resume": "controlplane.bench.resume",  # issue 5: outage -> first byte resumed
     "forward": "controlplane.bench.forward",  # issue 6: plain vs nftables vs flowpin
     "faults": "controlplane.bench.faults",  # fail closed: faults under load, WAN witness
+    "tunnel": "controlplane.bench.tunnel",  # throughput through the lab's tunnel, +/- flowpin
     "all": "controlplane.bench.report",  # issue 6: everything, results.json/.md + charts
 }
 

@@ -175,7 +175,8 @@ def cmd_show_vpn_context(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
     guard = d.table.guard_counts()
     rows = [_tunnel_row(d, t, tunnels, flows, guard)
             for t in sorted(d.registry.tunnels.values(), key=lambda t: t.tunnel_id)]
-    return {"charon": "connected" if d.charon_up else "unreachable", "tunnels": rows}
+    return {"charon": "connected" if d.charon_up else "unreachable",
+            "ipsec_backend": d.ipsec_backend, "tunnels": rows}
 
 
 def cmd_show_sysopt(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
@@ -276,6 +277,6 @@ def cmd_reload(d: Daemon, path: Any) -> dict[str, Any]:
 
 def cmd_status(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
     return {"instance": d.cfg.instance, "config": d.cfg.path, "charon_up": d.charon_up,
-            "vici_socket": d.cfg.vici_socket, "lan_interfaces": list(d.cfg.lan_interfaces),
-            "wan_guard": list(d.wan_guarded),
+            "ipsec_backend": d.ipsec_backend, "vici_socket": d.cfg.vici_socket,
+            "lan_interfaces": list(d.cfg.lan_interfaces), "wan_guard": list(d.wan_guarded),
             "pid": os.getpid()}

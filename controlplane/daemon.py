@@ -153,6 +153,7 @@ class Daemon:
                                       "selectors_refused": 0, "tunnels_refused": 0,
                                       "tunnel_ids_freed": 0, "nonvpn_budget": 0}
         self.charon_up = False
+        self.ipsec_backend = "unknown"  # as charon said when last (re)connected
         self.started = time.time()
         self._stop = threading.Event()
         self._sweep_now = threading.Event()
@@ -405,8 +406,10 @@ class Daemon:
             self.stats["resyncs"] += 1
             if not self.charon_up:
                 emit(Sev.NOTICE, Msg.CHARON_FOUND, f"connected to charon at "
-                     f"{self.cfg.vici_socket}: {len(item.conns)} tunnels configured, "
+                     f"{self.cfg.vici_socket} (IPsec backend {item.backend}): "
+                     f"{len(item.conns)} tunnels configured, "
                      f"{sum(len(s.children) for s in item.sas)} CHILD_SAs installed")
+            self.ipsec_backend = item.backend
             self.charon_up = True
             self._apply(self.registry.resync(item.conns, item.sas), item.received)
         elif isinstance(item, Disconnected):

@@ -16,6 +16,8 @@ def vpn_context(data: dict[str, Any], detail: bool = False) -> str:
     lines = []
     if data.get("charon") != "connected":
         lines.append("% charon unreachable: every tunnel is DOWN until it answers again")
+    elif detail:
+        lines.append(f"charon connected, IPsec backend {data.get('ipsec_backend', 'unknown')}")
     for t in data["tunnels"]:
         flags = "+PRESERVE" if t["preserve"] else ""
         for direction, spi, ctx in (("DECR", t["spi_in"], t["id"] * 2),

@@ -36,7 +36,7 @@ from vici_glue.events import (
     parse_event,
     parse_sas,
 )
-from vici_glue.session import decode
+from vici_glue.session import decode, ipsec_backend
 
 log = logging.getLogger("flowpin.vici")
 
@@ -46,6 +46,7 @@ class Resync:
     conns: list[ChildConfig]
     sas: list[IkeSA]
     received: float = field(default_factory=time.monotonic)
+    backend: str = "unknown"  # charon's IPsec backend (kernel-netlink, kernel-libipsec)
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,12 @@ class Follower:
         try:
             conns = parse_conns(list(cmd.list_conns()))
             sas = parse_sas(list(cmd.list_sas()))
+            backend = ipsec_backend(cmd.stats())
         finally:
             _close(cmd)
         log.debug("charon at %s: %d configured CHILD_SAs, %d IKE_SAs", self.path, len(conns),
                   len(sas))
-        self.out.put(Resync(conns, sas))
+        self.out.put(Resync(conns, sas, backend=backend))
 
     def _on_undecodable(self, name: object, msg: object, exc: BaseException) -> None:
         """One event that did not decode: ONE warning naming it and its raw text, then a

@@ -49,6 +49,19 @@ def connect(path: str, timeout: float = 10.0) -> vici.Session:
         time.sleep(0.1)
 
 
+# strongSwan's IPsec backends (plugins providing the kernel IPsec interface), by the order
+# in which one wins when several are loaded: kernel-libipsec is loaded only when asked for,
+# and is then put first (it does ESP in user space, kernel-netlink stays for routes).
+IPSEC_BACKENDS = ("kernel-libipsec", "kernel-netlink", "kernel-pfkey", "kernel-wfp")
+
+
+def ipsec_backend(stats: dict[str, Any]) -> str:
+    """The IPsec backend charon runs, from its VICI ``stats`` answer (the loaded plugins);
+    "unknown" when no known backend is loaded or charon does not list its plugins."""
+    plugins = set(decode(stats.get("plugins", [])))
+    return next((b for b in IPSEC_BACKENDS if b in plugins), "unknown")
+
+
 def _drain(stream: Iterator[Any]) -> list[str]:
     """Consume a streamed command; return charon's control-log lines."""
     return [decode(m).get("msg", "") for m in stream]

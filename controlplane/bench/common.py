@@ -51,6 +51,17 @@ def _read(path: str) -> str:
         return ""
 
 
+def ipsec_backend() -> str:
+    """The IPsec backend strongSwan gets on this kernel (probed as `flowpin lab up` does):
+    kernel-netlink (ESP in the kernel's XFRM) or kernel-libipsec (ESP in user space)."""
+    from controlplane.lab import backend
+
+    try:
+        return backend.probe()[0]
+    except (OSError, RuntimeError) as exc:  # not root, no netns: say so, do not guess
+        return f"unknown ({exc})"
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu = ""
@@ -85,6 +96,7 @@ def machine() -> dict[str, Any]:
         "srso_mitigation": _read("/sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow"),
         "python": sys.version.split()[0],
         "iperf3": iperf,
+        "ipsec_backend": ipsec_backend(),
     }
 
 

@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Any
 
+from controlplane.bench.common import machine
+
 
 def _percentile(values: list[float], p: float) -> float:
     v = sorted(values)
@@ -112,6 +114,7 @@ def main(argv: list[str]) -> int:
            **resync_1k(a.tunnels)}
     res["targets"] = {"event_to_map_p99_ms_max": 5.0,
                       "met": bool(bo["p99"] is not None and bo["p99"] <= 5.0)}
+    res["machine"] = machine()
     print(json.dumps(res, indent=None if a.json else 2))
     return 0
 

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from controlplane import testrun as tr
+from controlplane.bench.common import machine
 from controlplane.datapath import Datapath, DatapathConfig, compile_empty
 from controlplane.flow_table import CONST, FlowTable, Side
 from controlplane.sweeper import Sweeper
@@ -287,6 +288,7 @@ def main(argv: list[str]) -> int:
         return 1
     try:
         out = run(a.repeat)
+        out["machine"] = machine()
     except Exception as exc:  # report, as JSON, what failed
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return 1

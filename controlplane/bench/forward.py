@@ -218,6 +218,13 @@ class Runner:
     def __init__(self, t: tp.Topology, seconds: int) -> None:
         self.t, self.seconds = t, seconds
         self.load_cpu, self.server_cpu = tp.cpus()
+        self.unsettled: list[str] = []  # connections still open when a contender began
+
+    def settle(self) -> None:
+        """Before a contender: the last measurement's connections are all closed."""
+        left = settle(self.t)
+        if left:
+            self.unsettled += left
 
     def start_servers(self) -> None:
         sc = self.server_cpu
@@ -277,6 +284,45 @@ class Runner:
         return total
 
 
+# TCP states (as /proc/net/tcp numbers them) in which a socket may still send: everything
+# but LISTEN, TIME_WAIT (it only answers a retransmitted FIN, i.e. a peer in one of these
+# states) and CLOSE.
+_SENDING_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+                   "05": "FIN_WAIT2", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0B": "CLOSING"}
+
+
+def _sending_sockets() -> list[str]:
+    """Runs inside a namespace: its TCP sockets that may still send, as 'state port'."""
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in fh.read().splitlines()[1:]:
+                f = line.split()
+                if f[3] in _SENDING_STATES:
+                    out.append(f"{_SENDING_STATES[f[3]]} {int(f[1].rsplit(':', 1)[1], 16)}")
+    return out
+
+
+def settle(t: tp.Topology, timeout: float = 15.0) -> list[str]:
+    """Wait until no TCP connection of the last measurement can still send; return what
+    is left (empty: settled).
+
+    Every contender starts from nothing (conntrack flushed, flowpin's flows cleared, no
+    pickup window), so it must never see a packet of a connection opened before it: for
+    flowpin that packet is a TCP segment without SYN and without a flow, a DROP_NO_CONN
+    (nftables drops it too, silently, by its policy). Such packets come from a
+    measurement's tail: iperf3 or a short connection still closing when its process has
+    exited (a late FIN and the ACK that answers it), and retransmissions of what the
+    previous contender dropped. Seen once in 765k packets on a fresh, busy machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [f"{ns}: {s}" for ns in (tp.CLIENT, tp.SERVER)
+                for s in netns.call(ns, _sending_sockets)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
 def _port_open(ns: str, port: int) -> bool:
     def probe(p: int) -> bool:
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -303,6 +349,7 @@ def prog_costs(gw: Gateway, r: Runner, diagnostics: tuple[str, ...]) -> dict[str
     stats_fd = enable_run_stats()
     try:
         for c, fd in fds.items():
+            r.settle()
             gw.apply(c)
             try:
                 t0, n0 = prog_run_stats(fd)
@@ -341,6 +388,7 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             digits = {"tput_gbps": 3, "pps": 0, "cps": 1}
             for m in measures:
                 def one(c: str, _round: int, fn: Any = fns[m]) -> float:
+                    r.settle()
                     gw.apply(c)
                     try:
                         return float(fn())
@@ -355,6 +403,7 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
                             a / b for a, b in zip(per[c], per["plain"], strict=True) if b), 3)
             if "pps" in measures:
                 prog_ns = prog_costs(gw, r, diagnostics)
+            gw.checks["unsettled_connections"] = r.unsettled[:20]
     finally:
         gw.close()
     med = {c: {m: results[c].get(m, {}).get("median") for m in MEASURES} for c in CONTENDERS}

@@ -23,6 +23,7 @@ import sys
 import time
 from typing import Any
 
+from controlplane.bench.common import machine
 from controlplane.lab.flap import KINDS, flap
 from controlplane.lab.lab import Lab
 from controlplane.lab.traffic import Transfer
@@ -81,7 +82,8 @@ def main(argv: list[str]) -> int:
             print(f"outage {s:g} s: {out[f'{s:g}']}", file=sys.stderr, flush=True)
     finally:
         lab.down()
-    print(json.dumps({"outage_s": out, "how": a.how}, indent=None if a.json else 2))
+    print(json.dumps({"outage_s": out, "how": a.how, "machine": machine()},
+                     indent=None if a.json else 2))
     return 0
 
 

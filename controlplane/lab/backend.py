@@ -3,7 +3,8 @@
 The probe asks the kernel to install an ESP security association through XFRM netlink,
 inside a throwaway network namespace (so nothing is left behind). A kernel built without
 ``CONFIG_INET_ESP`` refuses it; charon must then do ESP in user space (kernel-libipsec).
-pyroute2 has no XFRM state API, so the one message is packed here.
+pyroute2 has no XFRM state API, so the few messages the lab needs are packed here: the
+probe's NEWSA, and the flushes that remove what a killed charon left in the kernel.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from controlplane.lab import netns
 
 NETLINK_XFRM = 6
 XFRM_MSG_NEWSA = 0x10
+XFRM_MSG_FLUSHSA = 0x1C
+XFRM_MSG_FLUSHPOLICY = 0x1D
+IPSEC_PROTO_ANY = 255
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL = 0x1, 0x4, 0x400, 0x200
 NLMSG_ERROR = 2
 XFRMA_ALG_CRYPT = 2
@@ -53,17 +57,42 @@ def _newsa_message() -> bytes:
     return struct.pack("=IHHII", 16 + len(body), XFRM_MSG_NEWSA, flags, 1, 0) + body
 
 
-def _try_esp_state() -> str:
-    """In a child that owns a fresh netns: ask for an ESP SA, return '' or the error."""
+def _request(message: bytes) -> str:
+    """Send one XFRM netlink request in this process's netns; '' or the kernel's error."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM) as s:
         s.bind((0, 0))
-        s.send(_newsa_message())
+        s.send(message)
         reply = s.recv(65536)
     _length, kind = struct.unpack_from("=IH", reply)
     if kind != NLMSG_ERROR:
         return f"unexpected netlink reply type {kind}"
     (err,) = struct.unpack_from("=i", reply, 16)
     return "" if err == 0 else os.strerror(-err)
+
+
+def _try_esp_state() -> str:
+    """In a child that owns a fresh netns: ask for an ESP SA, return '' or the error."""
+    return _request(_newsa_message())
+
+
+def _flush() -> str:
+    flags = NLM_F_REQUEST | NLM_F_ACK
+    # struct xfrm_usersa_flush is one byte (the protocol), padded to 4.
+    sas = struct.pack("=IHHII", 20, XFRM_MSG_FLUSHSA, flags, 1, 0) + struct.pack(
+        "=B3x", IPSEC_PROTO_ANY)
+    policies = struct.pack("=IHHII", 16, XFRM_MSG_FLUSHPOLICY, flags, 2, 0)
+    return "; ".join(e for e in (_request(sas), _request(policies)) if e)
+
+
+def flush(ns: str) -> str:
+    """Remove every XFRM state and policy in namespace ``ns``; '' or the kernel's error.
+
+    Under kernel-netlink a charon killed with SIGKILL leaves its ESP states and policies in
+    the kernel: the kernel goes on encrypting with SAs nobody owns, and a new charon adds
+    its own beside them. A restart that must look like the end of charon and all it owned
+    (as kernel-libipsec's does: its ESP dies with the process) flushes first.
+    """
+    return netns.call(ns, _flush)
 
 
 def probe() -> tuple[str, str]:

@@ -1,8 +1,16 @@
-"""What crosses the WAN: capture on a gateway's WAN interface and classify each packet.
+"""What crosses the WAN: capture what each gateway *sends* on its WAN and classify it.
 
 tcpdump writes the capture (an independent witness: it is not flowpin looking at its own
 work); this module reads the pcap and sorts packets into ESP (raw or UDP-encapsulated),
 IKE, cleartext between the two LANs (a leak) and other.
+
+Only what a gateway sends is captured (``tcpdump -Q out``), on every gateway: the WAN is
+one link between the two, so everything on it was sent by one of them, once. Capturing both
+directions on one gateway is wrong under strongSwan's kernel-netlink (XFRM) backend: there
+a decrypted packet re-enters the stack on the WAN device it arrived on, and a capture of
+the WAN's ingress sees it a second time, in clear -- a leak that never crossed the wire.
+(Under kernel-libipsec the decrypted packet comes out of the TUN device ``ipsec0``, so the
+mistake went unnoticed there.)
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import struct
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,23 +119,26 @@ _DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
 _CAPTURED = re.compile(r"(\d+) packets? captured")
 
 
-class WanCapture:
-    """``with WanCapture(lab, gw) as cap: ...`` then ``cap.summary``.
+class GatewayCapture:
+    """``with GatewayCapture(lab, gw) as cap: ...`` then ``cap.summary``: what one gateway
+    sends on its WAN.
 
-    ``direction="out"`` captures only what the gateway sends (tcpdump ``-Q out``): under
-    XFRM, decrypted packets re-enter the stack on the WAN device and would look like leaks
-    in a capture of both directions. ``buffer_kib`` enlarges the kernel buffer for fast
-    streams; after the block ``dropped`` holds what tcpdump reports as "dropped by kernel"
-    (a witness that dropped packets cannot vouch for them: callers must check it).
+    ``direction="out"`` (the default) captures only what the gateway sends (tcpdump ``-Q
+    out``): under XFRM, decrypted packets re-enter the stack on the WAN device and would
+    look like leaks in a capture of both directions. ``buffer_kib`` enlarges the kernel
+    buffer for fast streams; after the block ``dropped`` holds what tcpdump reports as
+    "dropped by kernel" (a witness that dropped packets cannot vouch for them: callers
+    must check it).
     """
 
     def __init__(self, lab: Lab, gw: str = topology.BO_GW, path: Path | None = None, *,
-                 direction: str | None = None, snaplen: int = 128,
+                 direction: str | None = "out", snaplen: int = 128,
                  buffer_kib: int | None = None) -> None:
         if direction not in (None, "in", "out", "inout"):
             raise ValueError(f"direction {direction!r}: in, out or inout")
         self.lab, self.gw = lab, gw
-        self.path = path or (lab.state_dir / f"wan-{gw}-{time.monotonic_ns()}.pcap")
+        stamp = time.monotonic_ns()
+        self.path = path or (lab.state_dir / f"wan-{gw}-{direction or 'inout'}-{stamp}.pcap")
         self.direction, self.snaplen, self.buffer_kib = direction, snaplen, buffer_kib
         self.proc: subprocess.Popen | None = None
         self.summary = WanSummary()
@@ -142,10 +154,13 @@ class WanCapture:
             # write per packet is what makes tcpdump fall behind and the kernel drop.
             argv += ["-B", str(self.buffer_kib)]
         else:
-            argv.append("-U")
+            # --immediate-mode: without it libpcap takes packets from the kernel a ring
+            # block at a time, and what sits in a block not yet handed over when tcpdump is
+            # stopped is never written -- the last packets of a capture, perhaps the leak.
+            argv += ["--immediate-mode", "-U"]
         return argv + ["-w", str(self.path)]
 
-    def __enter__(self) -> WanCapture:
+    def start(self) -> None:
         self.proc = self.lab.popen(self.gw, self.argv(),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # tcpdump says "listening on" once the capture runs.
@@ -153,10 +168,10 @@ class WanCapture:
         line = self.proc.stderr.readline().decode(errors="replace")
         if "listening" not in line:
             self.proc.kill()
+            self.proc.wait()
             raise RuntimeError(f"tcpdump on {self.gw}: {line.strip()}")
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         if self.proc:
             # Buffered, libpcap hands packets over in blocks at the latest after its 1 s
             # timeout, and a block not yet handed over when tcpdump stops is lost.
@@ -172,4 +187,48 @@ class WanCapture:
             self.dropped = int(m.group(1)) if m else None
             m = _CAPTURED.search(text)
             self.captured = int(m.group(1)) if m else None
+            self.proc = None
         self.summary = read_pcap(self.path)
+
+    def __enter__(self) -> GatewayCapture:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class WanCapture:
+    """``with WanCapture(lab) as cap: ...`` then ``cap.summary`` (everything the gateways
+    sent on the WAN) and ``cap.by_sender`` (the same, per gateway): one
+    :class:`GatewayCapture` of what each gateway sends."""
+
+    def __init__(self, lab: Lab, senders: Sequence[str] = topology.GATEWAYS,
+                 **options: object) -> None:
+        self.lab = lab
+        self.senders = tuple(senders)
+        self.parts = {gw: GatewayCapture(lab, gw, **options)  # type: ignore[arg-type]
+                      for gw in self.senders}
+        self.summary = WanSummary()
+        self.by_sender: dict[str, WanSummary] = {}
+
+    def __enter__(self) -> WanCapture:
+        started = []
+        try:
+            for part in self.parts.values():
+                part.start()
+                started.append(part)
+        except BaseException:
+            for part in started:
+                part.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for part in self.parts.values():
+            part.stop()
+        self.by_sender = {gw: part.summary for gw, part in self.parts.items()}
+        self.summary = WanSummary()
+        for part in self.by_sender.values():
+            self.summary.counts.update(part.counts)
+            self.summary.leaks += part.leaks

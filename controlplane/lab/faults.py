@@ -35,7 +35,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from controlplane.lab import topology
-from controlplane.lab.capture import WanCapture
+from controlplane.lab.capture import GatewayCapture
 from controlplane.lab.flap import FlapResult, flap
 from controlplane.lab.lab import Lab, LabError, conn_for
 from controlplane.lab.topology import BO_GW, CHILD, CLIENT, CONN, GATEWAYS, SERVER
@@ -149,7 +149,7 @@ def _daemon_down_then_flap(sig: int, env: dict[str, str] | None = None
         ctx.note(f"flowpin daemon on bo-gw stopped ({signal.Signals(sig).name})")
         if env is not None:
             try:
-                lab.start_daemon(BO_GW, timeout=120, env=env)
+                lab.start_daemon(BO_GW, limit=120, env=env)
                 ctx.checks["daemon start failed as arranged"] = False
                 ctx.note("the broken daemon started after all")
             except LabError as exc:
@@ -157,7 +157,7 @@ def _daemon_down_then_flap(sig: int, env: dict[str, str] | None = None
                 last = str(exc).strip().splitlines()[-1][:160]
                 ctx.note(f"daemon failed to start as arranged: {last}")
         ctx.flap("child", 3.0)
-        lab.start_daemon(BO_GW, timeout=120)
+        lab.start_daemon(BO_GW, limit=120)
         ctx.note("flowpin daemon on bo-gw started again")
         lab.wait_daemon_sees_up(BO_GW, timeout=20)
     return inject
@@ -510,7 +510,7 @@ def run_fault(lab: Lab, traffic: Traffic, fault: Fault, index: int = 0,
     res: dict[str, Any] = {"fault": fault.name, "how": fault.how}
     failures: list[str] = []
     transfers: list[tuple[str, Transfer]] = []
-    caps = [WanCapture(lab, gw, direction="out", snaplen=SNAPLEN,
+    caps = [GatewayCapture(lab, gw, direction="out", snaplen=SNAPLEN,
                        buffer_kib=CAPTURE_BUFFER_KIB) for gw in GATEWAYS]
     gen: dict[str, Any] = {}
     t0 = time.monotonic()
@@ -626,7 +626,7 @@ def heal(lab: Lab, restart_daemons: set[str] | None = None) -> None:
         if gw in (restart_daemons or set()) and lab.daemon_pid(gw):
             lab.kill_daemon(gw, signal.SIGTERM)
         if not lab.daemon_pid(gw):
-            lab.start_daemon(gw, timeout=120)
+            lab.start_daemon(gw, limit=120)
     lab.bring_up(BO_GW, timeout=60)
 
 

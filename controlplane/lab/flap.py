@@ -10,6 +10,9 @@ that gateway. :func:`flap` returns when both gateways have the CHILD_SA installe
 - ``dpd``: drop IKE (UDP 500/4500) and ESP on the gateway's WAN with nftables until DPD
   declares the peer dead on both sides.
 - ``restart-charon``: SIGKILL the gateway's charon, start it again after ``seconds``.
+  Under kernel-netlink the XFRM states and policies it had installed are flushed with it
+  (see :func:`controlplane.lab.backend.flush`): the crash takes charon and all it owned,
+  as it does under kernel-libipsec, where ESP runs inside charon.
 
 Traffic, a trap policy or flowpin's own demand may bring a tunnel back before ``seconds``
 are over for ``child`` and ``ike``; ``dpd`` and ``restart-charon`` cannot come back early.
@@ -21,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.lab import nft, topology
+from controlplane.lab import backend, nft, topology
 from controlplane.lab.lab import Lab, LabError
 from controlplane.lab.topology import CHILD, CONN, GATEWAYS, PEER
 from vici_glue import session as vs
@@ -109,6 +112,11 @@ def flap(lab: Lab, how: str, seconds: float, gw: str = topology.BO_GW,
         elif how == "restart-charon":
             lab.charon(gw).kill()
             res.events.append(f"charon on {gw} killed (SIGKILL)")
+            if lab.meta().get("backend") == backend.KERNEL_NETLINK:
+                err = backend.flush(lab.ns(gw))
+                if err:
+                    raise LabError(f"flushing XFRM on {gw} after charon's death: {err}")
+                res.events.append(f"XFRM states and policies it left on {gw} flushed")
         res.sa_gone_at = time.monotonic()
         remaining = seconds - (time.monotonic() - start)
         if remaining > 0:

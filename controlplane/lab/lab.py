@@ -118,9 +118,10 @@ class Lab:
     def up(self, peer: str = "flowpin", timeout: float = 30.0,
            charon_options: dict[str, str] | None = None, preserve: bool = False,
            daemon_options: dict[str, Any] | None = None,
-           load_conns: bool = True) -> dict[str, Any]:
+           load_conns: bool = True, daemons: bool = True) -> dict[str, Any]:
         """Build the lab and bring the tunnel up. ``charon_options`` are extra ``charon.*``
-        settings for both gateways (e.g. ``{"make_before_break": "yes"}``)."""
+        settings for both gateways (e.g. ``{"make_before_break": "yes"}``). Without
+        ``daemons`` no gateway runs flowpin: two plain strongSwan gateways."""
         require_root()
         if peer not in PEER_MODES:
             raise LabError(f"--peer must be one of {', '.join(PEER_MODES)}")
@@ -135,7 +136,8 @@ class Lab:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         meta = {"name": self.name, "backend": backend, "backend_reason": why, "peer": peer,
                 "charon_options": charon_options or {}, "preserve": preserve,
-                "daemon_options": daemon_options or {}, "created": time.time()}
+                "daemon_options": daemon_options or {}, "daemons": daemons,
+                "created": time.time()}
         (self.state_dir / "lab.json").write_text(json.dumps(meta, indent=2))
         try:
             self._build_network()
@@ -145,8 +147,7 @@ class Lab:
                 if load_conns:
                     self.load_conn(gw)
             # flowpin before the tunnel: from its first packet, every flow is tracked.
-            for gw in self.flowpin_gateways():
-                self.start_daemon(gw)
+            self.start_daemons(self.flowpin_gateways())
             if load_conns:
                 self.bring_up(topology.BO_GW, timeout=timeout)
                 for gw in self.flowpin_gateways():
@@ -210,8 +211,12 @@ class Lab:
 
     # --- flowpin daemons -----------------------------------------------------------------
     def flowpin_gateways(self) -> list[str]:
-        """Gateways that run flowpin: both, or bo-gw alone with ``--peer plain``."""
-        return [topology.BO_GW] if self.meta().get("peer") == "plain" else list(GATEWAYS)
+        """Gateways that run flowpin: both, or bo-gw alone with ``--peer plain``, or none
+        (``up(daemons=False)``)."""
+        meta = self.meta()
+        if not meta.get("daemons", True):
+            return []
+        return [topology.BO_GW] if meta.get("peer") == "plain" else list(GATEWAYS)
 
     def instance(self, gw: str) -> str:
         return f"lab-{self.name}-{gw}"
@@ -265,34 +270,64 @@ class Lab:
             return None
         return pid if _alive(pid) else None
 
-    def start_daemon(self, gw: str, timeout: float = 60.0,
+    def start_daemon(self, gw: str, stall: float = 60.0, limit: float = 900.0,
                      env: dict[str, str] | None = None) -> int:
         """Start ``flowpin daemon`` in ``gw``'s namespace; return once it answers.
         ``env``: extra environment (the fault suite breaks bcc's compile with it)."""
+        return self.start_daemons([gw], stall, limit, env)[gw]
+
+    def start_daemons(self, gws: Sequence[str], stall: float = 60.0,
+                      limit: float = 900.0, env: dict[str, str] | None = None
+                      ) -> dict[str, int]:
+        """Start ``flowpin daemon`` on each of ``gws`` at once (their bcc compiles run in
+        parallel); return their pids once every one answers.
+
+        How long a start takes depends on the machine: bcc compiles the data path at load
+        time, 3 s here, ~45 s in a VM without hardware virtualisation. So there is no fixed
+        deadline: the wait goes on while a daemon works (its CPU time grows) and gives up
+        when one has used no CPU for ``stall`` seconds, or after ``limit`` in all."""
         from controlplane.control import ControlError, request
 
+        procs = {gw: self._spawn_daemon(gw, env) for gw in gws}
+        start = time.monotonic()
+        progress = {gw: (start, _cpu_ticks(proc.pid)) for gw, proc in procs.items()}
+        waiting = list(gws)
+        while waiting:
+            for gw in list(waiting):
+                proc = procs[gw]
+                if proc.poll() is not None:
+                    raise LabError(f"flowpin daemon on {gw} exited ({proc.returncode}):\n"
+                                   f"{self.daemon_log_tail(gw)}")
+                try:
+                    request(self.daemon_socket(gw), "status", timeout=2)
+                    waiting.remove(gw)
+                    continue
+                except ControlError:
+                    pass
+                now, used = time.monotonic(), _cpu_ticks(proc.pid)
+                last, cpu = progress[gw]
+                if used > cpu:
+                    progress[gw] = (now, used)
+                elif now - last > stall or now - start > limit:
+                    why = (f"used no CPU for {stall:.0f} s" if now - last > stall
+                           else f"did not answer within {limit:.0f} s")
+                    raise LabError(f"flowpin daemon on {gw} {why}:\n"
+                                   f"{self.daemon_log_tail(gw)}")
+            if waiting:
+                time.sleep(0.1)
+        return {gw: proc.pid for gw, proc in procs.items()}
+
+    def _spawn_daemon(self, gw: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         cfg = self.write_daemon_config(gw) if not self.daemon_config(gw).exists() \
             else self.daemon_config(gw)
-        ns = self.ns(gw)
         with open(self.daemon_log(gw), "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "controlplane.cli", "daemon", "--config", str(cfg)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True,
-                preexec_fn=netns.preexec(ns),
+                preexec_fn=netns.preexec(self.ns(gw)),
                 env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
         (self.state_dir / gw / "flowpin.pid").write_text(str(proc.pid))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise LabError(f"flowpin daemon on {gw} exited ({proc.returncode}):\n"
-                               f"{self.daemon_log_tail(gw)}")
-            try:
-                request(self.daemon_socket(gw), "status", timeout=2)
-                return proc.pid
-            except ControlError:
-                time.sleep(0.1)
-        raise LabError(f"flowpin daemon on {gw} did not answer within {timeout:.0f} s:\n"
-                       f"{self.daemon_log_tail(gw)}")
+        return proc
 
     def kill_daemon(self, gw: str, sig: int = signal.SIGKILL) -> None:
         pid = self.daemon_pid(gw)
@@ -493,6 +528,15 @@ class Lab:
         self.require_up()
         ns = self.ns(node)
         return subprocess.Popen(list(argv), preexec_fn=lambda: netns.enter(ns), **kw)
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User + system CPU time of ``pid`` in clock ticks (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
 
 
 def _alive(pid: int) -> bool:

@@ -64,13 +64,17 @@ def serve(bind: str, port: int, timeout: float) -> dict[str, Any]:
 
 
 def send(to: str, port: int, nbytes: int, rate: float, seed: int,
-         timeout: float) -> dict[str, Any]:
+         timeout: float, gated: bool = False) -> dict[str, Any]:
     block = _pattern(seed)
     family = socket.AF_INET6 if ":" in to else socket.AF_INET
     digest, sent, start = hashlib.sha256(), 0, time.monotonic()
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect((to, port))
+        if gated:  # connected; send nothing until told (a line on stdin)
+            print(json.dumps({"connected": port}), flush=True)
+            sys.stdin.readline()
+            start = time.monotonic()
         while sent < nbytes:
             off = sent % len(block)
             piece = block[off: off + min(CHUNK, nbytes - sent, len(block) - off)]
@@ -104,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     sd.add_argument("--rate", type=float, default=0.0, help="bytes per second (0: unlimited)")
     sd.add_argument("--seed", type=int, default=1)
     sd.add_argument("--timeout", type=float, default=120.0)
+    sd.add_argument("--gated", action="store_true",
+                    help="connect, print {\"connected\": PORT}, send once a line is read")
     a = p.parse_args(argv)
     try:
         if a.cmd == "serve":
             res = serve(a.bind, a.port, a.timeout)
         else:
-            res = send(a.to, a.port, a.bytes, a.rate, a.seed, a.timeout)
+            res = send(a.to, a.port, a.bytes, a.rate, a.seed, a.timeout, a.gated)
     except OSError as exc:
         res = {"bytes": 0, "error": str(exc)}
     print(json.dumps(res), flush=True)
@@ -121,10 +127,15 @@ if __name__ == "__main__":
 
 
 class Transfer:
-    """A TCP transfer from bo-client to ho-server, started now, finished by :meth:`wait`."""
+    """A TCP transfer from bo-client to ho-server, started now, finished by :meth:`wait`.
+
+    ``gated``: the client connects and then waits for :meth:`go` before it sends, so that
+    many transfers can be made to run at the same time however long starting them took
+    (Python starts in seconds in an emulated VM: 50 started one after the other did not
+    overlap)."""
 
     def __init__(self, lab: Any, to: str, nbytes: int, *, port: int = 5001, rate: float = 0.0,
-                 seed: int = 1, timeout: float = 120.0) -> None:
+                 seed: int = 1, timeout: float = 120.0, gated: bool = False) -> None:
         import subprocess
 
         from controlplane.lab import topology
@@ -142,8 +153,23 @@ class Transfer:
             raise RuntimeError(f"traffic server did not start: {ready!r}")
         self.client = lab.popen(topology.CLIENT, py + [
             "send", "--to", to, "--port", str(port), "--bytes", str(nbytes), "--rate",
-            str(rate), "--seed", str(seed), "--timeout", str(timeout)],
-            stdout=subprocess.PIPE, text=True)
+            str(rate), "--seed", str(seed), "--timeout", str(timeout)]
+            + (["--gated"] if gated else []),
+            stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE if gated else subprocess.DEVNULL)
+
+    def connected(self) -> None:
+        """(gated) Return once the client's connection is established."""
+        assert self.client.stdout is not None
+        line = self.client.stdout.readline()
+        if "connected" not in line:
+            raise RuntimeError(f"traffic client did not connect: {line!r}")
+
+    def go(self) -> None:
+        """(gated) Let the client send."""
+        assert self.client.stdin is not None
+        self.client.stdin.write("go\n")
+        self.client.stdin.flush()
 
     def wait(self, timeout: float = 180.0) -> tuple[dict[str, Any], dict[str, Any]]:
         """(sent, received) as printed by the two ends."""

@@ -70,7 +70,7 @@ def test_no_cleartext_during_outage(plab: Lab, how: str) -> None:
     udp = plab.popen("bo-client", [sys.executable, "-c", UDP_SENDER, "41000", "30"])
     try:
         time.sleep(1.5)
-        with WanCapture(plab, "bo-gw") as cap:  # until the transfer is done, resume included
+        with WanCapture(plab) as cap:  # until the transfer is done, resume included
             flap(plab, how, 3.0)
             sent, got = tr.wait(timeout=150)
     finally:
@@ -87,7 +87,7 @@ def test_no_cleartext_when_preserve_is_off(plab: Lab) -> None:
     try:
         tr = Transfer(plab, "10.2.0.10", 2 << 20, rate=150_000, port=6600, timeout=10)
         time.sleep(1.5)
-        with WanCapture(plab, "bo-gw") as cap:
+        with WanCapture(plab) as cap:
             flap(plab, "restart-charon", 3.0)
             tr.wait(timeout=60)
     finally:
@@ -129,8 +129,14 @@ def test_udp_is_not_preserved(plab: Lab) -> None:
 def test_many_flows_through_many_flaps(plab: Lab) -> None:
     """50 concurrent long transfers through 10 consecutive flaps of mixed kinds."""
     n, size, rate = 50, 3 << 20, 40_000
+    # timeout: an idle guard, not a measure -- each server waits for its client's first
+    # byte until all 50 are connected, which took over 4 minutes in a TCG VM.
     transfers = [Transfer(plab, "10.2.0.10", size, rate=rate, port=7100 + i, seed=i,
-                          timeout=240) for i in range(n)]
+                          timeout=900, gated=True) for i in range(n)]
+    for tr in transfers:  # all 50 connected before any sends: they run at the same time
+        tr.connected()
+    for tr in transfers:
+        tr.go()
     pinned_max = 0
     stop = threading.Event()
 
@@ -153,7 +159,7 @@ def test_many_flows_through_many_flaps(plab: Lab) -> None:
         for how in kinds:
             flap(plab, how, 1.0)
             time.sleep(1.0)
-        results = [tr.wait(timeout=300) for tr in transfers]
+        results = [tr.wait(timeout=900) for tr in transfers]
     finally:
         stop.set()
         for tr in transfers:

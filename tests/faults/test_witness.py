@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from controlplane.lab import netns, topology
-from controlplane.lab.capture import _DROPPED, WanCapture, classify
+from controlplane.lab.capture import _DROPPED, GatewayCapture, classify
 from controlplane.lab.lab import Lab
 from controlplane.lab.mixgen import _csum, icmp_packets
 
@@ -25,7 +25,7 @@ def _frame(src: str, dst: str, payload: bytes = b"leak") -> bytes:
 
 
 def test_capture_is_egress_only_with_a_big_buffer() -> None:
-    cap = WanCapture(Lab("x"), "bo-gw", direction="out", snaplen=96, buffer_kib=65536)
+    cap = GatewayCapture(Lab("x"), "bo-gw", direction="out", snaplen=96, buffer_kib=65536)
     argv = cap.argv()
     assert argv[argv.index("-Q") + 1] == "out"
     assert argv[argv.index("-B") + 1] == "65536"
@@ -67,7 +67,7 @@ def test_witness_sees_a_leak_and_only_what_the_gateway_sends(
         s.close()
         return len(frames)
 
-    with WanCapture(lab, "bo-gw", direction="out", snaplen=96, buffer_kib=4096) as cap:
+    with GatewayCapture(lab, "bo-gw", direction="out", snaplen=96, buffer_kib=4096) as cap:
         netns.call(lab.ns("bo-gw"), send, [_frame("10.1.0.10", "10.2.0.10")] * 3)
         netns.call(lab.ns("ho-gw"), send, [_frame("10.2.0.10", "10.1.0.10")] * 5)
         time.sleep(0.5)

@@ -41,6 +41,16 @@ def test_show_commands_as_json(lab: Lab) -> None:
     assert "PASS_FLOW" in counters["datapath"] and counters["flow_table_size"] == 65536
 
 
+def test_the_ipsec_backend_is_said(lab: Lab) -> None:
+    """The daemon learns charon's backend over VICI: it is the one the lab probed."""
+    backend = lab.meta()["backend"]
+    assert as_json(lab, "show", "vpn-context")["ipsec_backend"] == backend
+    r = fp(lab, "show", "vpn-context", "--detail")
+    assert f"charon connected, IPsec backend {backend}" in r.stdout, r.stdout
+    assert lab.ask("bo-gw", "status")["ipsec_backend"] == backend
+    assert f"(IPsec backend {backend})" in lab.daemon_log("bo-gw").read_text()
+
+
 def test_show_conn_and_clear_conn(lab: Lab) -> None:
     assert lab.exec("bo-client", [sys.executable, "-c", UDP]).returncode == 0
     time.sleep(0.3)

@@ -183,7 +183,7 @@ def test_no_cleartext_on_the_wan_while_down(plab: Lab) -> None:
     from controlplane.lab.capture import WanCapture
 
     tr = start_transfer(plab)
-    with WanCapture(plab, "ho-gw") as cap:
+    with WanCapture(plab) as cap:
         flap(plab, "restart-charon", 3.0)
     sent, got = tr.wait(timeout=150)
     assert got["sha256"] == sent["sha256"]
