@@ -9,7 +9,9 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -35,6 +37,17 @@ def require_lab_prerequisites() -> None:
     if missing:
         pytest.fail("lab prerequisites missing: " + "; ".join(missing) + " -- run `make setup`"
                     " as root", pytrace=False)
+
+
+def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``pred`` until it returns something true (returned), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def unique_lab_name(tag: str) -> str:

@@ -174,36 +174,10 @@ def _clsact_deleted(ctx: Context) -> None:
     ctx.flap("child", 3.0)
 
 
-def _recreate_lan(lab: Lab) -> None:
-    """Delete bo-gw's lan0 (and with it bo-client's eth0, its veth peer) and make the pair
-    again with the same names, addresses and routes, as a network manager would."""
-    link = topology.LINKS[0]
-    assert link.b == BO_GW and link.b_if == topology.LAN_IF
-    with IPRoute(netns=lab.ns(BO_GW)) as ipr:
-        ipr.link("del", index=ipr.link_lookup(ifname=link.b_if)[0])
-    tmp_a, tmp_b = "fpfaulta", "fpfaultb"
-    with IPRoute(netns=lab.ns(BO_GW)) as ipr:
-        ipr.link("add", ifname=tmp_b, kind="veth", peer=tmp_a)
-        ipr.link("set", index=ipr.link_lookup(ifname=tmp_a)[0], net_ns_fd=lab.ns(link.a))
-    for node, tmp, ifname, addrs in ((link.a, tmp_a, link.a_if, link.a_addrs),
-                                     (link.b, tmp_b, link.b_if, link.b_addrs)):
-        with IPRoute(netns=lab.ns(node)) as ipr:
-            idx = ipr.link_lookup(ifname=tmp)[0]
-            ipr.link("set", index=idx, ifname=ifname)
-            for cidr in addrs:
-                addr, plen = cidr.split("/")
-                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
-            ipr.link("set", index=idx, state="up")
-    gw4, gw6 = topology.DEFAULT_ROUTES[CLIENT]
-    with IPRoute(netns=lab.ns(CLIENT)) as ipr:
-        ipr.route("replace", dst="0.0.0.0/0", gateway=gw4)
-        ipr.route("replace", dst="::/0", gateway=gw6, family=10)
-
-
 def _lan_recreated(ctx: Context) -> None:
     ctx.restart_daemons = {BO_GW}
     ctx.tx_before_reset = tx_packets(ctx.lab)
-    _recreate_lan(ctx.lab)
+    ctx.lab.recreate_lan(BO_GW)
     ctx.note("bo-gw lan0 deleted and created again (new ifindex, same name and addresses)")
     time.sleep(1.0)
     ctx.flap("child", 3.0)

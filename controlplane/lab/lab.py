@@ -174,27 +174,45 @@ class Lab:
             netns.sysctl(self.ns(node), settings)
             with IPRoute(netns=self.ns(node)) as ipr:
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        for i, link in enumerate(topology.LINKS):
-            tmp_a, tmp_b = f"fp{os.getpid() % 100000}{i}a", f"fp{os.getpid() % 100000}{i}b"
-            with IPRoute() as ipr:
-                ipr.link("add", ifname=tmp_a, kind="veth", peer=tmp_b)
-                ipr.link("set", index=ipr.link_lookup(ifname=tmp_a)[0],
-                         net_ns_fd=self.ns(link.a))
-                ipr.link("set", index=ipr.link_lookup(ifname=tmp_b)[0],
-                         net_ns_fd=self.ns(link.b))
-            for node, tmp, ifname, addrs in ((link.a, tmp_a, link.a_if, link.a_addrs),
-                                             (link.b, tmp_b, link.b_if, link.b_addrs)):
-                with IPRoute(netns=self.ns(node)) as ipr:
-                    idx = ipr.link_lookup(ifname=tmp)[0]
-                    ipr.link("set", index=idx, ifname=ifname)
-                    for cidr in addrs:
-                        addr, plen = cidr.split("/")
-                        ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
-                    ipr.link("set", index=idx, state="up")
+        for i in range(len(topology.LINKS)):
+            self._make_link(i)
         for node, (gw4, gw6) in topology.DEFAULT_ROUTES.items():
             with IPRoute(netns=self.ns(node)) as ipr:
                 ipr.route("add", dst="0.0.0.0/0", gateway=gw4)
                 ipr.route("add", dst="::/0", gateway=gw6, family=10)
+
+    def _make_link(self, i: int) -> None:
+        """Create the veth pair of ``topology.LINKS[i]``: names, addresses, up."""
+        link = topology.LINKS[i]
+        tmp_a, tmp_b = f"fp{os.getpid() % 100000}{i}a", f"fp{os.getpid() % 100000}{i}b"
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=tmp_a, kind="veth", peer=tmp_b)
+            ipr.link("set", index=ipr.link_lookup(ifname=tmp_a)[0], net_ns_fd=self.ns(link.a))
+            ipr.link("set", index=ipr.link_lookup(ifname=tmp_b)[0], net_ns_fd=self.ns(link.b))
+        for node, tmp, ifname, addrs in ((link.a, tmp_a, link.a_if, link.a_addrs),
+                                         (link.b, tmp_b, link.b_if, link.b_addrs)):
+            with IPRoute(netns=self.ns(node)) as ipr:
+                idx = ipr.link_lookup(ifname=tmp)[0]
+                ipr.link("set", index=idx, ifname=ifname)
+                for cidr in addrs:
+                    addr, plen = cidr.split("/")
+                    ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+                ipr.link("set", index=idx, state="up")
+
+    def recreate_lan(self, gw: str = topology.BO_GW) -> None:
+        """Delete ``gw``'s LAN interface (and with it its veth peer on the LAN host) and
+        create the pair again with the same names, addresses and routes, as a network
+        configuration tool rebuilding the interface would."""
+        i = next(i for i, ln in enumerate(topology.LINKS)
+                 if (ln.b, ln.b_if) == (gw, topology.LAN_IF))
+        link = topology.LINKS[i]
+        with IPRoute(netns=self.ns(gw)) as ipr:
+            ipr.link("del", index=ipr.link_lookup(ifname=link.b_if)[0])
+        self._make_link(i)
+        gw4, gw6 = topology.DEFAULT_ROUTES[link.a]
+        with IPRoute(netns=self.ns(link.a)) as ipr:
+            ipr.route("replace", dst="0.0.0.0/0", gateway=gw4)
+            ipr.route("replace", dst="::/0", gateway=gw6, family=10)
 
     def preflight(self, gw: str) -> None:
         """Ask ``gw``'s charon whether it has the plugins and algorithms the lab's connection

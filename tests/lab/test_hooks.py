@@ -11,22 +11,21 @@ when the tunnel is back.
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pyroute2 import IPRoute
 
 from controlplane.lab import topology
 from controlplane.lab.capture import classify
 from controlplane.lab.lab import Lab
 from controlplane.lab.traffic import Transfer
 from tests.conftest import require_lab_prerequisites, unique_lab_name
+from tests.conftest import wait_for as _wait_for
 from vici_glue import session as vs
 
 pytestmark = pytest.mark.lab
@@ -45,15 +44,7 @@ def hlab() -> Iterator[Lab]:
     finally:
         lab.down()
 
-
-def wait_for(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = partial(_wait_for, interval=0.02)
 
 
 def filters_back(lab: Lab) -> bool:
@@ -146,33 +137,6 @@ def test_clsact_deleted_by_another_tool(hlab: Lab) -> None:
     assert got["bytes"] == sent["bytes"] == 2 << 20 and got["sha256"] == sent["sha256"]
 
 
-def recreate_lan(lab: Lab) -> None:
-    """Delete bo-gw's lan0 (and with it bo-client's eth0) and create the pair again, as a
-    network configuration tool rebuilding the interface would."""
-    link = topology.LINKS[0]
-    assert (link.b, link.b_if) == (GW, topology.LAN_IF)
-    with IPRoute(netns=lab.ns(GW)) as ipr:
-        ipr.link("del", index=ipr.link_lookup(ifname=topology.LAN_IF)[0])
-    tmp_a, tmp_b = f"fph{os.getpid() % 100000}a", f"fph{os.getpid() % 100000}b"
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=tmp_a, kind="veth", peer=tmp_b)
-        ipr.link("set", index=ipr.link_lookup(ifname=tmp_a)[0], net_ns_fd=lab.ns(link.a))
-        ipr.link("set", index=ipr.link_lookup(ifname=tmp_b)[0], net_ns_fd=lab.ns(link.b))
-    for node, tmp, ifname, addrs in ((link.a, tmp_a, link.a_if, link.a_addrs),
-                                     (link.b, tmp_b, link.b_if, link.b_addrs)):
-        with IPRoute(netns=lab.ns(node)) as ipr:
-            idx = ipr.link_lookup(ifname=tmp)[0]
-            ipr.link("set", index=idx, ifname=ifname)
-            for cidr in addrs:
-                addr, plen = cidr.split("/")
-                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
-            ipr.link("set", index=idx, state="up")
-    gw4, gw6 = topology.DEFAULT_ROUTES[link.a]
-    with IPRoute(netns=lab.ns(link.a)) as ipr:
-        ipr.route("add", dst="0.0.0.0/0", gateway=gw4)
-        ipr.route("add", dst="::/0", gateway=gw6, family=10)
-
-
 def test_lan_interface_recreated(hlab: Lab) -> None:
     lab = hlab
     lab.bring_up(GW)
@@ -181,7 +145,7 @@ def test_lan_interface_recreated(hlab: Lab) -> None:
     cap = Capture(lab)
     ping = None
     try:
-        recreate_lan(lab)
+        lab.recreate_lan(GW)
         t_new, t0 = time.time(), time.monotonic()
         ping = lab.popen(topology.CLIENT, ["ping", "-q", "-i", "0.01", SERVER4],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -14,7 +14,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +21,7 @@ from controlplane.lab import topology
 from controlplane.lab.flap import flap, wan_block
 from controlplane.lab.lab import Lab
 from controlplane.lab.traffic import Transfer
-from tests.conftest import require_lab_prerequisites, unique_lab_name
+from tests.conftest import require_lab_prerequisites, unique_lab_name, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -47,16 +46,6 @@ def start_transfer(lab: Lab, nbytes: int = 3 << 20, rate: float = 300_000,
     tr = Transfer(lab, to, nbytes, rate=rate, port=next(_port), timeout=timeout)
     time.sleep(1.5)  # well established, data flowing both ways
     return tr
-
-
-def wait_for(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def log_lines(lab: Lab, gw: str) -> list[str]:

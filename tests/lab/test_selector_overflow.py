@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from controlplane.lab import topology
 from controlplane.lab.lab import PSK, Lab
-from tests.conftest import require_lab_prerequisites, unique_lab_name
+from tests.conftest import require_lab_prerequisites, unique_lab_name, wait_for
 from tests.lab.test_hooks import Capture
 from vici_glue import session as vs
 from vici_glue.conns import SiteToSite
@@ -57,16 +57,6 @@ def olab() -> Iterator[Lab]:
 
 def tunnels(lab: Lab) -> dict[str, dict[str, Any]]:
     return {t["tunnel"]: t for t in lab.ask(GW, "show-vpn-context")["tunnels"]}
-
-
-def wait_for(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_five_local_subnets_beside_the_lab_conn(olab: Lab) -> None:
