@@ -51,6 +51,7 @@ class Config:
     lan_interfaces: tuple[str, ...] = ()
     wan_interfaces: tuple[str, ...] | None = None  # None: found from the routing table
     forget_unconfigured_after: float = 600.0
+    hooks_watch_interval: float = 0.5  # 0: off
     flow_table_size: int = 1 << 20
     nonvpn_flow_share: int = 50  # percent of the flow table non-VPN flows may take
     pickup_window: float = 30.0
@@ -99,6 +100,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "lan-interfaces": ("lan_interfaces", "strlist"),
         "wan-interfaces": ("wan_interfaces", "strlist"),
         "forget-unconfigured-after": ("forget_unconfigured_after", "duration"),
+        "hooks-watch-interval": ("hooks_watch_interval", "duration"),
         "flow-table-size": ("flow_table_size", "size"),
         "nonvpn-flow-share": ("nonvpn_flow_share", "percent"),
         "pickup-window": ("pickup_window", "duration"),

@@ -286,8 +286,12 @@ class Daemon:
             return ([(i, "lan") for i in self.cfg.lan_interfaces]
                     + [(i, "wan") for i in list(self.wan_guarded)])
 
-        self.hooks = HookWatch(self.dp, interfaces, on_reattach=repaired,
-                               on_error=failed).start()
+        if self.cfg.hooks_watch_interval <= 0:
+            emit(Sev.WARNING, Msg.HOOK_REATTACHED, "hooks watch off (datapath."
+                 "hooks-watch-interval = 0): a filter another tool removes stays removed")
+            return
+        self.hooks = HookWatch(self.dp, interfaces, interval=self.cfg.hooks_watch_interval,
+                               on_reattach=repaired, on_error=failed).start()
 
     def use_datapath(self, dp: Datapath) -> None:
         """Take a loaded data path (``start`` loads the configured one; benchmarks and

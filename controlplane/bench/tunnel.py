@@ -160,7 +160,8 @@ def run(rounds: int = 5, seconds: int = 3,
     filters: list[LanFilters] = []
     cpu: dict[str, int] | None = None
     try:
-        meta = lab.up()
+        # 'none' removes the LAN filters: the daemons' hooks watch must not put them back
+        meta = lab.up(daemon_options={"hooks_watch_interval": 0})
         filters = [LanFilters(lab.ns(gw)) for gw in lab.flowpin_gateways()]
         server = lab.popen(topology.SERVER, ["iperf3", "-s", "-p", str(IPERF_PORT)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

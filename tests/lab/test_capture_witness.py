@@ -72,8 +72,11 @@ def test_tunnel_down_cleartext_is_seen_from_each_gateway(bare: Lab) -> None:
             sent = f"{client} > {server} proto {proto}"
             back = f"{server} > {client} proto {proto}"
             seen = {gw: part.as_dict() for gw, part in cap.by_sender.items()}
-            assert cap.by_sender[BO_GW].leaks.count(sent) == 5, (seen, replies)
-            assert cap.by_sender[HO_GW].leaks.count(back) == 5, (seen, replies)
+            # (a leak's description names the ICMP type after the protocol)
+            assert sum(x.startswith(sent) for x in cap.by_sender[BO_GW].leaks) == 5, \
+                (seen, replies)
+            assert sum(x.startswith(back) for x in cap.by_sender[HO_GW].leaks) == 5, \
+                (seen, replies)
         assert len(cap.summary.leaks) == 20 and cap.summary.esp == 0, cap.summary.as_dict()
     finally:
         bare.bring_up(BO_GW)

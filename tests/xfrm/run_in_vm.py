@@ -8,7 +8,8 @@ and pytest's summary and exit code come back here.
     python tests/xfrm/run_in_vm.py [pytest arguments]      (default: tests/e2e)
 
 Environment: ``XFRM_ACCEL`` = auto (default) | kvm | tcg; ``XFRM_MEMORY`` (default 4G);
-``XFRM_OUT`` the results folder (default out/xfrm/<time>); ``XFRM_TIMEOUT`` seconds for
+``XFRM_OUT`` the results folder, outside the repository (default
+/var/tmp/flowpin-xfrm/<time>); ``XFRM_TIMEOUT`` seconds for
 the whole VM run (default 5400); ``XFRM_AFTER`` commands to run in the guest after pytest,
 separated by ``;;`` (e.g. ``flowpin demo --out OUT/demo``; OUT is the results folder),
 their output in after.log.
@@ -141,7 +142,14 @@ def main(argv: list[str]) -> int:
         return 2
     kernel, release = debian_kernel()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(os.environ.get("XFRM_OUT") or REPO / "out" / "xfrm" / stamp).resolve()
+    # Outside the repository: the guest lays an overlay over the repository, which would
+    # hide a results folder inside it (the guest's writes would never reach the host, and
+    # the run would look like a VM that never reported).
+    out = Path(os.environ.get("XFRM_OUT") or Path("/var/tmp/flowpin-xfrm") / stamp).resolve()
+    if out == REPO or REPO in out.parents:
+        say(f"XFRM_OUT={out} is inside the repository, which the guest overlays: choose a "
+            "folder outside it")
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     pytest_args = argv or ["tests/e2e"]
     (out / "pytest-args").write_text("\n".join(pytest_args) + "\n")
