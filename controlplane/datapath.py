@@ -374,6 +374,18 @@ def detach_interface(ifname: str, netns: str | None = None) -> None:
                     raise DatapathError(f"removing filter from {ifname}: {exc}") from exc
 
 
+def _open_pinned(path: Path) -> int:
+    """A file descriptor of the map pinned at ``path`` (libbpf's bpf_obj_get, through
+    bcc's libbcc); the caller closes it."""
+    lib = _require_bcc().libbcc.lib
+    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    lib.bpf_obj_get.restype = ctypes.c_int
+    fd = lib.bpf_obj_get(os.fsencode(path))
+    if fd < 0:
+        raise DatapathError(f"cannot open the pinned map {path} (bpf_obj_get: {fd})")
+    return fd
+
+
 def hold_pinned_tunnels(instance: str) -> int:
     """Set every tunnel of ``instance``'s pinned maps DOWN (generation and flags kept);
     return how many were UP. Runs before anything is compiled: programs a previous daemon
@@ -384,11 +396,7 @@ def hold_pinned_tunnels(instance: str) -> int:
     if not path.exists():
         return 0
     lib = _require_bcc().libbcc.lib
-    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
-    lib.bpf_obj_get.restype = ctypes.c_int
-    fd = lib.bpf_obj_get(os.fsencode(path))
-    if fd < 0:
-        raise DatapathError(f"cannot open the pinned map {path} (bpf_obj_get: {fd})")
+    fd = _open_pinned(path)
     held = 0
     try:
         key, next_key = ctypes.c_uint32(0), ctypes.c_uint32(0)
@@ -413,12 +421,7 @@ def hold_pinned_tunnels(instance: str) -> int:
 
 def _pinned_max_entries(path: Path) -> int:
     """max_entries of the map pinned at ``path`` (from /proc/self/fdinfo; no compile)."""
-    lib = _require_bcc().libbcc.lib
-    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
-    lib.bpf_obj_get.restype = ctypes.c_int
-    fd = lib.bpf_obj_get(os.fsencode(path))
-    if fd < 0:
-        raise DatapathError(f"cannot open the pinned map {path} (bpf_obj_get: {fd})")
+    fd = _open_pinned(path)
     try:
         with open(f"/proc/self/fdinfo/{fd}") as fh:
             for line in fh:

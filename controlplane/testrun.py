@@ -119,7 +119,8 @@ MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")
 
 
-def _csum(data: bytes) -> int:
+def ip_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -139,7 +140,7 @@ def ipv4(src: str, dst: str, proto: int, payload: bytes, *, ihl: int = 5, ttl: i
     total = 20 + len(options) + len(payload)
     hdr = struct.pack("!BBHHHBBH4s4s", (4 << 4) | (ihl & 0xF), 0, total, 1, frag, ttl, proto,
                       0, ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    hdr = hdr[:10] + struct.pack("!H", _csum(hdr + options)) + hdr[12:]
+    hdr = hdr[:10] + struct.pack("!H", ip_checksum(hdr + options)) + hdr[12:]
     return hdr + options + payload
 
 

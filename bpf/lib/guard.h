@@ -55,16 +55,9 @@ static __always_inline int __guard_parse(struct __sk_buff *skb, struct fp_guard_
 	void *data, *end, *l3;
 	__u16 proto;
 	__u8 l4proto;
-	__u32 want = skb->len < FP_GUARD_PULL ? skb->len : FP_GUARD_PULL;
 	int i;
 
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	if (data + want > end) {
-		bpf_skb_pull_data(skb, want);
-		data = (void *)(long)skb->data;
-		end = (void *)(long)skb->data_end;
-	}
+	parse_pull(skb, FP_GUARD_PULL, &data, &end);
 	if (data + FP_ETH_HLEN > end)
 		return 0;
 	proto = ((struct ethhdr *)data)->h_proto;

@@ -242,6 +242,25 @@ static __always_inline int __on_link6(const struct ipv6hdr *ip6, const struct fp
 }
 
 /**
+ * parse_pull - make the first @len bytes of @skb linear and set @data/@end to its bounds.
+ * GSO/paged skbs may keep headers outside the linear area: pull only when they are not
+ * linear already (never on small packets).
+ */
+static __always_inline void parse_pull(struct __sk_buff *skb, __u32 len, void **data,
+				       void **end)
+{
+	__u32 want = skb->len < len ? skb->len : len;
+
+	*data = (void *)(long)skb->data;
+	*end = (void *)(long)skb->data_end;
+	if (*data + want > *end) {
+		bpf_skb_pull_data(skb, want);
+		*data = (void *)(long)skb->data;
+		*end = (void *)(long)skb->data_end;
+	}
+}
+
+/**
  * parse_packet - fill @p from the frame in @skb.
  *
  * For an ICMP error the tuple (tsrc/tdst/ports/proto) is the quoted packet's, so the
@@ -255,19 +274,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct fp_pkt *p)
 	__be16 etype;
 	int ret, i;
 
-	__u32 want = skb->len < FP_PULL_LEN ? skb->len : FP_PULL_LEN;
-
-	/*
-	 * GSO/paged skbs may keep headers outside the linear area: pull the first
-	 * FP_PULL_LEN bytes only when they are not linear already (never on small packets).
-	 */
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	if (data + want > end) {
-		bpf_skb_pull_data(skb, want);
-		data = (void *)(long)skb->data;
-		end = (void *)(long)skb->data_end;
-	}
+	parse_pull(skb, FP_PULL_LEN, &data, &end);
 	eth = data;
 	if ((void *)(eth + 1) > end)
 		return FP_PARSE_MALFORMED;

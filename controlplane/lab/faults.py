@@ -268,20 +268,26 @@ def _vlan(ctx: Context) -> None:
     with IPRoute(netns=ctx.lab.ns(BO_GW)) as ipr:
         idx = ipr.link_lookup(ifname=topology.LAN_IF)[0]
         mac = ipr.get_links(idx)[0].get("IFLA_ADDRESS")
-    proc = ctx.background(CLIENT, MIXGEN + [
+    res = _sender_through_flap(ctx, [
         "tagged", "--dst-mac", mac, "--src4", CLIENT4, "--dst4", SERVER4, "--src6", CLIENT6,
         "--dst6", SERVER6, "--port", str(UDP_PORT), "--pps", "2000"])
+    ctx.note(f"double-tagged UDP (802.1ad VID 0 + 802.1Q VID 0, IPv4 and IPv6): "
+             f"{res['sent']} frames at {res['pps']}/s")
+    ctx.checks["tagged stream sent"] = res["sent"] > 0
+
+
+def _sender_through_flap(ctx: Context, args: list[str]) -> dict[str, Any]:
+    """Run a crafted-packet sender of mixgen on bo-client (``args``: its subcommand and
+    options) through a 3 s CHILD_SA flap; return the JSON it prints when stopped."""
+    proc = ctx.background(CLIENT, MIXGEN + args)
     assert proc.stdout is not None
-    proc.stdout.readline()
+    proc.stdout.readline()  # it has started sending
     time.sleep(2.0)
     ctx.flap("child", 3.0)
     time.sleep(1.0)
     proc.terminate()
     out, _ = proc.communicate(timeout=10)
-    res = json.loads(out.strip().splitlines()[-1])
-    ctx.note(f"double-tagged UDP (802.1ad VID 0 + 802.1Q VID 0, IPv4 and IPv6): "
-             f"{res['sent']} frames at {res['pps']}/s")
-    ctx.checks["tagged stream sent"] = res["sent"] > 0
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _icmp(ctx: Context) -> None:
@@ -292,17 +298,9 @@ def _icmp(ctx: Context) -> None:
                       "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
                       "s.bind(('0.0.0.0', 53)); "
                       f"s.sendto(b'q', ('{topology.WAN_ADDR[BO_GW]}', 40000))"])
-    proc = ctx.background(CLIENT, MIXGEN + [
+    res = _sender_through_flap(ctx, [
         "icmp", "--src4", CLIENT4, "--dst4", SERVER4, "--src6", CLIENT6, "--dst6", SERVER6,
         "--quoted", topology.WAN_ADDR[BO_GW], "--rate", "500"])
-    assert proc.stdout is not None
-    proc.stdout.readline()
-    time.sleep(2.0)
-    ctx.flap("child", 3.0)
-    time.sleep(1.0)
-    proc.terminate()
-    out, _ = proc.communicate(timeout=10)
-    res = json.loads(out.strip().splitlines()[-1])
     ctx.note(f"crafted ICMP/ND/MLD: {res['sent']} packets ({res['errors']} send errors)")
     ctx.checks["crafted packets sent"] = res["sent"] > 0
 

@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from controlplane.bench.loadgen import _IoVec, _libc, _MMsgHdr
+from controlplane.testrun import ip_checksum
 
 TICK = 0.005  # pacing interval: 100 packets per tick at 20k pps
 
@@ -211,26 +212,17 @@ def probe(addrs: list[str], port: int, timeout: float) -> dict[str, Any]:
 
 
 # --- crafted packets ---------------------------------------------------------------------
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def _ipv4(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64) -> bytes:
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, ttl, proto, 0,
                       socket.inet_aton(src), socket.inet_aton(dst))
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + payload
+    return hdr[:10] + struct.pack("!H", ip_checksum(hdr)) + hdr[12:] + payload
 
 
 def _udp4(src: str, sport: int, dst: str, dport: int, data: bytes) -> bytes:
     body = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
     pseudo = struct.pack("!4s4sBBH", socket.inet_aton(src), socket.inet_aton(dst), 0, 17,
                          len(body))
-    return body[:6] + struct.pack("!H", _csum(pseudo + body) or 0xFFFF) + body[8:]
+    return body[:6] + struct.pack("!H", ip_checksum(pseudo + body) or 0xFFFF) + body[8:]
 
 
 def icmp_packets(src4: str, dst4: str, src6: str, dst6: str,
@@ -245,7 +237,7 @@ def icmp_packets(src4: str, dst4: str, src6: str, dst6: str,
     qsrc, qdst = quoted4
     inner = _ipv4(qsrc, qdst, 17, _udp4(qsrc, 40000, qdst, 53, b"q" * 8))
     body = struct.pack("!BBHI", 3, 3, 0, 0) + inner
-    icmp4 = body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+    icmp4 = body[:2] + struct.pack("!H", ip_checksum(body)) + body[4:]
     out: list[tuple[int, str, bytes]] = [(4, dst4, _ipv4(src4, dst4, 1, icmp4))]
     target = socket.inet_pton(socket.AF_INET6, dst6)
     out += [
@@ -294,7 +286,7 @@ def tagged_frames(src_mac: bytes, dst_mac: bytes, src4: str, dst4: str, src6: st
     s6, d6 = socket.inet_pton(socket.AF_INET6, src6), socket.inet_pton(socket.AF_INET6, dst6)
     udp6 = struct.pack("!HHHH", 41001, port + 1, 8 + len(data), 0) + data
     pseudo = s6 + d6 + struct.pack("!IxxxB", len(udp6), 17)
-    udp6 = udp6[:6] + struct.pack("!H", _csum(pseudo + udp6) or 0xFFFF) + udp6[8:]
+    udp6 = udp6[:6] + struct.pack("!H", ip_checksum(pseudo + udp6) or 0xFFFF) + udp6[8:]
     ip6 = struct.pack("!IHBB16s16s", 0x60000000, len(udp6), 17, 64, s6, d6) + udp6
     return [dst_mac + src_mac + tags + struct.pack("!H", 0x0800) + ip4,
             dst_mac + src_mac + tags + struct.pack("!H", 0x86DD) + ip6]
@@ -335,7 +327,7 @@ def ackscan(src: str, dst: str, ports: int, first_port: int, rate: float) -> dic
         sport = 30000 + (i % 30000)
         tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, 0x10, 1024, 0, 0)
         pseudo = struct.pack("!4s4sBBH", srcb, dstb, 0, 6, len(tcp))
-        tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+        tcp = tcp[:16] + struct.pack("!H", ip_checksum(pseudo + tcp)) + tcp[18:]
         try:
             s.sendto(tcp, (dst, 0))
             sent += 1

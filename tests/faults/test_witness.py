@@ -13,14 +13,15 @@ import pytest
 from controlplane.lab import netns, topology
 from controlplane.lab.capture import _DROPPED, GatewayCapture, classify
 from controlplane.lab.lab import Lab
-from controlplane.lab.mixgen import _csum, icmp_packets
+from controlplane.lab.mixgen import icmp_packets
+from controlplane.testrun import ip_checksum
 
 
 def _frame(src: str, dst: str, payload: bytes = b"leak") -> bytes:
     udp = struct.pack("!HHHH", 40000, 7, 8 + len(payload), 0) + payload
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
                      socket.inet_aton(src), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", ip_checksum(ip)) + ip[12:]
     return b"\x02\0\0\0\0\x02" + b"\x02\0\0\0\0\x01" + b"\x08\x00" + ip + udp
 
 
@@ -46,7 +47,7 @@ def test_crafted_packets_are_well_formed_and_counted_as_cleartext() -> None:
     pkts = icmp_packets("10.1.0.10", "10.2.0.10", "fd01::10", "fd02::10",
                         ("192.0.2.1", "10.1.0.10"))
     fam, _dst, v4 = pkts[0]
-    assert fam == 4 and _csum(v4[:20]) == 0 and _csum(v4[20:]) == 0  # checksums verify
+    assert fam == 4 and ip_checksum(v4[:20]) == 0 and ip_checksum(v4[20:]) == 0  # checksums verify
     assert v4[20] == 3 and v4[20 + 8 + 12: 20 + 8 + 16] == socket.inet_aton("192.0.2.1")
     assert [p[2][0] for p in pkts[1:]] == [135, 136, 133, 143]
     assert classify(b"\0" * 12 + b"\x08\x00" + v4)[0] == "cleartext"
@@ -86,7 +87,7 @@ def test_tagged_frames_carry_two_priority_tags() -> None:
     for frame, inner in zip(frames, (0x0800, 0x86DD), strict=True):
         assert struct.unpack_from("!HHHHH", frame, 12) == (0x88A8, 0, 0x8100, 0, inner)
     v4 = frames[0][22:]
-    assert _csum(v4[:20]) == 0 and v4[12:16] == socket.inet_aton("10.1.0.10")
+    assert ip_checksum(v4[:20]) == 0 and v4[12:16] == socket.inet_aton("10.1.0.10")
 
 
 def test_a_leak_says_whose_packet_it_was() -> None:
