@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Any
 
+from controlplane.bench.common import machine
 from controlplane.lab import faults
 from controlplane.lab.faults import FAULTS, PPS, run
 
@@ -59,6 +60,9 @@ def main(argv: list[str]) -> int:
         return 1
     report = run(names, lab_name=a.name, pps=a.pps, control=not a.no_control,
                  progress=lambda r: print(_line(r), file=sys.stderr, flush=True))
+    # make test-xfrm says which accelerator its VM has: under TCG every instruction is
+    # emulated, and the rates reached are the emulator's, not a machine's.
+    report["machine"] = machine() | {"vm_accel": os.environ.get("FLOWPIN_VM_ACCEL")}
     print(json.dumps(report, indent=None if a.json else 2))
     return 0 if not report["failed"] else 1
 

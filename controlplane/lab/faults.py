@@ -644,13 +644,6 @@ def run_fault(lab: Lab, traffic: Traffic, fault: Fault, index: int = 0,
     return res
 
 
-def machine() -> dict[str, Any]:
-    """Where the run ran: the kernel, and the VM's accelerator when make test-xfrm says
-    (a TCG VM emulates every instruction: rates there are not a machine's)."""
-    return {"kernel": os.uname().release, "cpus": os.cpu_count(),
-            "vm_accel": os.environ.get("FLOWPIN_VM_ACCEL")}
-
-
 def heal(lab: Lab, restart_daemons: set[str] | None = None) -> None:
     """Put the lab back as :func:`make_lab` made it: both charons with the lab's conn, both
     daemons running (started afresh if asked), the tunnel up and seen up."""
@@ -699,7 +692,6 @@ def run(names: list[str] | None = None, lab_name: str = "faults", pps: int = PPS
     engine, procs = udp_engine()
     return {
         "backend": backend,
-        "machine": machine(),
         "target_pps": pps,
         "min_pps": min_pps(pps),
         "udp_engine": engine,
