@@ -69,6 +69,7 @@ def udp_engine() -> tuple[str, int]:
 UDP_PORT, TCP_PORT = 9000, 5400
 TRANSFER_RATE = 150_000  # bytes/s per held transfer
 TRANSFER_GRACE_S = 60.0  # held transfers finish within TCP's backoff after the fault
+GENERATOR_REPORT_S = 60.0
 FLAP_TIMEOUT_S = 20.0  # a tunnel (as flowpin sees it) not back by then is a failure
 FLOW_TABLE_SIZE = 8192  # small, so that an ACK scan can fill it in seconds
 CAPTURE_BUFFER_KIB = 65536
@@ -192,7 +193,6 @@ def _unguarded(ctx: Context) -> None:
     passes the stream, charon's SA and routes/policies are gone, and the packets take the
     default route out of the WAN in clear."""
     lab = ctx.lab
-    ctx.restart_daemons = {BO_GW}
     lab.kill_daemon(BO_GW, signal.SIGKILL)
     r = lab.exec(BO_GW, ["tc", "filter", "del", "dev", topology.WAN_IF, "egress"],
                  capture_output=True, text=True)
@@ -492,12 +492,14 @@ class Traffic:
         finally:
             proc.terminate()
             try:
-                out, _ = proc.communicate(timeout=20)
+                # It reports once its last connection attempts have timed out: seconds,
+                # but a minute is not too long for Python in a starved, emulated VM.
+                out, _ = proc.communicate(timeout=GENERATOR_REPORT_S)
                 report.update(json.loads(out.strip().splitlines()[-1]))
             except (subprocess.TimeoutExpired, ValueError, IndexError) as exc:
                 proc.kill()
                 proc.wait()
-                report["error"] = f"generator: {exc}"
+                report["error"] = f"generator: {type(exc).__name__}: {str(exc)[:300]}"
 
 
 def probe(lab: Lab) -> dict[str, Any]:
@@ -558,8 +560,11 @@ def run_fault(lab: Lab, traffic: Traffic, fault: Fault, index: int = 0,
             time.sleep(1.0)
             res["transfers"] = []
             # After the tunnel is back a held flow resumes within TCP's retransmission
-            # backoff (seconds here); one still stalled after this is not coming back.
-            deadline = time.monotonic() + TRANSFER_GRACE_S
+            # backoff; the intervals double, so the next one comes at most about as long
+            # after the return as the outage lasted (seconds here; over a minute in an
+            # emulated VM, where a flap's outage was 40 s). One still stalled after this
+            # is not coming back.
+            deadline = time.monotonic() + TRANSFER_GRACE_S + (ctx.outage_s or 0.0)
             for to, tr in transfers:
                 try:
                     sent, got = tr.wait(timeout=max(1.0, deadline - time.monotonic()))

@@ -39,6 +39,13 @@ main() {
     ip link set lo up
 
     cd "$REPO"
+    # The fault suite's stream: the rate its verdicts require. 20k packets/s through two
+    # gateways with ESP is beyond an emulated CPU (TCG: 1-13k reached); there the suite
+    # states the rate it reached and its control run (the guard removed) must still show
+    # the witness a leak. A KVM guest keeps the suite's own requirement.
+    if [ "${FLOWPIN_VM_ACCEL:-}" = tcg ]; then
+        export FLOWPIN_FAULTS_MIN_PPS=${FLOWPIN_FAULTS_MIN_PPS:-1000}
+    fi
     export PATH="$REPO/.venv/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     export PYTHONDONTWRITEBYTECODE=1
     KERNEL=$(uname -r)

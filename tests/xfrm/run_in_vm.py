@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -170,7 +171,11 @@ def main(argv: list[str]) -> int:
         say(f"XFRM_ACCEL must be auto, kvm or tcg, not {want!r}")
         return 2
     say(f"booting {kernel} ({release}) with {CPUS} CPUs, {accel.upper()}; results in {out}")
-    exec_cmd = f"FLOWPIN_VM_ACCEL={accel} bash {GUEST} {REPO} {out}"
+    # The guest gets no environment from here but what its command line sets: pass the
+    # fault suite's settings (FLOWPIN_FAULTS_ENGINE, ..._PROCS, ..._MIN_PPS) on.
+    passed = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(os.environ.items())
+                     if k.startswith("FLOWPIN_FAULTS_"))
+    exec_cmd = f"FLOWPIN_VM_ACCEL={accel} {passed}bash {GUEST} {REPO} {out}"
     cmd = vng_command(kernel, accel, out, os.environ.get("XFRM_MEMORY", "4G"), exec_cmd)
     t_boot = time.monotonic()
     rc = run_vm(cmd, out / "console.log", float(os.environ.get("XFRM_TIMEOUT", "5400")))
