@@ -10,9 +10,11 @@ verdict. Exit status 1 when a fault failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from controlplane.bench.common import machine
@@ -29,7 +31,51 @@ def _line(r: dict[str, Any]) -> str:
             + (f"; {'; '.join(r['failures'])}" if r["failures"] else ""))
 
 
+def results(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(report, per-fault results) of a ``bench faults --json`` output, or of a pytest log
+    of ``tests/faults`` run with ``-s`` (one JSON line per fault; the backend in each)."""
+    text = path.read_text(errors="replace")
+    with contextlib.suppress(ValueError):
+        report = json.loads(text)
+        return report, report["faults"]
+    rows = []
+    for line in text.splitlines():
+        start = line.find('{"kind"')
+        if start >= 0:
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line[start:]))
+    return {"backend": rows[0].get("backend") if rows else None}, rows
+
+
+def table(paths: list[Path]) -> str:
+    """A Markdown table of fault results, one row per fault and backend: what docs show."""
+    out = ["| backend | fault | result | UDP packets/s reached (sender) | cleartext "
+           "bo-gw / ho-gw WAN | witness dropped | held transfers sha256 | new connection "
+           "after | outage (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        report, rows = results(path)
+        accel = (report.get("machine") or {}).get("vm_accel")
+        for r in rows:
+            backend = (r.get("backend") or report.get("backend") or "?") + (
+                f" ({accel.upper()} VM)" if accel else "")
+            g, ct = r["generator"], r["cleartext"]
+            cap = r.get("capture") or r.get("witness") or {}
+            tr = r.get("transfers") or []
+            sha = ("n/a" if not tr else "equal" if all(t["sha256_ok"] for t in tr)
+                   else "DIFFER: " + ", ".join(f"{t['to']} {t['received']}/{t['bytes']} B"
+                                               for t in tr if not t["sha256_ok"]))
+            out.append(f"| {backend} | {r['fault']} | {r['result']} | {g.get('udp_pps')} | "
+                       f"{ct.get('bo-gw')} / {ct.get('ho-gw')} | "
+                       f"{sum((c.get('dropped') or 0) for c in cap.values())} | {sha} | "
+                       f"{'yes' if r['new_connection_after'].get('ok') else 'NO'} | "
+                       f"{r.get('outage_s')} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--table"]:
+        print(table([Path(p) for p in argv[1:]]))
+        return 0
     p = argparse.ArgumentParser(prog="flowpin bench faults")
     p.add_argument("--json", action="store_true", help="one JSON object on one line")
     p.add_argument("--only", default="", help="comma-separated fault names (default: all: "

@@ -575,6 +575,8 @@ def run_fault(lab: Lab, traffic: Traffic, fault: Fault, index: int = 0,
                          and sent.get("sha256") == got.get("sha256"))
                 res["transfers"].append({"to": to, "bytes": size,
                                          "received": got.get("bytes"), "sha256_ok": exact,
+                                         "sha256_sent": sent.get("sha256"),
+                                         "sha256_received": got.get("sha256"),
                                          "error": sent.get("error") or got.get("error")})
                 if not exact:
                     failures.append(f"held transfer to {to} not byte-exact "
