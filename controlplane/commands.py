@@ -12,9 +12,10 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from controlplane.durations import format_duration
 from controlplane.flow_table import Flow, Side
 from controlplane.messages import Msg, Sev, emit, teardown_line
-from controlplane.sweeper import RemovedFlow, format_duration
+from controlplane.sweeper import RemovedFlow
 
 if TYPE_CHECKING:
     from controlplane.daemon import Daemon

@@ -11,7 +11,8 @@ import logging
 import zlib
 from enum import IntEnum
 
-from controlplane.sweeper import RemovedFlow, format_duration
+from controlplane.durations import format_duration
+from controlplane.sweeper import RemovedFlow
 
 log = logging.getLogger("flowpin")
 
