@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Any
 
+from controlplane import protocols
+
 DEFAULT_LAB = os.environ.get("FLOWPIN_LAB", "flowpin")
 DEFAULT_SOCKET = "/run/flowpin/default.sock"
 
@@ -216,7 +218,7 @@ def parser() -> argparse.ArgumentParser:
     cl.add_argument("--tunnel")
     cl.add_argument("--address")
     cl.add_argument("--port", type=int)
-    cl.add_argument("--protocol", choices=("tcp", "udp", "icmp", "icmp6"))
+    cl.add_argument("--protocol", choices=tuple(protocols.BY_NAME))
     sock(sub.add_parser("reload", help="reload the daemon's configuration (as SIGHUP)"))
 
     demo = sub.add_parser("demo", help="Cisco's story: a download across a tunnel outage, "

@@ -12,6 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from controlplane import protocols
 from controlplane.durations import format_duration
 from controlplane.flow_table import Flow, Side
 from controlplane.messages import Msg, Sev, emit, teardown_line
@@ -19,9 +20,6 @@ from controlplane.sweeper import RemovedFlow
 
 if TYPE_CHECKING:
     from controlplane.daemon import Daemon
-
-PROTO = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMP6"}
-
 
 def run(d: Daemon, kind: str, args: Any) -> Any:
     """Dispatch ``kind`` (``show-conn`` -> :func:`cmd_show_conn`)."""
@@ -81,7 +79,7 @@ def _conn_row(d: Daemon, f: Flow, tunnels: dict[int, Any], now: int) -> dict[str
     pinned = _is_pinned(f, tunnels)
     t = tunnels.get(f.tunnel_id)
     return {
-        "protocol": PROTO.get(f.key.proto, str(f.key.proto)),
+        "protocol": protocols.label(f.key.proto),
         "outside": {"address": str(f.key.addr[far]), "port": f.key.port[far]},
         "inside": {"address": str(f.key.addr[lan]), "port": f.key.port[lan]},
         "initiator": "inside" if f.initiator == lan else "outside",
@@ -225,9 +223,7 @@ def cmd_clear_conn(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
     tid = _match_tunnel(d, a.get("tunnel"))
     addr = ipaddress.ip_address(a["address"]) if a.get("address") else None
     port = int(a["port"]) if a.get("port") else None
-    proto = {"tcp": 6, "udp": 17, "icmp": 1, "icmp6": 58}.get(str(a.get("protocol", "")).lower())
-    if a.get("protocol") and proto is None:
-        raise ValueError(f"unknown protocol {a['protocol']!r}")
+    proto = protocols.number(str(a["protocol"])) if a.get("protocol") else None
     now = _now_s(d)
     cleared = 0
     for f in list(d.table.flows()):

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import config as config_mod
-from controlplane import wan
+from controlplane import protocols, wan
 from controlplane.config import Config, ConfigError
 from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
 from controlplane.flow_table import FlowTable, Selector
@@ -712,8 +712,7 @@ class Daemon:
         name = t.name if t else f"id {ev.tunnel_id}"
         out, inn = self.table.guard_counts().get(ev.tunnel_id, (0, 0))
         src, dst = ev.key.addr
-        proto = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}.get(ev.key.proto,
-                                                                   str(ev.key.proto))
+        proto = protocols.label(ev.key.proto)
         if ev.type == "GUARD_OUT":
             self.stats["guard_out_events"] = self.stats.get("guard_out_events", 0) + 1
             emit(Sev.WARNING, Msg.CLEARTEXT_BLOCKED, f"Tunnel {name}: {proto} packet from "

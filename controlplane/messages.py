@@ -11,6 +11,7 @@ import logging
 import zlib
 from enum import IntEnum
 
+from controlplane import protocols
 from controlplane.durations import format_duration
 from controlplane.sweeper import RemovedFlow
 
@@ -84,7 +85,7 @@ def teardown_line(r: RemovedFlow, lan_if: str = "inside", tunnel_if: str = "outs
     """``Teardown TCP connection <id> for <if>:<ip>/<port> to <if>:<ip>/<port> duration
     h:mm:ss bytes <n> <reason>`` -- the LAN end is named by ``lan_if``, the far end by
     ``tunnel_if``; the responder is printed first, as the ASA does."""
-    proto = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMP"}.get(r.proto, str(r.proto))
+    proto = protocols.teardown_label(r.proto)
     msg = {6: Msg.TEARDOWN_TCP, 17: Msg.TEARDOWN_UDP}.get(r.proto, Msg.TEARDOWN_ICMP)
     lan_idx, key = r.flow.lan_side, r.flow.key
     ends = []
