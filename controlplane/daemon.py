@@ -61,6 +61,7 @@ from controlplane.snapshot import Snapshot
 from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
 from controlplane.tunnel import Transition, TunnelKey, TunnelRegistry
 from controlplane.tunnel_ids import TunnelIds
+from controlplane.tunnel_maps import TunnelMaps
 from vici_glue import session as vs
 from vici_glue.events import parse_conns
 from vici_glue.follower import Disconnected, Follower, Received, Resync
@@ -113,9 +114,10 @@ class Latency:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, *, lan_if_label: str = "inside") -> None:
+    def __init__(self, cfg: Config, *, lan_if_label: str = "inside",
+                 state_dir: Path | None = None) -> None:
         self.cfg = cfg
-        self.state_dir = STATE_ROOT / cfg.instance
+        self.state_dir = state_dir or STATE_ROOT / cfg.instance
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.runtime_path = self.state_dir / "runtime.json"
         self.runtime = sysopt.load(self.runtime_path)  # sysopt set at run time
@@ -129,7 +131,8 @@ class Daemon:
         self.wan_guarded: list[str] = []
         self._forgetting = False
         self.dp: Datapath | None = None
-        self.table: FlowTable | None = None
+        self.table: FlowTable | None = None  # flows, counters, events
+        self.maps: TunnelMaps | None = None  # where tunnel changes are written
         self.sweeper: Sweeper | None = None
         self.follower: Follower | None = None
         self.demand: dict[TunnelKey, Demand] = {}
@@ -277,9 +280,15 @@ class Daemon:
         tests hand in a private one)."""
         self.dp = dp
         self.table = dp.table
-        self.ids.refuse_id = dp.table.refuse_id
         self.sweeper = Sweeper(dp.table, self.cfg.timeouts)
-        dp.table.set_reclassify(self.reclassify())
+        self.use_maps(dp.table)
+
+    def use_maps(self, maps: TunnelMaps) -> None:
+        """Write tunnel changes to ``maps`` (the data path's table; the unit tests' in-memory
+        one)."""
+        self.maps = maps
+        self.ids.refuse_id = maps.refuse_id
+        maps.set_reclassify(self.reclassify())
 
     def stop(self, purge: bool = False) -> None:
         if self.hooks:  # first: a purge below detaches, nothing must attach again
@@ -449,7 +458,7 @@ class Daemon:
         """Write what the registry says changed into the data path: selectors first, then
         each tunnel's state (``received``: when the event came, for the latency). The
         caller holds the lock (:meth:`handle` takes it)."""
-        assert self.table is not None
+        assert self.maps is not None
         if sync and (not self._selectors_ok or any(tr.kind in ("configured", "up", "removed")
                                                      for tr in transitions)):
             # Selectors first: a tunnel goes UP only once its traffic maps to it.
@@ -457,8 +466,8 @@ class Daemon:
                 self._sync_selectors()
                 if not self._selectors_ok:  # tunnels held DOWN meanwhile get their state
                     for t in self.registry.tunnels.values():
-                        if t.tunnel_id != self.table.refuse_id:
-                            self.table.set_tunnel(t.tunnel_id, up=t.state == "UP")
+                        if t.tunnel_id != self.maps.refuse_id:
+                            self.maps.set_tunnel(t.tunnel_id, up=t.state == "UP")
                 self._selectors_ok = True
             except Exception:  # noqa: BLE001 -- the other transitions still apply
                 self._selectors_ok = False
@@ -481,23 +490,23 @@ class Daemon:
             return
         for tr in transitions:
             t = tr.tunnel
-            if t.tunnel_id == self.table.refuse_id:
+            if t.tunnel_id == self.maps.refuse_id:
                 self._refused_tunnel(tr)
                 continue
             preserve = self.preserve_for(t.key)
             if tr.kind == "configured":
-                self.table.set_tunnel(t.tunnel_id, up=t.state == "UP" and self._selectors_ok,
+                self.maps.set_tunnel(t.tunnel_id, up=t.state == "UP" and self._selectors_ok,
                                       preserve=preserve)
                 emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} (id {t.tunnel_id}) "
                      f"selectors {_ts(t.local_ts)} === {_ts(t.remote_ts)}, "
                      f"preserve-vpn-flows {'on' if preserve else 'off'}")
             elif tr.kind == "up":
                 if tr.previous_peer:
-                    gen = self.table.bump_generation(t.tunnel_id)
+                    gen = self.maps.bump_generation(t.tunnel_id)
                     emit(Sev.WARNING, Msg.PEER_CHANGED, f"Tunnel {t.name} peer changed from "
                          f"{tr.previous_peer} to {t.peer_id}: its flows are torn down "
                          f"(generation {gen}), a different peer never inherits them")
-                self.table.set_tunnel(t.tunnel_id, up=True, preserve=preserve)
+                self.maps.set_tunnel(t.tunnel_id, up=True, preserve=preserve)
                 self.latency.add((time.monotonic() - received) * 1000)
                 self.demand.pop(t.key, None)
                 if self.cfg.wan_interfaces is None and t.peer_host and self.dp is not None:
@@ -507,10 +516,10 @@ class Daemon:
                             (t.name, t.local_ts, t.remote_ts) if self.reclassify() else None)
             elif tr.kind == "down":
                 if preserve:
-                    self.table.set_tunnel(t.tunnel_id, up=False, preserve=True)
+                    self.maps.set_tunnel(t.tunnel_id, up=False, preserve=True)
                 else:
-                    gen = self.table.tunnel(t.tunnel_id).generation + 1
-                    self.table.set_tunnel(t.tunnel_id, up=False, generation=gen,
+                    gen = self.maps.tunnel(t.tunnel_id).generation + 1
+                    self.maps.set_tunnel(t.tunnel_id, up=False, generation=gen,
                                           preserve=False)
                 self.latency.add((time.monotonic() - received) * 1000)
                 self._later(self._report_down, t.tunnel_id,
@@ -522,8 +531,8 @@ class Daemon:
                      f"{self.cfg.forget_unconfigured_after:.0f} s (held flows wait, nothing "
                      "of it leaves in clear)")
             elif tr.kind == "removed":
-                gen = self.table.tunnel(t.tunnel_id).generation + 1
-                self.table.set_tunnel(t.tunnel_id, up=False, generation=gen)
+                gen = self.maps.tunnel(t.tunnel_id).generation + 1
+                self.maps.set_tunnel(t.tunnel_id, up=False, generation=gen)
                 self.ids.retire(t.key)
                 emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} no longer "
                      "configured: selectors removed, flows torn down")
@@ -532,14 +541,14 @@ class Daemon:
     def _sync_selectors(self) -> None:
         """Make the data path's selectors those of the registry's tunnels (one compile per
         family, only when something changed)."""
-        assert self.table is not None
+        assert self.maps is not None
         want = {Selector(loc, rem, t.tunnel_id)
                 for t in self.registry.tunnels.values()
                 for loc in t.local_ts for rem in t.remote_ts if loc.version == rem.version}
         if want != self._selectors:
             # Sorted by id: when a remote prefix has more pairs than the data path holds,
             # the longest-configured tunnels keep their slots (see FlowTable._compile).
-            overflows = self.table.replace_selectors(
+            overflows = self.maps.replace_selectors(
                 sorted(want, key=lambda s: (s.tunnel_id, str(s))))
             self._selectors = want
             self.known.save(self.registry.tunnels.values())
@@ -558,7 +567,7 @@ class Daemon:
         if tr.kind == "configured":
             self.stats["tunnels_refused"] += 1
             emit(Sev.ERROR, Msg.TUNNEL_REFUSED, f"Tunnel {tr.tunnel.name}: no free "
-                 f"data-path tunnel id (ids 1..{self.table.refuse_id - 1} in use): its "
+                 f"data-path tunnel id (ids 1..{self.maps.refuse_id - 1} in use): its "
                  f"traffic {_ts(tr.tunnel.local_ts)} === {_ts(tr.tunnel.remote_ts)} is "
                  "refused until an id is free and the daemon restarts")
 
@@ -648,15 +657,15 @@ class Daemon:
     def free_tunnel_ids(self) -> None:
         """Ids of removed tunnels become free once the sweeps have removed their flows
         (read here, beside the loop: a full flow-table read costs ms at scale)."""
-        if not self.ids.retired or self.table is None:
+        if not self.ids.retired or self.maps is None:
             return
-        in_use = self.table.tunnel_ids_in_use()
+        in_use = self.maps.tunnel_ids_in_use()
         with self.lock:
             retired = {tid for tid in self.ids.retired
                        if self.registry.by_id(tid) is None}  # not configured again since
             freed = self.ids.free_unused(in_use | (self.ids.retired - retired))
             for tid in freed:
-                self.table.reset_tunnel_stats(tid)
+                self.maps.reset_tunnel_stats(tid)
             self.stats["tunnel_ids_freed"] += len(freed)
 
     def log_removed(self, removed: list[RemovedFlow]) -> None:
@@ -782,10 +791,10 @@ class Daemon:
 
     def apply_sysopt(self) -> None:
         """preserve-vpn-flows takes effect at once, on tunnels already up as well."""
-        assert self.table is not None
-        self.table.set_reclassify(self.reclassify())
+        assert self.maps is not None
+        self.maps.set_reclassify(self.reclassify())
         for t in self.registry.tunnels.values():
-            self.table.set_tunnel(t.tunnel_id, preserve=self.preserve_for(t.key))
+            self.maps.set_tunnel(t.tunnel_id, preserve=self.preserve_for(t.key))
         self._sweep()
 
     def metrics_snapshot(self) -> dict[str, Any]:
