@@ -18,6 +18,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from controlplane import protocols
+
 DEFAULT_SOCKET = "/run/flowpin/default.sock"
 SUBCOMMANDS = "flowpin.subcommands"
 
@@ -66,7 +68,7 @@ def _ask(a: argparse.Namespace, cmd: str, args: dict[str, Any] | None = None) ->
 # The filters `show conn` and `clear conn` share, as options and as the ASA's keywords
 # (`show conn address 10.1.0.10 port 443 protocol tcp`).
 CONN_FILTERS = ("address", "port", "protocol", "tunnel")
-PROTOCOLS = ("tcp", "udp", "icmp", "icmp6")
+PROTOCOLS = tuple(protocols.BY_NAME)
 
 
 def conn_filters(a: argparse.Namespace) -> dict[str, Any]:

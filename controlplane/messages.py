@@ -11,7 +11,9 @@ import logging
 import zlib
 from enum import IntEnum
 
-from controlplane.sweeper import RemovedFlow, format_duration
+from controlplane import protocols
+from controlplane.durations import format_duration
+from controlplane.sweeper import RemovedFlow
 
 log = logging.getLogger("flowpin")
 
@@ -84,10 +86,11 @@ def teardown_line(r: RemovedFlow, lan_if: str = "inside", tunnel_if: str = "outs
     h:mm:ss bytes <n> <reason>`` -- the LAN end is named by ``lan_if``, the far end by
     ``tunnel_if``; the responder is printed first, as the ASA does. ICMP has the ASA's own
     302021 form instead (see :func:`icmp_teardown_text`)."""
-    if r.proto in (1, 58):
+    if r.proto in protocols.ICMP_NUMBERS:
         return line(Sev.INFO, Msg.TEARDOWN_ICMP, icmp_teardown_text(r))
     # flows are TCP, UDP or ICMP echo: the data path tracks nothing else
-    proto, msg = ("TCP", Msg.TEARDOWN_TCP) if r.proto == 6 else ("UDP", Msg.TEARDOWN_UDP)
+    proto = protocols.teardown_label(r.proto)
+    msg = Msg.TEARDOWN_TCP if r.proto == protocols.TCP else Msg.TEARDOWN_UDP
     lan_idx, key = r.flow.lan_side, r.flow.key
     ends = []
     for idx in (1 - r.flow.initiator, r.flow.initiator):  # responder first
