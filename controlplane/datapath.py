@@ -370,7 +370,7 @@ def detach_interface(ifname: str, netns: str | None = None) -> None:
                 ipr.tc("del-filter", "bpf", links[0], handle=FILTER_HANDLE, parent=parent,
                        prio=FILTER_PRIO)
             except Exception as exc:  # ENOENT / EINVAL: nothing there
-                if getattr(exc, "code", None) not in (2, 22):
+                if getattr(exc, "code", None) not in (errno.ENOENT, errno.EINVAL):
                     raise DatapathError(f"removing filter from {ifname}: {exc}") from exc
 
 
