@@ -139,13 +139,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 BENCHMARKS = {
-    "datapath": "controlplane.bench.datapath",  # issue 3: ns per packet, BPF_PROG_TEST_RUN
-    "control": "controlplane.bench.control",  # issue 4: event -> map latency, resync
-    "resume": "controlplane.bench.resume",  # issue 5: outage -> first byte resumed
-    "forward": "controlplane.bench.forward",  # issue 6: plain vs nftables vs flowpin
+    "datapath": "controlplane.bench.datapath",  # ns per packet, BPF_PROG_TEST_RUN
+    "control": "controlplane.bench.control",  # SA event -> map write latency, resync
+    "resume": "controlplane.bench.resume",  # outage -> first byte resumed
+    "forward": "controlplane.bench.forward",  # plain vs nftables vs flowpin
     "faults": "controlplane.bench.faults",  # fail closed: faults under load, WAN witness
     "tunnel": "controlplane.bench.tunnel",  # throughput through the lab's tunnel, +/- flowpin
-    "all": "controlplane.bench.report",  # issue 6: everything, results.json/.md + charts
+    "all": "controlplane.bench.report",  # everything, results.json/.md + charts
 }
 
 

@@ -56,7 +56,8 @@ FAKE_PARTS = {
 }
 
 
-def test_assemble_has_the_issue_keys() -> None:
+def test_assemble_has_the_keys_the_report_reads() -> None:
+    """results.json carries every figure results.md and the README tables are made of."""
     res = report.assemble(FAKE_PARTS, "flowpin bench all --out X")
     assert set(res["forward"]) == {"plain", "nftables", "flowpin", "tc_floor"}
     for k in ("flowpin_vs_plain_tput", "flowpin_vs_nft_tput", "flowpin_vs_plain_pps",
