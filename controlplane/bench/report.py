@@ -239,7 +239,7 @@ def markdown(res: dict[str, Any]) -> str:
         out.append(f"## Memory per tracked flow ({_num(mem.get('flows'))} flows)\n")
         out.append("| table | bytes per flow | from |")
         out.append("|---|---|---|")
-        out.append(f"| flowpin `flows4` | **{_num(mem.get('flowpin_bytes_per_flow'))}** | "
+        out.append(f"| flowpin `fp_flows4` | **{_num(mem.get('flowpin_bytes_per_flow'))}** | "
                    f"map memlock {_num(fp.get('memlock_bytes'))} B / "
                    f"{_num(fp.get('flows'))} flows |")
         out.append(f"| netfilter conntrack | **{_num(mem.get('conntrack_bytes_per_flow'))}** | "
