@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from controlplane import testrun as tr
 from controlplane.config import Config
 from controlplane.datapath import Datapath, DatapathConfig
+from lab import packets as tr
 from tests.datapath.cases import out, run_steps
 from vici_glue.events import ChildConfig, ChildSA, IkeSA
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from controlplane import testrun as tr
 from controlplane.messages import teardown_line
 from controlplane.sweeper import TORN_DOWN, Sweeper, Timeouts, format_duration, parse_duration
+from lab import packets as tr
 from tests.datapath.cases import (
     NET4,
     NET6,

@@ -1,11 +1,11 @@
 """``flowpin bench all --out DIR``: every benchmark, one report.
 
 Runs, each as its own process whose JSON it captures (a failing part is reported and the
-others still run): the forwarding comparison (:mod:`controlplane.bench.forward`), the
-tunnel overhead (:mod:`~controlplane.bench.tunnel`), memory per flow
-(:mod:`~controlplane.bench.memory`), the data path's test-run figures
-(:mod:`~controlplane.bench.datapath`) and the control plane's latencies
-(:mod:`~controlplane.bench.control`). Writes ``DIR/results.json``, ``DIR/results.md``
+others still run): the forwarding comparison (:mod:`bench.forward`), the
+tunnel overhead (:mod:`~bench.tunnel`), memory per flow
+(:mod:`~bench.memory`), the data path's test-run figures
+(:mod:`~bench.datapath`) and the control plane's latencies
+(:mod:`~bench.control`). Writes ``DIR/results.json``, ``DIR/results.md``
 (tables) and PNG charts (``forward.png``, ``tunnel.png``, ``memory.png``).
 
 ``--quick`` is a smoke run (1 short round each, small sizes): the shape of the report, not
@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controlplane.bench.common import machine
+from bench.common import machine
 
 CONTENDERS = ("plain", "nftables", "flowpin")
 MEASURE_LABEL = {"tput_gbps": "TCP throughput (Gbit/s)", "pps": "64-byte packets/s",
@@ -40,14 +40,14 @@ def part_commands(rounds: int, seconds: int, quick: bool, tunnel_rounds: int = 8
     r, s = ["--rounds", str(rounds)], ["--seconds", str(seconds)]
     tr, ts = ["--rounds", str(tunnel_rounds)], ["--seconds", str(tunnel_seconds)]
     return {
-        "forward": py + ["controlplane.bench.forward", "--json", "--with-tc-empty",
+        "forward": py + ["bench.forward", "--json", "--with-tc-empty",
                            "--with-tc-floor"] + r + s,
-        "tunnel": py + ["controlplane.bench.tunnel", "--json"] + tr + ts,
-        "memory": py + ["controlplane.bench.memory", "--json"]
+        "tunnel": py + ["bench.tunnel", "--json"] + tr + ts,
+        "memory": py + ["bench.memory", "--json"]
         + (["--flows", "10000"] if quick else []),
-        "datapath": py + ["controlplane.bench.datapath", "--json"]
+        "datapath": py + ["bench.datapath", "--json"]
         + (["--repeat", "10000"] if quick else []),
-        "control": py + ["controlplane.bench.control", "--json"]
+        "control": py + ["bench.control", "--json"]
         + (["--flaps", "2", "--tunnels", "100"] if quick else []),
     }
 

@@ -22,11 +22,13 @@ import sys
 import time
 from typing import Any
 
-from controlplane import testrun as tr
-from controlplane.bench.common import machine
-from controlplane.datapath import Datapath, DatapathConfig, compile_empty
+from bench.common import machine
+from bench.progs import compile_empty, source
+from controlplane.datapath import Datapath, DatapathConfig
 from controlplane.flow_table import CONST, FlowTable, Side
+from controlplane.libbpf import fdinfo, prog_test_run
 from controlplane.sweeper import Sweeper
+from lab import packets as tr
 
 CLIENT, SERVER, CPORT, SPORT = "10.1.0.5", "10.2.0.9", 40000, 80
 TUN = 1
@@ -41,14 +43,14 @@ def _frame(flags: str) -> bytes:
 
 def memlock_bytes(map_fd: int) -> int:
     """The kernel's accounting of a map's memory (what bpftool shows as memlock)."""
-    memlock = tr.fdinfo(map_fd).get("memlock")
+    memlock = fdinfo(map_fd).get("memlock")
     if memlock is None:
         raise RuntimeError("no memlock in fdinfo")
     return int(memlock)
 
 
 def _run(fd: int, frame: bytes, repeat: int) -> tuple[int, int]:
-    res = tr.test_run(fd, frame, repeat)
+    res = prog_test_run(fd, frame, repeat)
     return res.duration_ns, res.retval
 
 
@@ -61,9 +63,7 @@ def calibrate(frame: bytes, repeat: int, empty: int) -> dict[str, float]:
     """Price of one helper call and of one 16-byte-key hash lookup on this machine."""
     import bcc
 
-    from controlplane.datapath import bpf_source
-
-    b = bcc.BPF(text=bpf_source("calibrate.c").encode())
+    b = bcc.BPF(text=source("calibrate.c").encode())
     calls = _best(b.load_func(b"cal_calls", bcc.BPF.SCHED_CLS).fd, frame, repeat)
     h = b[b"cal_hash"]
     k = h.Key()
@@ -76,7 +76,7 @@ def calibrate(frame: bytes, repeat: int, empty: int) -> dict[str, float]:
     lk.prefixlen, lk.addr = 16, 0x0000010A  # 10.1.0.0/16 in network order
     lpm[lk] = lpm.Leaf(1)
     lpm_ns = _best(b.load_func(b"cal_lpm_lookup", bcc.BPF.SCHED_CLS).fd, frame, repeat)
-    ins = tr.test_run(b.load_func(b"cal_insert", bcc.BPF.SCHED_CLS).fd, frame,
+    ins = prog_test_run(b.load_func(b"cal_insert", bcc.BPF.SCHED_CLS).fd, frame,
                       min(repeat, 1_000_000)).duration_ns
     b.cleanup()
     return {"helper_call_ns": round((calls - empty) / 10, 1), "htab_lookup_ns": lookup - empty,
@@ -231,7 +231,7 @@ def run(repeat: int = 1_000_000) -> dict[str, Any]:
     bt.add_selector(TUN, "10.0.0.0/8", "10.0.0.0/8")
     bt.set_tunnel(TUN, up=True, preserve=True)
     new_repeat = min(repeat, 1_000_000)
-    res = tr.test_run(bdp.prog_fd("fp_outbound"), syn, new_repeat)
+    res = prog_test_run(bdp.prog_fd("fp_outbound"), syn, new_repeat)
     created = bt.counters()["PASS_NEW"]
     if created != new_repeat:
         raise RuntimeError(f"new-flow benchmark created {created} flows, not {new_repeat}")

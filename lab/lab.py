@@ -2,7 +2,7 @@
 
 ``Lab(name).up()`` builds it, ``down()`` removes everything it made (also what a crashed
 run left behind), ``status()`` reads the gateways over VICI, ``exec()`` runs a command on a
-node. Disruptions live in :mod:`controlplane.lab.flap`.
+node. Disruptions live in :mod:`lab.flap`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from controlplane.lab import backend as backend_probe
-from controlplane.lab import netns, preflight, topology
-from controlplane.lab.charon import Charon, CharonError
-from controlplane.lab.charon import binary as charon_binary
-from controlplane.lab.preflight import PreflightError
-from controlplane.lab.topology import CHILD, CONN, GATEWAYS, NODES, PEER
+from lab import backend as backend_probe
+from lab import netns, preflight, topology
+from lab.charon import Charon, CharonError
+from lab.charon import binary as charon_binary
+from lab.preflight import PreflightError
+from lab.topology import CHILD, CONN, GATEWAYS, NODES, PEER
 from vici_glue import session as vs
 from vici_glue.conns import SiteToSite
 

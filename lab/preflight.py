@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from controlplane.lab.backend import KERNEL_LIBIPSEC
+from lab.backend import KERNEL_LIBIPSEC
 from vici_glue import proposals
 from vici_glue import session as vs
 from vici_glue.conns import SiteToSite

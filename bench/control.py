@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from controlplane.bench.common import machine
+from bench.common import machine
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -71,7 +71,7 @@ def resync_1k(n: int = 1000, repeat: int = 5) -> dict[str, Any]:
 
 
 def event_to_map(flaps: int) -> dict[str, Any]:
-    from controlplane.lab.lab import Lab
+    from lab.lab import Lab
 
     lab = Lab("benchctl")
     lab.down()
@@ -81,7 +81,7 @@ def event_to_map(flaps: int) -> dict[str, Any]:
                           for gw in lab.flowpin_gateways()}
         # Drive charon directly (terminate, then initiate, over VICI) and leave the gateways
         # alone in between: the figure is the daemon's reaction, not the lab's polling.
-        from controlplane.lab.topology import CHILD, CONN
+        from lab.topology import CHILD, CONN
         from vici_glue import session as vs
 
         with lab.vici("bo-gw") as s:

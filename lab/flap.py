@@ -11,7 +11,7 @@ that gateway. :func:`flap` returns when both gateways have the CHILD_SA installe
   declares the peer dead on both sides.
 - ``restart-charon``: SIGKILL the gateway's charon, start it again after ``seconds``.
   Under kernel-netlink the XFRM states and policies it had installed are flushed with it
-  (see :func:`controlplane.lab.backend.flush`): the crash takes charon and all it owned,
+  (see :func:`lab.backend.flush`): the crash takes charon and all it owned,
   as it does under kernel-libipsec, where ESP runs inside charon.
 
 Traffic, a trap policy or flowpin's own demand may bring a tunnel back before ``seconds``
@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.lab import backend, nft, topology
-from controlplane.lab.lab import Lab, LabError
-from controlplane.lab.topology import CHILD, CONN, GATEWAYS, PEER
+from lab import backend, nft, topology
+from lab.lab import Lab, LabError
+from lab.topology import CHILD, CONN, GATEWAYS, PEER
 from vici_glue import session as vs
 
 KINDS = ("child", "ike", "dpd", "restart-charon")

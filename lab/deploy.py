@@ -3,10 +3,10 @@
 One entry point writes everything a node of the Vagrant topology needs, below ``--out``
 (which stands for ``/etc``)::
 
-    python -m controlplane.deploy render --node bo-gw --out /etc [--lan-if auto]
+    python -m lab.deploy render --node bo-gw --out /etc [--lan-if auto]
 
 * ``swanctl/conf.d/flowpin-site.conf``: the lab's connection
-  (:func:`controlplane.lab.lab.conn_for`) rendered by
+  (:func:`lab.lab.conn_for`) rendered by
   :meth:`vici_glue.conns.SiteToSite.swanctl_conf`; charon-systemd loads it at start
   (``swanctl --load-all`` in strongswan.service). Gateways only.
 * ``strongswan.d/flowpin.conf``: charon's timers (the lab's short DPD) and the kernel's XFRM
@@ -18,7 +18,7 @@ One entry point writes everything a node of the Vagrant topology needs, below ``
   gives each private network NIC its IPv4 address; interface names differ per provider
   (``eth1``, ``enp0s8`` …), so NICs are found by the lab IPv4 address they carry.
 
-Addresses come from :mod:`controlplane.lab.topology` only; ``topology`` prints the JSON the
+Addresses come from :mod:`lab.topology` only; ``topology`` prints the JSON the
 Vagrantfile reads (``vagrant/topology.json``, checked to be up to date by the tests).
 
 Hosts (bo-client, ho-server) have no venv: this module imports only the standard library
@@ -37,8 +37,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from controlplane.lab import topology
-from controlplane.lab.topology import GATEWAYS, LINKS, NODES
+from lab import topology
+from lab.topology import GATEWAYS, LINKS, NODES
 
 SWANCTL_FILE = "swanctl/conf.d/flowpin-site.conf"
 FLOWPIN_FILE = "flowpin/flowpin.toml"
@@ -49,7 +49,7 @@ VICI_SOCKET = "/var/run/charon.vici"  # charon-systemd's default
 PSK_ENV = "FLOWPIN_PSK"
 
 # charon.* settings of a deployed gateway: the lab's timers (see
-# controlplane.lab.charon.config_text), so that an IKEv2 peer is declared dead after ~5 s of
+# lab.charon.config_text), so that an IKEv2 peer is declared dead after ~5 s of
 # silence following a DPD probe. The deploy test runs the lab's charons with these.
 CHARON_TIMERS = {
     "retransmit_timeout": "1.0",
@@ -121,7 +121,7 @@ def topology_json() -> dict:
             "nics": [{"net": n.net, "ipv4": str(n.ipv4.ip), "netmask": str(n.ipv4.netmask),
                       "addrs": list(n.addrs)} for n in nics(node)],
         }
-    return {"generated-by": "python -m controlplane.deploy topology", "nodes": nodes}
+    return {"generated-by": "python -m lab.deploy topology", "nodes": nodes}
 
 
 # --- NIC discovery -----------------------------------------------------------------------
@@ -141,7 +141,7 @@ def find_nic(ipv4: str) -> str | None:
 
 # --- renderers -----------------------------------------------------------------------------
 def swanctl_text(gw: str, psk: str) -> str:
-    from controlplane.lab.lab import conn_for  # gateways only (needs the venv)
+    from lab.lab import conn_for  # gateways only (needs the venv)
 
     conn = conn_for(gw)
     # The VMs boot with the tunnel up: the branch office initiates when charon starts
@@ -155,7 +155,7 @@ def strongswan_text() -> str:
     # Included at the top level of strongswan.conf (strongswan.d/*.conf), after charon.conf.
     # charon-systemd reads the charon section as its fallback.
     return "\n".join([
-        "# Written by flowpin (python -m controlplane.deploy): charon on a flowpin gateway.",
+        "# Written by flowpin (python -m lab.deploy): charon on a flowpin gateway.",
         "charon {",
         *timers,
         "    install_virtual_ip = no",
@@ -176,7 +176,7 @@ def strongswan_text() -> str:
 def flowpin_text(lan_if: str, vici_socket: str = VICI_SOCKET, instance: str = "default",
                  control_socket: str = "") -> str:
     return "\n".join([
-        "# Written by flowpin (python -m controlplane.deploy). Every key is documented in",
+        "# Written by flowpin (python -m lab.deploy). Every key is documented in",
         "# controlplane/flowpin.example.toml. Reload: systemctl reload flowpin",
         "[sysopt]",
         "preserve-vpn-flows = true",
@@ -212,7 +212,7 @@ def net_text(node: str) -> str:
     q = shlex.quote
     lines = [
         "#!/bin/sh",
-        f"# Written by flowpin (python -m controlplane.deploy): {node}'s lab addressing.",
+        f"# Written by flowpin (python -m lab.deploy): {node}'s lab addressing.",
         "# NICs are found by the IPv4 address Vagrant gave them (names differ per provider).",
         "set -eu",
         "nic_with() { ip -o -4 addr show | awk -v a=\"$1\" "
@@ -278,7 +278,7 @@ def _psk(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m controlplane.deploy", description=__doc__
+    p = argparse.ArgumentParser(prog="python -m lab.deploy", description=__doc__
                                 .split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="write a node's files below --out (stands for /etc)")

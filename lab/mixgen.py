@@ -1,9 +1,9 @@
 """Mixed traffic for the fault suite, run on lab nodes: a paced UDP stream, a new TCP
 connection every 100 ms, IPv4 and IPv6, and crafted packets (ICMP, ND, an ACK scan).
 
-``python -m controlplane.lab.mixgen server|client|probe|icmp|ackscan ...`` is started inside
+``python -m lab.mixgen server|client|probe|icmp|ackscan ...`` is started inside
 a node's namespace (``Lab.popen``); each prints one JSON line when it is done. The held TCP
-transfers come from :mod:`controlplane.lab.traffic`.
+transfers come from :mod:`lab.traffic`.
 
 - ``server`` (ho-server): UDP sinks that read nothing (no ICMP port unreachable goes back)
   and a TCP server that answers every connection with ``ok`` and closes it.
@@ -33,8 +33,8 @@ import threading
 import time
 from typing import Any
 
-from controlplane.bench.loadgen import _IoVec, _libc, _MMsgHdr
-from controlplane.testrun import ip_checksum
+from bench.loadgen import _IoVec, _libc, _MMsgHdr
+from lab.packets import ip_checksum
 
 TICK = 0.005  # pacing interval: 100 packets per tick at 20k pps
 
@@ -340,7 +340,7 @@ def ackscan(src: str, dst: str, ports: int, first_port: int, rate: float) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m controlplane.lab.mixgen")
+    p = argparse.ArgumentParser(prog="python -m lab.mixgen")
     sub = p.add_subparsers(dest="cmd", required=True)
     sv = sub.add_parser("server")
     sv.add_argument("--udp-port", type=int, default=9000)

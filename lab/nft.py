@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controlplane.lab import netns
+from lab import netns
 
 
 def apply(commands: list[str]) -> str:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controlplane.lab import topology
-from controlplane.lab.flap import KINDS, flap
-from controlplane.lab.lab import Lab, LabError
+from lab import topology
+from lab.flap import KINDS, flap
+from lab.lab import Lab, LabError
 
 PORT = 8080
 LEAD_S = 8.0  # download time before the outage

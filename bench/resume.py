@@ -23,10 +23,10 @@ import sys
 import time
 from typing import Any
 
-from controlplane.bench.common import machine
-from controlplane.lab.flap import KINDS, flap
-from controlplane.lab.lab import Lab
-from controlplane.lab.traffic import Transfer
+from bench.common import machine
+from lab.flap import KINDS, flap
+from lab.lab import Lab
+from lab.traffic import Transfer
 
 
 def measure(lab: Lab, outage: float, how: str, port: int) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """TCP transfers with exact accounting, run on lab nodes.
 
-``python -m controlplane.lab.traffic serve|send`` is started inside a node's namespace
+``python -m lab.traffic serve|send`` is started inside a node's namespace
 (``Lab.popen``); each side prints one JSON line with the bytes it moved and their sha256, so
 a test compares what was sent with what arrived, byte for byte.
 """
@@ -95,7 +95,7 @@ def send(to: str, port: int, nbytes: int, rate: float, seed: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m controlplane.lab.traffic")
+    p = argparse.ArgumentParser(prog="python -m lab.traffic")
     sub = p.add_subparsers(dest="cmd", required=True)
     sv = sub.add_parser("serve")
     sv.add_argument("--bind", default="::")
@@ -138,10 +138,10 @@ class Transfer:
                  seed: int = 1, timeout: float = 120.0, gated: bool = False) -> None:
         import subprocess
 
-        from controlplane.lab import topology
+        from lab import topology
 
         self.port = port
-        py = [sys.executable, "-m", "controlplane.lab.traffic"]
+        py = [sys.executable, "-m", "lab.traffic"]
         bind = "::" if ":" in to else "0.0.0.0"
         self.server = lab.popen(topology.SERVER, py + ["serve", "--bind", bind, "--port",
                                                        str(port), "--timeout", str(timeout)],

@@ -54,7 +54,7 @@ def _read(path: str) -> str:
 def ipsec_backend() -> str:
     """The IPsec backend strongSwan gets on this kernel (probed as `flowpin lab up` does):
     kernel-netlink (ESP in the kernel's XFRM) or kernel-libipsec (ESP in user space)."""
-    from controlplane.lab import backend
+    from lab import backend
 
     try:
         return backend.probe()[0]

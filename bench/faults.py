@@ -1,7 +1,7 @@
 """``flowpin bench faults --json``: the fault suite, as one JSON report.
 
 Builds a lab (preserve-vpn-flows on, a small flow table), runs every fault of
-:mod:`controlplane.lab.faults` while bo-client sends >= 20,000 packets/s of mixed traffic,
+:mod:`lab.faults` while bo-client sends >= 20,000 packets/s of mixed traffic,
 and prints per fault the outage, the packets sent, the cleartext packets each gateway sent
 on its WAN (must be 0), what the witness dropped (must be 0), the held transfers and the
 verdict. Exit status 1 when a fault failed.
@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from controlplane.lab.faults import FAULTS, PPS, run
+from lab.faults import FAULTS, PPS, run
 
 
 def _line(r: dict[str, Any]) -> str:

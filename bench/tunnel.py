@@ -1,4 +1,4 @@
-"""``python -m controlplane.bench.tunnel``: TCP throughput through the lab's IPsec tunnel
+"""``python -m bench.tunnel``: TCP throughput through the lab's IPsec tunnel
 with and without flowpin's data path on the gateways.
 
 The real lab (``fplab-fpbtun-*``: two charons, the site-to-site tunnel, a flowpin daemon
@@ -39,7 +39,7 @@ import sys
 import time
 from typing import Any
 
-from controlplane.bench.common import alternate, machine, print_result, summary
+from bench.common import alternate, machine, print_result, summary
 from controlplane.datapath import (
     FILTER_HANDLE,
     FILTER_PRIO,
@@ -49,8 +49,8 @@ from controlplane.datapath import (
     PROG_OUTBOUND,
     detach_interface,
 )
-from controlplane.lab import topology
-from controlplane.testrun import prog_fd_by_id
+from controlplane.libbpf import prog_fd_by_id
+from lab import topology
 
 LAB = "fpbtun"
 CONTENDERS = ("flowpin", "none")
@@ -150,7 +150,7 @@ class LanFilters:
 
 def run(rounds: int = 5, seconds: int = 3,
         order: tuple[str, ...] = CONTENDERS) -> dict[str, Any]:
-    from controlplane.lab.lab import Lab
+    from lab.lab import Lab
 
     if os.geteuid() != 0:
         raise TunnelBenchError("the tunnel benchmark needs root (the lab)")
@@ -261,7 +261,7 @@ def run(rounds: int = 5, seconds: int = 3,
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m controlplane.bench.tunnel",
+    ap = argparse.ArgumentParser(prog="python -m bench.tunnel",
                                  description="throughput through the lab's IPsec tunnel with "
                                  "and without flowpin's data path (prints one JSON object)")
     ap.add_argument("--json", action="store_true", help="accepted; output is always JSON")

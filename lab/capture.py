@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controlplane.lab import topology
-from controlplane.lab.lab import Lab
+from lab import topology
+from lab.lab import Lab
 
 LAN_NETS = [ipaddress.ip_network(n) for n in topology.BO_LAN + topology.HO_LAN]
 

@@ -1,6 +1,6 @@
 """Load generators of the forwarding benchmark, run inside the benchmark's namespaces.
 
-``python -m controlplane.bench.loadgen udp-flood|cps-server|cps-client ...``; each prints
+``python -m bench.loadgen udp-flood|cps-server|cps-client ...``; each prints
 one JSON line when it is done.
 
 - ``udp-flood``: small UDP datagrams as fast as one process can send them, with
@@ -136,7 +136,7 @@ def cps_client(to: str, port: int, seconds: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m controlplane.bench.loadgen")
+    p = argparse.ArgumentParser(prog="python -m bench.loadgen")
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("udp-flood")
     f.add_argument("--to", required=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from controlplane.lab import netns
+from lab import netns
 
 PREFIX = "fpbench-"
 CLIENT, GW, SERVER = f"{PREFIX}client", f"{PREFIX}gw", f"{PREFIX}server"

@@ -1,4 +1,4 @@
-"""``python -m controlplane.bench.memory``: kernel memory per tracked flow, flowpin's flow
+"""``python -m bench.memory``: kernel memory per tracked flow, flowpin's flow
 map vs netfilter conntrack, at 100k flows, from the kernel's own accounting.
 
 - **flowpin**: a private data path whose ``fp_flows4`` hash holds exactly N entries, filled
@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controlplane.bench.common import machine, print_result
-from controlplane.lab import netns
+from bench.common import machine, print_result
+from lab import netns
 
 NS = "fpbench-mem"
 FLOWS = 100_000
@@ -53,7 +53,7 @@ def slabinfo() -> dict[str, tuple[int, int, int]]:
 
 
 def flowpin_bytes_per_flow(n: int = FLOWS) -> dict[str, Any]:
-    from controlplane.bench.datapath import fill_flows, memlock_bytes
+    from bench.datapath import fill_flows, memlock_bytes
     from controlplane.datapath import Datapath, DatapathConfig
 
     dp = Datapath(DatapathConfig(instance="bench-mem", pin=False, flows4_max=n,
@@ -122,7 +122,7 @@ def _ct_count() -> int:
 
 
 def conntrack_bytes_per_flow(n: int = FLOWS) -> dict[str, Any]:
-    from controlplane.bench.topo import BenchLock
+    from bench.topo import BenchLock
 
     with BenchLock():
         return _conntrack_bytes_per_flow(n)
@@ -193,7 +193,7 @@ def run(n: int = FLOWS) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m controlplane.bench.memory",
+    ap = argparse.ArgumentParser(prog="python -m bench.memory",
                                  description="kernel memory per tracked flow: flowpin vs "
                                  "conntrack (prints one JSON object)")
     ap.add_argument("--json", action="store_true", help="accepted; output is always JSON")

@@ -13,7 +13,7 @@ import os
 import socket
 import struct
 
-from controlplane.lab import netns
+from lab import netns
 
 NETLINK_XFRM = 6
 XFRM_MSG_NEWSA = 0x10

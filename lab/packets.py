@@ -1,115 +1,18 @@
-"""BPF_PROG_TEST_RUN through ctypes, and a small packet builder for it.
+"""The test rig's packet builder: Ethernet frames (IPv4/IPv6, TCP/UDP/ICMP/ICMPv6) made field
+by field, with knobs for the malformed shapes the data path must survive: truncation, bad IHL,
+IPv6 extension headers, fragments, a TCP data offset beyond the packet, VLAN tags.
 
-bcc has no wrapper for BPF_PROG_TEST_RUN (nor for BPF_ENABLE_STATS and
-BPF_PROG_GET_FD_BY_ID, which the benchmarks use), so :func:`bpf` issues the bpf(2) syscall
-itself. The builder makes Ethernet frames (IPv4/IPv6, TCP/UDP/ICMP/ICMPv6) field by field,
-with knobs for the malformed shapes the data path must survive: truncation, bad IHL, IPv6
-extension headers, fragments, a TCP data offset beyond the packet. L4 checksums are left
-zero: TC programs do not verify them, and nothing here is put on a wire.
+The data-path tests run them through the programs with BPF_PROG_TEST_RUN
+(``controlplane.libbpf.prog_test_run``); the data-path benchmark and the lab's fault traffic
+craft theirs here too, which is why it lives in the lab package rather than under tests/.
+L4 checksums are left zero: TC programs do not verify them, and nothing made here is put on a
+wire (the lab's own senders fill them in with :func:`ip_checksum`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import ipaddress
-import os
 import struct
-from dataclasses import dataclass
-from typing import Any
-
-SYS_BPF = 321  # x86_64
-BPF_PROG_TEST_RUN = 10
-BPF_PROG_GET_FD_BY_ID = 13
-BPF_ENABLE_STATS = 32
-BPF_STATS_RUN_TIME = 0
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def bpf(cmd: int, attr: ctypes.Array[Any] | ctypes.Structure, what: str) -> int:
-    """bpf(2) with ``attr`` (its size as the attribute size); OSError naming ``what``."""
-    ret = _libc.syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return int(ret)
-
-
-def fdinfo(fd: int) -> dict[str, str]:
-    """What the kernel shows of a BPF object in ``/proc/self/fdinfo/<fd>`` (map memlock,
-    program id, run statistics ...), as raw strings by key."""
-    info: dict[str, str] = {}
-    with open(f"/proc/self/fdinfo/{fd}") as fh:
-        for line in fh:
-            k, _, v = line.partition(":")
-            info[k.strip()] = v.strip()
-    return info
-
-
-def prog_fd_by_id(prog_id: int) -> int:
-    """A new fd of the loaded program with id ``prog_id``."""
-    attr = (ctypes.c_uint32 * 4)(prog_id, 0, 0, 0)
-    return bpf(BPF_PROG_GET_FD_BY_ID, attr, f"BPF_PROG_GET_FD_BY_ID {prog_id}")
-
-
-def enable_run_stats() -> int:
-    """Turn on the kernel's per-program run-time accounting (what
-    ``kernel.bpf_stats_enabled`` does) for as long as the returned fd is open: closed, or
-    the process gone, it is off again, so a killed benchmark cannot leave every BPF program
-    on the machine paying for it."""
-    attr = (ctypes.c_uint32 * 1)(BPF_STATS_RUN_TIME)
-    return bpf(BPF_ENABLE_STATS, attr, "BPF_ENABLE_STATS")
-
-
-class _TestRunAttr(ctypes.Structure):
-    """The ``test`` member of ``union bpf_attr`` (include/uapi/linux/bpf.h)."""
-
-    _fields_ = [
-        ("prog_fd", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64),
-        ("data_out", ctypes.c_uint64),
-        ("repeat", ctypes.c_uint32),
-        ("duration", ctypes.c_uint32),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_uint64),
-        ("ctx_out", ctypes.c_uint64),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
-    ]
-
-
-@dataclass(frozen=True)
-class RunResult:
-    retval: int  # the program's return value (TC_ACT_OK = 0, TC_ACT_SHOT = 2)
-    duration_ns: int  # mean ns per run, as measured by the kernel
-    data_out: bytes
-
-
-def test_run(prog_fd: int, data: bytes, repeat: int = 1) -> RunResult:
-    """Run the program ``prog_fd`` on ``data`` ``repeat`` times in the kernel."""
-    buf_in = ctypes.create_string_buffer(data, len(data))
-    buf_out = ctypes.create_string_buffer(len(data) + 256)
-    attr = _TestRunAttr(
-        prog_fd=prog_fd,
-        data_size_in=len(data),
-        data_size_out=len(buf_out),
-        data_in=ctypes.addressof(buf_in),
-        data_out=ctypes.addressof(buf_out),
-        repeat=repeat,
-    )
-    bpf(BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
-    return RunResult(attr.retval, attr.duration, buf_out.raw[: attr.data_size_out])
-
-
-# --- packet builder -----------------------------------------------------------------------
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD

@@ -15,8 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from controlplane.lab import netns
-from controlplane.lab.backend import KERNEL_LIBIPSEC
+from lab import netns
+from lab.backend import KERNEL_LIBIPSEC
 
 CHARON_CANDIDATES = ("/usr/lib/ipsec/charon", "/usr/libexec/ipsec/charon")
 

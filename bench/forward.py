@@ -1,7 +1,7 @@
 """``flowpin bench forward``: what a gateway's packet costs with no filter, with a typical
 stateful nftables ruleset, and with flowpin's data path, measured side by side.
 
-Topology (:mod:`controlplane.bench.topo`): client -- gw -- server namespaces over veth,
+Topology (:mod:`bench.topo`): client -- gw -- server namespaces over veth,
 cleartext (no IPsec: crypto would drown the difference). The gateway forwards; the three
 *contenders* differ only in what filters the gateway:
 
@@ -14,7 +14,7 @@ cleartext (no IPsec: crypto would drown the difference). The gateway forwards; t
 - ``tc_empty`` (diagnostic, ``--with-tc-empty``): the same TC hooks running an empty
   program, so flowpin's cost splits into the hook's and its own;
 - ``tc_floor`` (diagnostic, ``--with-tc-floor``): the same TC hooks running
-  ``bpf/floor.c``, the least any TC flow table does (parse, one lookup of the 5-tuple in
+  ``bench/bpf/floor.c``, the least any TC flow table does (parse, one lookup of the 5-tuple in
   a preallocated hash, one atomic add): the floor of flowpin's design on this machine.
 
 Three measures, each alternating the contenders (A B C A B C ...) for ``--rounds`` rounds
@@ -44,9 +44,9 @@ import sys
 import time
 from typing import Any
 
-from controlplane.bench import topo as tp
-from controlplane.bench.common import alternate, machine, print_result, ratio, summary
-from controlplane.lab import netns, nft
+from bench import topo as tp
+from bench.common import alternate, machine, print_result, ratio, summary
+from lab import netns, nft
 
 CONTENDERS = ("plain", "nftables", "flowpin")
 TC_EMPTY = "tc_empty"  # diagnostic: the TC hook with an empty program (--with-tc-empty)
@@ -58,7 +58,7 @@ TUNNEL = 1
 NFT_TABLE = "fpbench"
 IPERF_PORT, UDP_PORT, CPS_PORT = 5201, 9, 5300
 CPS_CLIENTS = 1
-LOADGEN = [sys.executable, "-m", "controlplane.bench.loadgen"]
+LOADGEN = [sys.executable, "-m", "bench.loadgen"]
 
 
 class BenchError(RuntimeError):
@@ -117,7 +117,7 @@ class Gateway:
         t.set_tunnel(TUNNEL, up=True, preserve=True)
 
     def load_bench_prog(self, contender: str) -> None:
-        from controlplane.datapath import compile_bench_prog
+        from bench.progs import compile_bench_prog
 
         self.progs[contender] = compile_bench_prog(*BENCH_PROGS[contender])
 
@@ -193,7 +193,7 @@ class Gateway:
 def prog_run_stats(fd: int) -> tuple[int, int]:
     """(run_time_ns, run_cnt) the kernel accounts for the program behind ``fd`` while run
     statistics are on (``kernel.bpf_stats_enabled``; shown in the fd's fdinfo)."""
-    from controlplane.testrun import fdinfo
+    from controlplane.libbpf import fdinfo
 
     info = fdinfo(fd)
     return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
@@ -342,7 +342,7 @@ def prog_costs(gw: Gateway, r: Runner, diagnostics: tuple[str, ...]) -> dict[str
     itself costs (two clock reads per run), and it is the same in every program, so
     flowpin's own work is flowpin's figure minus the empty program's. Not part of the
     rounds (it slows them)."""
-    from controlplane.testrun import enable_run_stats
+    from controlplane.libbpf import enable_run_stats
 
     fds = {c: gw.prog_fd(c) for c in ("flowpin",) + diagnostics}
     out: dict[str, Any] = {}
@@ -481,7 +481,7 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             "tc_empty (with --with-tc-empty): clsact on the same veth with an empty "
             "SCHED_CLS program on ingress and egress: the price of the TC hook itself, "
             "which any TC eBPF filter pays before doing any work",
-            "tc_floor (with --with-tc-floor): the same hooks running bpf/floor.c, the least "
+            "tc_floor (with --with-tc-floor): the same hooks running bench/bpf/floor.c, the least "
             "any TC flow table does per packet (parse Ethernet/IPv4/ports, one lookup of the "
             "5-tuple in a preallocated 1M-entry hash with flowpin's key and value types, "
             "create on a miss, one atomic add; no tunnel, TCP state or counters): the floor "
@@ -508,7 +508,7 @@ def main(argv: list[str]) -> int:
                     "program (what attaching at TC costs before flowpin's own work)")
     ap.add_argument("--with-tc-floor", action="store_true",
                     help="a diagnostic contender: the same TC hooks with the least a TC "
-                    "flow table does (bpf/floor.c: parse, one hash lookup, one atomic add)")
+                    "flow table does (bench/bpf/floor.c: parse, one hash lookup, one atomic add)")
     ap.add_argument("--measure", action="append", choices=MEASURES,
                     help="only this measure (repeatable; default all)")
     a = ap.parse_args(argv)

@@ -6,7 +6,7 @@ For every fault (:data:`FAULTS`), :func:`run_fault`:
 1. starts a capture of each gateway's WAN egress (tcpdump ``-Q out``; under XFRM decrypted
    packets re-enter the WAN and are no leak), with a large buffer, and checks afterwards
    that tcpdump dropped nothing: a witness that lost packets cannot vouch for them;
-2. starts the traffic on bo-client (:mod:`controlplane.lab.mixgen`): a paced UDP stream of
+2. starts the traffic on bo-client (:mod:`lab.mixgen`): a paced UDP stream of
    100-byte datagrams over IPv4 and IPv6, a new TCP connection every 100 ms, and two held
    TCP transfers (IPv4, IPv6) whose bytes are compared by sha256 at the other end;
 3. injects the fault, and waits until the tunnel is back;
@@ -34,15 +34,15 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from controlplane.lab import topology
-from controlplane.lab.capture import GatewayCapture
-from controlplane.lab.flap import FlapResult, flap
-from controlplane.lab.lab import Lab, LabError, conn_for
-from controlplane.lab.topology import BO_GW, CHILD, CLIENT, CONN, GATEWAYS, SERVER
-from controlplane.lab.traffic import Transfer
+from lab import topology
+from lab.capture import GatewayCapture
+from lab.flap import FlapResult, flap
+from lab.lab import Lab, LabError, conn_for
+from lab.topology import BO_GW, CHILD, CLIENT, CONN, GATEWAYS, SERVER
+from lab.traffic import Transfer
 from vici_glue import session as vs
 
-MIXGEN = [sys.executable, "-m", "controlplane.lab.mixgen"]
+MIXGEN = [sys.executable, "-m", "lab.mixgen"]
 SERVER4, SERVER6 = topology.HOST_ADDR[SERVER]
 CLIENT4, CLIENT6 = topology.HOST_ADDR[CLIENT]
 PPS = 20_000
