@@ -174,6 +174,14 @@ def _cflags(cfg: DatapathConfig) -> list[str]:
     return flags + list(cfg.cflags)
 
 
+def replace_filter(ipr: Any, index: int, parent: str, fd: int, name: str) -> None:
+    """Put program ``fd`` on the clsact hook ``parent`` of interface ``index`` as flowpin's
+    filter (our handle and priority, direct action), replacing ours in place: there is no
+    moment without a filter."""
+    ipr.tc("replace-filter", "bpf", index, handle=FILTER_HANDLE, fd=fd, name=name,
+           parent=parent, prio=FILTER_PRIO, classid=1, direct_action=True)
+
+
 class Datapath:
     """One flowpin data path instance: its programs, its (pinned) maps, its attachments.
 
@@ -323,9 +331,7 @@ class Datapath:
                 if getattr(exc, "code", None) != errno.EEXIST:
                     raise DatapathError(f"adding clsact on {ifname}: {exc}") from exc
             for prog, parent in progs:
-                ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE,
-                       fd=self._fds[prog], name=prog, parent=parent, prio=FILTER_PRIO,
-                       classid=1, direct_action=True)
+                replace_filter(ipr, idx, parent, self._fds[prog], prog)
 
     def detach(self, ifname: str | None = None, netns: str | None = None,
                purge: bool = False) -> None:
