@@ -267,6 +267,8 @@ def cmd_metrics(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
     out = cmd_show_counters(d, a)
     out["tunnels"] = cmd_show_vpn_context(d, a)["tunnels"]
     out["charon_up"] = d.charon_up
+    out["ipsec_backend"] = d.ipsec_backend
+    out["event_to_map_seconds"] = d.latency.histogram()
     return out
 
 
