@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,10 @@ from controlplane.config import Config, ConfigError
 from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
 from controlplane.flow_table import FlowTable, Selector
 from controlplane.hooks import HookWatch
+from controlplane.journal import journal_handler
 from controlplane.messages import Msg, Sev, emit, line, teardown_line
+from controlplane.metrics import Latency
+from controlplane.notify import NotifyError, ServiceNotifier, announce_ready
 from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
 from controlplane.tunnel import Transition, TunnelKey, TunnelRegistry
 from controlplane.tunnel_ids import TunnelIds
@@ -113,17 +116,6 @@ class Demand:
     last_error: str = ""
 
 
-@dataclass
-class Latency:
-    """Event received -> data-path map written, in ms (the control-plane benchmark)."""
-
-    samples: list[float] = field(default_factory=list)
-
-    def add(self, ms: float) -> None:
-        self.samples.append(ms)
-        del self.samples[:-10000]
-
-
 class Daemon:
     def __init__(self, cfg: Config, *, lan_if_label: str = "inside") -> None:
         self.cfg = cfg
@@ -168,6 +160,10 @@ class Daemon:
         self.reload_requested = False
         self.hooks: HookWatch | None = None
         self._selectors_ok = True  # the last selector compile succeeded
+        # systemd (Type=notify): told READY once charon's state is first applied, which
+        # sets this (a resync, or charon unreachable: every tunnel held DOWN).
+        self.service = ServiceNotifier(enabled=False)
+        self.charon_heard = threading.Event()
 
     # --- runtime (sysopt changed from the CLI, kept across daemon restarts) ---------------
     def _load_runtime(self) -> dict[str, Any]:
@@ -196,9 +192,7 @@ class Daemon:
     # --- start / stop -------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
-        if not cfg.lan_interfaces:
-            raise ConfigError(cfg.path, None, "datapath.lan-interfaces",
-                              "name at least one LAN interface")
+        config_mod.check_runnable(cfg)
         dpc = DatapathConfig(instance=cfg.instance, flows4_max=cfg.flow_table_size,
                              flows6_max=max(1024, cfg.flow_table_size // 4),
                              pickup_s=int(cfg.pickup_window),
@@ -303,6 +297,7 @@ class Daemon:
         dp.table.set_reclassify(self.reclassify())
 
     def stop(self, purge: bool = False) -> None:
+        self.service.stopping()
         if self.hooks:  # first: a purge below detaches, nothing must attach again
             self.hooks.stop()
         self._stop.set()
@@ -358,7 +353,7 @@ class Daemon:
         view.runtime = json.loads(json.dumps(self.runtime))
         view.stats = dict(self.stats)
         view.stats["vici_decode_errors"] = self.follower.decode_errors if self.follower else 0
-        view.latency = Latency(list(self.latency.samples))
+        view.latency = self.latency.copy()
         return view
 
     def submit(self, kind: str, payload: Any = None, wait: float | None = 10.0) -> Any:
@@ -397,6 +392,7 @@ class Daemon:
                         self._on_datapath_event(ev)
                     self._demand_tick(time.monotonic())
                     self._forget_tick()
+                self.service.tick(time.monotonic())
             except Exception:  # noqa: BLE001 -- one bad item must not stop the gateway
                 self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "internal error (the "
@@ -773,6 +769,21 @@ class Daemon:
 
     def reload(self, path: str) -> Config:
         """Load ``path``; on success apply it, on error keep running as before."""
+        # systemd holds the unit in "reloading" from RELOADING=1 to READY=1: READY follows
+        # whatever happens.
+        self.service.reloading()
+        status = "configuration reload failed (see the log)"
+        try:
+            new = self._reload(path)
+            status = f"configuration {path} loaded"
+            return new
+        except ConfigError as exc:
+            status = f"configuration rejected, running configuration unchanged: {exc}"
+            raise
+        finally:
+            self.service.reloaded(status)
+
+    def _reload(self, path: str) -> Config:
         try:
             new = config_mod.load(path)
         except ConfigError as exc:
@@ -820,6 +831,8 @@ class _Apply:
         try:
             with d.lock:
                 d._handle(item)
+                if isinstance(item, Resync | Disconnected):
+                    d.charon_heard.set()
         except Exception:  # noqa: BLE001 -- one bad event must not stop following charon
             log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "internal error applying an SA "
                                      "event (the daemon goes on; please report)"))
@@ -830,10 +843,13 @@ def _ts(nets: Any) -> str:
 
 
 def setup_logging(cfg: Config) -> None:
-    handler: logging.Handler = (logging.FileHandler(cfg.log_file) if cfg.log_file
-                                else logging.StreamHandler(sys.stdout))
-    fmt = "%(asctime)s %(message)s" if cfg.log_file else "%(message)s"
-    handler.setFormatter(logging.Formatter(fmt, "%b %d %H:%M:%S"))
+    # Under systemd: the journal, each line at its syslog priority (controlplane.journal).
+    handler = None if cfg.log_file else journal_handler()
+    if handler is None:
+        handler = (logging.FileHandler(cfg.log_file) if cfg.log_file
+                   else logging.StreamHandler(sys.stdout))
+        fmt = "%(asctime)s %(message)s" if cfg.log_file else "%(message)s"
+        handler.setFormatter(logging.Formatter(fmt, "%b %d %H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.log_level.upper())
@@ -852,7 +868,13 @@ def main(config_path: str, purge: bool = False) -> int:
     # The loop must get the GIL back quickly from the sweeper and reclassify threads: an SA
     # event waits at most this long behind their Python code (default 5 ms).
     sys.setswitchinterval(0.0005)
+    try:
+        service = ServiceNotifier()
+    except NotifyError as exc:
+        print(f"flowpin: error: {exc}", file=sys.stderr)
+        return 1
     daemon = Daemon(cfg)
+    daemon.service = service
     try:
         daemon.start()
     except ConfigError as exc:
@@ -869,8 +891,10 @@ def main(config_path: str, purge: bool = False) -> int:
     signal.signal(signal.SIGHUP, daemon.on_sighup)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    status = announce_ready(daemon)
     try:
         daemon.run()
     finally:
+        status.stop()
         daemon.stop(purge=purge)
     return 0
