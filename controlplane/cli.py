@@ -90,11 +90,12 @@ def check_config(path: str) -> int:
     """``flowpin daemon --check-config`` (as ``nginx -t``; the unit's ExecStartPre): 0 and
     one line when the file would start the daemon, 1 and ``file:line: key: what`` if not."""
     from controlplane.config import ConfigError, check
+    from controlplane.journal import error_line
 
     try:
         check(path)
     except ConfigError as exc:
-        print(f"flowpin: configuration error: {exc}", file=sys.stderr)
+        print(error_line(f"flowpin: configuration error: {exc}"), file=sys.stderr)
         return 1
     print(f"flowpin: configuration {path} is valid")
     return 0

@@ -55,7 +55,7 @@ from controlplane.config import Config, ConfigError
 from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
 from controlplane.flow_table import FlowTable, Selector
 from controlplane.hooks import HookWatch
-from controlplane.journal import journal_handler
+from controlplane.journal import error_line, journal_handler
 from controlplane.messages import Msg, Sev, emit, line, teardown_line
 from controlplane.metrics import Latency
 from controlplane.notify import NotifyError, ServiceNotifier, announce_ready
@@ -859,11 +859,12 @@ def main(config_path: str, purge: bool = False) -> int:
     try:
         cfg = config_mod.load(config_path)
     except ConfigError as exc:
-        print(f"flowpin: error: {exc}", file=sys.stderr)
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
         return 2
     setup_logging(cfg)
     if os.geteuid() != 0:
-        print("flowpin: error: the daemon loads eBPF programs: run it as root", file=sys.stderr)
+        print(error_line("flowpin: error: the daemon loads eBPF programs: run it as root"),
+              file=sys.stderr)
         return 1
     # The loop must get the GIL back quickly from the sweeper and reclassify threads: an SA
     # event waits at most this long behind their Python code (default 5 ms).
@@ -871,14 +872,14 @@ def main(config_path: str, purge: bool = False) -> int:
     try:
         service = ServiceNotifier()
     except NotifyError as exc:
-        print(f"flowpin: error: {exc}", file=sys.stderr)
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
         return 1
     daemon = Daemon(cfg)
     daemon.service = service
     try:
         daemon.start()
     except ConfigError as exc:
-        print(f"flowpin: error: {exc}", file=sys.stderr)
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 -- a clear line for the admin, then exit
         emit(Sev.ERROR, Msg.DAEMON, f"cannot start: {exc}")

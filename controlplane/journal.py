@@ -95,3 +95,10 @@ def journal_handler(env: Mapping[str, str] | None = None) -> logging.Handler | N
         return handler
     handler.setFormatter(logging.Formatter("%(message)s"))
     return handler
+
+
+def error_line(text: str, env: Mapping[str, str] | None = None) -> str:
+    """``text`` for stderr, as an error (``<3>``) when stderr is the journal: the lines
+    printed before logging is set up (a configuration that does not load, a daemon that
+    cannot start) are errors too, not the stream's default priority (info)."""
+    return f"<3>{text}" if connected_to_journal(sys.stderr, env) else text

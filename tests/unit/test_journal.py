@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.journal import PrefixFormatter, connected_to_journal, priority
+from controlplane.journal import PrefixFormatter, connected_to_journal, error_line, priority
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,6 +53,14 @@ def test_journal_stream_is_recognised(tmp_path: Path) -> None:
         assert connected_to_journal(f, env)
         assert not connected_to_journal(g, env)
         assert not connected_to_journal(f, {})
+
+
+def test_errors_before_logging_is_set_up_are_errors_in_the_journal() -> None:
+    """`flowpin daemon --check-config` under systemd: its error line carries <3>."""
+    st = os.fstat(sys.stderr.fileno())
+    env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    assert error_line("flowpin: error: x", env) == "<3>flowpin: error: x"
+    assert error_line("flowpin: error: x", {}) == "flowpin: error: x"
 
 
 # Runs in the private mount namespace: bind the journal's socket, log through the daemon's
