@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.flow_table import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD, FlowTable
+from controlplane.libbpf import prog_test_run
 
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "flowpin"
 ENTRY = "flowpin.c"
-EMPTY = "empty.c"
 PROG_OUTBOUND = "fp_outbound"  # clsact ingress: LAN -> tunnel
 PROG_INBOUND = "fp_inbound"  # clsact egress: tunnel -> LAN
 PROG_WAN_OUT = "fp_wan_out"  # WAN clsact egress: the guard on what the gateway sends
@@ -100,8 +100,12 @@ class DatapathConfig:
 
 
 def bpf_source(entry: str = ENTRY, package: str = "flowpin_bpf") -> str:
-    """The C of ``entry`` with the project's quoted includes expanded (each once)."""
+    """The C of ``entry`` (in ``package``) with the project's quoted includes expanded (each
+    once). Includes are looked up beside the including file, then at ``package``'s root, then
+    in the data path's own ``flowpin_bpf``: programs outside it (the benchmarks') share its
+    headers that way."""
     root = files(package)
+    roots = [root] if package == "flowpin_bpf" else [root, files("flowpin_bpf")]
     seen: set[str] = set()
 
     def expand(node: Traversable, rel: str) -> str:
@@ -116,9 +120,11 @@ def bpf_source(entry: str = ENTRY, package: str = "flowpin_bpf") -> str:
             base = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
             cand = base + name
             target = root.joinpath(*cand.split("/"))
-            if not target.is_file():
+            for other in roots:
+                if target.is_file():
+                    break
                 cand = name
-                target = root.joinpath(*name.split("/"))
+                target = other.joinpath(*name.split("/"))
             if not target.is_file():
                 raise DatapathError(f"{rel}: include \"{name}\" not found in {package}")
             cand = os.path.normpath(cand)
@@ -165,18 +171,6 @@ def _cflags(cfg: DatapathConfig) -> list[str]:
     if cfg.pin:
         flags.append(f'-DFP_PIN_DIR="{cfg.pin_dir}"')
     return flags + list(cfg.cflags)
-
-
-def compile_bench_prog(source: str, func: str) -> tuple[Any, int]:
-    """A benchmark-only SCHED_CLS program: (BPF object, program fd)."""
-    bcc = _require_bcc()
-    b = bcc.BPF(text=bpf_source(source).encode())
-    return b, b.load_func(func.encode(), bcc.BPF.SCHED_CLS).fd
-
-
-def compile_empty() -> tuple[Any, int]:
-    """The empty SCHED_CLS program (benchmark baseline): (BPF object, program fd)."""
-    return compile_bench_prog(EMPTY, "fp_empty")
 
 
 class Datapath:
@@ -235,14 +229,14 @@ class Datapath:
         one the base. Returns HZ; 0 (and the coarse clock) if jiffies did not move."""
         import bcc
 
-        from controlplane import testrun
-
         fd = self._bpf.load_func(PROG_CLOCK.encode(), bcc.BPF.SCHED_CLS).fd
-        frame = testrun.ether(b"\0" * 46, testrun.ETH_P_ARP)
+        # Any frame will do: the probe program only samples the two clocks. An ARP frame
+        # (EtherType 0x0806) of the minimum size, so no flow program would care either.
+        frame = bytes(12) + (0x0806).to_bytes(2, "big") + bytes(46)
         probe = self._bpf[b"clock_probe"]
 
         def sample() -> tuple[int, int]:
-            testrun.test_run(fd, frame)
+            prog_test_run(fd, frame)
             v = probe[ctypes.c_uint32(0)]
             return v.jiffies, v.mono_ns
 

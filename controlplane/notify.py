@@ -103,21 +103,20 @@ def status_line(d: Any) -> str:
 
     Held flows are the TCP flows pinned for a tunnel that is down (preserve-vpn-flows):
     they are counted from the flow table, so this runs beside the loop, never in it."""
-    with d.lock:  # the registry changes under the follower thread
-        tunnels = [t.state for t in d.registry.tunnels.values()]
-        charon = (f"charon connected ({d.ipsec_backend})" if d.charon_up
-                  else "charon unreachable: all tunnels held DOWN")
+    with d.lock:  # a snapshot is taken under the lock (microseconds), read after it
+        snap = d.snapshot()
+    charon = (f"charon connected ({snap.ipsec_backend})" if snap.charon_up
+              else "charon unreachable: all tunnels held DOWN")
+    # "Held" as `show conn --pinned` counts it (one definition, in commands).
+    from controlplane.commands import _datapath_tunnels, _is_pinned
+
+    words = _datapath_tunnels(snap.table)
     flows = held = 0
-    if d.table is not None:
-        words = {t.id: t for t in d.table.tunnels()}
-        for f in d.table.flows():
-            flows += 1
-            w = words.get(f.tunnel_id)
-            if (f.tunnel_id and w is not None and not w.up and w.preserve
-                    and f.key.proto == 6 and f.generation == w.generation):
-                held += 1
-    up = tunnels.count("UP")
-    return f"{charon}; {up} of {len(tunnels)} tunnels up; {flows} flows, {held} held"
+    for f in snap.table.flows():
+        flows += 1
+        held += _is_pinned(f, words)
+    up = sum(1 for t in snap.tunnels if t.state == "UP")
+    return f"{charon}; {up} of {len(snap.tunnels)} tunnels up; {flows} flows, {held} held"
 
 
 class StatusReporter:

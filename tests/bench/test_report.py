@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from controlplane.bench import report
-from controlplane.bench.common import alternate, ratio, summary
+from bench import report
+from bench.common import alternate, ratio, summary
 
 
 def _s(*runs: float) -> dict[str, object]:

@@ -71,7 +71,7 @@ def test_check_config_accepts_what_provisioning_renders(tmp_path: Path) -> None:
     """The unit's ExecStartPre passes on the flowpin.toml provisioning writes."""
     import sys
 
-    from controlplane import deploy
+    from lab import deploy
 
     deploy.render("bo-gw", tmp_path, psk="unused", lan_if="enp0s8")
     cfg = tmp_path / deploy.FLOWPIN_FILE

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from controlplane.lab import topology
-from controlplane.lab.flap import flap
-from controlplane.lab.lab import Lab
 from controlplane.notify import STATUS_INTERVAL
+from lab import topology
+from lab.flap import flap
+from lab.lab import Lab
 
 pytestmark = pytest.mark.lab
 
