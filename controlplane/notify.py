@@ -52,7 +52,6 @@ class ServiceNotifier:
                                   and (not pid or pid == str(os.getpid())) else 0.0)
         self._next_ping = 0.0
         self._status = ""
-        self.ready_sent = False
         self._lock = threading.Lock()
 
     @property
@@ -68,7 +67,6 @@ class ServiceNotifier:
 
     def ready(self, status: str) -> None:
         self._status = status
-        self.ready_sent = True
         self.send("READY=1", f"STATUS={status}")
 
     def reloading(self) -> None:
