@@ -1,7 +1,7 @@
 """Loader of the flowpin data path: compile with bcc, attach with pyroute2, reattach, detach.
 
 The C lives in the ``flowpin_bpf`` package (the ``bpf/`` folder). bcc only rewrites map
-calls (``flows4.lookup(...)``) in the file it is given, not in headers it includes, so the
+calls (``fp_flows4.lookup(...)``) in the file it is given, not in headers it includes, so the
 loader expands the project's own ``#include "lib/..."`` lines into one text first; system
 headers are left to clang.
 
@@ -44,8 +44,9 @@ PARENT_EGRESS = "ffff:fff3"
 FILTER_PRIO = 1
 ARPHRD_ETHER = 1  # if_arp.h: Ethernet link headers (veth, VLAN, bridge, bond, NICs)
 FILTER_HANDLE = 1
-MAP_NAMES = ("flows4", "flows6", "selectors4", "selectors6", "tunnels", "tunnel_stats",
-             "guard_stats", "counters", "config", "nonvpn")
+# The maps pinned under pin_dir, by their names in bpf/lib/maps.h (also their pin names).
+MAP_NAMES = ("fp_flows4", "fp_flows6", "fp_selectors4", "fp_selectors6", "fp_tunnels",
+             "fp_tunnel_stats", "fp_guard_stats", "fp_counters", "fp_config", "fp_nonvpn")
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 # A directory name under PIN_ROOT: never "." or ".." (the pin directory would be bpffs
 # itself or every instance's parent, and a purge would empty it).
@@ -206,7 +207,7 @@ class Datapath:
         if cfg.pin:
             ensure_bpffs()
             cfg.pin_dir.mkdir(parents=True, exist_ok=True)
-            self.reused_pins = (cfg.pin_dir / "flows4").exists()
+            self.reused_pins = (cfg.pin_dir / "fp_flows4").exists()
             drop_outgrown_counters(cfg.pin_dir)
         try:
             self._bpf = bcc.BPF(text=bpf_source().encode(), cflags=_cflags(cfg))
@@ -233,7 +234,7 @@ class Datapath:
         # Any frame will do: the probe program only samples the two clocks. An ARP frame
         # (EtherType 0x0806) of the minimum size, so no flow program would care either.
         frame = bytes(12) + (0x0806).to_bytes(2, "big") + bytes(46)
-        probe = self._bpf[b"clock_probe"]
+        probe = self._bpf[b"fp_clock_sample"]
 
         def sample() -> tuple[int, int]:
             prog_test_run(fd, frame)
@@ -364,7 +365,7 @@ def detach_interface(ifname: str, netns: str | None = None) -> None:
                 ipr.tc("del-filter", "bpf", links[0], handle=FILTER_HANDLE, parent=parent,
                        prio=FILTER_PRIO)
             except Exception as exc:  # ENOENT / EINVAL: nothing there
-                if getattr(exc, "code", None) not in (2, 22):
+                if getattr(exc, "code", None) not in (errno.ENOENT, errno.EINVAL):
                     raise DatapathError(f"removing filter from {ifname}: {exc}") from exc
 
 
@@ -386,7 +387,7 @@ def hold_pinned_tunnels(instance: str) -> int:
     left attached keep filtering on these maps, and a daemon that is starting -- or fails
     to -- knows nothing of the SAs yet, so held flows must wait and nothing may pass as if
     its tunnel were up. Uses libbpf (through bcc's libbcc) on the pinned map; no compile."""
-    path = PIN_ROOT / instance / "tunnels"
+    path = PIN_ROOT / instance / "fp_tunnels"
     if not path.exists():
         return 0
     lib = _require_bcc().libbcc.lib
@@ -428,11 +429,11 @@ def _pinned_max_entries(path: Path) -> int:
 
 
 def drop_outgrown_counters(pin_dir: Path) -> bool:
-    """Remove a ``counters`` pin made by an older build with fewer slots than this one
+    """Remove an ``fp_counters`` pin made by an older build with fewer slots than this one
     counts (a verdict reason or stat added since): reused, the new slots would never be
     counted and reading them would fail. Counters are statistics; every other map keeps
     its state. Returns whether the pin was removed."""
-    path = pin_dir / "counters"
+    path = pin_dir / "fp_counters"
     if not path.exists() or _pinned_max_entries(path) >= STAT_MAX:
         return False
     path.unlink()

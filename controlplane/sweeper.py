@@ -45,7 +45,7 @@ from controlplane.flow_table import (
 
 TORN_DOWN = "Tunnel has been torn down"
 _NEVER_WRITTEN = (0, False, False)  # an array slot never written: generation 0, DOWN
-_VALUE = struct.Struct("<IHBB4III2Q")  # struct flow_value, see bpf/lib/flow_types.h
+_VALUE = struct.Struct("<IHBB4III2Q")  # struct fp_flow_value, see bpf/lib/flow_types.h
 _KEY_PROTO_OFFSET = {4: 12, 6: 36}
 _FIN, _RST, _SYN, _ACK, _PICKUP = Side.FIN, Side.RST, Side.SYN, Side.ACK, Side.PICKUP
 

@@ -229,7 +229,7 @@ def test_stream_is_held_while_down_survives_a_loader_kill_and_resumes(
         # a clean stop removes both filters (tc as an independent witness); pins stay
         loader.stop()
         assert _tc_filters(topo["g"], "g0") == ""
-        assert (Path("/sys/fs/bpf/flowpin") / topo["instance"] / "flows4").exists()
+        assert (Path("/sys/fs/bpf/flowpin") / topo["instance"] / "fp_flows4").exists()
     finally:
         loader.stop()
         if ctl is not None:
