@@ -257,6 +257,8 @@ def metrics(s: Snapshot, a: Args) -> dict[str, Any]:
     out = show_counters(s, a)
     out["tunnels"] = show_vpn_context(s, a)["tunnels"]
     out["charon_up"] = s.charon_up
+    out["ipsec_backend"] = s.ipsec_backend
+    out["event_to_map_seconds"] = dict(s.latency_histogram)
     return out
 
 

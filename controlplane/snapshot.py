@@ -27,6 +27,7 @@ class Snapshot:
     demand: Mapping[TunnelKey, Demand]  # initiation on demand (copies)
     stats: Mapping[str, int]
     latency_ms: tuple[float, ...]  # event received -> map written
+    latency_histogram: Mapping[str, Any]  # the same, cumulative (metrics.Latency.histogram)
     charon_up: bool
     ipsec_backend: str
     started: float  # time.time() at daemon start

@@ -56,6 +56,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 "$VENV/bin/python" - <<'PY'
-import bcc, nftables, pyroute2, vici  # noqa: F401 -- fail here, by name, if one is missing
+import bcc, nftables, prometheus_client, pyroute2, systemd.daemon, vici  # noqa: F401 -- fail here, by name, if one is missing
 PY
 say "ready ($VENV)"
