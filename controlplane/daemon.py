@@ -57,7 +57,7 @@ from controlplane.demand import Demand
 from controlplane.flow_table import FlowTable, Selector
 from controlplane.hooks import HookWatch
 from controlplane.journal import error_line, journal_handler
-from controlplane.messages import Msg, Sev, emit, line, teardown_line
+from controlplane.messages import LastProblem, Msg, Sev, emit, line, teardown_line
 from controlplane.metrics import Latency
 from controlplane.notify import NotifyError, ServiceNotifier, announce_ready
 from controlplane.snapshot import Snapshot
@@ -121,6 +121,8 @@ class Daemon:
         self.registry = TunnelRegistry(self.ids, grace=cfg.forget_unconfigured_after)
         self.known = KnownSelectors(self.state_dir / "selectors.json")
         self.wan_guarded: list[str] = []
+        self.problems = LastProblem()
+        log.addHandler(self.problems)
         self._forgetting = False
         self.dp: Datapath | None = None
         self.table: FlowTable | None = None  # flows, counters, events
@@ -286,6 +288,7 @@ class Daemon:
 
     def stop(self, purge: bool = False) -> None:
         self.service.stopping()
+        log.removeHandler(self.problems)
         if self.hooks:  # first: a purge below detaches, nothing must attach again
             self.hooks.stop()
         self._stop.set()
@@ -344,7 +347,8 @@ class Daemon:
             stats=stats, latency_ms=tuple(self.latency.samples),
             latency_histogram=self.latency.histogram(), charon_up=self.charon_up,
             ipsec_backend=self.ipsec_backend, started=self.started,
-            wan_guarded=tuple(self.wan_guarded), table=self.table, now_s=self.sweeper.now_s)
+            wan_guarded=tuple(self.wan_guarded), last_problem=self.problems.last,
+            table=self.table, now_s=self.sweeper.now_s)
 
     def on_loop(self, fn: Callable[[], Any], what: str = "the request",
                 wait: float = 10.0) -> Any:

@@ -63,6 +63,18 @@ class Msg(IntEnum):
     NONVPN_BUDGET = 752122
 
 
+class LastProblem(logging.Handler):
+    """Remembers the last line at WARNING or worse: what ``flowpin status`` shows as the
+    last error, so an admin sees it without searching the journal."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: tuple[float, str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = (record.created, record.getMessage())
+
+
 def line(sev: Sev, msg: Msg, text: str) -> str:
     return f"%FLOWPIN-{int(sev)}-{int(msg)}: {text}"
 

@@ -105,14 +105,11 @@ def status_line(d: Any) -> str:
         snap = d.snapshot()
     charon = (f"charon connected ({snap.ipsec_backend})" if snap.charon_up
               else "charon unreachable: all tunnels held DOWN")
-    # "Held" as `show conn --pinned` counts it (one definition, in commands).
-    from controlplane.commands import _datapath_tunnels, _is_pinned
+    # "Held" as `show conn --pinned` and `flowpin status` count it (one definition)
+    from controlplane.commands import flow_summary
 
-    words = _datapath_tunnels(snap.table)
-    flows = held = 0
-    for f in snap.table.flows():
-        flows += 1
-        held += _is_pinned(f, words)
+    summary = flow_summary(snap)
+    flows, held = summary.flows, summary.held
     up = sum(1 for t in snap.tunnels if t.state == "UP")
     return f"{charon}; {up} of {len(snap.tunnels)} tunnels up; {flows} flows, {held} held"
 

@@ -32,6 +32,7 @@ class Snapshot:
     ipsec_backend: str
     started: float  # time.time() at daemon start
     wan_guarded: tuple[str, ...]
+    last_problem: tuple[float, str] | None  # (time.time(), line): last WARNING or worse
     table: FlowTable
     now_s: Callable[[], int]
 

@@ -116,3 +116,44 @@ def test_prometheus_metrics(lab: Lab) -> None:
     ss = lab.exec("bo-gw", ["ss", "-Hltn", "sport = :9477"], stdout=subprocess.PIPE,
                   text=True).stdout.split()
     assert "127.0.0.1:9477" in ss, ss
+
+
+def test_status_at_a_glance(lab: Lab) -> None:
+    st = as_json(lab, "status")
+    assert st["charon_up"] and st["ipsec_backend"] == lab.meta()["backend"]
+    assert st["tunnels"] == {"up": 1, "total": 1}
+    assert {(h["interface"], h["role"], h["attached"]) for h in st["hooks"]} >= {
+        ("lan0", "lan", True), ("wan0", "wan", True)}
+    text = fp(lab, "status").stdout
+    assert "tunnels:  1 of 1 up" in text and "lan0 (lan) attached" in text
+    # the hooks are asked of the kernel at each status: a lost filter shows at once
+    assert lab.exec("bo-gw", ["tc", "filter", "del", "dev", "lan0", "ingress"]).returncode == 0
+    st = as_json(lab, "status")
+    lan = next(h for h in st["hooks"] if h["interface"] == "lan0")
+    # the hooks watch may already have put it back (it looks twice a second)
+    assert lan["attached"] or lan["missing"] == ["ingress"]
+
+
+def test_conn_filters_as_the_asa_spells_them(lab: Lab) -> None:
+    """`show conn` and `clear conn` take the same filters, as options or ASA keywords; the
+    counts of status, show conn and show counters come from one reading of the table."""
+    script = ("import socket\n"
+              "for port in (44000, 44001):\n"
+              "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+              "    s.bind(('10.1.0.10', port)); s.sendto(b'x', ('10.2.0.10', 44009))\n")
+    assert lab.exec("bo-client", [sys.executable, "-c", script]).returncode == 0
+    time.sleep(0.3)
+    shown = as_json(lab, "show", "conn", "address", "10.2.0.10", "port", "44000",
+                    "protocol", "udp")
+    assert [c["inside"]["port"] for c in shown["connections"]] == [44000]
+    both = as_json(lab, "show", "conn", "--port", "44009")
+    assert sorted(c["inside"]["port"] for c in both["connections"]) == [44000, 44001]
+    counts = {as_json(lab, "status")["flows"], as_json(lab, "show", "counters")["flows"],
+              both["in_use"]}
+    assert len(counts) == 1 or max(counts) - min(counts) <= 2  # other lab traffic may come
+    r = fp(lab, "show", "conn", "address", "10.2.0.300")
+    assert r.returncode == 1 and "is not an IPv4 or IPv6 address" in r.stderr
+    r = fp(lab, "clear", "conn", "port", "44001", "protocol", "udp")
+    assert r.returncode == 0 and r.stdout.strip() == "1 connections cleared"
+    left = as_json(lab, "show", "conn", "port", "44009")["connections"]
+    assert [c["inside"]["port"] for c in left] == [44000]
