@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from controlplane.bench.faults import table
+from bench.faults import table
 
-MIXGEN = [sys.executable, "-m", "controlplane.lab.mixgen"]
+MIXGEN = [sys.executable, "-m", "lab.mixgen"]
 
 
 def test_udp_stream_from_two_sender_processes() -> None:
