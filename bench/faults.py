@@ -25,7 +25,7 @@ from lab.faults import FAULTS, PPS, run
 def _line(r: dict[str, Any]) -> str:
     g = r["generator"]
     return (f"{r['fault']:<24} {r['result']:<4} outage {r['outage_s']} s, "
-            f"udp {g['udp_sent']} at {g['udp_pps']}/s ({g.get('engine')}), "
+            f"udp {g['udp_sent']} at {g['udp_pps']}/s ({g.get('processes')} senders), "
             f"cleartext {r['cleartext']}, "
             f"witness dropped {[c['dropped'] for c in r['capture'].values()]}"
             + (f"; {'; '.join(r['failures'])}" if r["failures"] else ""))
@@ -83,10 +83,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--min-pps", type=int, default=None,
                    help="the rate a fault must reach to count (default 95 %% of --pps; "
                    f"also ${faults.MIN_PPS_ENV})")
-    p.add_argument("--engine", choices=("sendmmsg", "pktgen", "auto"), default=None,
-                   help=f"the UDP stream's sender (default sendmmsg; also ${faults.ENGINE_ENV})")
     p.add_argument("--procs", type=int, default=None,
-                   help=f"sendmmsg sender processes (default: up to 2, one per CPU; also "
+                   help=f"UDP sender processes (default: one per CPU, up to 2; also "
                    f"${faults.PROCS_ENV})")
     p.add_argument("--no-control", action="store_true",
                    help="skip the control run (the guard removed: the witness must see a leak)")
@@ -97,8 +95,7 @@ def main(argv: list[str]) -> int:
     if a.table:
         print(table([Path(t) for t in a.table]))
         return 0
-    for env, val in ((faults.MIN_PPS_ENV, a.min_pps), (faults.ENGINE_ENV, a.engine),
-                     (faults.PROCS_ENV, a.procs)):
+    for env, val in ((faults.MIN_PPS_ENV, a.min_pps), (faults.PROCS_ENV, a.procs)):
         if val is not None:
             os.environ[env] = str(val)
     names = [n.strip() for n in a.only.split(",") if n.strip()] or None

@@ -53,9 +53,10 @@ PPS = 20_000
 # control (the same witness with the guard removed must see the leak) shows that the rate
 # reached was enough to see one.
 MIN_PPS_ENV = "FLOWPIN_FAULTS_MIN_PPS"
-# The UDP stream's sender: sendmmsg from several processes (one per CPU: on a veth the
-# sender's CPU also does the gateways' forwarding and ESP), or the kernel's pktgen.
-ENGINE_ENV, PROCS_ENV = "FLOWPIN_FAULTS_ENGINE", "FLOWPIN_FAULTS_PROCS"
+# The UDP stream's sender processes, one per CPU (up to 2) unless set: on a veth the
+# sender's CPU also does the gateways' forwarding and ESP, so one process is bounded by
+# what one CPU forwards.
+PROCS_ENV = "FLOWPIN_FAULTS_PROCS"
 
 
 def min_pps(pps: int) -> int:
@@ -63,9 +64,8 @@ def min_pps(pps: int) -> int:
     return int(env) if env else int(0.95 * pps)
 
 
-def udp_engine() -> tuple[str, int]:
-    return (os.environ.get(ENGINE_ENV, "sendmmsg"),
-            int(os.environ.get(PROCS_ENV) or min(2, os.cpu_count() or 1)))
+def udp_procs() -> int:
+    return int(os.environ.get(PROCS_ENV) or min(2, os.cpu_count() or 1))
 UDP_PORT, TCP_PORT = 9000, 5400
 TRANSFER_RATE = 150_000  # bytes/s per held transfer
 TRANSFER_GRACE_S = 60.0  # held transfers finish within TCP's backoff after the fault
@@ -478,11 +478,9 @@ class Traffic:
     @contextlib.contextmanager
     def generator(self, pps: int) -> Iterator[dict[str, Any]]:
         """Runs the client for the block; the dict gets its report afterwards."""
-        engine, procs = udp_engine()
         proc = self.lab.popen(CLIENT, MIXGEN + [
             "client", "--v4", SERVER4, "--v6", SERVER6, "--udp-port", str(UDP_PORT),
-            "--tcp-port", str(TCP_PORT), "--pps", str(pps), "--udp-engine", engine,
-            "--udp-procs", str(procs), "--src4", CLIENT4, "--src6", CLIENT6],
+            "--tcp-port", str(TCP_PORT), "--pps", str(pps), "--udp-procs", str(udp_procs())],
             stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         proc.stdout.readline()
@@ -604,7 +602,6 @@ def run_fault(lab: Lab, traffic: Traffic, fault: Fault, index: int = 0,
                         "connect_gap_s": _longest_failure(conns.get("attempts", []))}
     if gen.get("error"):
         failures.append(gen["error"])
-    res["generator"]["engine"] = udp.get("engine")
     res["generator"]["processes"] = udp.get("processes")
     need = min_pps(pps)
     res["generator"]["min_pps"] = need
@@ -696,13 +693,11 @@ def run(names: list[str] | None = None, lab_name: str = "faults", pps: int = PPS
     ctl = [r for r in results if r["kind"] == "control"]
     results_f = [r for r in results if r["kind"] == "fault"]
     rates = sorted(r["generator"].get("udp_pps") or 0 for r in results)
-    engine, procs = udp_engine()
     return {
         "backend": backend,
         "target_pps": pps,
         "min_pps": min_pps(pps),
-        "udp_engine": engine,
-        "udp_processes": procs if engine == "sendmmsg" else 0,
+        "udp_processes": udp_procs(),
         "udp_pps_reached": {"min": rates[0] if rates else None,
                             "median": rates[len(rates) // 2] if rates else None,
                             "max": rates[-1] if rates else None},

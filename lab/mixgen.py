@@ -9,7 +9,8 @@ transfers come from :mod:`lab.traffic`.
   and a TCP server that answers every connection with ``ok`` and closes it.
 - ``client`` (bo-client): ``--pps`` datagrams of ``--size`` bytes per second, paced on the
   clock and sent with ``sendmmsg(2)`` in batches over several sockets (flows) of both
-  families; a new TCP connection every ``--connect-interval`` seconds, alternating the
+  families, from ``--udp-procs`` processes (each its share of flows and rate); a new TCP
+  connection every ``--connect-interval`` seconds, alternating the
   families. Runs until SIGTERM/SIGINT or ``--seconds``; prints what it sent, the rate it
   reached, and every connection attempt.
 - ``probe``: one TCP connection per address; exit 0 when all answered.
@@ -25,7 +26,6 @@ import contextlib
 import ctypes
 import json
 import os
-import re
 import signal
 import socket
 import struct
@@ -163,124 +163,14 @@ def _pacer_process(targets: list[tuple[str, int]], pps: int, size: int, seconds:
     conn.close()
 
 
-class PktgenStream:
-    """The UDP stream from the kernel's packet generator (``pktgen``) on ``ifname`` of the
-    namespace it runs in: one pktgen device per family, each on its own kernel thread
-    (CPU), paced by pktgen (``ratep``). The frames are built and sent by the kernel
-    without a socket, so the sending CPU's time goes to the gateway's forwarding and
-    encryption instead (on a veth both run on the sender's CPU). Only where the kernel has
-    pktgen (Debian's has a module; a kernel without modules may lack it): see
-    :func:`pktgen_available`.
-
-    The frames are those of the socket stream: ``size`` bytes of UDP payload to
-    ``udp_port`` (IPv4) and ``udp_port + 1`` (IPv6), two flows per family (source ports),
-    with UDP checksums, to the gateway's MAC address ``dst_mac``."""
-
-    ROOT = "/proc/net/pktgen"
-
-    def __init__(self, ifname: str, dst_mac: str, v4: tuple[str, str], v6: tuple[str, str],
-                 udp_port: int, pps: int, size: int) -> None:
-        self.ifname = ifname
-        self.devs: list[str] = []
-        self._write("pgctrl", "reset")
-        for i, (fam, (src, dst)) in enumerate(((4, v4), (6, v6))):
-            dev = f"{ifname}@fp{fam}"
-            self._write(f"kpktgend_{i % os.cpu_count()}", f"add_device {dev}")  # type: ignore[operator]
-            hdr = 14 + (20 if fam == 4 else 40) + 8
-            cmds = ["count 0", "clone_skb 0", "burst 1", f"pkt_size {hdr + size}",
-                    f"ratep {pps // 2}", f"dst_mac {dst_mac}", "flag UDPCSUM",
-                    f"udp_dst_min {udp_port + (fam == 6)}",
-                    f"udp_dst_max {udp_port + (fam == 6)}",
-                    "udp_src_min 20000", "udp_src_max 20001"]
-            cmds += ([f"src_min {src}", f"src_max {src}", f"dst {dst}"] if fam == 4
-                     else [f"src6 {src}", f"dst6 {dst}"])
-            for c in cmds:
-                self._write(dev, c)
-            self.devs.append(dev)
-        self._runner: threading.Thread | None = None
-        self.t0 = self.t1 = 0.0
-
-    def _write(self, name: str, cmd: str) -> None:
-        with open(f"{self.ROOT}/{name}", "w") as f:
-            f.write(cmd)
-        with open(f"{self.ROOT}/{name}") as f:  # pktgen answers in its file: OK or why not
-            text = f.read()
-        m = re.search(r"Result: (.*)", text)
-        if m and not m.group(1).startswith("OK") and name != "pgctrl":
-            raise OSError(f"pktgen {name}: {cmd!r}: {m.group(1)}")
-
-    def start(self) -> None:
-        def run() -> None:  # "start" blocks until the devices stop
-            with contextlib.suppress(OSError), open(f"{self.ROOT}/pgctrl", "w") as f:
-                f.write("start")
-        self.t0 = time.monotonic()
-        self._runner = threading.Thread(target=run, daemon=True)
-        self._runner.start()
-
-    def sent(self) -> list[int]:
-        out = []
-        for dev in self.devs:
-            try:
-                with open(f"{self.ROOT}/{dev}") as f:
-                    m = re.search(r"pkts-sofar: (\d+)", f.read())
-            except OSError:  # the device went (its interface was deleted): counted before
-                m = None
-            out.append(int(m.group(1)) if m else 0)
-        return out
-
-    def stop(self) -> list[int]:
-        counts = self.sent()
-        self.t1 = time.monotonic()
-        with contextlib.suppress(OSError):
-            self._write("pgctrl", "stop")
-        if self._runner:
-            self._runner.join(5)
-        after = self.sent()
-        return [max(a, b) for a, b in zip(counts, after, strict=True)]
-
-
-def pktgen_available() -> bool:
-    return os.path.exists(f"{PktgenStream.ROOT}/pgctrl")
-
-
-def _gateway_mac(addr: str) -> str:
-    """The MAC address of the next hop towards ``addr`` (the gateway), from the neighbour
-    table after a packet has been sent there."""
-    gw = _default_gateway4()
-    for _ in range(50):
-        with contextlib.suppress(OSError), socket.socket(socket.AF_INET,
-                                                         socket.SOCK_DGRAM) as s:
-            s.connect((addr, 9))  # discard: resolves the gateway's address if need be
-            s.send(b"arp")
-        with open("/proc/net/arp") as f:
-            rows = [ln.split() for ln in f.read().splitlines()[1:]]
-        for row in rows:
-            if row[0] == gw and row[3] != "00:00:00:00:00:00":
-                return row[3]
-        time.sleep(0.1)
-    raise OSError(f"no neighbour entry for the gateway {gw}")
-
-
-def _default_gateway4() -> str:
-    with open("/proc/net/route") as f:
-        for ln in f.read().splitlines()[1:]:
-            cols = ln.split()
-            if cols[1] == "00000000":
-                return socket.inet_ntoa(struct.pack("<I", int(cols[2], 16)))
-    raise OSError("no IPv4 default route")
-
-
 def client(v4: str, v6: str, udp_port: int, udp_flows: int, pps: int, size: int,
-           tcp_port: int, interval: float, seconds: float, procs: int = 1,
-           engine: str = "sendmmsg", src4: str = "", src6: str = "",
-           ifname: str = "eth0") -> dict[str, Any]:
+           tcp_port: int, interval: float, seconds: float, procs: int = 1) -> dict[str, Any]:
     targets = [((v4, v6)[i % 2], udp_port + i) for i in range(udp_flows)]
-    if engine == "auto":
-        engine = "pktgen" if pktgen_available() else "sendmmsg"
+    engine = "sendmmsg"
     # The other sender processes first: fork before this one starts threads.
     helpers: list[tuple[Any, Any]] = []
     share = targets
-    if engine == "sendmmsg" and procs > 1:
+    if procs > 1:
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
@@ -295,12 +185,7 @@ def client(v4: str, v6: str, udp_port: int, udp_flows: int, pps: int, size: int,
             helpers.append((proc, rx))
         share = shares[0]
     stop = _Stop()
-    pktgen: PktgenStream | None = None
-    if engine == "pktgen":
-        pktgen = PktgenStream(ifname, _gateway_mac(v4), (src4, v4), (src6, v6), udp_port,
-                              pps, size)
-        share = []
-    pacer = UdpPacer(share, pps * len(share) // len(targets), size) if share else None
+    pacer = UdpPacer(share, pps * len(share) // len(targets), size)
     attempts: list[dict[str, Any]] = []
     lock = threading.Lock()
 
@@ -323,19 +208,9 @@ def client(v4: str, v6: str, udp_port: int, udp_flows: int, pps: int, size: int,
     print(json.dumps({"started": time.time(), "engine": engine}), flush=True)
     ct = threading.Thread(target=connector, daemon=True)
     ct.start()
-    per_flow: dict[str, int] = {}
-    errors = late = 0
-    if pktgen:
-        pktgen.start()
-        stop.event.wait(seconds)
-        counts = pktgen.stop()
-        elapsed = pktgen.t1 - pktgen.t0
-        per_flow = {f"{v4}/{udp_port}": counts[0], f"{v6}/{udp_port + 1}": counts[1]}
-    else:
-        assert pacer is not None
-        elapsed = pacer.run(stop.event, seconds)
-        per_flow = dict(zip([f"{a}/{p}" for a, p in share], pacer.sent, strict=True))
-        errors, late = pacer.errors, pacer.late_ticks
+    elapsed = pacer.run(stop.event, seconds)
+    per_flow = dict(zip([f"{a}/{p}" for a, p in share], pacer.sent, strict=True))
+    errors, late = pacer.errors, pacer.late_ticks
     stop.event.set()
     for proc, rx in helpers:  # SIGTERM reached this process only: pass it on
         if proc.is_alive() and not rx.poll(0):
@@ -360,7 +235,7 @@ def client(v4: str, v6: str, udp_port: int, udp_flows: int, pps: int, size: int,
                     "pps": round(sent / elapsed) if elapsed else 0, "target_pps": pps,
                     "size": size, "flows": len(targets), "errors": errors,
                     "late_ticks": late, "engine": engine,
-                    "processes": len(helpers) + 1 if engine == "sendmmsg" else 0,
+                    "processes": len(helpers) + 1,
                     "per_flow": per_flow},
             "connects": {"ok": sum(a["ok"] for a in done),
                          "failed": sum(not a["ok"] for a in done), "attempts": done}}
@@ -532,12 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     cl.add_argument("--connect-interval", type=float, default=0.1)
     cl.add_argument("--seconds", type=float, default=600.0)
     cl.add_argument("--udp-procs", type=int, default=1,
-                    help="sender processes for the UDP stream (sendmmsg engine)")
-    cl.add_argument("--udp-engine", choices=("sendmmsg", "pktgen", "auto"),
-                    default="sendmmsg", help="auto: pktgen where the kernel has it")
-    cl.add_argument("--src4", default="", help="IPv4 source of pktgen's frames")
-    cl.add_argument("--src6", default="", help="IPv6 source of pktgen's frames")
-    cl.add_argument("--ifname", default="eth0", help="pktgen's interface")
+                    help="sender processes for the UDP stream")
     ud = sub.add_parser("udp")
     ud.add_argument("--v4", required=True)
     ud.add_argument("--v6", required=True)
@@ -580,8 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         res = server(a.udp_port, a.udp_flows, a.tcp_port, a.seconds)
     elif a.cmd == "client":
         res = client(a.v4, a.v6, a.udp_port, a.udp_flows, a.pps, a.size, a.tcp_port,
-                     a.connect_interval, a.seconds, a.udp_procs, a.udp_engine, a.src4,
-                     a.src6, a.ifname)
+                     a.connect_interval, a.seconds, a.udp_procs)
     elif a.cmd == "udp":
         res = udp(a.v4, a.v6, a.src4, a.src6, a.port, a.pps, a.size, a.seconds)
     elif a.cmd == "tagged":

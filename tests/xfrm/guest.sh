@@ -32,9 +32,6 @@ main() {
         -o "lowerdir=/run/fphost$REPO,upperdir=/run/fprepo/upper,workdir=/run/fprepo/work" "$REPO"
 
     modprobe -a esp4 esp6 xfrm_user tun veth || log "modprobe failed (see above)"
-    # The kernel's packet generator: the fault suite's UDP stream can come from it
-    # (FLOWPIN_FAULTS_ENGINE=pktgen) instead of sockets; optional.
-    modprobe pktgen || log "no pktgen module"
     mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
     ip link set lo up
 

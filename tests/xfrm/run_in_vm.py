@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
         return 2
     say(f"booting {kernel} ({release}) with {CPUS} CPUs, {accel.upper()}; results in {out}")
     # The guest gets no environment from here but what its command line sets: pass the
-    # fault suite's settings (FLOWPIN_FAULTS_ENGINE, ..._PROCS, ..._MIN_PPS) on.
+    # fault suite's settings (FLOWPIN_FAULTS_PROCS, FLOWPIN_FAULTS_MIN_PPS) on.
     passed = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(os.environ.items())
                      if k.startswith("FLOWPIN_FAULTS_"))
     exec_cmd = f"FLOWPIN_VM_ACCEL={accel} {passed}bash {GUEST} {REPO} {out}"
