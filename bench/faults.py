@@ -56,8 +56,9 @@ def table(paths: list[Path]) -> str:
         report, rows = results(path)
         accel = (report.get("machine") or {}).get("vm_accel")
         for r in rows:
+            vm = r.get("vm_accel") or accel
             backend = (r.get("backend") or report.get("backend") or "?") + (
-                f" ({accel.upper()} VM)" if accel else "")
+                f" ({vm.upper()} VM)" if vm else "")
             g, ct = r["generator"], r["cleartext"]
             cap = r.get("capture") or r.get("witness") or {}
             tr = r.get("transfers") or []

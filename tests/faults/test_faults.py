@@ -10,6 +10,7 @@ the fault's own condition. The same runner is ``flowpin bench faults --json``.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -38,6 +39,7 @@ def _run(fault_lab: dict[str, Any], fault: faults.Fault) -> None:
             summary[key] = res[key]
     summary["fault"] = fault.name
     summary["backend"] = lab.meta().get("backend")
+    summary["vm_accel"] = os.environ.get("FLOWPIN_VM_ACCEL")  # make test-xfrm's VM
     print(json.dumps(summary))
     assert res["failures"] == [], json.dumps(summary, indent=1)
 
