@@ -38,6 +38,7 @@ from bench.loadgen import _IoVec, _libc, _MMsgHdr
 from lab.packets import ip_checksum
 
 TICK = 0.005  # pacing interval: 100 packets per tick at 20k pps
+PR_SET_PDEATHSIG = 1
 
 
 class _Stop:
@@ -108,16 +109,24 @@ class UdpPacer:
         self.sent = [0] * len(self.socks)
         self.errors = 0
         self.late_ticks = 0  # ticks where we were more than one tick behind the clock
+        # Set: a line {"progress": tag, "sent": ..., "seconds": ...} every second, so that
+        # the rate is known even if the final report never comes (a starved, emulated VM).
+        self.progress_tag: int | None = None
 
     def run(self, stop: threading.Event, seconds: float) -> float:
         t0 = time.monotonic()
         end = t0 + seconds
         i = 0
         total = 0
+        shown = t0
         while not stop.is_set():
             now = time.monotonic()
             if now >= end:
                 break
+            if self.progress_tag is not None and now - shown >= 1.0:
+                shown = now
+                print(json.dumps({"progress": self.progress_tag, "sent": sum(self.sent),
+                                  "seconds": round(now - t0, 3)}), flush=True)
             due = int((now - t0) * self.pps) - total
             if due > self.pps * TICK * 2:
                 self.late_ticks += 1
@@ -150,13 +159,16 @@ def _connect_once(addr: str, port: int, timeout: float) -> tuple[bool, float, st
 
 
 def _pacer_process(targets: list[tuple[str, int]], pps: int, size: int, seconds: float,
-                   conn: Any) -> None:
+                   conn: Any, tag: int) -> None:
     """One sender process of the UDP stream: its share of the flows and of the rate.
     Several of them use several CPUs: on a veth the sender's CPU also does the gateway's
     forwarding and encryption (softirq at the end of the send), so one process is bounded
     by one CPU's forwarding rate, which an emulated (TCG) VM makes low."""
+    # A sender that outlives its parent would flood the next run: die with it.
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     stop = _Stop()
     pacer = UdpPacer(targets, pps, size)
+    pacer.progress_tag = tag
     elapsed = pacer.run(stop.event, seconds)
     conn.send({"sent": pacer.sent, "errors": pacer.errors, "late_ticks": pacer.late_ticks,
                "seconds": elapsed})
@@ -179,13 +191,14 @@ def client(v4: str, v6: str, udp_port: int, udp_flows: int, pps: int, size: int,
             rx, tx = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_pacer_process,
                                args=(part, pps * len(part) // len(targets), size, seconds,
-                                     tx), daemon=True)
+                                     tx, len(helpers) + 1), daemon=True)
             proc.start()
             tx.close()
             helpers.append((proc, rx))
         share = shares[0]
     stop = _Stop()
     pacer = UdpPacer(share, pps * len(share) // len(targets), size)
+    pacer.progress_tag = 0
     attempts: list[dict[str, Any]] = []
     lock = threading.Lock()
 

@@ -58,3 +58,17 @@ def test_table_reads_bench_json_and_pytest_log(tmp_path: Path) -> None:
     assert lines[2] == ("| kernel-libipsec | dpd | pass | 19990 | 0 / 0 | 0 | equal | yes "
                         "| 3.1 |")
     assert lines[3].startswith("| kernel-netlink | child-flaps | fail | 4100 | 7 / 0 |")
+
+
+def test_rate_from_progress_lines_when_the_report_is_late() -> None:
+    """Under TCG the generator's final report once came later than the suite waited: the
+    rate is then read from its per-process progress lines (the last line of each)."""
+    from lab.faults import _from_progress
+
+    out = "\n".join(json.dumps(d) for d in (
+        {"started": 1.0}, {"progress": 0, "sent": 100, "seconds": 1.0},
+        {"progress": 1, "sent": 90, "seconds": 1.0}, {"progress": 0, "sent": 300, "seconds": 2.0},
+        {"progress": 1, "sent": 200, "seconds": 2.1})) + "\n{trunc"
+    late = _from_progress(out)
+    assert late is not None and late["sent"] == 500 and late["pps"] == round(500 / 2.1)
+    assert _from_progress('{"started": 1.0}\n') is None
