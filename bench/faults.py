@@ -65,7 +65,8 @@ def table(paths: list[Path]) -> str:
             sha = ("n/a" if not tr else "equal" if all(t["sha256_ok"] for t in tr)
                    else "DIFFER: " + ", ".join(f"{t['to']} {t['received']}/{t['bytes']} B"
                                                for t in tr if not t["sha256_ok"]))
-            out.append(f"| {backend} | {r['fault']} | {r['result']} | {g.get('udp_pps')} | "
+            name = r["fault"] + (f" ({r['note']})" if r.get("note") else "")
+            out.append(f"| {backend} | {name} | {r['result']} | {g.get('udp_pps')} | "
                        f"{ct.get('bo-gw')} / {ct.get('ho-gw')} | "
                        f"{sum((c.get('dropped') or 0) for c in cap.values())} | {sha} | "
                        f"{'yes' if r['new_connection_after'].get('ok') else 'NO'} | "
