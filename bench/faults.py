@@ -49,9 +49,10 @@ def results(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def table(paths: list[Path]) -> str:
     """A Markdown table of fault results, one row per fault and backend: what docs show."""
-    out = ["| backend | fault | result | UDP packets/s reached (sender) | cleartext "
-           "bo-gw / ho-gw WAN | witness dropped | held transfers sha256 | new connection "
-           "after | outage (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| backend | fault | result | UDP packets/s offered (sender) | bo-gw WAN "
+           "packets/s sent, fault average (witness) | cleartext bo-gw / ho-gw WAN | "
+           "witness dropped | held transfers sha256 | new connection after | outage (s) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for path in paths:
         report, rows = results(path)
         accel = (report.get("machine") or {}).get("vm_accel")
@@ -66,7 +67,12 @@ def table(paths: list[Path]) -> str:
                    else "DIFFER: " + ", ".join(f"{t['to']} {t['received']}/{t['bytes']} B"
                                                for t in tr if not t["sha256_ok"]))
             name = r["fault"] + (f" ({r['note']})" if r.get("note") else "")
-            out.append(f"| {backend} | {name} | {r['result']} | {g.get('udp_pps')} | "
+            # What bo-gw sent on its WAN per second over the fault (ESP, IKE and any
+            # leak): what it forwarded, where a sender's rate only says what was offered.
+            wan = (round(cap["bo-gw"]["captured"] / r["seconds"])
+                   if r.get("seconds") and (cap.get("bo-gw") or {}).get("captured")
+                   else "n/a")
+            out.append(f"| {backend} | {name} | {r['result']} | {g.get('udp_pps')} | {wan} | "
                        f"{ct.get('bo-gw')} / {ct.get('ho-gw')} | "
                        f"{sum((c.get('dropped') or 0) for c in cap.values())} | {sha} | "
                        f"{'yes' if r['new_connection_after'].get('ok') else 'NO'} | "

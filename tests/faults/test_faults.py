@@ -31,7 +31,8 @@ def _run(fault_lab: dict[str, Any], fault: faults.Fault) -> None:
         fault_lab["traffic"] = faults.Traffic(fault_lab["lab"])
     summary = {k: res[k] for k in ("kind", "outage_s", "cleartext", "generator", "transfers",
                                    "new_connection_after", "checks", "events",
-                                   "failures", "result")}
+                                   "failures", "result", "seconds",
+                                   "packets_sent_eth0")}
     summary["witness"] = {gw: {k: c[k] for k in ("captured", "dropped")}
                           for gw, c in res["capture"].items()}
     for key in ("leak_sample", "cleartext_by_proto", "cleartext_own"):

@@ -51,13 +51,14 @@ def test_table_reads_bench_json_and_pytest_log(tmp_path: Path) -> None:
     bench.write_text(json.dumps({"backend": "kernel-libipsec", "machine": {"vm_accel": None},
                                  "faults": [_result("dpd", 0, 19990)]}))
     log = tmp_path / "pytest.log"
-    row = _result("child-flaps", 7, 4100) | {"backend": "kernel-netlink"}
+    row = _result("child-flaps", 7, 4100) | {"backend": "kernel-netlink", "seconds": 20.0}
+    row["capture"]["bo-gw"]["captured"] = 1000
     log.write_text("tests/faults/test_faults.py::test_fault[child-flaps] "
                    + json.dumps(row) + "\nFAILED\n")
     lines = table([bench, log]).splitlines()
-    assert lines[2] == ("| kernel-libipsec | dpd | pass | 19990 | 0 / 0 | 0 | equal | yes "
-                        "| 3.1 |")
-    assert lines[3].startswith("| kernel-netlink | child-flaps | fail | 4100 | 7 / 0 |")
+    assert lines[2] == ("| kernel-libipsec | dpd | pass | 19990 | n/a | 0 / 0 | 0 | equal "
+                        "| yes | 3.1 |")
+    assert lines[3].startswith("| kernel-netlink | child-flaps | fail | 4100 | 50 | 7 / 0 |")
 
 
 def test_rate_from_progress_lines_when_the_report_is_late() -> None:
