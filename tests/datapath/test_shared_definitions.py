@@ -104,13 +104,13 @@ def test_a_counters_pin_of_an_older_build_is_replaced() -> None:
 
     from bcc.libbcc import lib
 
-    from controlplane.datapath import Datapath, DatapathConfig, purge_pins
+    from controlplane.datapath import Datapath, DatapathConfig, check_layout, purge_pins
     from controlplane.flow_table import STAT_MAX
 
     instance = f"fptest-pins{os.getpid()}"
     cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8)
     try:
-        cfg.pin_dir.mkdir(parents=True, exist_ok=True)
+        check_layout(cfg.pin_dir)  # pins of this layout: only the counters' size differs
         lib.bcc_create_map.argtypes = [ctypes.c_int, ctypes.c_char_p] + [ctypes.c_int] * 4
         lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
         percpu_array = 6
