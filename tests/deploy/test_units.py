@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tests.deploy.conftest import VAGRANT_DIR, require_tool
 
-EXEC = "/opt/flowpin/.venv/bin/flowpin"
+# Where the Debian package installs flowpin; provisioning links the VMs' venv there.
+EXEC = "/usr/sbin/flowpin"
 
 
 def _verify(unit_dir: Path, *units: str) -> subprocess.CompletedProcess:
@@ -19,8 +20,9 @@ def _verify(unit_dir: Path, *units: str) -> subprocess.CompletedProcess:
 
 def test_flowpin_service_verifies(tmp_path: Path) -> None:
     # `verify` checks that ExecStart's binary exists; on the build machine flowpin is not in
-    # /opt/flowpin (provisioning puts it there on the VMs). So verify a copy that differs
-    # in that one path only, pointing at an executable that exists here.
+    # /usr/sbin (the package and provisioning put it there). So verify a copy that differs
+    # in that one path only, pointing at an executable that exists here (make deb-check
+    # verifies the installed unit as it is).
     text = (VAGRANT_DIR / "flowpin.service").read_text()
     assert f"ExecStart={EXEC} daemon --config /etc/flowpin/flowpin.toml" in text
     (tmp_path / "flowpin.service").write_text(text.replace(EXEC, "/bin/true"))
@@ -46,4 +48,7 @@ def test_flowpin_service_contract() -> None:
         assert bad not in keys, bad
     # provisioning installs flowpin where the unit runs it from
     prov = (VAGRANT_DIR / "provision.sh").read_text()
-    assert "PREFIX=/opt/flowpin" in prov and EXEC.startswith("/opt/flowpin/")
+    assert f'ln -sfn "$PREFIX/.venv/bin/flowpin" {EXEC}' in prov
+    # and the Debian package installs this very file
+    link = VAGRANT_DIR.parent / "debian" / "flowpin.service"
+    assert link.is_symlink() and link.resolve() == (VAGRANT_DIR / "flowpin.service").resolve()
