@@ -45,10 +45,11 @@ CAPS=$(sed -n 's/^CapabilityBoundingSet=//p' /lib/systemd/system/flowpin.service
 
 # ---- what is where
 for f in /usr/sbin/flowpin /etc/flowpin/flowpin.toml /lib/systemd/system/flowpin.service \
-         /usr/share/doc/flowpin/copyright /usr/share/doc/flowpin/install.md \
-         /usr/share/doc/flowpin/examples/flowpin.example.toml; do
+         /usr/share/doc/flowpin/copyright /usr/share/doc/flowpin/examples/flowpin.example.toml; do
     check "$f installed" test -e "$f"
 done
+check "/usr/share/doc/flowpin/install.md(.gz) installed" \
+    sh -c 'ls /usr/share/doc/flowpin/install.md* >/dev/null 2>&1'
 check "/etc/flowpin/flowpin.toml is a conffile" \
     sh -c "dpkg-query -W -f='\${Conffiles}' flowpin | grep -q /etc/flowpin/flowpin.toml"
 # (from /, not the clone: python3 -c puts the working directory first on sys.path)
@@ -119,7 +120,9 @@ start_daemon() {  # as flowpin.service would: its capability bounding set, no ne
     for _ in $(seq 600); do
         kill -0 "$DAEMON" 2>/dev/null || break
         if /usr/sbin/flowpin show sysopt >/dev/null 2>&1; then
-            say "daemon answering after $(( $(date +%s) - t0 )) s"; return 0
+            say "daemon $DAEMON answering after $(( $(date +%s) - t0 )) s: $(grep -o \
+                'data path .* attached to [^;]*' "$log")"
+            return 0
         fi
         sleep 0.2
     done
@@ -127,6 +130,7 @@ start_daemon() {  # as flowpin.service would: its capability bounding set, no ne
 }
 stop_daemon() {  # as systemd stops it: SIGTERM, wait
     kill -TERM "$DAEMON"; wait "$DAEMON"; DAEMON=
+    if /usr/sbin/flowpin show sysopt >/dev/null 2>&1; then fail "a daemon still answers"; fi
 }
 PINS=/sys/fs/bpf/flowpin/default
 
@@ -154,6 +158,33 @@ check "  the edited config kept" grep -q '"lan0"' /etc/flowpin/flowpin.toml
 check "  the daemon restarted on the new package" start_daemon 2
 check "  the same pinned maps (flows4 inode $inode)" \
     sh -c "[ \"\$(stat -c %i $PINS/flows4)\" = $inode ]"
+
+# ---- maps of another layout (as a flowpin whose maps.h changed would find them): the
+# installed daemon refuses them, says what to do, and leaves them and the filters alone
+stop_daemon
+layout() {  # layout [HEX]: print the pinned layout id, or write HEX (16 digits) there
+    env -C / python3 - "$PINS/layout" "$@" <<'PY'
+import os, sys
+from controlplane import libbpf
+fd = libbpf.obj_get(sys.argv[1])
+if len(sys.argv) > 2:
+    libbpf.array_update(fd, 0, bytes.fromhex(sys.argv[2]))
+print(libbpf.array_lookup(fd, 0, 8).hex())
+os.close(fd)
+PY
+}
+mine=$(layout)
+layout 0123456789abcdef >/dev/null
+out=$(in_ns timeout 120 /usr/sbin/flowpin daemon --config /etc/flowpin/flowpin.toml 2>&1); rc=$?
+check "a daemon refuses maps of another layout (exit $rc)" \
+    sh -c "[ $rc -eq 1 ] && printf '%s' \"\$1\" | grep -q 'this flowpin needs layout' &&
+           printf '%s' \"\$1\" | grep -q 'rm -r $PINS'" _ "$out"
+say "  it said: $(printf '%s' "$out" | grep 'needs layout')"
+check "  the maps and filters left as they were" \
+    sh -c "[ \"\$(stat -c %i $PINS/flows4)\" = $inode ]"
+check "  ... filters" attached
+layout "$mine" >/dev/null
+check "  back to its own layout, it starts again" start_daemon 3
 
 # ---- remove: the daemon stopped, the data path and the config stay (fail closed)
 stop_daemon
