@@ -24,6 +24,8 @@ finish() {
     [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
 }
 trap 'finish; exit $?' EXIT
+# (a function: not for what runs in the background, where $! would be a subshell's pid and
+# a kill would leave the process itself running; those call nsenter themselves)
 in_ns() { nsenter --net="/run/netns/$NS" "$@"; }
 filters() { in_ns tc filter show dev "$1" "$2" 2>/dev/null; }
 attached() { filters lan0 ingress | grep -q fp_outbound && filters wan0 egress | grep -q fp_wan_out; }
@@ -97,7 +99,7 @@ charon-systemd {
 CONF
 charon=$(ls /usr/sbin/charon-systemd /usr/lib/ipsec/charon 2>/dev/null | head -1)
 # its own /run (pid file), as the lab runs several charons
-STRONGSWAN_CONF=$CHECK/strongswan.conf in_ns unshare -m sh -c \
+STRONGSWAN_CONF=$CHECK/strongswan.conf nsenter --net="/run/netns/$NS" unshare -m sh -c \
     "mount -t tmpfs tmpfs /run; exec $charon" >"$CHECK/charon.log" 2>&1 &
 CHARON=$!
 for _ in $(seq 100); do [ -S "$CHECK/charon.vici" ] && break; sleep 0.1; done
@@ -113,7 +115,7 @@ from controlplane.config import load; load("/etc/flowpin/flowpin.toml")'
 start_daemon() {  # as flowpin.service would: its capability bounding set, no new privileges
     local log=$CHECK/daemon-$1.log bnd
     bnd="-all,$(for c in $CAPS; do printf '+%s,' "$(echo "${c#CAP_}" | tr A-Z a-z)"; done)"
-    in_ns setpriv --bounding-set "${bnd%,}" --no-new-privs \
+    nsenter --net="/run/netns/$NS" setpriv --bounding-set "${bnd%,}" --no-new-privs \
         /usr/sbin/flowpin daemon --config /etc/flowpin/flowpin.toml >"$log" 2>&1 &
     DAEMON=$!
     local t0; t0=$(date +%s)
@@ -148,13 +150,14 @@ check "systemd-analyze verify flowpin.service" \
     sh -c 'out=$(systemd-analyze verify /lib/systemd/system/flowpin.service 2>&1); rc=$?;
            echo "$out" | grep flowpin; [ $rc -eq 0 ] && ! echo "$out" | grep -q flowpin'
 
-# ---- upgrade: a newer package over it; the daemon restarted on it keeps the pinned maps
-stop_daemon
-check "apt-get install ./flowpin-new.deb (upgrade)" \
+# ---- upgrade: a newer package over the running daemon, which is then restarted on it (what
+# the postinst's try-restart does under systemd) and keeps the pinned maps
+check "apt-get install ./flowpin-new.deb (upgrade, the daemon running)" \
     sh -c "apt-get install -y -q $FILES/flowpin-new.deb >$CHECK.upgrade.log 2>&1"
 check "  version 0.1.0+check1" \
     sh -c "[ \"\$(dpkg-query -W -f='\${Version}' flowpin)\" = 0.1.0+check1 ]"
 check "  the edited config kept" grep -q '"lan0"' /etc/flowpin/flowpin.toml
+stop_daemon
 check "  the daemon restarted on the new package" start_daemon 2
 check "  the same pinned maps (flows4 inode $inode)" \
     sh -c "[ \"\$(stat -c %i $PINS/flows4)\" = $inode ]"
