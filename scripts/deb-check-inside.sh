@@ -28,10 +28,16 @@ trap 'finish; exit $?' EXIT
 # a kill would leave the process itself running; those call nsenter themselves)
 in_ns() { nsenter --net="/run/netns/$NS" "$@"; }
 filters() { in_ns tc filter show dev "$1" "$2" 2>/dev/null; }
-attached() { filters lan0 ingress | grep -q fp_outbound && filters wan0 egress | grep -q fp_wan_out; }
+# (tc's output in a variable first: with pipefail, grep -q leaving early would fail the
+# pipeline with tc's SIGPIPE, and a negated check would pass for the wrong reason)
+attached() {
+    local lan wan; lan=$(filters lan0 ingress); wan=$(filters wan0 egress)
+    grep -q fp_outbound <<<"$lan" && grep -q fp_wan_out <<<"$wan"
+}
 none_left() {
-    ! { filters lan0 ingress; filters lan0 egress; filters wan0 ingress; filters wan0 egress; } |
-        grep -q fp_
+    local all; all=$(filters lan0 ingress; filters lan0 egress; filters wan0 ingress
+                     filters wan0 egress)
+    ! grep -q fp_ <<<"$all"
 }
 
 # ---- install: apt resolves the dependencies from Debian, Recommends included (apt's default)
@@ -140,9 +146,12 @@ check "the installed daemon starts in the unit's sandbox" start_daemon 1
 check "  attached to lan0, WAN guard on wan0, following charon" \
     sh -c "grep -q 'attached to lan0' $CHECK/daemon-1.log && grep -q 'WAN guard attached on wan0' $CHECK/daemon-1.log"
 check "  filters on lan0 and wan0" attached
-check "  maps pinned with their layout in $PINS" test -e "$PINS/layout" -a -e "$PINS/flows4"
+check "  maps pinned with their layout in $PINS" \
+    sh -c '[ -e "$1/layout" ] && [ "$(ls "$1" | wc -l)" -gt 5 ]' _ "$PINS"
 check "  flowpin show sysopt answers" /usr/sbin/flowpin show sysopt
-inode=$(stat -c %i "$PINS/flows4")
+# the pins' inodes: a map reused keeps its pin, one made anew gets another (any map names)
+pins() { stat -c '%n %i' "$PINS"/*; }
+inodes=$(pins)
 
 # ---- systemd-analyze verify on the installed unit (systemd only for this, as an admin has)
 apt-get install -y -q --no-install-recommends systemd >/dev/null 2>&1
@@ -159,8 +168,8 @@ check "  version 0.1.0+check1" \
 check "  the edited config kept" grep -q '"lan0"' /etc/flowpin/flowpin.toml
 stop_daemon
 check "  the daemon restarted on the new package" start_daemon 2
-check "  the same pinned maps (flows4 inode $inode)" \
-    sh -c "[ \"\$(stat -c %i $PINS/flows4)\" = $inode ]"
+check "  the same pinned maps ($(pins | wc -l) pins, same inodes)" \
+    sh -c '[ "$(stat -c "%n %i" "$1"/*)" = "$2" ]' _ "$PINS" "$inodes"
 
 # ---- maps of another layout (as a flowpin whose maps.h changed would find them): the
 # installed daemon refuses them, says what to do, and leaves them and the filters alone
@@ -184,7 +193,7 @@ check "a daemon refuses maps of another layout (exit $rc)" \
            printf '%s' \"\$1\" | grep -q 'rm -r $PINS'" _ "$out"
 say "  it said: $(printf '%s' "$out" | grep 'needs layout')"
 check "  the maps and filters left as they were" \
-    sh -c "[ \"\$(stat -c %i $PINS/flows4)\" = $inode ]"
+    sh -c '[ "$(stat -c "%n %i" "$1"/*)" = "$2" ]' _ "$PINS" "$inodes"
 check "  ... filters" attached
 layout "$mine" >/dev/null
 check "  back to its own layout, it starts again" start_daemon 3
@@ -194,7 +203,7 @@ stop_daemon
 check "apt-get remove flowpin" sh -c "apt-get remove -y -q flowpin >$CHECK.remove.log 2>&1"
 check "  /usr/sbin/flowpin gone" test ! -e /usr/sbin/flowpin
 check "  /etc/flowpin/flowpin.toml kept" test -e /etc/flowpin/flowpin.toml
-check "  pinned maps kept" test -e "$PINS/flows4"
+check "  pinned maps kept" sh -c '[ "$(stat -c "%n %i" "$1"/*)" = "$2" ]' _ "$PINS" "$inodes"
 check "  LAN filters and WAN guard still attached" attached
 
 # ---- purge (from the gateway's network namespace, where its filters are)
