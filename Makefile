@@ -32,7 +32,7 @@ deb:
 	@scripts/build-deb.sh out/deb
 
 # The package installed, upgraded, removed and purged on a debootstrapped Debian 12, its
-# daemon run against a real charon (committed state, as fresh-check; ~N min, docs/testing.md).
+# daemon run against a real charon (committed state, as fresh-check; 3-5 min, docs/testing.md).
 deb-check:
 	@scripts/deb-check.sh
 
