@@ -27,6 +27,7 @@ from importlib.resources import files
 from typing import Any
 
 from controlplane import protocols
+from controlplane.layout import layout
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -69,13 +70,13 @@ ACCT_BYTES_BITS: int = CONST["FP_ACCT_BYTES_BITS"]
 TUNNEL_UP: int = CONST["FP_TUNNEL_UP"]
 TUNNEL_DOWN: int = CONST["FP_TUNNEL_DOWN"]
 TF_PRESERVE: int = CONST["FP_TF_PRESERVE"]
-TUNNEL_WORD = struct.Struct("<IBBH")  # struct tunnel
+# struct tunnel, mirrored for hold_pinned_tunnels, which runs before anything is compiled
+# (no bcc types yet); tests/datapath/test_shared_definitions.py proves it equal to the C.
+TUNNEL_WORD = struct.Struct("=IBBH")
 CF_NO_RECLASSIFY: int = CONST["FP_CF_NO_RECLASSIFY"]
 NV_COUNT4: int = CONST["FP_NV_COUNT4"]
 NV_OFFSET4: int = CONST["FP_NV_OFFSET4"]
 NV_LIMIT4: int = CONST["FP_NV_LIMIT4"]
-_TUNNEL_STATS = struct.Struct("<4Q")  # struct tunnel_stats
-_GUARD_STATS = struct.Struct("<4Q")  # struct fp_guard_stats
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
 
@@ -323,6 +324,8 @@ class RawFlows:
     count: int
     key_size: int = field(default=0)
     value_size: int = field(default=0)
+    key_type: Any = None  # bcc's ctypes of the C struct
+    value_type: Any = None
 
 
 class FlowTable:
@@ -347,6 +350,10 @@ class FlowTable:
         # selectors that point to it refuse their traffic (counted in its tunnel_stats).
         self.refuse_id: int = self.tunnels_map.max_entries - 1
         self._compiled: dict[int, list[Selector]] = {}
+        # bulk decoders, from bcc's ctypes of the compiled C (see layout.py)
+        self._tunnel_word = layout(self.tunnels_map.Leaf)
+        self._tunnel_stats = layout(self.tunnel_stats_map.Leaf)
+        self._guard_stats = layout(self.guard_stats_map.Leaf)
 
     # -- config / clock ----------------------------------------------------------------
     def config(self) -> Config:
@@ -428,9 +435,11 @@ class FlowTable:
         words = self.tunnel_words()
         keys, values, n, ksz, vsz = self._batch(self.tunnel_stats_map)
         ids = memoryview(keys).cast("B")[: n * ksz].cast("I")
-        stats = {ids[i]: (held, refused) for i, (held, refused, _d, _f) in enumerate(
-            _TUNNEL_STATS.iter_unpack(memoryview(values).cast("B")[: n * vsz]))
-            if held or refused}
+        ts = self._tunnel_stats
+        h, r = ts.index("held"), ts.index("refused")
+        stats = {ids[i]: (row[h], row[r]) for i, row in enumerate(
+            ts.struct.iter_unpack(memoryview(values).cast("B")[: n * vsz]))
+            if row[h] or row[r]}
         out = []
         for tid in sorted(set(words) | set(stats)):
             gen, up, preserve = words.get(tid, (0, False, False))
@@ -443,9 +452,11 @@ class FlowTable:
         without drops are left out. One batch read of the array."""
         keys, values, n, ksz, vsz = self._batch(self.guard_stats_map)
         ids = memoryview(keys).cast("B")[: n * ksz].cast("I")
-        return {ids[i]: (out, inn) for i, (out, inn, _lo, _li) in enumerate(
-            _GUARD_STATS.iter_unpack(memoryview(values).cast("B")[: n * vsz]))
-            if out or inn}
+        gs = self._guard_stats
+        o, n_ = gs.index("out_dropped"), gs.index("in_dropped")
+        return {ids[i]: (row[o], row[n_]) for i, row in enumerate(
+            gs.struct.iter_unpack(memoryview(values).cast("B")[: n * vsz]))
+            if row[o] or row[n_]}
 
     # -- selectors ---------------------------------------------------------------------
     def selectors(self) -> list[Selector]:
@@ -579,7 +590,8 @@ class FlowTable:
         return overflows
 
     # -- flows -------------------------------------------------------------------------
-    def _flow_map(self, family: int) -> Any:
+    def flow_map(self, family: int) -> Any:
+        """The bcc table of ``family``'s flows."""
         return self.flows4 if family == 4 else self.flows6
 
     @staticmethod
@@ -612,8 +624,9 @@ class FlowTable:
 
     def read_raw(self, family: int, chunk: int = 65536) -> RawFlows:
         """Every flow of one family with batch lookups, as raw ctypes arrays."""
-        keys, values, total, ksz, vsz = self._batch(self._flow_map(family), chunk)
-        return RawFlows(family, keys, values, total, ksz, vsz)
+        table = self.flow_map(family)
+        keys, values, total, ksz, vsz = self._batch(table, chunk)
+        return RawFlows(family, keys, values, total, ksz, vsz, table.Key, table.Leaf)
 
     def tunnel_words(self) -> dict[int, tuple[int, bool, bool]]:
         """Every tunnel with a non-zero control word: id -> (generation, up, preserve).
@@ -622,8 +635,10 @@ class FlowTable:
         keys, values, n, ksz, vsz = self._batch(self.tunnels_map)
         ids = memoryview(keys).cast("B")[: n * ksz].cast("I")
         out = {}
-        for i, (gen, state, flags, _pad) in enumerate(TUNNEL_WORD.iter_unpack(
-                memoryview(values).cast("B")[: n * vsz])):
+        w = self._tunnel_word
+        g, st, fl = w.index("generation"), w.index("state"), w.index("flags")
+        for i, row in enumerate(w.struct.iter_unpack(memoryview(values).cast("B")[: n * vsz])):
+            gen, state, flags = row[g], row[st], row[fl]
             if gen or state or flags:
                 out[ids[i]] = (gen, state == TUNNEL_UP, bool(flags & TF_PRESERVE))
         return out
@@ -637,6 +652,11 @@ class FlowTable:
             a = (_addr(k.addr[0].w, 6), _addr(k.addr[1].w, 6))
         return decode_value(FlowKey(k.proto, a, (_port(k.port[0]), _port(k.port[1]))), v)
 
+    def decode_raw(self, family: int, key: bytes, value: bytes) -> Flow:
+        """A Flow from the bytes of a key and a value of ``family``'s map."""
+        t = self.flow_map(family)
+        return self.decode(family, t.Key.from_buffer_copy(key), t.Leaf.from_buffer_copy(value))
+
     def flows(self, family: int | None = None) -> Iterator[Flow]:
         for fam in (4, 6) if family is None else (family,):
             raw = self.read_raw(fam)
@@ -649,7 +669,8 @@ class FlowTable:
         out: set[int] = set()
         for fam in (4, 6):
             raw = self.read_raw(fam)
-            off = raw.values._type_.tunnel_id.offset
+            off = raw.value_type.tunnel_id.offset
+            assert raw.value_type.tunnel_id.size == 2, "tunnel_id is a __u16 in flow_types.h"
             mv = memoryview(raw.values).cast("B")[: raw.count * raw.value_size]
             lo = bytes(mv[off::raw.value_size])
             hi = bytes(mv[off + 1::raw.value_size])
@@ -667,7 +688,7 @@ class FlowTable:
         return self.read_raw(4).count + self.read_raw(6).count
 
     def encode_key(self, key: FlowKey) -> Any:
-        table = self._flow_map(key.family)
+        table = self.flow_map(key.family)
         k = table.Key()
         for i in (0, 1):
             if key.family == 4:
@@ -680,7 +701,7 @@ class FlowTable:
         return k
 
     def get_flow(self, key: FlowKey) -> Flow | None:
-        table = self._flow_map(key.family)
+        table = self.flow_map(key.family)
         k = self.encode_key(key)
         try:
             v = table[k]
@@ -695,7 +716,7 @@ class FlowTable:
 
         if count == 0:
             return 0
-        table = self._flow_map(family)
+        table = self.flow_map(family)
         cnt = ctypes.c_uint32(count)
         if lib.bpf_delete_batch(table.map_fd, ctypes.byref(keys), ctypes.byref(cnt)) == 0:
             return count
@@ -709,7 +730,7 @@ class FlowTable:
         return deleted
 
     def delete_flow(self, key: FlowKey) -> bool:
-        table = self._flow_map(key.family)
+        table = self.flow_map(key.family)
         try:
             del table[self.encode_key(key)]
         except KeyError:

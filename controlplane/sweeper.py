@@ -29,7 +29,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import ipaddress
-import struct
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,11 +42,14 @@ from controlplane.flow_table import (
     FlowTable,
     Side,
 )
+from controlplane.layout import layout, span
 
 TORN_DOWN = "Tunnel has been torn down"
 _NEVER_WRITTEN = (0, False, False)  # an array slot never written: generation 0, DOWN
-_VALUE = struct.Struct("<IHBB4III2Q")  # struct flow_value, see bpf/lib/flow_types.h
-_KEY_PROTO_OFFSET = {4: 12, 6: 36}
+# The scalars of struct flow_value (bpf/lib/flow_types.h) in the order the sweep loop
+# unpacks them; checked against bcc's layout of the compiled C when a Sweeper is made.
+FLOW_VALUE_SCALARS = ("generation", "tunnel_id", "side[0]", "side[1]", "seq[0]", "seq[1]",
+                      "ack[0]", "ack[1]", "created_s", "last_s", "acct[0]", "acct[1]")
 _FIN, _RST, _SYN, _ACK, _PICKUP = Side.FIN, Side.RST, Side.SYN, Side.ACK, Side.PICKUP
 
 
@@ -70,8 +73,7 @@ class RemovedFlow:
             return self.decoded
         assert self.raw is not None
         table, fam, kb, vb = self.raw
-        t = table._flow_map(fam)
-        return FlowTable.decode(fam, t.Key.from_buffer_copy(kb), t.Leaf.from_buffer_copy(vb))
+        return table.decode_raw(fam, kb, vb)
 
     @property
     def proto(self) -> int:
@@ -131,6 +133,17 @@ class Sweeper:
         self.table = table
         self.timeouts = timeouts or Timeouts()
         self.last_stats: dict[str, int] = {}
+        leaf, key4, key6 = table.flows4.Leaf, table.flows4.Key, table.flows6.Key
+        self._value = layout(leaf)
+        if self._value.names != FLOW_VALUE_SCALARS:
+            raise RuntimeError(f"struct flow_value changed ({self._value.names}): the "
+                               "sweeper's unpacking must follow it")
+        self._proto_offset = {4: key4.proto.offset, 6: key6.proto.offset}
+        # what a re-check compares: bound to the same tunnel generation, same times
+        self._binding = span(leaf, "generation", "tunnel_id")
+        self._times = span(leaf, "created_s", "last_s")
+        self._created = span(leaf, "created_s")
+        self._tunnel_id = span(leaf, "tunnel_id")
 
     def now_s(self) -> int:
         """The data path's clock: the test override when set, else CLOCK_MONOTONIC."""
@@ -160,11 +173,11 @@ class Sweeper:
                 continue
             vbuf = memoryview(raw.values).cast("B")[: n * raw.value_size]
             kbuf = memoryview(raw.keys).cast("B")[: n * raw.key_size]
-            poff, ksz = _KEY_PROTO_OFFSET[fam], raw.key_size
+            poff, ksz = self._proto_offset[fam], raw.key_size
             cands: list[tuple[int, str]] = []
             nonvpn = 0
             for i, (gen, tid, s0, s1, _q0, _q1, _a0, _a1, _c, last, b0, b1) in enumerate(
-                    _VALUE.iter_unpack(vbuf)):
+                    self._value.struct.iter_unpack(vbuf)):
                 tun = tunnels.get(tid, _NEVER_WRITTEN)
                 proto = kbuf[i * ksz + poff]
                 if tid == 0:
@@ -182,7 +195,8 @@ class Sweeper:
             stats["candidates"] += len(cands)
             gone = self._remove(fam, raw, cands, now, stats)
             removed.extend(gone)
-            swept = sum(1 for r in gone if r.raw and r.raw[3][4:6] == b"\0\0")  # tunnel 0
+            tid_bytes, zero = self._tunnel_id, bytes(self._tunnel_id.stop - self._tunnel_id.start)
+            swept = sum(1 for r in gone if r.raw and r.raw[3][tid_bytes] == zero)  # tunnel 0
             self.table.sync_nonvpn(fam, counted, nonvpn - swept)
         self.last_stats = stats
         return removed
@@ -195,7 +209,7 @@ class Sweeper:
 
         if not cands:
             return []
-        table = self.table._flow_map(fam)
+        table = self.table.flow_map(fam)
         ksz, vsz = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
         kbuf = memoryview(raw.keys).cast("B")  # type: ignore[attr-defined]
         vbuf = memoryview(raw.values).cast("B")  # type: ignore[attr-defined]
@@ -212,12 +226,12 @@ class Sweeper:
             vb = cur.raw
             old = vbuf[i * vsz:(i + 1) * vsz]
             # generation + tunnel id, created + last forwarded: unchanged since the read?
-            if vb[0:6] != old[0:6] or vb[24:32] != old[24:32]:
+            if vb[self._binding] != old[self._binding] or vb[self._times] != old[self._times]:
                 stats["kept_changed"] += 1
                 continue
             dels[n * ksz:(n + 1) * ksz] = kb
             n += 1
-            created = int.from_bytes(vb[24:28], "little")
+            created = int.from_bytes(vb[self._created], sys.byteorder)
             out.append(RemovedFlow(why, float(now - created), raw=(self.table, fam, kb, vb)))
         keys = (table.Key * max(n, 1)).from_buffer(dels)
         stats["removed"] += self.table.delete_keys(fam, keys, n)
