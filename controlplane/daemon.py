@@ -54,9 +54,10 @@ from controlplane.config import Config, ConfigError
 from controlplane.control import ControlServer
 from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
 from controlplane.demand import Demand
-from controlplane.flow_table import FlowTable, Selector
+from controlplane.flow_table import FlowTable
 from controlplane.hooks import HookWatch
 from controlplane.messages import Msg, Sev, emit, line, teardown_line
+from controlplane.selectors import Selector
 from controlplane.snapshot import Snapshot
 from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
 from controlplane.tunnel import Transition, TunnelKey, TunnelRegistry
@@ -547,7 +548,7 @@ class Daemon:
                 for loc in t.local_ts for rem in t.remote_ts if loc.version == rem.version}
         if want != self._selectors:
             # Sorted by id: when a remote prefix has more pairs than the data path holds,
-            # the longest-configured tunnels keep their slots (see FlowTable._compile).
+            # the longest-configured tunnels keep their slots (see selectors.plan).
             overflows = self.maps.replace_selectors(
                 sorted(want, key=lambda s: (s.tunnel_id, str(s))))
             self._selectors = want

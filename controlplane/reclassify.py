@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from controlplane.flow_table import FlowKey
+from controlplane.flows import FlowKey
 
 log = logging.getLogger("flowpin")
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -35,14 +35,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controlplane.durations import Timeouts
-from controlplane.flow_table import (
-    ACCT_BYTES_BITS,
-    Event,
-    Flow,
-    FlowTable,
-    Side,
-)
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import ACCT_BYTES_BITS, Side
+from controlplane.flows import Flow
 from controlplane.layout import layout, span
+from controlplane.ring_events import Event
 
 TORN_DOWN = "Tunnel has been torn down"
 _NEVER_WRITTEN = (0, False, False)  # an array slot never written: generation 0, DOWN

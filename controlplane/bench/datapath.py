@@ -25,7 +25,8 @@ from typing import Any
 from controlplane import testrun as tr
 from controlplane.bench.common import machine
 from controlplane.datapath import Datapath, DatapathConfig, compile_empty
-from controlplane.flow_table import CONST, FlowTable, Side
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import CONST, Side
 from controlplane.sweeper import Sweeper
 
 CLIENT, SERVER, CPORT, SPORT = "10.1.0.5", "10.2.0.9", 40000, 80

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane import testrun as tr
-from controlplane.flow_table import TC_ACT_OK, TC_ACT_SHOT, Flow, FlowTable, reason_passes
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import TC_ACT_OK, TC_ACT_SHOT, reason_passes
+from controlplane.flows import Flow
 
 BASE_CLOCK_S = 100_000
 TUN = 1  # the tunnel of the standard selectors, UP + PRESERVE at the start of a case
@@ -244,7 +246,7 @@ def value_of(f: Flow, name: str, a: tuple[str, int]) -> Any:
 
 
 def _reason_names() -> dict[str, int]:
-    from controlplane.flow_table import Reason
+    from controlplane.flow_types import Reason
 
     return {r.name: r.value for r in Reason}
 

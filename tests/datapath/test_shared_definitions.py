@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import controlplane
-from controlplane import flow_table as ft
+from controlplane import flow_types as ft
 from controlplane.datapath import bpf_source
 from controlplane.layout import layout
 from controlplane.sweeper import FLOW_VALUE_SCALARS, Sweeper
@@ -147,7 +147,7 @@ def test_a_counters_pin_of_an_older_build_is_replaced() -> None:
     from bcc.libbcc import lib
 
     from controlplane.datapath import Datapath, DatapathConfig, purge_pins
-    from controlplane.flow_table import STAT_MAX
+    from controlplane.flow_types import STAT_MAX
 
     instance = f"fptest-pins{os.getpid()}"
     cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8)

@@ -24,7 +24,7 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from controlplane import testrun as tr
-from controlplane.flow_table import Reason
+from controlplane.flow_types import Reason
 from tests.datapath.conftest import make_datapath
 
 pytestmark = pytest.mark.bpf

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from controlplane.flow_table import Flow, FlowKey, Side
+from controlplane.flow_types import Side
+from controlplane.flows import Flow, FlowKey
 from controlplane.messages import teardown_line
 from controlplane.metrics import render
 from controlplane.sweeper import RemovedFlow
