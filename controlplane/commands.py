@@ -24,9 +24,8 @@ from controlplane import protocols, sysopt
 from controlplane.config import Config
 from controlplane.flow_table import FlowTable
 from controlplane.flow_types import Side
-from controlplane.flows import Flow
+from controlplane.flows import Flow, RemovedFlow
 from controlplane.snapshot import Snapshot
-from controlplane.sweeper import RemovedFlow
 from controlplane.tunnel_maps import DatapathTunnel
 
 Args = dict[str, Any]

@@ -1,10 +1,13 @@
 """A flow as the control plane reads it from the flow maps: its canonical key, and what the
-data path tracks (sides, sequence numbers, times, packets and bytes each way)."""
+data path tracks (sides, sequence numbers, times, packets and bytes each way); and a flow
+that is gone, as the teardown log lines tell it."""
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from controlplane import protocols
 from controlplane.addresses import IPAddress
@@ -87,3 +90,59 @@ def tcp_state(proto: int, side: tuple[int, int]) -> str:
     if syn:
         return "SYN_RECV"
     return "SYN_SENT"
+
+
+class RawDecoder(Protocol):
+    def decode_raw(self, family: int, key: bytes, value: bytes) -> Flow:
+        """A Flow from the bytes of a key and a value of ``family``'s flow map."""
+
+
+@dataclass(frozen=True, eq=False)
+class RemovedFlow:
+    """A flow that is gone, for the logs: both ends (initiator first), protocol, tunnel,
+    duration, bytes and packets each way (initiator -> responder first), reason.
+
+    A sweep may remove a million flows at once: the record keeps the raw key and value
+    bytes and decodes them (addresses and all) only when a field is read.
+    """
+
+    reason: str
+    duration_s: float
+    decoded: Flow | None = None
+    raw: tuple[RawDecoder, int, bytes, bytes] | None = None  # table, family, key, value
+
+    @functools.cached_property
+    def flow(self) -> Flow:
+        if self.decoded is not None:
+            return self.decoded
+        assert self.raw is not None
+        table, fam, kb, vb = self.raw
+        return table.decode_raw(fam, kb, vb)
+
+    @property
+    def proto(self) -> int:
+        return self.flow.key.proto
+
+    @property
+    def tunnel_id(self) -> int:
+        return self.flow.tunnel_id
+
+    @property
+    def initiator(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+        i = self.flow.initiator
+        return self.flow.key.addr[i], self.flow.key.port[i]
+
+    @property
+    def responder(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+        i = 1 - self.flow.initiator
+        return self.flow.key.addr[i], self.flow.key.port[i]
+
+    @property
+    def bytes(self) -> tuple[int, int]:
+        i = self.flow.initiator
+        return self.flow.bytes[i], self.flow.bytes[1 - i]
+
+    @property
+    def packets(self) -> tuple[int, int]:
+        i = self.flow.initiator
+        return self.flow.packets[i], self.flow.packets[1 - i]

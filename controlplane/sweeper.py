@@ -27,17 +27,14 @@ read: such a flow is kept), and deletes the rest with one batch delete.
 from __future__ import annotations
 
 import ctypes
-import functools
-import ipaddress
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from controlplane.durations import Timeouts
 from controlplane.flow_table import FlowTable
 from controlplane.flow_types import ACCT_BYTES_BITS, Side
-from controlplane.flows import Flow
+from controlplane.flows import RemovedFlow
 from controlplane.layout import layout, span
 from controlplane.ring_events import Event
 
@@ -48,57 +45,6 @@ _NEVER_WRITTEN = (0, False, False)  # an array slot never written: generation 0,
 FLOW_VALUE_SCALARS = ("generation", "tunnel_id", "side[0]", "side[1]", "seq[0]", "seq[1]",
                       "ack[0]", "ack[1]", "created_s", "last_s", "acct[0]", "acct[1]")
 _FIN, _RST, _SYN, _ACK, _PICKUP = Side.FIN, Side.RST, Side.SYN, Side.ACK, Side.PICKUP
-
-
-@dataclass(frozen=True, eq=False)
-class RemovedFlow:
-    """A flow that is gone, for the logs: both ends (initiator first), protocol, tunnel,
-    duration, bytes and packets each way (initiator -> responder first), reason.
-
-    A sweep may remove a million flows at once: the record keeps the raw key and value
-    bytes and decodes them (addresses and all) only when a field is read.
-    """
-
-    reason: str
-    duration_s: float
-    decoded: Flow | None = None
-    raw: tuple[FlowTable, int, bytes, bytes] | None = None  # table, family, key, value
-
-    @functools.cached_property
-    def flow(self) -> Flow:
-        if self.decoded is not None:
-            return self.decoded
-        assert self.raw is not None
-        table, fam, kb, vb = self.raw
-        return table.decode_raw(fam, kb, vb)
-
-    @property
-    def proto(self) -> int:
-        return self.flow.key.proto
-
-    @property
-    def tunnel_id(self) -> int:
-        return self.flow.tunnel_id
-
-    @property
-    def initiator(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-        i = self.flow.initiator
-        return self.flow.key.addr[i], self.flow.key.port[i]
-
-    @property
-    def responder(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-        i = 1 - self.flow.initiator
-        return self.flow.key.addr[i], self.flow.key.port[i]
-
-    @property
-    def bytes(self) -> tuple[int, int]:
-        i = self.flow.initiator
-        return self.flow.bytes[i], self.flow.bytes[1 - i]
-
-    @property
-    def packets(self) -> tuple[int, int]:
-        i = self.flow.initiator
-        return self.flow.packets[i], self.flow.packets[1 - i]
 
 
 def idle_reason(proto: int, s0: int, s1: int, idle: float, t: Timeouts,
@@ -246,4 +192,4 @@ def removed_from_events(events: Iterable[Event]) -> list[RemovedFlow]:
     return out
 
 
-__all__ = ["RemovedFlow", "Sweeper", "idle_reason", "removed_from_events", "TORN_DOWN"]
+__all__ = ["Sweeper", "idle_reason", "removed_from_events", "TORN_DOWN"]

@@ -7,10 +7,9 @@ import ipaddress
 import pytest
 
 from controlplane.flow_types import Side
-from controlplane.flows import Flow, FlowKey
+from controlplane.flows import Flow, FlowKey, RemovedFlow
 from controlplane.messages import teardown_line
 from controlplane.metrics import render
-from controlplane.sweeper import RemovedFlow
 
 
 def flow(proto: int = 6) -> Flow:
