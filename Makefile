@@ -14,7 +14,7 @@ test: setup lint
 	$(PY) -m pytest -v tests
 
 lint: setup
-	$(VENV)/bin/ruff check controlplane vici_glue tests bpf
+	$(VENV)/bin/ruff check controlplane vici_glue lab bench tests bpf
 
 unit: setup
 	$(PY) -m pytest -v -m "not lab" tests

@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,11 @@ from controlplane.demand import Initiations
 from controlplane.flow_table import FlowTable
 from controlplane.flows import RemovedFlow
 from controlplane.hooks import HookWatch
+from controlplane.journal import error_line, journal_handler
 from controlplane.known_selectors import KnownSelectors
-from controlplane.messages import Msg, Sev, emit, line, teardown_line
+from controlplane.messages import LastProblem, Msg, Sev, emit, line, teardown_line
+from controlplane.metrics import Latency
+from controlplane.notify import NotifyError, ServiceNotifier, announce_ready
 from controlplane.selectors import Selector
 from controlplane.snapshot import Snapshot
 from controlplane.sweeper import Sweeper, removed_from_events
@@ -72,15 +75,6 @@ log = logging.getLogger("flowpin")
 STATE_ROOT = Path("/run/flowpin")
 
 
-@dataclass
-class Latency:
-    """Event received -> data-path map written, in ms (the control-plane benchmark)."""
-
-    samples: list[float] = field(default_factory=list)
-
-    def add(self, ms: float) -> None:
-        self.samples.append(ms)
-        del self.samples[:-10000]
 
 
 class Daemon:
@@ -99,6 +93,8 @@ class Daemon:
         self.registry = TunnelRegistry(self.ids, grace=cfg.forget_unconfigured_after)
         self.known = KnownSelectors(self.state_dir / "selectors.json")
         self.wan_guarded: list[str] = []
+        self.problems = LastProblem()
+        log.addHandler(self.problems)
         self._forgetting = False
         self.dp: Datapath | None = None
         self.table: FlowTable | None = None  # flows, counters, events
@@ -129,6 +125,10 @@ class Daemon:
         self.reload_requested = False
         self.hooks: HookWatch | None = None
         self._selectors_ok = True  # the last selector compile succeeded
+        # systemd (Type=notify): told READY once charon's state is first applied, which
+        # sets this (a resync, or charon unreachable: every tunnel held DOWN).
+        self.service = ServiceNotifier(enabled=False)
+        self.charon_heard = threading.Event()
 
     # --- sysopt (changed from the CLI, kept across daemon restarts) ----------------------
     def preserve_for(self, key: TunnelKey) -> bool:
@@ -150,9 +150,7 @@ class Daemon:
     # --- start / stop -------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
-        if not cfg.lan_interfaces:
-            raise ConfigError(cfg.path, None, "datapath.lan-interfaces",
-                              "name at least one LAN interface")
+        config_mod.check_runnable(cfg)
         dpc = DatapathConfig(instance=cfg.instance, flows4_max=cfg.flow_table_size,
                              flows6_max=max(1024, cfg.flow_table_size // 4),
                              pickup_s=int(cfg.pickup_window),
@@ -261,6 +259,8 @@ class Daemon:
         maps.set_reclassify(self.reclassify())
 
     def stop(self, purge: bool = False) -> None:
+        self.service.stopping()
+        log.removeHandler(self.problems)
         if self.hooks:  # first: a purge below detaches, nothing must attach again
             self.hooks.stop()
         self._stop.set()
@@ -316,9 +316,11 @@ class Daemon:
             cfg=self.cfg, sysopt=json.loads(json.dumps(self.runtime)),
             tunnels=self.registry.copy_tunnels(),
             demand={k: replace(d) for k, d in self.initiations.pending.items()},
-            stats=stats, latency_ms=tuple(self.latency.samples), charon_up=self.charon_up,
+            stats=stats, latency_ms=tuple(self.latency.samples),
+            latency_histogram=self.latency.histogram(), charon_up=self.charon_up,
             ipsec_backend=self.ipsec_backend, started=self.started,
-            wan_guarded=tuple(self.wan_guarded), table=self.table, now_s=self.sweeper.now_s)
+            wan_guarded=tuple(self.wan_guarded), last_problem=self.problems.last,
+            table=self.table, now_s=self.sweeper.now_s)
 
     def on_loop(self, fn: Callable[[], Any], what: str = "the request",
                 wait: float = 10.0) -> Any:
@@ -360,6 +362,7 @@ class Daemon:
                     self.initiations.tick(time.monotonic(), self.registry, self.runtime,
                                           self.charon_up)
                     self._forget_tick()
+                self.service.tick(time.monotonic())
             except Exception:  # noqa: BLE001 -- one bad item must not stop the gateway
                 self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "internal error (the "
@@ -370,6 +373,8 @@ class Daemon:
         a resync, charon gone), or a call :meth:`on_loop` queued. Takes the lock."""
         with self.lock:
             self._handle(item)
+            if isinstance(item, Resync | Disconnected):
+                self.charon_heard.set()
 
     def _handle(self, item: Received | Resync | Disconnected | _Call) -> None:
         if isinstance(item, Received):
@@ -693,6 +698,21 @@ class Daemon:
     # --- what the changing commands call (see commands.Control) ---------------------------
     def reload(self, path: str) -> Config:
         """Load ``path``; on success apply it, on error keep running as before."""
+        # systemd holds the unit in "reloading" from RELOADING=1 to READY=1: READY follows
+        # whatever happens.
+        self.service.reloading()
+        status = "configuration reload failed (see the log)"
+        try:
+            new = self._reload(path)
+            status = f"configuration {path} loaded"
+            return new
+        except ConfigError as exc:
+            status = f"configuration rejected, running configuration unchanged: {exc}"
+            raise
+        finally:
+            self.service.reloaded(status)
+
+    def _reload(self, path: str) -> Config:
         try:
             new = config_mod.load(path)
         except ConfigError as exc:
@@ -756,10 +776,13 @@ def _ts(nets: Any) -> str:
 
 
 def setup_logging(cfg: Config) -> None:
-    handler: logging.Handler = (logging.FileHandler(cfg.log_file) if cfg.log_file
-                                else logging.StreamHandler(sys.stdout))
-    fmt = "%(asctime)s %(message)s" if cfg.log_file else "%(message)s"
-    handler.setFormatter(logging.Formatter(fmt, "%b %d %H:%M:%S"))
+    # Under systemd: the journal, each line at its syslog priority (controlplane.journal).
+    handler = None if cfg.log_file else journal_handler()
+    if handler is None:
+        handler = (logging.FileHandler(cfg.log_file) if cfg.log_file
+                   else logging.StreamHandler(sys.stdout))
+        fmt = "%(asctime)s %(message)s" if cfg.log_file else "%(message)s"
+        handler.setFormatter(logging.Formatter(fmt, "%b %d %H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.log_level.upper())
@@ -769,20 +792,27 @@ def main(config_path: str, purge: bool = False) -> int:
     try:
         cfg = config_mod.load(config_path)
     except ConfigError as exc:
-        print(f"flowpin: error: {exc}", file=sys.stderr)
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
         return 2
     setup_logging(cfg)
     if os.geteuid() != 0:
-        print("flowpin: error: the daemon loads eBPF programs: run it as root", file=sys.stderr)
+        print(error_line("flowpin: error: the daemon loads eBPF programs: run it as root"),
+              file=sys.stderr)
         return 1
     # The loop must get the GIL back quickly from the sweeper and reclassify threads: an SA
     # event waits at most this long behind their Python code (default 5 ms).
     sys.setswitchinterval(0.0005)
+    try:
+        service = ServiceNotifier()
+    except NotifyError as exc:
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
+        return 1
     daemon = Daemon(cfg)
+    daemon.service = service
     try:
         daemon.start()
     except ConfigError as exc:
-        print(f"flowpin: error: {exc}", file=sys.stderr)
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 -- a clear line for the admin, then exit
         emit(Sev.ERROR, Msg.DAEMON, f"cannot start: {exc}")
@@ -795,8 +825,10 @@ def main(config_path: str, purge: bool = False) -> int:
     signal.signal(signal.SIGHUP, daemon.on_sighup)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    status = announce_ready(daemon)
     try:
         daemon.run()
     finally:
+        status.stop()
         daemon.stop(purge=purge)
     return 0

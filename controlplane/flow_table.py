@@ -74,21 +74,21 @@ class FlowTable:
 
     def __init__(self, bpf: Any) -> None:
         self.bpf = bpf
-        self.flows4 = bpf[b"flows4"]
-        self.flows6 = bpf[b"flows6"]
-        self.sel4 = bpf[b"selectors4"]
-        self.sel6 = bpf[b"selectors6"]
-        self.tunnels_map = bpf[b"tunnels"]
-        self.tunnel_stats_map = bpf[b"tunnel_stats"]
-        self.counters_map = bpf[b"counters"]
-        self.guard_stats_map = bpf[b"guard_stats"]
-        self.config_map = bpf[b"config"]
-        self.nonvpn_map = bpf[b"nonvpn"]
-        self.EventStruct = bpf[b"event_layout"].Leaf
+        self.flows4 = bpf[b"fp_flows4"]
+        self.flows6 = bpf[b"fp_flows6"]
+        self.sel4 = bpf[b"fp_selectors4"]
+        self.sel6 = bpf[b"fp_selectors6"]
+        self.tunnels_map = bpf[b"fp_tunnels"]
+        self.tunnel_stats_map = bpf[b"fp_tunnel_stats"]
+        self.counters_map = bpf[b"fp_counters"]
+        self.guard_stats_map = bpf[b"fp_guard_stats"]
+        self.config_map = bpf[b"fp_config"]
+        self.nonvpn_map = bpf[b"fp_nonvpn"]
+        self.EventStruct = bpf[b"fp_event_layout"].Leaf
         self._ring_open = False
         self._pending: list[Event] = []
         # The last id of the tunnel array is never a tunnel: its entry stays DOWN, so
-        # selectors that point to it refuse their traffic (counted in its tunnel_stats).
+        # selectors that point to it refuse their traffic (counted in its fp_tunnel_stats).
         self.refuse_id: int = self.tunnels_map.max_entries - 1
         self._compiled: dict[int, list[Selector]] = {}
         # bulk decoders, from bcc's ctypes of the compiled C (see layout.py)
@@ -534,7 +534,7 @@ class FlowTable:
         rate-limited per tunnel), flows removed on the packet path. ``timeout_ms`` 0 does
         not wait."""
         if not self._ring_open:
-            self.bpf[b"events"].open_ring_buffer(self._on_event)
+            self.bpf[b"fp_events"].open_ring_buffer(self._on_event)
             self._ring_open = True
         if timeout_ms:
             self.bpf.ring_buffer_poll(timeout_ms)

@@ -47,7 +47,7 @@ ACCT_BYTES_BITS: int = CONST["FP_ACCT_BYTES_BITS"]
 TUNNEL_UP: int = CONST["FP_TUNNEL_UP"]
 TUNNEL_DOWN: int = CONST["FP_TUNNEL_DOWN"]
 TF_PRESERVE: int = CONST["FP_TF_PRESERVE"]
-# struct tunnel, mirrored for hold_pinned_tunnels, which runs before anything is compiled
+# struct fp_tunnel, mirrored for hold_pinned_tunnels, which runs before anything is compiled
 # (no bcc types yet); tests/datapath/test_shared_definitions.py proves it equal to the C.
 TUNNEL_WORD = struct.Struct("=IBBH")
 CF_NO_RECLASSIFY: int = CONST["FP_CF_NO_RECLASSIFY"]

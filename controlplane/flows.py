@@ -65,7 +65,7 @@ class Flow:
 
 
 def decode_value(key: FlowKey, v: Any) -> Flow:
-    """A Flow from its key and a raw flow_value."""
+    """A Flow from its key and a raw fp_flow_value."""
     mask = (1 << ACCT_BYTES_BITS) - 1
     return Flow(key, v.tunnel_id, v.generation, (v.side[0], v.side[1]),
                 (v.seq[0], v.seq[1]), (v.ack[0], v.ack[1]), v.created_s, v.last_s,

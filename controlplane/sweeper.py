@@ -40,7 +40,7 @@ from controlplane.ring_events import Event
 
 TORN_DOWN = "Tunnel has been torn down"
 _NEVER_WRITTEN = (0, False, False)  # an array slot never written: generation 0, DOWN
-# The scalars of struct flow_value (bpf/lib/flow_types.h) in the order the sweep loop
+# The scalars of struct fp_flow_value (bpf/lib/flow_types.h) in the order the sweep loop
 # unpacks them; checked against bcc's layout of the compiled C when a Sweeper is made.
 FLOW_VALUE_SCALARS = ("generation", "tunnel_id", "side[0]", "side[1]", "seq[0]", "seq[1]",
                       "ack[0]", "ack[1]", "created_s", "last_s", "acct[0]", "acct[1]")
@@ -79,7 +79,7 @@ class Sweeper:
         leaf, key4, key6 = table.flows4.Leaf, table.flows4.Key, table.flows6.Key
         self._value = layout(leaf)
         if self._value.names != FLOW_VALUE_SCALARS:
-            raise RuntimeError(f"struct flow_value changed ({self._value.names}): the "
+            raise RuntimeError(f"struct fp_flow_value changed ({self._value.names}): the "
                                "sweeper's unpacking must follow it")
         self._proto_offset = {4: key4.proto.offset, 6: key6.proto.offset}
         # what a re-check compares: bound to the same tunnel generation, same times

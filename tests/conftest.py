@@ -59,7 +59,7 @@ def unique_lab_name(tag: str) -> str:
 def lab() -> Iterator[object]:
     """A lab that is up for the whole module, and always removed afterwards."""
     require_lab_prerequisites()
-    from controlplane.lab.lab import Lab
+    from lab.lab import Lab
 
     lb = Lab(unique_lab_name("t"))
     lb.up()

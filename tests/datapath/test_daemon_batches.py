@@ -10,6 +10,7 @@ BPF_PROG_TEST_RUN.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -20,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from controlplane import testrun as tr
 from controlplane.config import Config
 from controlplane.datapath import Datapath, DatapathConfig
+from lab import packets as tr
 from tests.datapath.cases import out, run_steps
 from vici_glue.events import ChildConfig, ChildSA, IkeSA
 from vici_glue.follower import Resync
@@ -167,7 +168,7 @@ def test_a_failing_selector_compile_never_stops_a_down(daemon: Any, small_dp: Da
     assert t.tunnel(1).up
 
     def broken(*_a: Any) -> Any:
-        raise OSError(28, "No space left on device")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(t, "replace_selectors", broken)
     trs = daemon.registry.resync([conf("six", SIX), conf("site", SITE)], [])
@@ -201,7 +202,7 @@ def test_one_failing_transition_does_not_stop_the_others(daemon: Any, small_dp: 
 
     def set_tunnel(tid: int, **kw: Any) -> None:
         if tid == 1:
-            raise OSError(7, "injected: this tunnel's write fails")
+            raise OSError(errno.E2BIG, "injected: this tunnel's write fails")
         real(tid, **kw)
 
     monkeypatch.setattr(t, "set_tunnel", set_tunnel)

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from controlplane import testrun as tr
 from controlplane.flow_types import SEL_SLOTS
 from controlplane.selectors import Selector
+from lab import packets as tr
 from tests.datapath.cases import NETS, TUN, Net, down, out, reset_state, run_steps, up
 
 pytestmark = pytest.mark.bpf

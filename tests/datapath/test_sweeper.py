@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from controlplane import testrun as tr
 from controlplane.durations import Timeouts
 from controlplane.messages import teardown_line
 from controlplane.sweeper import TORN_DOWN, Sweeper
+from lab import packets as tr
 from tests.datapath.cases import (
     NET4,
     NET6,

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from controlplane.lab.capture import WanCapture
-from controlplane.lab.flap import KINDS, flap
-from controlplane.lab.lab import Lab
-from controlplane.lab.traffic import Transfer
+from lab.capture import WanCapture
+from lab.flap import KINDS, flap
+from lab.lab import Lab
+from lab.traffic import Transfer
 from tests.conftest import require_lab_prerequisites, unique_lab_name
 
 pytestmark = pytest.mark.lab
