@@ -340,6 +340,11 @@ class Daemon:
         """Make :meth:`run` return (SIGTERM, tests)."""
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the daemon was asked to stop."""
+        return self._stop.is_set()
+
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> None:
         assert self.table is not None and self.sweeper is not None
