@@ -27,7 +27,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from controlplane.flow_table import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD, FlowTable
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD
 from controlplane.libbpf import prog_test_run
 
 BPFFS = Path("/sys/fs/bpf")

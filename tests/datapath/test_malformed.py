@@ -160,7 +160,7 @@ def test_random_mutations_always_get_a_defined_verdict(dp: Any) -> None:
 
 
 def _reason_names() -> list[str]:
-    from controlplane.flow_table import Reason
+    from controlplane.flow_types import Reason
 
     return [r.name for r in Reason]
 

@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from controlplane.flow_table import Flow, FlowKey, Side
+from controlplane.flow_types import Side
+from controlplane.flows import Flow, FlowKey, RemovedFlow
 from controlplane.messages import teardown_line
-from controlplane.sweeper import RemovedFlow
 
 
 def flow(proto: int = 6) -> Flow:
