@@ -25,8 +25,9 @@ NOBODY := setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
 	env HOME=/tmp PYTHONDONTWRITEBYTECODE=1
 UNIT_AS := $(if $(ROOT),$(NOBODY))
 unit: $(if $(ROOT),setup)
-	@$(UNIT_AS) $(PY) -c '' || { echo "unit: $(UNIT_AS) cannot run $(PY):" \
-		"are the checkout and $(VENV) readable by all?"; exit 1; }
+	@$(UNIT_AS) $(PY) -c 'import controlplane, pytest' 2>/dev/null || { \
+		echo "unit: cannot run $(PY)$(if $(ROOT), as nobody): is the checkout readable by all?"; \
+		exit 1; }
 	$(UNIT_AS) $(PY) -m pytest -p no:cacheprovider -m "not lab and not bpf" tests
 
 test-bpf: setup
