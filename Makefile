@@ -14,15 +14,17 @@ test: setup lint
 	$(PY) -m pytest -v tests
 
 lint: setup
-	$(VENV)/bin/ruff check controlplane vici_glue tests bpf
+	$(VENV)/bin/ruff check controlplane vici_glue lab bench tests bpf
 
 # The tiers (docs/testing.md): unit needs no root and starts no charon, bpf needs root but
 # starts no charon, lab starts charons. `make unit` run as root (CI) first becomes nobody, so
 # that a unit test that needs root fails here instead of passing unnoticed; the checkout and
-# the venv must be readable by all (they are, with the usual umask).
+# the venv must be readable by all (they are, with the usual umask). git refuses a repository
+# owned by another user unless told it is safe: nobody only reads root's checkout.
 ROOT := $(filter 0,$(shell id -u))
 NOBODY := setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
-	env HOME=/tmp PYTHONDONTWRITEBYTECODE=1
+	env HOME=/tmp PYTHONDONTWRITEBYTECODE=1 \
+	GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=$(CURDIR)
 UNIT_AS := $(if $(ROOT),$(NOBODY))
 unit: $(if $(ROOT),setup)
 	@$(UNIT_AS) $(PY) -c 'import controlplane, pytest' 2>/dev/null || { \

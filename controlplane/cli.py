@@ -1,7 +1,12 @@
 """``flowpin``: the command line.
 
-Expected failures (a lab that is not up, a missing package, bad arguments) print one line
-``flowpin: error: …`` and exit 1; a traceback means a bug.
+The product's own commands live here (``daemon``, ``show``, ``sysopt``, ``clear``, ``reload``).
+The lab, the demo and the benchmarks add theirs through the ``flowpin.subcommands`` entry
+point group (each entry is a function that adds its parsers), so this module never imports
+them and a gateway install without them has no such commands.
+
+Expected failures (a daemon that is not running, a lab that is not up, bad arguments) print
+one line ``flowpin: error: …`` and exit 1; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -10,72 +15,39 @@ import argparse
 import json
 import os
 import sys
+from importlib import metadata
 from typing import Any
 
-DEFAULT_LAB = os.environ.get("FLOWPIN_LAB", "flowpin")
+from controlplane import protocols
+
 DEFAULT_SOCKET = "/run/flowpin/default.sock"
+SUBCOMMANDS = "flowpin.subcommands"
 
 
 def control_socket(a: argparse.Namespace) -> str:
-    """--socket, else $FLOWPIN_SOCKET (set by `flowpin lab exec` on a gateway), else the
-    default instance's socket."""
-    return a.socket or os.environ.get("FLOWPIN_SOCKET") or DEFAULT_SOCKET
+    """--socket, else --instance's socket, else $FLOWPIN_SOCKET (set by `flowpin lab exec` on
+    a gateway), else the default instance's socket."""
+    if getattr(a, "socket", None):
+        return str(a.socket)
+    if getattr(a, "instance", None):
+        return f"/run/flowpin/{a.instance}.sock"
+    return os.environ.get("FLOWPIN_SOCKET") or DEFAULT_SOCKET
+
+
+def version() -> str:
+    try:
+        return metadata.version("flowpin")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 class CliError(RuntimeError):
-    pass
+    """An expected failure, printed as one line."""
 
 
-def _print(obj: Any, as_json: bool, text: str) -> None:
+def print_result(obj: Any, as_json: bool, text: str) -> None:
+    """``obj`` as indented JSON with --json, else ``text``."""
     print(json.dumps(obj, indent=2) if as_json else text)
-
-
-def _lab_status_text(st: dict[str, Any]) -> str:
-    lines = [f"lab {st['name']}: IPsec backend {st['backend']} ({st['backend_reason']}), "
-             f"peer {st['peer']}"]
-    lines.append(f"{'gateway':<8} {'charon':<20} {'flowpin':<20} {'IKE_SA':<12} "
-                 f"{'CHILD_SA':<10} {'SPI in/out':<19} selectors")
-    for g in st["gateways"]:
-        spis = f"{g['spi_in']}/{g['spi_out']}" if g["spi_in"] else "-"
-        ts = (f"{','.join(g['local_ts'])} === {','.join(g['remote_ts'])}"
-              if g["local_ts"] else "-")
-        lines.append(f"{g['gw']:<8} {g['charon']:<20} {g.get('flowpin', '-'):<20} "
-                     f"{g['ike_state'] or '-':<12} "
-                     f"{g['child_state'] or '-':<10} {spis:<19} {ts}")
-    return "\n".join(lines)
-
-
-def cmd_lab(a: argparse.Namespace) -> int:
-    from controlplane.lab.lab import Lab
-
-    if a.lab_cmd == "down" and a.all:
-        removed = Lab.down_all()
-        print(f"removed {len(removed)} namespaces" + (f": {', '.join(removed)}" if removed
-                                                         else ""))
-        return 0
-    lab = Lab(a.name)
-    if a.lab_cmd == "up":
-        lab.up(peer=a.peer, preserve=a.preserve == "on")
-        st = lab.status()
-        _print(st, a.json, _lab_status_text(st))
-    elif a.lab_cmd == "down":
-        removed = lab.down()
-        print(f"lab {a.name}: removed {len(removed)} namespaces")
-    elif a.lab_cmd == "status":
-        st = lab.status()
-        _print(st, a.json, _lab_status_text(st))
-    elif a.lab_cmd == "exec":
-        argv = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
-        return lab.exec(a.node, argv).returncode
-    elif a.lab_cmd == "flap":
-        from controlplane.lab.flap import flap
-
-        res = flap(lab, a.how, a.seconds, gw=a.gw).as_dict()
-        text = "\n".join(res["events"]) + (f"\noutage {res['outage_s']:.1f} s "
-                                           f"(tunnel back {res['reestablish_s']:.1f} s after "
-                                           "the disruption ended)")
-        _print(res, a.json, text)
-    return 0
 
 
 def cmd_daemon(a: argparse.Namespace) -> int:
@@ -93,21 +65,58 @@ def _ask(a: argparse.Namespace, cmd: str, args: dict[str, Any] | None = None) ->
         raise CliError(str(exc)) from None
 
 
+# The filters `show conn` and `clear conn` share, as options and as the ASA's keywords
+# (`show conn address 10.1.0.10 port 443 protocol tcp`).
+CONN_FILTERS = ("address", "port", "protocol", "tunnel")
+PROTOCOLS = tuple(protocols.BY_NAME)
+
+
+def conn_filters(a: argparse.Namespace) -> dict[str, Any]:
+    """The filters of a conn command: options first, then ASA keyword pairs."""
+    found: dict[str, Any] = {k: getattr(a, k, None) for k in CONN_FILTERS}
+    terms = list(a.terms)
+    while terms:
+        key = terms.pop(0)
+        if key not in CONN_FILTERS:
+            raise CliError(f"unknown filter {key!r} (filters: {', '.join(CONN_FILTERS)})")
+        if not terms:
+            raise CliError(f"filter {key!r} needs a value")
+        found[key] = terms.pop(0)
+    if found["port"] is not None:
+        try:
+            found["port"] = int(found["port"])
+        except ValueError:
+            raise CliError(f"port {found['port']!r} is not a number") from None
+        if not 0 <= found["port"] <= 65535:
+            raise CliError(f"port {found['port']} is out of range 0-65535")
+    if found["protocol"] is not None and found["protocol"] not in PROTOCOLS:
+        raise CliError(f"protocol {found['protocol']!r} is not one of {', '.join(PROTOCOLS)}")
+    return found
+
+
 def cmd_show(a: argparse.Namespace) -> int:
     from controlplane import show
 
     if a.what == "vpn-context":
         data = _ask(a, "show-vpn-context")
-        _print(data, a.json, show.vpn_context(data, a.detail))
+        print_result(data, a.json, show.vpn_context(data, a.detail))
     elif a.what == "conn":
-        data = _ask(a, "show-conn", {"tunnel": a.tunnel, "pinned": a.pinned})
-        _print(data, a.json, show.conn(data))
+        data = _ask(a, "show-conn", {**conn_filters(a), "pinned": a.pinned})
+        print_result(data, a.json, show.conn(data))
     elif a.what == "sysopt":
         data = _ask(a, "show-sysopt")
-        _print(data, a.json, show.sysopt(data))
+        print_result(data, a.json, show.sysopt(data))
     elif a.what == "counters":
         data = _ask(a, "show-counters")
-        _print(data, a.json, show.counters(data))
+        print_result(data, a.json, show.counters(data))
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from controlplane import show
+
+    data = _ask(a, "status")
+    print_result(data, a.json, show.status(data))
     return 0
 
 
@@ -115,128 +124,84 @@ def cmd_sysopt(a: argparse.Namespace) -> int:
     from controlplane import show
 
     data = _ask(a, "sysopt", {"option": a.option, "on": a.value == "on", "tunnel": a.tunnel})
-    print(show.sysopt(data))
+    print_result(data, a.json, show.sysopt(data))
     return 0
 
 
 def cmd_clear(a: argparse.Namespace) -> int:
-    data = _ask(a, "clear-conn", {"tunnel": a.tunnel, "address": a.address, "port": a.port,
-                                  "protocol": a.protocol})
-    print(f"{data['cleared']} connections cleared")
+    data = _ask(a, "clear-conn", conn_filters(a))
+    print_result(data, a.json, f"{data['cleared']} connections cleared")
     return 0
 
 
 def cmd_reload(a: argparse.Namespace) -> int:
-    _ask(a, "reload", None)
-    print("configuration reloaded")
+    data = _ask(a, "reload", None)
+    print_result(data, a.json, "configuration reloaded")
     return 0
 
 
-def cmd_demo(a: argparse.Namespace) -> int:
-    from controlplane.demo import run
-
-    return run(a)
-
-
-BENCHMARKS = {
-    "datapath": "controlplane.bench.datapath",  # issue 3: ns per packet, BPF_PROG_TEST_RUN
-    "control": "controlplane.bench.control",  # issue 4: event -> map latency, resync
-    "resume": "controlplane.bench.resume",  # issue 5: outage -> first byte resumed
-    "forward": "controlplane.bench.forward",  # issue 6: plain vs nftables vs flowpin
-    "faults": "controlplane.bench.faults",  # fail closed: faults under load, WAN witness
-    "tunnel": "controlplane.bench.tunnel",  # throughput through the lab's tunnel, +/- flowpin
-    "all": "controlplane.bench.report",  # issue 6: everything, results.json/.md + charts
-}
-
-
-def cmd_bench(a: argparse.Namespace, rest: list[str]) -> int:
-    import importlib
-
-    try:
-        module = importlib.import_module(BENCHMARKS[a.bench_name])
-    except ModuleNotFoundError as exc:
-        raise CliError(f"benchmark {a.bench_name!r} is not available: {exc}") from None
-    return int(module.main(rest))
-
-
-def parser() -> argparse.ArgumentParser:
+def parser(with_rig: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. ``with_rig``: with the subcommands that installed packages add
+    through the ``flowpin.subcommands`` entry points (the lab, the demo, the benchmarks); the
+    gateway's man page and completion are made without them."""
     p = argparse.ArgumentParser(prog="flowpin", description="Persistent IPsec tunneled flows "
                                 "for Linux gateways.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-
-    lab = sub.add_parser("lab", help="the two-gateway strongSwan lab in network namespaces")
-    lsub = lab.add_subparsers(dest="lab_cmd", required=True)
-
-    def named(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--name", default=DEFAULT_LAB, help="lab name (default %(default)s; "
-                        "env FLOWPIN_LAB)")
-        return sp
-
-    up = named(lsub.add_parser("up", help="build the lab and bring the tunnel up"))
-    up.add_argument("--peer", choices=("flowpin", "plain"), default="flowpin",
-                    help="plain: ho-gw runs strongSwan alone, without flowpin")
-    up.add_argument("--preserve", choices=("on", "off"), default="off",
-                    help="sysopt preserve-vpn-flows of the lab's flowpin daemons")
-    up.add_argument("--json", action="store_true")
-    down = named(lsub.add_parser("down", help="remove everything the lab made"))
-    down.add_argument("--all", action="store_true", help="every flowpin lab, also leftovers")
-    st = named(lsub.add_parser("status", help="backend, charons, IKE/CHILD_SA states"))
-    st.add_argument("--json", action="store_true")
-    ex = named(lsub.add_parser("exec", help="run a command on a node: exec NODE -- CMD ..."))
-    ex.add_argument("node")
-    ex.add_argument("argv", nargs=argparse.REMAINDER)
-    fl = named(lsub.add_parser("flap", help="disrupt the tunnel, then bring it back"))
-    fl.add_argument("--how", required=True, choices=("child", "ike", "dpd", "restart-charon"))
-    fl.add_argument("--seconds", type=float, required=True)
-    fl.add_argument("--gw", choices=("bo-gw", "ho-gw"), default="bo-gw")
-    fl.add_argument("--json", action="store_true")
+    p.add_argument("--version", action="version", version=f"flowpin {version()}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     dm = sub.add_parser("daemon", help="run the flowpin daemon")
     dm.add_argument("--config", required=True, help="TOML file (see flowpin.example.toml)")
     dm.add_argument("--purge", action="store_true", help="on exit, detach the data path "
                     "and remove its pinned maps (flows are lost)")
+    dm.set_defaults(handler=cmd_daemon)
 
-    def sock(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--socket", help="the daemon's control socket (default "
-                        "$FLOWPIN_SOCKET or " + DEFAULT_SOCKET + ")")
+    def control(name: str, help: str) -> argparse.ArgumentParser:
+        """A command that asks a running daemon: which one, and --json."""
+        sp = sub.add_parser(name, help=help, description=help)
+        where = sp.add_mutually_exclusive_group()
+        where.add_argument("--instance", help="the daemon's instance name (its config's "
+                           "`instance`; default: $FLOWPIN_SOCKET, else `default`)")
+        where.add_argument("--socket", help="the daemon's control socket path (default "
+                           f"{DEFAULT_SOCKET})")
+        sp.add_argument("--json", action="store_true", help="print JSON")
         return sp
 
-    show = sock(sub.add_parser("show", help="show vpn-context | conn | sysopt | counters"))
+    def filters(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("terms", nargs="*", metavar="KEYWORD VALUE",
+                        help="ASA-style filters: address A, port P, protocol "
+                        f"{'|'.join(PROTOCOLS)}, tunnel T")
+        sp.add_argument("--tunnel", help="only this tunnel (conn/child, conn or id)")
+        sp.add_argument("--address", help="either end's address")
+        sp.add_argument("--port", help="either end's port")
+        sp.add_argument("--protocol", choices=PROTOCOLS)
+
+    st = control("status", "the daemon at a glance: backend, tunnels, held flows, hooks, "
+                 "last error")
+    st.set_defaults(handler=cmd_status)
+    show = control("show", "show vpn-context | conn | sysopt | counters")
     show.add_argument("what", choices=("vpn-context", "conn", "sysopt", "counters"))
-    show.add_argument("--json", action="store_true")
     show.add_argument("--detail", action="store_true", help="vpn-context: more per tunnel")
-    show.add_argument("--tunnel", help="conn: only this tunnel (conn/child, conn or id)")
     show.add_argument("--pinned", action="store_true", help="conn: only pinned flows")
-    so = sock(sub.add_parser("sysopt", help="sysopt preserve-vpn-flows|reclassify-vpn on|off"))
+    filters(show)
+    show.set_defaults(handler=cmd_show)
+    so = control("sysopt", "sysopt preserve-vpn-flows|reclassify-vpn on|off")
     so.add_argument("option", choices=("preserve-vpn-flows", "reclassify-vpn"))
     so.add_argument("value", choices=("on", "off"))
     so.add_argument("--tunnel", help="preserve-vpn-flows for one tunnel only")
-    cl = sock(sub.add_parser("clear", help="clear conn [filters]"))
+    so.set_defaults(handler=cmd_sysopt)
+    cl = control("clear", "clear conn [filters]: tear flows down")
     cl.add_argument("what", choices=("conn",))
-    cl.add_argument("--tunnel")
-    cl.add_argument("--address")
-    cl.add_argument("--port", type=int)
-    cl.add_argument("--protocol", choices=("tcp", "udp", "icmp", "icmp6"))
-    sock(sub.add_parser("reload", help="reload the daemon's configuration (as SIGHUP)"))
-
-    demo = sub.add_parser("demo", help="Cisco's story: a download across a tunnel outage, "
-                          "preserve-vpn-flows off and on, side by side")
-    demo.add_argument("--name", default="demo", help="lab name prefix (default %(default)s)")
-    demo.add_argument("--outage", type=float, default=20.0, help="seconds (default 20)")
-    demo.add_argument("--how", choices=("dpd", "child", "ike", "restart-charon"), default="dpd",
-                      help="the kind of outage (default dpd: the WAN drops IKE and ESP)")
-    demo.add_argument("--size", type=float, default=20.0, help="file size in MiB (default 20)")
-    demo.add_argument("--out", default="out/demo", help="where the pictures go")
-
-    bench = sub.add_parser("bench", help="benchmarks (print JSON)")
-    bench.add_argument("bench_name", choices=tuple(BENCHMARKS))
+    filters(cl)
+    cl.set_defaults(handler=cmd_clear)
+    rl = control("reload", "reload the daemon's configuration (as SIGHUP)")
+    rl.set_defaults(handler=cmd_reload)
+    if with_rig:
+        for ep in sorted(metadata.entry_points(group=SUBCOMMANDS), key=lambda e: e.name):
+            ep.load()(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from controlplane.lab.charon import CharonError
-    from controlplane.lab.lab import LabError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] != ["daemon"]:
         # Ctrl-C, and a plain `kill`, unwind through the `finally` blocks that remove labs,
@@ -244,25 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         from controlplane.interrupt import unwind_on_signals
 
         unwind_on_signals()
-    p = parser()
-    if argv[:1] == ["bench"]:
-        a, rest = p.parse_known_args(argv)
-    else:
-        a, rest = p.parse_args(argv), []
+    a = parser().parse_args(argv)
     try:
-        if a.cmd == "lab":
-            return cmd_lab(a)
-        if a.cmd == "demo":
-            return cmd_demo(a)
-        if a.cmd == "daemon":
-            return cmd_daemon(a)
-        handler = {"show": cmd_show, "sysopt": cmd_sysopt, "clear": cmd_clear,
-                   "reload": cmd_reload}.get(a.cmd)
-        if handler:
-            return handler(a)
-        if a.cmd == "bench":
-            return cmd_bench(a, rest)
-    except (LabError, CharonError, CliError, ValueError) as exc:
+        return int(a.handler(a))
+    except (CliError, ValueError) as exc:
         print(f"flowpin: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -271,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `flowpin show conn | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Loader of the flowpin data path: compile with bcc, attach with pyroute2, reattach, detach.
 
 The C lives in the ``flowpin_bpf`` package (the ``bpf/`` folder). bcc only rewrites map
-calls (``flows4.lookup(...)``) in the file it is given, not in headers it includes, so the
+calls (``fp_flows4.lookup(...)``) in the file it is given, not in headers it includes, so the
 loader expands the project's own ``#include "lib/..."`` lines into one text first; system
 headers are left to clang.
 
@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.flow_table import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD, FlowTable
+from controlplane.libbpf import prog_test_run
 
 BPFFS = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS / "flowpin"
 ENTRY = "flowpin.c"
-EMPTY = "empty.c"
 PROG_OUTBOUND = "fp_outbound"  # clsact ingress: LAN -> tunnel
 PROG_INBOUND = "fp_inbound"  # clsact egress: tunnel -> LAN
 PROG_WAN_OUT = "fp_wan_out"  # WAN clsact egress: the guard on what the gateway sends
@@ -44,8 +44,9 @@ PARENT_EGRESS = "ffff:fff3"
 FILTER_PRIO = 1
 ARPHRD_ETHER = 1  # if_arp.h: Ethernet link headers (veth, VLAN, bridge, bond, NICs)
 FILTER_HANDLE = 1
-MAP_NAMES = ("flows4", "flows6", "selectors4", "selectors6", "tunnels", "tunnel_stats",
-             "guard_stats", "counters", "config", "nonvpn")
+# The maps pinned under pin_dir, by their names in bpf/lib/maps.h (also their pin names).
+MAP_NAMES = ("fp_flows4", "fp_flows6", "fp_selectors4", "fp_selectors6", "fp_tunnels",
+             "fp_tunnel_stats", "fp_guard_stats", "fp_counters", "fp_config", "fp_nonvpn")
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 # A directory name under PIN_ROOT: never "." or ".." (the pin directory would be bpffs
 # itself or every instance's parent, and a purge would empty it).
@@ -100,8 +101,12 @@ class DatapathConfig:
 
 
 def bpf_source(entry: str = ENTRY, package: str = "flowpin_bpf") -> str:
-    """The C of ``entry`` with the project's quoted includes expanded (each once)."""
+    """The C of ``entry`` (in ``package``) with the project's quoted includes expanded (each
+    once). Includes are looked up beside the including file, then at ``package``'s root, then
+    in the data path's own ``flowpin_bpf``: programs outside it (the benchmarks') share its
+    headers that way."""
     root = files(package)
+    roots = [root] if package == "flowpin_bpf" else [root, files("flowpin_bpf")]
     seen: set[str] = set()
 
     def expand(node: Traversable, rel: str) -> str:
@@ -116,9 +121,11 @@ def bpf_source(entry: str = ENTRY, package: str = "flowpin_bpf") -> str:
             base = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
             cand = base + name
             target = root.joinpath(*cand.split("/"))
-            if not target.is_file():
+            for other in roots:
+                if target.is_file():
+                    break
                 cand = name
-                target = root.joinpath(*name.split("/"))
+                target = other.joinpath(*name.split("/"))
             if not target.is_file():
                 raise DatapathError(f"{rel}: include \"{name}\" not found in {package}")
             cand = os.path.normpath(cand)
@@ -167,16 +174,12 @@ def _cflags(cfg: DatapathConfig) -> list[str]:
     return flags + list(cfg.cflags)
 
 
-def compile_bench_prog(source: str, func: str) -> tuple[Any, int]:
-    """A benchmark-only SCHED_CLS program: (BPF object, program fd)."""
-    bcc = _require_bcc()
-    b = bcc.BPF(text=bpf_source(source).encode())
-    return b, b.load_func(func.encode(), bcc.BPF.SCHED_CLS).fd
-
-
-def compile_empty() -> tuple[Any, int]:
-    """The empty SCHED_CLS program (benchmark baseline): (BPF object, program fd)."""
-    return compile_bench_prog(EMPTY, "fp_empty")
+def replace_filter(ipr: Any, index: int, parent: str, fd: int, name: str) -> None:
+    """Put program ``fd`` on the clsact hook ``parent`` of interface ``index`` as flowpin's
+    filter (our handle and priority, direct action), replacing ours in place: there is no
+    moment without a filter."""
+    ipr.tc("replace-filter", "bpf", index, handle=FILTER_HANDLE, fd=fd, name=name,
+           parent=parent, prio=FILTER_PRIO, classid=1, direct_action=True)
 
 
 class Datapath:
@@ -212,7 +215,7 @@ class Datapath:
         if cfg.pin:
             ensure_bpffs()
             cfg.pin_dir.mkdir(parents=True, exist_ok=True)
-            self.reused_pins = (cfg.pin_dir / "flows4").exists()
+            self.reused_pins = (cfg.pin_dir / "fp_flows4").exists()
             drop_outgrown_counters(cfg.pin_dir)
         try:
             self._bpf = bcc.BPF(text=bpf_source().encode(), cflags=_cflags(cfg))
@@ -235,14 +238,14 @@ class Datapath:
         one the base. Returns HZ; 0 (and the coarse clock) if jiffies did not move."""
         import bcc
 
-        from controlplane import testrun
-
         fd = self._bpf.load_func(PROG_CLOCK.encode(), bcc.BPF.SCHED_CLS).fd
-        frame = testrun.ether(b"\0" * 46, testrun.ETH_P_ARP)
-        probe = self._bpf[b"clock_probe"]
+        # Any frame will do: the probe program only samples the two clocks. An ARP frame
+        # (EtherType 0x0806) of the minimum size, so no flow program would care either.
+        frame = bytes(12) + (0x0806).to_bytes(2, "big") + bytes(46)
+        probe = self._bpf[b"fp_clock_sample"]
 
         def sample() -> tuple[int, int]:
-            testrun.test_run(fd, frame)
+            prog_test_run(fd, frame)
             v = probe[ctypes.c_uint32(0)]
             return v.jiffies, v.mono_ns
 
@@ -328,9 +331,7 @@ class Datapath:
                 if getattr(exc, "code", None) != errno.EEXIST:
                     raise DatapathError(f"adding clsact on {ifname}: {exc}") from exc
             for prog, parent in progs:
-                ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE,
-                       fd=self._fds[prog], name=prog, parent=parent, prio=FILTER_PRIO,
-                       classid=1, direct_action=True)
+                replace_filter(ipr, idx, parent, self._fds[prog], prog)
 
     def detach(self, ifname: str | None = None, netns: str | None = None,
                purge: bool = False) -> None:
@@ -370,7 +371,7 @@ def detach_interface(ifname: str, netns: str | None = None) -> None:
                 ipr.tc("del-filter", "bpf", links[0], handle=FILTER_HANDLE, parent=parent,
                        prio=FILTER_PRIO)
             except Exception as exc:  # ENOENT / EINVAL: nothing there
-                if getattr(exc, "code", None) not in (2, 22):
+                if getattr(exc, "code", None) not in (errno.ENOENT, errno.EINVAL):
                     raise DatapathError(f"removing filter from {ifname}: {exc}") from exc
 
 
@@ -392,7 +393,7 @@ def hold_pinned_tunnels(instance: str) -> int:
     left attached keep filtering on these maps, and a daemon that is starting -- or fails
     to -- knows nothing of the SAs yet, so held flows must wait and nothing may pass as if
     its tunnel were up. Uses libbpf (through bcc's libbcc) on the pinned map; no compile."""
-    path = PIN_ROOT / instance / "tunnels"
+    path = PIN_ROOT / instance / "fp_tunnels"
     if not path.exists():
         return 0
     lib = _require_bcc().libbcc.lib
@@ -434,11 +435,11 @@ def _pinned_max_entries(path: Path) -> int:
 
 
 def drop_outgrown_counters(pin_dir: Path) -> bool:
-    """Remove a ``counters`` pin made by an older build with fewer slots than this one
+    """Remove an ``fp_counters`` pin made by an older build with fewer slots than this one
     counts (a verdict reason or stat added since): reused, the new slots would never be
     counted and reading them would fail. Counters are statistics; every other map keeps
     its state. Returns whether the pin was removed."""
-    path = pin_dir / "counters"
+    path = pin_dir / "fp_counters"
     if not path.exists() or _pinned_max_entries(path) >= STAT_MAX:
         return False
     path.unlink()

@@ -26,6 +26,8 @@ from enum import IntEnum
 from importlib.resources import files
 from typing import Any
 
+from controlplane import protocols
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -67,12 +69,12 @@ ACCT_BYTES_BITS: int = CONST["FP_ACCT_BYTES_BITS"]
 TUNNEL_UP: int = CONST["FP_TUNNEL_UP"]
 TUNNEL_DOWN: int = CONST["FP_TUNNEL_DOWN"]
 TF_PRESERVE: int = CONST["FP_TF_PRESERVE"]
-TUNNEL_WORD = struct.Struct("<IBBH")  # struct tunnel
+TUNNEL_WORD = struct.Struct("<IBBH")  # struct fp_tunnel
 CF_NO_RECLASSIFY: int = CONST["FP_CF_NO_RECLASSIFY"]
 NV_COUNT4: int = CONST["FP_NV_COUNT4"]
 NV_OFFSET4: int = CONST["FP_NV_OFFSET4"]
 NV_LIMIT4: int = CONST["FP_NV_LIMIT4"]
-_TUNNEL_STATS = struct.Struct("<4Q")  # struct tunnel_stats
+_TUNNEL_STATS = struct.Struct("<4Q")  # struct fp_tunnel_stats
 _GUARD_STATS = struct.Struct("<4Q")  # struct fp_guard_stats
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
@@ -115,9 +117,6 @@ def _port(v: int) -> int:
 
 # --- typed records --------------------------------------------------------------------
 
-PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}
-
-
 @dataclass(frozen=True)
 class FlowKey:
     """Canonical key: endpoint 0 is the lower (address, port)."""
@@ -131,7 +130,7 @@ class FlowKey:
         return self.addr[0].version
 
     def __str__(self) -> str:
-        p = PROTO_NAMES.get(self.proto, str(self.proto))
+        p = protocols.name(self.proto)
         return f"{p} {self.addr[0]}:{self.port[0]} <-> {self.addr[1]}:{self.port[1]}"
 
 
@@ -169,7 +168,7 @@ class Flow:
 
 
 def decode_value(key: FlowKey, v: Any) -> Flow:
-    """A Flow from its key and a raw flow_value."""
+    """A Flow from its key and a raw fp_flow_value."""
     mask = (1 << ACCT_BYTES_BITS) - 1
     return Flow(key, v.tunnel_id, v.generation, (v.side[0], v.side[1]),
                 (v.seq[0], v.seq[1]), (v.ack[0], v.ack[1]), v.created_s, v.last_s,
@@ -331,21 +330,21 @@ class FlowTable:
 
     def __init__(self, bpf: Any) -> None:
         self.bpf = bpf
-        self.flows4 = bpf[b"flows4"]
-        self.flows6 = bpf[b"flows6"]
-        self.sel4 = bpf[b"selectors4"]
-        self.sel6 = bpf[b"selectors6"]
-        self.tunnels_map = bpf[b"tunnels"]
-        self.tunnel_stats_map = bpf[b"tunnel_stats"]
-        self.counters_map = bpf[b"counters"]
-        self.guard_stats_map = bpf[b"guard_stats"]
-        self.config_map = bpf[b"config"]
-        self.nonvpn_map = bpf[b"nonvpn"]
-        self.EventStruct = bpf[b"event_layout"].Leaf
+        self.flows4 = bpf[b"fp_flows4"]
+        self.flows6 = bpf[b"fp_flows6"]
+        self.sel4 = bpf[b"fp_selectors4"]
+        self.sel6 = bpf[b"fp_selectors6"]
+        self.tunnels_map = bpf[b"fp_tunnels"]
+        self.tunnel_stats_map = bpf[b"fp_tunnel_stats"]
+        self.counters_map = bpf[b"fp_counters"]
+        self.guard_stats_map = bpf[b"fp_guard_stats"]
+        self.config_map = bpf[b"fp_config"]
+        self.nonvpn_map = bpf[b"fp_nonvpn"]
+        self.EventStruct = bpf[b"fp_event_layout"].Leaf
         self._ring_open = False
         self._pending: list[Event] = []
         # The last id of the tunnel array is never a tunnel: its entry stays DOWN, so
-        # selectors that point to it refuse their traffic (counted in its tunnel_stats).
+        # selectors that point to it refuse their traffic (counted in its fp_tunnel_stats).
         self.refuse_id: int = self.tunnels_map.max_entries - 1
         self._compiled: dict[int, list[Selector]] = {}
 
@@ -795,7 +794,7 @@ class FlowTable:
         rate-limited per tunnel), flows removed on the packet path. ``timeout_ms`` 0 does
         not wait."""
         if not self._ring_open:
-            self.bpf[b"events"].open_ring_buffer(self._on_event)
+            self.bpf[b"fp_events"].open_ring_buffer(self._on_event)
             self._ring_open = True
         if timeout_ms:
             self.bpf.ring_buffer_poll(timeout_ms)

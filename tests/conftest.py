@@ -64,7 +64,7 @@ def lab_up(tag: str, **up: Any) -> Iterator[Any]:
     """A lab named after ``tag`` (see :func:`unique_lab_name`), brought up with ``up``'s
     options, and always removed afterwards."""
     require_lab_prerequisites()
-    from controlplane.lab.lab import Lab
+    from lab.lab import Lab
 
     lb = Lab(unique_lab_name(tag))
     lb.up(**up)

@@ -10,7 +10,7 @@
 # Gateways, stage main: the project's own scripts/setup.sh (Debian packages, venv, bpffs)
 #   on a copy of the source in /opt/flowpin, with the real headers of the box's kernel;
 #   charon-systemd + swanctl (the ipsec starter masked: one charon); the files rendered by
-#   `python -m controlplane.deploy` (swanctl connection, charon timers + kernel-netlink,
+#   `python -m lab.deploy` (swanctl connection, charon timers + kernel-netlink,
 #   flowpin.toml, forwarding, addressing); flowpin.service enabled and started.
 # Hosts: python3 and curl (for vagrant/check), the addressing and routes, nothing else.
 #
@@ -96,13 +96,13 @@ render() {
     [ -z "${FLOWPIN_DRY_PYTHON:-}" ] && [ -x "$(dirname "$HERE")/.venv/bin/python" ] &&
         dry_py="$(dirname "$HERE")/.venv/bin/python"
     if [ "$DRY" = 1 ]; then
-        run "$py" -m controlplane.deploy render --node "$ROLE" --out /etc
+        run "$py" -m lab.deploy render --node "$ROLE" --out /etc
         say "files it would write:"
         (cd "$(dirname "$HERE")" &&
-            "$dry_py" -m controlplane.deploy render --node "$ROLE" --print) |
+            "$dry_py" -m lab.deploy render --node "$ROLE" --print) |
             sed 's/^--- /+ write /'
     else
-        (cd "$SRC" && "$py" -m controlplane.deploy render --node "$ROLE" --out /etc)
+        (cd "$SRC" && "$py" -m lab.deploy render --node "$ROLE" --out /etc)
     fi
 }
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.lab import netns
+from lab import netns
 
 pytestmark = pytest.mark.bpf
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def test_ctrl_c_removes_the_topology() -> None:
 
 def test_exception_removes_the_topology() -> None:
     _require()
-    from controlplane.bench.topo import Topology
+    from bench.topo import Topology
 
     with pytest.raises(RuntimeError, match="boom"), Topology() as t:
         assert {"fpbench-client", "fpbench-gw", "fpbench-server"} <= set(_ours())
@@ -128,8 +128,8 @@ def test_a_contender_waits_for_the_last_measurements_connections() -> None:
     without its SYN (flowpin: DROP_NO_CONN): settle() reports it, and is quiet once it is
     closed."""
     _require()
-    from controlplane.bench import topo as tp
-    from controlplane.bench.forward import settle
+    from bench import topo as tp
+    from bench.forward import settle
 
     server = ("import socket, sys; s = socket.socket(); s.bind(('0.0.0.0', 5999)); "
               "s.listen(); print('listening', flush=True); c, _ = s.accept(); "

@@ -1,4 +1,4 @@
-"""`python -m controlplane.bench.tunnel` for real, one short round: the JSON shape, that the
+"""`python -m bench.tunnel` for real, one short round: the JSON shape, that the
 two contenders differ only in flowpin's data path (the gateway's daemon passed packets for
 `flowpin` and none for `none`), that the stages were placed on CPUs, and that the lab is
 gone afterwards. Needs root; missing prerequisites FAIL the test. Checks behaviour, never
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.lab import netns
-from controlplane.lab.charon import CHARON_CANDIDATES
+from lab import netns
+from lab.charon import CHARON_CANDIDATES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_tunnel_bench_json_and_cleanup() -> None:
     if missing:
         pytest.fail("tunnel bench prerequisites missing: " + "; ".join(missing)
                     + " -- run `make setup` as root", pytrace=False)
-    p = subprocess.run([sys.executable, "-m", "controlplane.bench.tunnel", "--json",
+    p = subprocess.run([sys.executable, "-m", "bench.tunnel", "--json",
                         "--rounds", "2", "--seconds", "1"], cwd=REPO, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -58,7 +58,7 @@ def test_tunnel_bench_json_and_cleanup() -> None:
 
 
 def test_pin_moves_every_thread() -> None:
-    from controlplane.bench.tunnel import pin
+    from bench.tunnel import pin
 
     cpu = max(os.sched_getaffinity(0))
     # a process with a second thread, like charon's pool

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane import testrun as tr
 from controlplane.flow_table import TC_ACT_OK, TC_ACT_SHOT, Flow, FlowTable, reason_passes
+from controlplane.libbpf import prog_test_run
+from lab import packets as tr
 
 BASE_CLOCK_S = 100_000
 TUN = 1  # the tunnel of the standard selectors, UP + PRESERVE at the start of a case
@@ -203,7 +204,7 @@ def run_steps(dp: Any, steps: list[Step]) -> None:
         where = f"step {i} ({type(st).__name__})"
         if isinstance(st, Pkt):
             before = t.counters()
-            res = tr.test_run(fds[st.hook], st.frame)
+            res = prog_test_run(fds[st.hook], st.frame)
             after = t.counters()
             moved = {k: after[k] - before[k] for k in after
                      if after[k] != before[k] and k in _REASONS}

@@ -8,15 +8,16 @@ from typing import Any
 
 import pytest
 
-from controlplane import testrun as tr
 from controlplane.datapath import HZ_CANDIDATES, PROG_OUTBOUND
+from controlplane.libbpf import prog_test_run
+from lab import packets as tr
 from tests.datapath.cases import NET4
 
 pytestmark = pytest.mark.bpf
 
 
 def _created_s(dp: Any, sport: int) -> int:
-    tr.test_run(dp.prog_fd(PROG_OUTBOUND), tr.udp(NET4.c, NET4.s, sport, 53))
+    prog_test_run(dp.prog_fd(PROG_OUTBOUND), tr.udp(NET4.c, NET4.s, sport, 53))
     [f] = [f for f in dp.table.flows(4) if f.key.port[0] == sport or f.key.port[1] == sport]
     return f.created_s
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from controlplane import testrun as tr
 from controlplane.datapath import PROG_WAN_IN, PROG_WAN_OUT
+from controlplane.libbpf import prog_test_run
+from lab import packets as tr
 from tests.datapath.cases import NETS, TUN, TUN2, Net
 
 TC_ACT_UNSPEC = 0xFFFFFFFF  # -1 as the kernel reports it
@@ -98,7 +99,7 @@ def test_guard(dp: object, row: Row, family: int) -> None:
     net = NETS[family]
     prog = PROG_WAN_OUT if row.hook == "out" else PROG_WAN_IN
     before = table.guard_counts()
-    res = tr.test_run(dp.prog_fd(prog), row.frame(net))  # type: ignore[attr-defined]
+    res = prog_test_run(dp.prog_fd(prog), row.frame(net))  # type: ignore[attr-defined]
     after = table.guard_counts()
     if row.dropped_for:
         assert res.retval == TC_ACT_SHOT
@@ -117,7 +118,7 @@ def test_guard_holds_whatever_the_tunnel_state(dp: object) -> None:
     frame = tr.tcp(NETS[4].c, NETS[4].s, 40000, 80, "A")
     for up in (True, False):
         table.set_tunnel(TUN, up=up)
-        assert tr.test_run(dp.prog_fd(PROG_WAN_OUT), frame).retval == TC_ACT_SHOT  # type: ignore[attr-defined]
+        assert prog_test_run(dp.prog_fd(PROG_WAN_OUT), frame).retval == TC_ACT_SHOT  # type: ignore[attr-defined]
     assert table.guard_counts()[TUN] == (2, 0)
 
 
@@ -127,8 +128,8 @@ def test_guard_reports_once_per_interval(dp: object) -> None:
     table = dp.table  # type: ignore[attr-defined]
     table.read_events()
     frame = tr.udp(NETS[4].c, NETS[4].s, 40000, 53, b"x")
-    tr.test_run(dp.prog_fd(PROG_WAN_OUT), frame, repeat=1000)  # type: ignore[attr-defined]
-    tr.test_run(dp.prog_fd(PROG_WAN_IN),  # type: ignore[attr-defined]
+    prog_test_run(dp.prog_fd(PROG_WAN_OUT), frame, repeat=1000)  # type: ignore[attr-defined]
+    prog_test_run(dp.prog_fd(PROG_WAN_IN),  # type: ignore[attr-defined]
                 tr.udp(NETS[4].s, NETS[4].c, 53, 40000, b"x"))
     events = table.read_events()
     assert [(e.type, e.tunnel_id) for e in events] == [("GUARD_OUT", TUN), ("GUARD_IN", TUN)]

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from controlplane import testrun as tr
 from controlplane.datapath import PROG_INBOUND, PROG_OUTBOUND
+from controlplane.libbpf import prog_test_run
+from lab import packets as tr
 from tests.datapath.cases import NET4, NET6, Pkt, run_steps
 
 pytestmark = pytest.mark.bpf
@@ -122,7 +123,7 @@ ROWS: list[tuple[str, str, bytes, str]] = [
 def test_malformed(dp: Any, desc: str, hook: str, frame: bytes, reason: str) -> None:
     if reason == "KERNEL_REFUSES":
         with pytest.raises(OSError):
-            tr.test_run(dp.prog_fd(PROG_OUTBOUND), frame)
+            prog_test_run(dp.prog_fd(PROG_OUTBOUND), frame)
         return
     run_steps(dp, [Pkt(hook, frame, reason)])
 
@@ -130,7 +131,7 @@ def test_malformed(dp: Any, desc: str, hook: str, frame: bytes, reason: str) -> 
 def test_frame_shorter_than_ethernet_is_refused_by_the_kernel(dp: Any) -> None:
     """BPF_PROG_TEST_RUN refuses < 14 bytes for SCHED_CLS (TC never sees such frames)."""
     with pytest.raises(OSError):
-        tr.test_run(dp.prog_fd(PROG_OUTBOUND), SYN4[:13])
+        prog_test_run(dp.prog_fd(PROG_OUTBOUND), SYN4[:13])
 
 
 def test_random_mutations_always_get_a_defined_verdict(dp: Any) -> None:
@@ -151,7 +152,7 @@ def test_random_mutations_always_get_a_defined_verdict(dp: Any) -> None:
             pos = rnd.randrange(14, len(f))
             f[pos] = rnd.randrange(256)
         f = f[: rnd.randint(54, len(f))]
-        res = tr.test_run(rnd.choice(fds), bytes(f))
+        res = prog_test_run(rnd.choice(fds), bytes(f))
         assert res.retval in (0, 2)
         runs += 1
     after = sum(t.counters()[r] for r in _reason_names())

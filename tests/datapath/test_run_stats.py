@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from controlplane import testrun as tr
-from controlplane.bench.forward import prog_run_stats
+from bench.forward import prog_run_stats
 from controlplane.datapath import PROG_OUTBOUND
+from controlplane.libbpf import enable_run_stats, fdinfo, prog_fd_by_id, prog_test_run
+from lab import packets as tr
 from tests.datapath.cases import NET4
 
 pytestmark = pytest.mark.bpf
@@ -24,26 +25,26 @@ def test_run_stats_count_while_the_fd_is_open(dp: Any) -> None:
     assert SYSCTL.read_text().strip() == "0", "another process has run statistics on"
     fd = dp.prog_fd(PROG_OUTBOUND)
     pkt = tr.udp(NET4.c, NET4.s, 40000, 53)
-    stats = tr.enable_run_stats()
+    stats = enable_run_stats()
     try:
         t0, n0 = prog_run_stats(fd)
-        tr.test_run(fd, pkt, repeat=1000)
+        prog_test_run(fd, pkt, repeat=1000)
         t1, n1 = prog_run_stats(fd)
     finally:
         os.close(stats)
     assert SYSCTL.read_text().strip() == "0"
     assert n1 - n0 == 1000 and t1 > t0
     # off: runs are no longer accounted
-    tr.test_run(fd, pkt, repeat=1000)
+    prog_test_run(fd, pkt, repeat=1000)
     assert prog_run_stats(fd) == (t1, n1)
 
 
 def test_prog_fd_by_id_reopens_a_loaded_program(dp: Any) -> None:
     fd = dp.prog_fd(PROG_OUTBOUND)
-    again = tr.prog_fd_by_id(int(tr.fdinfo(fd)["prog_id"]))
+    again = prog_fd_by_id(int(fdinfo(fd)["prog_id"]))
     try:
-        assert tr.test_run(again, tr.udp(NET4.c, NET4.s, 40001, 53)).retval == 0
+        assert prog_test_run(again, tr.udp(NET4.c, NET4.s, 40001, 53)).retval == 0
     finally:
         os.close(again)
     with pytest.raises(OSError, match="BPF_PROG_GET_FD_BY_ID"):
-        tr.prog_fd_by_id(0x7FFFFFFF)
+        prog_fd_by_id(0x7FFFFFFF)

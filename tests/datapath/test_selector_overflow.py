@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from controlplane import testrun as tr
 from controlplane.flow_table import SEL_SLOTS, Selector
+from lab import packets as tr
 from tests.datapath.cases import NETS, TUN, Net, down, out, reset_state, run_steps, up
 
 pytestmark = pytest.mark.bpf

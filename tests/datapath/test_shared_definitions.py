@@ -22,24 +22,24 @@ pytestmark = pytest.mark.bpf
 
 def test_ctypes_layouts_match_the_c_sizes(dp: Any) -> None:
     b, c = dp.bpf, ft.CONST
-    assert ctypes.sizeof(b[b"flows4"].Key) == c["FP_SIZEOF_FLOW_KEY4"]
-    assert ctypes.sizeof(b[b"flows6"].Key) == c["FP_SIZEOF_FLOW_KEY6"]
-    assert ctypes.sizeof(b[b"flows4"].Leaf) == c["FP_SIZEOF_FLOW_VALUE"]
-    assert ctypes.sizeof(b[b"flows6"].Leaf) == c["FP_SIZEOF_FLOW_VALUE"]
-    assert ctypes.sizeof(b[b"tunnels"].Leaf) == c["FP_SIZEOF_TUNNEL"]
-    assert ctypes.sizeof(b[b"tunnel_stats"].Leaf) == c["FP_SIZEOF_TUNNEL_STATS"]
-    assert ctypes.sizeof(b[b"config"].Leaf) == c["FP_SIZEOF_CONFIG"]
-    assert ctypes.sizeof(b[b"selectors4"].Leaf) == c["FP_SIZEOF_SEL_VALUE4"]
-    assert ctypes.sizeof(b[b"selectors6"].Leaf) == c["FP_SIZEOF_SEL_VALUE6"]
-    assert ctypes.sizeof(b[b"guard_stats"].Leaf) == c["FP_SIZEOF_GUARD_STATS"]
+    assert ctypes.sizeof(b[b"fp_flows4"].Key) == c["FP_SIZEOF_FLOW_KEY4"]
+    assert ctypes.sizeof(b[b"fp_flows6"].Key) == c["FP_SIZEOF_FLOW_KEY6"]
+    assert ctypes.sizeof(b[b"fp_flows4"].Leaf) == c["FP_SIZEOF_FLOW_VALUE"]
+    assert ctypes.sizeof(b[b"fp_flows6"].Leaf) == c["FP_SIZEOF_FLOW_VALUE"]
+    assert ctypes.sizeof(b[b"fp_tunnels"].Leaf) == c["FP_SIZEOF_TUNNEL"]
+    assert ctypes.sizeof(b[b"fp_tunnel_stats"].Leaf) == c["FP_SIZEOF_TUNNEL_STATS"]
+    assert ctypes.sizeof(b[b"fp_config"].Leaf) == c["FP_SIZEOF_CONFIG"]
+    assert ctypes.sizeof(b[b"fp_selectors4"].Leaf) == c["FP_SIZEOF_SEL_VALUE4"]
+    assert ctypes.sizeof(b[b"fp_selectors6"].Leaf) == c["FP_SIZEOF_SEL_VALUE6"]
+    assert ctypes.sizeof(b[b"fp_guard_stats"].Leaf) == c["FP_SIZEOF_GUARD_STATS"]
     assert ft._GUARD_STATS.size == c["FP_SIZEOF_GUARD_STATS"]
-    assert ctypes.sizeof(b[b"event_layout"].Leaf) == c["FP_SIZEOF_EVENT"]
+    assert ctypes.sizeof(b[b"fp_event_layout"].Leaf) == c["FP_SIZEOF_EVENT"]
 
 
-def test_sweeper_struct_format_matches_flow_value(dp: Any) -> None:
-    """The sweeper unpacks flow_value with struct for speed: a mirrored layout, so check
+def test_sweeper_struct_format_matches_fp_flow_value(dp: Any) -> None:
+    """The sweeper unpacks fp_flow_value with struct for speed: a mirrored layout, so check
     every field offset against bcc's ctypes."""
-    leaf = dp.bpf[b"flows4"].Leaf
+    leaf = dp.bpf[b"fp_flows4"].Leaf
     assert _VALUE.size == ctypes.sizeof(leaf)
     names = [f[0] for f in leaf._fields_]
     assert names == ["generation", "tunnel_id", "side", "seq", "ack", "created_s", "last_s",
@@ -51,10 +51,10 @@ def test_sweeper_struct_format_matches_flow_value(dp: Any) -> None:
 
 
 @pytest.mark.parametrize("map_name, mirror, fields", [
-    ("tunnels", "TUNNEL_WORD", ["generation", "state", "flags", "pad"]),
-    ("tunnel_stats", "_TUNNEL_STATS", ["held", "refused", "last_demand_ns", "last_full_ns"]),
-    ("guard_stats", "_GUARD_STATS", ["out_dropped", "in_dropped", "last_out_ns",
-                                     "last_in_ns"]),
+    ("fp_tunnels", "TUNNEL_WORD", ["generation", "state", "flags", "pad"]),
+    ("fp_tunnel_stats", "_TUNNEL_STATS", ["held", "refused", "last_demand_ns", "last_full_ns"]),
+    ("fp_guard_stats", "_GUARD_STATS", ["out_dropped", "in_dropped", "last_out_ns",
+                                        "last_in_ns"]),
 ])
 def test_struct_mirrors_match_the_c(dp: Any, map_name: str, mirror: str,
                                     fields: list[str]) -> None:
@@ -71,8 +71,8 @@ def test_struct_mirrors_match_the_c(dp: Any, map_name: str, mirror: str,
 def test_key_proto_offsets(dp: Any) -> None:
     from controlplane.sweeper import _KEY_PROTO_OFFSET
 
-    assert _KEY_PROTO_OFFSET[4] == dp.bpf[b"flows4"].Key.proto.offset
-    assert _KEY_PROTO_OFFSET[6] == dp.bpf[b"flows6"].Key.proto.offset
+    assert _KEY_PROTO_OFFSET[4] == dp.bpf[b"fp_flows4"].Key.proto.offset
+    assert _KEY_PROTO_OFFSET[6] == dp.bpf[b"fp_flows6"].Key.proto.offset
 
 
 def test_enums_parsed_from_the_header() -> None:
@@ -90,14 +90,17 @@ def test_header_compiles_with_its_own_defaults() -> None:
     """Without -D overrides the header's defaults and _Static_asserts still compile."""
     import bcc
 
-    src = bpf_source().replace("BPF_RINGBUF_OUTPUT(events, 64);", "BPF_RINGBUF_OUTPUT(events, 1);")
+    src = bpf_source()
+    # the edits below must hit, or this compiles the loader's text and proves nothing
+    assert "BPF_RINGBUF_OUTPUT(fp_events, 64);" in src and "FP_FLOWS4_MAX, 0)" in src
+    src = src.replace("BPF_RINGBUF_OUTPUT(fp_events, 64);", "BPF_RINGBUF_OUTPUT(fp_events, 1);")
     b = bcc.BPF(text=src.replace("FP_FLOWS4_MAX, 0)", "1024, 0)").encode())
-    assert b[b"flows6"].max_entries == ft.CONST["FP_FLOWS6_MAX"]
+    assert b[b"fp_flows6"].max_entries == ft.CONST["FP_FLOWS6_MAX"]
     b.cleanup()
 
 
 def test_a_counters_pin_of_an_older_build_is_replaced() -> None:
-    """Pins outlive upgrades: a counters map with fewer slots than this build counts is
+    """Pins outlive upgrades: an fp_counters map with fewer slots than this build counts is
     dropped at load (every other pinned map is reused), and every reason reads."""
     import ctypes
     import os
@@ -114,9 +117,9 @@ def test_a_counters_pin_of_an_older_build_is_replaced() -> None:
         lib.bcc_create_map.argtypes = [ctypes.c_int, ctypes.c_char_p] + [ctypes.c_int] * 4
         lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
         percpu_array = 6
-        fd = lib.bcc_create_map(percpu_array, b"counters", 4, 8, STAT_MAX - 1, 0)
+        fd = lib.bcc_create_map(percpu_array, b"fp_counters", 4, 8, STAT_MAX - 1, 0)
         assert fd >= 0
-        assert lib.bpf_obj_pin(fd, os.fsencode(cfg.pin_dir / "counters")) == 0
+        assert lib.bpf_obj_pin(fd, os.fsencode(cfg.pin_dir / "fp_counters")) == 0
         os.close(fd)
         dp = Datapath(cfg).load()
         try:
@@ -126,3 +129,38 @@ def test_a_counters_pin_of_an_older_build_is_replaced() -> None:
             dp.close()
     finally:
         purge_pins(instance)
+
+
+def test_pinned_maps_are_the_fp_maps_user_space_names() -> None:
+    """Every pinned map is named fp_* (so bpffs and bpftool say whose it is), within the
+    kernel's 15 characters of a map name, and the pin directory holds exactly the maps
+    user space opens by name (MAP_NAMES): a map renamed on one side only fails here."""
+    import os
+
+    from controlplane.datapath import MAP_NAMES, Datapath, DatapathConfig, purge_pins
+
+    instance = f"fptest-names{os.getpid()}"
+    cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8)
+    try:
+        dp = Datapath(cfg).load()
+        try:
+            assert sorted(os.listdir(cfg.pin_dir)) == sorted(MAP_NAMES)
+            for name in MAP_NAMES:
+                assert name.startswith("fp_") and len(name) <= 15, name
+                assert dp.bpf[name.encode()].map_fd >= 0
+        finally:
+            dp.close()
+    finally:
+        purge_pins(instance)
+
+
+def test_every_map_in_maps_h_is_named_fp() -> None:
+    """The maps that are not pinned (ring buffer, loader and benchmark maps) too."""
+    import re
+    from importlib.resources import files
+
+    text = files("flowpin_bpf").joinpath("lib/maps.h").read_text()
+    names = (re.findall(r'^FP_MAP\("\w+", [^,]+, [^,]+, (\w+),', text, re.M)
+             + re.findall(r"^BPF_\w+\((\w+),", text, re.M))
+    assert len(names) == 14, names
+    assert [n for n in names if not n.startswith("fp_") or len(n) > 15] == []

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from controlplane import testrun as tr
+from lab import packets as tr
 from tests.datapath.cases import (
     BASE_CLOCK_S,
     NETS,

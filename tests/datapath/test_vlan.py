@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute, netns
 
-from controlplane import testrun as tr
 from controlplane.flow_table import Reason
+from lab import packets as tr
 from tests.datapath.conftest import make_datapath
 
 pytestmark = pytest.mark.bpf

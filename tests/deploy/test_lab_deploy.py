@@ -1,7 +1,7 @@
 """The files provisioning writes for each gateway, proven on the lab's real charons.
 
 The lab is built *without* its connection (``Lab.up(load_conns=False)``) and with the charon
-timers a deployed gateway gets. For each gateway, ``controlplane.deploy`` renders its files
+timers a deployed gateway gets. For each gateway, ``lab.deploy`` renders its files
 (as provisioning does on the VM, with the lab's paths for the sockets and NIC); then:
 
 - swanctl, an independent witness standing in for strongswan.service's
@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import config, deploy
-from controlplane.lab.topology import CHILD, CONN, GATEWAYS, LAN_IF
+from controlplane import config
+from lab import deploy
+from lab.topology import CHILD, CONN, GATEWAYS, LAN_IF
 from tests.conftest import lab_up
 from tests.deploy import fake_vagrant
 from tests.deploy.conftest import VAGRANT_DIR

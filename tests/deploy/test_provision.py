@@ -43,7 +43,7 @@ def test_gateway(tmp_path: Path, gw: str) -> None:
     assert "linux-headers-" in out and "charon-systemd strongswan-swanctl" in out
     # The project's own setup, on a copy in /opt/flowpin, without the test-only packages.
     assert "+ env FLOWPIN_DEV_PKGS= VENV=/opt/flowpin/.venv /opt/flowpin/scripts/setup.sh" in out
-    assert f"+ /opt/flowpin/.venv/bin/python -m controlplane.deploy render --node {gw} " \
+    assert f"+ /opt/flowpin/.venv/bin/python -m lab.deploy render --node {gw} " \
            "--out /etc" in out
     for path in ("/etc/swanctl/conf.d/flowpin-site.conf", "/etc/strongswan.d/flowpin.conf",
                  "/etc/flowpin/flowpin.toml", "/etc/sysctl.d/90-flowpin.conf",
@@ -71,7 +71,7 @@ def test_gateway_kernel_stage(tmp_path: Path, gw: str) -> None:
 def test_host(tmp_path: Path, host: str) -> None:
     out = _ok(*_dry(tmp_path, host))
     assert "+ apt-get install -y -q --no-install-recommends python3 curl" in out
-    assert f"+ python3 -m controlplane.deploy render --node {host} --out /etc" in out
+    assert f"+ python3 -m lab.deploy render --node {host} --out /etc" in out
     assert "+ write /etc/flowpin/net.sh" in out
     assert "+ systemctl enable flowpin-net.service" in out
     for absent in ("charon", "swanctl", "flowpin.service", "setup.sh", "flowpin.toml"):

@@ -1,4 +1,4 @@
-"""`python -m controlplane.deploy`: the files of each node, and its addressing script run in
+"""`python -m lab.deploy`: the files of each node, and its addressing script run in
 a network namespace shaped like the VM (NICs with other names, found by their address)."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import config, deploy
-from controlplane.lab.lab import PSK, conn_for
-from controlplane.lab.topology import GATEWAYS, NODES
+from controlplane import config
+from lab import deploy
+from lab.lab import PSK, conn_for
+from lab.topology import GATEWAYS, NODES
 
 
 def test_gateway_files(tmp_path: Path) -> None:
@@ -49,7 +50,7 @@ def test_psk_encoding() -> None:
 
 def test_cli_needs_a_psk_and_finds_no_lan_nic_here(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != deploy.PSK_ENV}
-    run = [sys.executable, "-m", "controlplane.deploy", "render", "--node", "bo-gw",
+    run = [sys.executable, "-m", "lab.deploy", "render", "--node", "bo-gw",
            "--out", str(tmp_path), "--lan-if", "lan0"]
     r = subprocess.run(run, env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "pre-shared key" in r.stderr
@@ -63,7 +64,7 @@ def test_cli_needs_a_psk_and_finds_no_lan_nic_here(tmp_path: Path) -> None:
 
 def test_host_needs_only_the_standard_library(tmp_path: Path) -> None:
     # bo-client and ho-server have no venv: Debian's python3 without site packages renders.
-    r = subprocess.run(["/usr/bin/python3", "-S", "-m", "controlplane.deploy", "render",
+    r = subprocess.run(["/usr/bin/python3", "-S", "-m", "lab.deploy", "render",
                         "--node", "ho-server", "--out", str(tmp_path)],
                        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

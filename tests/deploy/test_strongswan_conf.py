@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import deploy
-from controlplane.lab import netns
-from controlplane.lab.charon import binary
+from lab import deploy, netns
+from lab.charon import binary
 from vici_glue import session as vs
 
 pytestmark = pytest.mark.lab

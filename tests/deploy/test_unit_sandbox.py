@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import deploy
+from lab import deploy
 from tests.deploy.conftest import VAGRANT_DIR
 
 pytestmark = pytest.mark.bpf

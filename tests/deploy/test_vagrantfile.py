@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from controlplane import deploy
+from lab import deploy
 from tests.deploy.conftest import VAGRANT_DIR, require_tool
 
 
@@ -62,7 +62,7 @@ def test_topology_json_is_the_labs() -> None:
     # The Vagrantfile reads vagrant/topology.json; it must be what the lab's topology says.
     on_disk = json.loads((VAGRANT_DIR / "topology.json").read_text())
     assert on_disk == deploy.topology_json(), (
-        "vagrant/topology.json is stale: python -m controlplane.deploy topology > "
+        "vagrant/topology.json is stale: python -m lab.deploy topology > "
         "vagrant/topology.json")
     nodes = on_disk["nodes"]
     assert set(nodes) == {"bo-client", "bo-gw", "ho-gw", "ho-server"}

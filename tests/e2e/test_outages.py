@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from controlplane.lab.capture import WanCapture
-from controlplane.lab.flap import KINDS, flap
-from controlplane.lab.lab import Lab
-from controlplane.lab.traffic import Transfer
+from lab.capture import WanCapture
+from lab.flap import KINDS, flap
+from lab.lab import Lab
+from lab.traffic import Transfer
 
 pytestmark = pytest.mark.lab
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.demo import run_story
+from lab.demo import run_story
 from tests.conftest import require_lab_prerequisites
 
 pytestmark = pytest.mark.lab

@@ -1,5 +1,5 @@
 """One lab for the whole fault suite (faults restore it between them; see
-:func:`controlplane.lab.faults.heal`), always removed afterwards."""
+:func:`lab.faults.heal`), always removed afterwards."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.conftest import require_lab_prerequisites, unique_lab_name
 @pytest.fixture(scope="session")
 def fault_lab() -> Iterator[dict[str, Any]]:
     require_lab_prerequisites()
-    from controlplane.lab import faults
+    from lab import faults
 
     lab = faults.make_lab(unique_lab_name("flt"))
     state: dict[str, Any] = {"lab": lab, "index": 0}

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.lab import faults
+from lab import faults
 
 pytestmark = pytest.mark.lab
 

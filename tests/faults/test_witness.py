@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from controlplane.lab import netns, topology
-from controlplane.lab.capture import _DROPPED, GatewayCapture, classify
-from controlplane.lab.lab import Lab
-from controlplane.lab.mixgen import icmp_packets
-from controlplane.testrun import ip_checksum
+from lab import netns, topology
+from lab.capture import _DROPPED, GatewayCapture, classify
+from lab.lab import Lab
+from lab.mixgen import icmp_packets
+from lab.packets import ip_checksum
 
 
 def _frame(src: str, dst: str, payload: bytes = b"leak") -> bytes:
@@ -80,7 +80,7 @@ def test_witness_sees_a_leak_and_only_what_the_gateway_sends(
 
 
 def test_tagged_frames_carry_two_priority_tags() -> None:
-    from controlplane.lab.mixgen import tagged_frames
+    from lab.mixgen import tagged_frames
 
     frames = tagged_frames(b"\x02" * 6, b"\x04" * 6, "10.1.0.10", "10.2.0.10", "fd01::10",
                            "fd02::10", 9000, 100)

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from controlplane.lab.capture import WanCapture
-from controlplane.lab.lab import Lab
-from controlplane.lab.topology import BO_GW, CONN, GATEWAYS, HO_GW
+from lab.capture import WanCapture
+from lab.lab import Lab
+from lab.topology import BO_GW, CONN, GATEWAYS, HO_GW
 from tests.conftest import lab_up
 from vici_glue import session as vs
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.lab.lab import Lab
+from lab.lab import Lab
 
 pytestmark = pytest.mark.lab
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.lab.flap import flap
+from lab.flap import flap
 from vici_glue.follower import Disconnected, Follower, Item, Received, Resync
 
 pytestmark = pytest.mark.lab
@@ -53,7 +53,7 @@ def test_range_selectors_of_a_real_charon_decode(lab: Any) -> None:
     when restricted): the follower decodes them into the prefixes that cover the ranges."""
     import ipaddress
 
-    from controlplane.lab.lab import PSK
+    from lab.lab import PSK
     from vici_glue import session as vs
     from vici_glue.conns import SiteToSite
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.lab import topology
-from controlplane.lab.capture import classify
-from controlplane.lab.lab import Lab
-from controlplane.lab.traffic import Transfer
+from lab import topology
+from lab.capture import classify
+from lab.lab import Lab
+from lab.traffic import Transfer
 from tests.conftest import lab_up
 from tests.conftest import wait_for as _wait_for
 from vici_glue import session as vs

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from controlplane.lab import topology
-from controlplane.lab.capture import WanCapture
-from controlplane.lab.flap import flap
-from controlplane.lab.traffic import Transfer
+from lab import topology
+from lab.capture import WanCapture
+from lab.flap import flap
+from lab.traffic import Transfer
 from vici_glue import session as vs
 
 pytestmark = pytest.mark.lab

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.lab import netns, topology
-from controlplane.lab.charon import Charon, CharonError
-from controlplane.lab.lab import Lab, LabError
+from lab import netns, topology
+from lab.charon import Charon, CharonError
+from lab.lab import Lab, LabError
 from tests.conftest import require_lab_prerequisites, unique_lab_name
 
 pytestmark = pytest.mark.lab
@@ -104,8 +104,8 @@ def test_bad_lab_name() -> None:
 def test_charon_failing_to_start_reports_its_log(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     require_lab_prerequisites()
-    from controlplane.lab import backend as backend_probe
-    from controlplane.lab import charon as charon_mod
+    from lab import backend as backend_probe
+    from lab import charon as charon_mod
 
     backend, _why = backend_probe.probe()  # the backend this kernel gives, as `lab up` does
     ns = f"fptest-charon-{os.getpid()}"
@@ -126,7 +126,7 @@ def test_charon_failing_to_start_reports_its_log(tmp_path: Path,
 
 
 def test_missing_charon_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    from controlplane.lab import charon as charon_mod
+    from lab import charon as charon_mod
 
     monkeypatch.setattr(charon_mod, "CHARON_CANDIDATES", ("/nonexistent/charon",))
     with pytest.raises(LabError, match="strongswan-charon"):

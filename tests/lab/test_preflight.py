@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.lab import backend as backend_probe
-from controlplane.lab import netns, preflight
-from controlplane.lab.backend import KERNEL_LIBIPSEC
-from controlplane.lab.charon import Charon, plugins
-from controlplane.lab.lab import Lab, LabError, conn_for
-from controlplane.lab.topology import BO_GW
+from lab import backend as backend_probe
+from lab import netns, preflight
+from lab.backend import KERNEL_LIBIPSEC
+from lab.charon import Charon, plugins
+from lab.lab import Lab, LabError, conn_for
+from lab.topology import BO_GW
 from tests.conftest import require_lab_prerequisites, unique_lab_name
 from tests.lab.test_lifecycle import leftovers
 from vici_glue import session as vs

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.lab import topology
-from controlplane.lab.flap import flap, wan_block
-from controlplane.lab.lab import Lab
-from controlplane.lab.traffic import Transfer
+from lab import topology
+from lab.flap import flap, wan_block
+from lab.lab import Lab
+from lab.traffic import Transfer
 from tests.conftest import lab_up, wait_for
 
 pytestmark = pytest.mark.lab
@@ -156,7 +156,7 @@ def test_broken_config_on_reload_changes_nothing(plab: Lab) -> None:
 
 
 def test_no_cleartext_on_the_wan_while_down(plab: Lab) -> None:
-    from controlplane.lab.capture import WanCapture
+    from lab.capture import WanCapture
 
     tr = start_transfer(plab)
     with WanCapture(plab) as cap:

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from controlplane.lab import netns, nft
-from controlplane.lab.flap import wan_block
-from controlplane.lab.lab import Lab
-from controlplane.lab.topology import CHILD
+from lab import netns, nft
+from lab.flap import wan_block
+from lab.lab import Lab
+from lab.topology import CHILD
 from tests.conftest import require_lab_prerequisites, unique_lab_name
 from vici_glue import session as vs
 

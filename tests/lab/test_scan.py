@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from controlplane.lab.lab import Lab
-from controlplane.lab.traffic import Transfer
+from lab.lab import Lab
+from lab.traffic import Transfer
 from tests.conftest import require_lab_prerequisites, unique_lab_name
 
 pytestmark = pytest.mark.lab

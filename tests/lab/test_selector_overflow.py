@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from controlplane.lab import topology
-from controlplane.lab.lab import PSK, Lab
+from lab import topology
+from lab.lab import PSK, Lab
 from tests.conftest import lab_up, wait_for
 from tests.lab.test_hooks import Capture
 from vici_glue import session as vs

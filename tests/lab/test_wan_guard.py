@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from controlplane.datapath import hold_pinned_tunnels
-from controlplane.lab import topology
-from controlplane.lab.capture import GatewayCapture
-from controlplane.lab.flap import flap
-from controlplane.lab.lab import Lab
+from lab import topology
+from lab.capture import GatewayCapture
+from lab.flap import flap
+from lab.lab import Lab
 
 pytestmark = pytest.mark.lab
 

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from controlplane.lab.capture import classify
+from lab.capture import classify
 
 
 def eth(ethertype: int, payload: bytes) -> bytes:

@@ -1,6 +1,6 @@
 """The lab's connection definitions as charon receives them over VICI."""
 
-from controlplane.lab.lab import conn_for
+from lab.lab import conn_for
 
 
 def test_bo_gw_conn_message() -> None:

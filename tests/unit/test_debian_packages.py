@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.lab.backend import KERNEL_LIBIPSEC, KERNEL_NETLINK
-from controlplane.lab.charon import plugins
-from controlplane.lab.preflight import PLUGIN_PACKAGES
+from lab.backend import KERNEL_LIBIPSEC, KERNEL_NETLINK
+from lab.charon import plugins
+from lab.preflight import PLUGIN_PACKAGES
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")

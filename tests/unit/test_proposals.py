@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.lab.preflight import problems
+from lab.preflight import problems
 from vici_glue.conns import SiteToSite
 from vici_glue.proposals import Algorithm, ProposalError, missing, required
 

@@ -39,7 +39,7 @@ main() {
     export PATH="$REPO/.venv/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     export PYTHONDONTWRITEBYTECODE=1
     KERNEL=$(uname -r)
-    BACKEND=$(python -c 'from controlplane.lab.backend import probe; print(*probe(), sep="|")' \
+    BACKEND=$(python -c 'from lab.backend import probe; print(*probe(), sep="|")' \
         2>&1 | tail -1)
     READY=$(date +%s.%N)
     log "kernel $KERNEL; IPsec backend ${BACKEND%%|*} (${BACKEND#*|}); accel ${FLOWPIN_VM_ACCEL:-?}"

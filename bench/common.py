@@ -1,0 +1,120 @@
+"""Helpers shared by the side-by-side benchmarks: summaries, alternation, the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def summary(values: Sequence[float], ndigits: int = 3) -> dict[str, Any]:
+    """Median and min-max of the rounds, plus every round, so noise shows."""
+    v = [float(x) for x in values]
+    if not v:
+        return {"median": None, "min": None, "max": None, "runs": []}
+    return {"median": round(statistics.median(v), ndigits), "min": round(min(v), ndigits),
+            "max": round(max(v), ndigits), "runs": [round(x, ndigits) for x in v]}
+
+
+def ratio(a: float | None, b: float | None, ndigits: int = 3) -> float | None:
+    if a is None or not b:
+        return None
+    return round(a / b, ndigits)
+
+
+def alternate(contenders: Sequence[str], rounds: int,
+              run: Callable[[str, int], float],
+              counterbalance: bool = False) -> dict[str, list[float]]:
+    """Run ``run(contender, round)`` as A B C A B C ... for ``rounds`` rounds; with
+    ``counterbalance``, every other round is reversed (A B B A A B ...), so that a drift
+    of the machine or an effect of going first does not favour one contender."""
+    out: dict[str, list[float]] = {c: [] for c in contenders}
+    for r in range(rounds):
+        order = contenders[::-1] if counterbalance and r % 2 else contenders
+        for c in order:
+            out[c].append(run(c, r))
+    return out
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def ipsec_backend() -> str:
+    """The IPsec backend strongSwan gets on this kernel (probed as `flowpin lab up` does):
+    kernel-netlink (ESP in the kernel's XFRM) or kernel-libipsec (ESP in user space)."""
+    from lab import backend
+
+    try:
+        return backend.probe()[0]
+    except (OSError, RuntimeError) as exc:  # not root, no netns: say so, do not guess
+        return f"unknown ({exc})"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = ""
+    flags: set[str] = set()
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name") and not cpu:
+            cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    mem_kib = 0
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    iperf = ""
+    if shutil.which("iperf3"):
+        try:
+            iperf = subprocess.run(["iperf3", "--version"], capture_output=True, text=True,
+                                   timeout=5).stdout.splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            iperf = ""
+    os_name = ""
+    for line in _read("/etc/os-release").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            os_name = line.split("=", 1)[1].strip('"')
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "virtualized": "hypervisor" in flags,
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "os": os_name,
+        "srso_mitigation": _read("/sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow"),
+        "python": sys.version.split()[0],
+        "iperf3": iperf,
+        "ipsec_backend": ipsec_backend(),
+    }
+
+
+def print_result(run: Callable[[], dict[str, Any]]) -> int:
+    """Run a benchmark and print its one JSON object; an interruption or a failure is a
+    JSON object too (``{"error": …, "at": file:line}``), with exit status 130 or 1."""
+    from controlplane.interrupt import unwind_on_signals
+
+    unwind_on_signals()
+    try:
+        out = run()
+    except KeyboardInterrupt:
+        print(json.dumps({"error": "interrupted"}))
+        return 130
+    except Exception as exc:  # noqa: BLE001 -- reported, as JSON, with where it failed
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}",
+                          "at": f"{where.filename}:{where.lineno}"}))
+        return 1
+    print(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
+    return 0

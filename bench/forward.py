@@ -1,0 +1,525 @@
+"""``flowpin bench forward``: what a gateway's packet costs with no filter, with a typical
+stateful nftables ruleset, and with flowpin's data path, measured side by side.
+
+Topology (:mod:`bench.topo`): client -- gw -- server namespaces over veth,
+cleartext (no IPsec: crypto would drown the difference). The gateway forwards; the three
+*contenders* differ only in what filters the gateway:
+
+- ``plain``: nothing (no netfilter hook, no conntrack in the gateway namespace);
+- ``nftables``: an ``inet`` table, forward hook, policy drop: ``ct state
+  established,related accept``, ``ct state invalid drop``, new TCP SYN accept, new UDP
+  accept, ICMP accept; netfilter conntrack does the tracking;
+- ``flowpin``: its data path (TC clsact, both directions) on the gateway's client-facing
+  veth, the client/server subnets a selector of tunnel 1, tunnel 1 UP;
+- ``tc_empty`` (diagnostic, ``--with-tc-empty``): the same TC hooks running an empty
+  program, so flowpin's cost splits into the hook's and its own;
+- ``tc_floor`` (diagnostic, ``--with-tc-floor``): the same TC hooks running
+  ``bench/bpf/floor.c``, the least any TC flow table does (parse, one lookup of the 5-tuple in
+  a preallocated hash, one atomic add): the floor of flowpin's design on this machine.
+
+Three measures, each alternating the contenders (A B C A B C ...) for ``--rounds`` rounds
+of ``--seconds`` each; every contender starts each round with an empty flow table
+(conntrack flushed / flowpin flows cleared):
+
+- ``tput_gbps``: one iperf3 TCP stream (veth with TSO/GSO: 64 KiB segments cross the
+  gateway, so this is bytes moved, not a per-packet rate);
+- ``pps``: 64-byte frames (UDP payload 18) from one ``sendmmsg`` sender, counted as they
+  arrive on the server's interface (forwarded by the gateway);
+- ``cps``: short TCP connections (connect, RST) from one client process to an accept loop.
+
+Load generators run on the first CPU, servers on the second (fixed affinity: without it
+runs vary by 2x depending on where the scheduler puts three processes on two cores).
+
+Prints ONE JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench import topo as tp
+from bench.common import alternate, machine, print_result, ratio, summary
+from lab import netns, nft
+
+CONTENDERS = ("plain", "nftables", "flowpin")
+TC_EMPTY = "tc_empty"  # diagnostic: the TC hook with an empty program (--with-tc-empty)
+TC_FLOOR = "tc_floor"  # diagnostic: the least a TC flow table does (--with-tc-floor)
+# diagnostic contender -> (bpf/ source, function)
+BENCH_PROGS = {TC_EMPTY: ("empty.c", "fp_empty"), TC_FLOOR: ("floor.c", "fp_floor")}
+MEASURES = ("tput_gbps", "pps", "cps")
+TUNNEL = 1
+NFT_TABLE = "fpbench"
+IPERF_PORT, UDP_PORT, CPS_PORT = 5201, 9, 5300
+CPS_CLIENTS = 1
+LOADGEN = [sys.executable, "-m", "bench.loadgen"]
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def nft_ruleset() -> list[str]:
+    """A typical stateful forward ruleset (what an admin already runs)."""
+    t = f"inet {NFT_TABLE}"
+    return [
+        f"add table {t}",
+        f"add chain {t} forward {{ type filter hook forward priority filter; policy drop; }}",
+        f"add rule {t} forward ct state established,related accept",
+        f"add rule {t} forward ct state invalid drop",
+        f"add rule {t} forward tcp flags & (fin|syn|rst|ack) == syn ct state new accept",
+        f"add rule {t} forward meta l4proto udp ct state new accept",
+        f"add rule {t} forward meta l4proto icmp accept",
+    ]
+
+
+def _conntrack_flush() -> int:
+    """Runs inside the gateway namespace: forget every conntrack entry; returns how many
+    there were."""
+    from pyroute2 import Conntrack
+
+    with Conntrack() as ct:
+        n = int(ct.count())
+        ct.flush()
+    return n
+
+
+def _conntrack_count() -> int:
+    from pyroute2 import Conntrack
+
+    with Conntrack() as ct:
+        return int(ct.count())
+
+
+class Gateway:
+    """Applies and removes the contenders on the benchmark gateway."""
+
+    def __init__(self) -> None:
+        self.dp: Any = None
+        self.progs: dict[str, tuple[Any, int]] = {}  # diagnostic contender -> (bcc, fd)
+        self.checks: dict[str, Any] = {"nftables_conntrack_entries": 0,
+                                       "flowpin_verdicts": {}, "tc_floor_flows": 0}
+
+    def load_flowpin(self) -> None:
+        from controlplane.datapath import Datapath, DatapathConfig
+
+        self.dp = Datapath(DatapathConfig(instance="bench-fwd", pin=False,
+                                          flows4_max=1 << 20, flows6_max=1024,
+                                          tunnels_max=64, pickup_s=0)).load()
+        t = self.dp.table
+        t.add_selector(TUNNEL, tp.CLIENT_NET, tp.SERVER_NET)
+        t.set_tunnel(TUNNEL, up=True, preserve=True)
+
+    def load_bench_prog(self, contender: str) -> None:
+        from bench.progs import compile_bench_prog
+
+        self.progs[contender] = compile_bench_prog(*BENCH_PROGS[contender])
+
+    def prog_fd(self, contender: str) -> int:
+        return self.dp.prog_fd() if contender == "flowpin" else self.progs[contender][1]
+
+    @staticmethod
+    def _del_clsact() -> None:
+        """No qdisc left behind: ``plain`` must not pay for an empty clsact."""
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=tp.GW) as ipr:
+            ipr.tc("del", "clsact", ipr.link_lookup(ifname=tp.GW_LAN_IF)[0])
+
+    def _bench_filters(self, contender: str) -> None:
+        from pyroute2 import IPRoute
+
+        from controlplane.datapath import PARENT_EGRESS, PARENT_INGRESS
+
+        with IPRoute(netns=tp.GW) as ipr:
+            idx = ipr.link_lookup(ifname=tp.GW_LAN_IF)[0]
+            ipr.tc("add", "clsact", idx)
+            for parent in (PARENT_INGRESS, PARENT_EGRESS):
+                ipr.tc("add-filter", "bpf", idx, handle=1, fd=self.progs[contender][1],
+                       name=BENCH_PROGS[contender][1],
+                       parent=parent, prio=1, classid=1, direct_action=True)
+
+    def apply(self, contender: str) -> None:
+        netns.call(tp.GW, _conntrack_flush)
+        if contender == "nftables":
+            err = nft.apply_in(tp.GW, nft_ruleset())
+            if err:
+                raise BenchError(f"nftables: {err}")
+        elif contender == "flowpin":
+            self.dp.table.clear_flows()
+            self.dp.table.reset_counters()
+            self.dp.attach(tp.GW_LAN_IF, netns=tp.GW)
+        elif contender in BENCH_PROGS:
+            if contender == TC_FLOOR:
+                self.progs[contender][0]["floor_flows"].clear()
+            self._bench_filters(contender)
+
+    def remove(self, contender: str) -> None:
+        if contender == "nftables":
+            n = netns.call(tp.GW, _conntrack_count)
+            self.checks["nftables_conntrack_entries"] = max(
+                n, self.checks["nftables_conntrack_entries"])
+            nft.apply_in(tp.GW, [f"delete table inet {NFT_TABLE}"])
+        elif contender in BENCH_PROGS:
+            self._del_clsact()
+            if contender == TC_FLOOR:  # the floor really tracked the flows it saw
+                n = len(self.progs[contender][0]["floor_flows"].items())
+                self.checks["tc_floor_flows"] = max(n, self.checks["tc_floor_flows"])
+        elif contender == "flowpin":
+            self.dp.detach()
+            self._del_clsact()
+            c = self.dp.table.counters()
+            v = self.checks["flowpin_verdicts"]
+            for k, n in c.items():
+                if n:
+                    v[k] = v.get(k, 0) + n
+
+    def close(self) -> None:
+        if self.dp is not None:
+            self.dp.detach()
+            self.dp.close()
+            self.dp = None
+        for b, _fd in self.progs.values():
+            b.cleanup()
+        self.progs = {}
+
+
+def prog_run_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) the kernel accounts for the program behind ``fd`` while run
+    statistics are on (``kernel.bpf_stats_enabled``; shown in the fd's fdinfo)."""
+    from controlplane.libbpf import fdinfo
+
+    info = fdinfo(fd)
+    return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
+
+
+def added_ns(pps: float | None, plain_pps: float | None) -> float | None:
+    """What a contender adds to one packet's cost on the whole path, from the rates: the
+    path runs on one CPU, so 1 s / pps is the CPU time of one packet."""
+    if not pps or not plain_pps:
+        return None
+    return round(1e9 / pps - 1e9 / plain_pps, 1)
+
+
+def _wait_ready(p: subprocess.Popen[str], what: str) -> None:
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    if "listening" not in line:
+        raise BenchError(f"{what} did not start: {line!r}")
+
+
+class Runner:
+    def __init__(self, t: tp.Topology, seconds: int) -> None:
+        self.t, self.seconds = t, seconds
+        self.load_cpu, self.server_cpu = tp.cpus()
+        self.unsettled: list[str] = []  # connections still open when a contender began
+
+    def settle(self) -> None:
+        """Before a contender: the last measurement's connections are all closed."""
+        left = settle(self.t)
+        if left:
+            self.unsettled += left
+
+    def start_servers(self) -> None:
+        sc = self.server_cpu
+        self.iperf = self.t.popen(tp.SERVER, ["iperf3", "-s", "-p", str(IPERF_PORT)], cpu=sc,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.sink = self.t.popen(tp.SERVER, LOADGEN + ["udp-sink", "--port", str(UDP_PORT)],
+                                 cpu=sc, stdout=subprocess.PIPE, text=True)
+        _wait_ready(self.sink, "UDP sink")
+        self.cps = self.t.popen(tp.SERVER, LOADGEN + ["cps-server", "--port", str(CPS_PORT)],
+                                cpu=sc, stdout=subprocess.PIPE, text=True)
+        _wait_ready(self.cps, "connection server")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # iperf3 prints nothing useful when ready
+            if _port_open(tp.SERVER, IPERF_PORT):
+                return
+            time.sleep(0.05)
+        raise BenchError("iperf3 server did not start")
+
+    def _client(self, argv: list[str]) -> dict[str, Any]:
+        p = self.t.popen(tp.CLIENT, argv, cpu=self.load_cpu, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        out, err = p.communicate(timeout=self.seconds + 30)
+        self.t.procs.remove(p)
+        try:
+            return json.loads(out)
+        except json.JSONDecodeError:
+            raise BenchError(f"{argv[0]} failed: {(err or out).strip()[-300:]}") from None
+
+    def tput(self) -> float:
+        j = self._client(["iperf3", "-c", tp.SERVER_IP, "-p", str(IPERF_PORT), "-J",
+                          "-t", str(self.seconds)])
+        if "error" in j:
+            raise BenchError(f"iperf3: {j['error']}")
+        return j["end"]["sum_received"]["bits_per_second"] / 1e9
+
+    def pps(self) -> float:
+        before = self.t.link_stats(tp.SERVER, "s0")["rx_packets"]
+        j = self._client(LOADGEN + ["udp-flood", "--to", tp.SERVER_IP, "--port",
+                                    str(UDP_PORT), "--seconds", str(self.seconds)])
+        after = self.t.link_stats(tp.SERVER, "s0")["rx_packets"]
+        return (after - before) / j["seconds"]
+
+    def cps_run(self) -> float:
+        procs = [self.t.popen(tp.CLIENT, LOADGEN + ["cps-client", "--to", tp.SERVER_IP,
+                                                    "--port", str(CPS_PORT), "--seconds",
+                                                    str(self.seconds)],
+                              cpu=self.load_cpu, stdout=subprocess.PIPE, text=True)
+                 for _ in range(CPS_CLIENTS)]
+        total = 0.0
+        for p in procs:
+            out, _ = p.communicate(timeout=self.seconds + 30)
+            self.t.procs.remove(p)
+            j = json.loads(out)
+            if j["failed"]:
+                raise BenchError(f"{j['failed']} short connections failed")
+            total += j["connections"] / j["seconds"]
+        return total
+
+
+# TCP states (as /proc/net/tcp numbers them) in which a socket may still send: everything
+# but LISTEN, TIME_WAIT (it only answers a retransmitted FIN, i.e. a peer in one of these
+# states) and CLOSE.
+_SENDING_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+                   "05": "FIN_WAIT2", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0B": "CLOSING"}
+
+
+def _sending_sockets() -> list[str]:
+    """Runs inside a namespace: its TCP sockets that may still send, as 'state port'."""
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in fh.read().splitlines()[1:]:
+                f = line.split()
+                if f[3] in _SENDING_STATES:
+                    out.append(f"{_SENDING_STATES[f[3]]} {int(f[1].rsplit(':', 1)[1], 16)}")
+    return out
+
+
+def settle(t: tp.Topology, timeout: float = 15.0) -> list[str]:
+    """Wait until no TCP connection of the last measurement can still send; return what
+    is left (empty: settled).
+
+    Every contender starts from nothing (conntrack flushed, flowpin's flows cleared, no
+    pickup window), so it must never see a packet of a connection opened before it: for
+    flowpin that packet is a TCP segment without SYN and without a flow, a DROP_NO_CONN
+    (nftables drops it too, silently, by its policy). Such packets come from a
+    measurement's tail: iperf3 or a short connection still closing when its process has
+    exited (a late FIN and the ACK that answers it), and retransmissions of what the
+    previous contender dropped. Seen once in 765k packets on a fresh, busy machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [f"{ns}: {s}" for ns in (tp.CLIENT, tp.SERVER)
+                for s in netns.call(ns, _sending_sockets)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _port_open(ns: str, port: int) -> bool:
+    def probe(p: int) -> bool:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as fh:
+                for line in fh.read().splitlines()[1:]:
+                    f = line.split()
+                    if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == p:
+                        return True
+        return False
+
+    return bool(netns.call(ns, probe, port))
+
+
+def prog_costs(gw: Gateway, r: Runner, diagnostics: tuple[str, ...]) -> dict[str, Any]:
+    """One more 64-byte run per TC contender with run statistics on (BPF_ENABLE_STATS):
+    the kernel's own account of the time spent in the program per packet. The accounting
+    itself costs (two clock reads per run), and it is the same in every program, so
+    flowpin's own work is flowpin's figure minus the empty program's. Not part of the
+    rounds (it slows them)."""
+    from controlplane.libbpf import enable_run_stats
+
+    fds = {c: gw.prog_fd(c) for c in ("flowpin",) + diagnostics}
+    out: dict[str, Any] = {}
+    stats_fd = enable_run_stats()
+    try:
+        for c, fd in fds.items():
+            r.settle()
+            gw.apply(c)
+            try:
+                t0, n0 = prog_run_stats(fd)
+                r.pps()
+                t1, n1 = prog_run_stats(fd)
+            finally:
+                gw.remove(c)
+            out[c] = round((t1 - t0) / (n1 - n0), 1) if n1 > n0 else None
+    finally:
+        os.close(stats_fd)
+    if out.get("flowpin") is not None and out.get(TC_EMPTY) is not None:
+        out["flowpin_own"] = round(out["flowpin"] - out[TC_EMPTY], 1)
+    return out
+
+
+def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
+        diagnostics: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``diagnostics``: extra TC contenders from :data:`BENCH_PROGS` (tc_empty, tc_floor)."""
+    if os.geteuid() != 0:
+        raise BenchError("the forwarding benchmark needs root (namespaces, eBPF, nftables)")
+    gw = Gateway()
+    diagnostics = tuple(c for c in BENCH_PROGS if c in diagnostics)
+    order = CONTENDERS + diagnostics
+    results: dict[str, dict[str, Any]] = {c: {} for c in order}
+    paired: dict[str, float] = {}
+    prog_ns: dict[str, Any] = {}
+    started = time.monotonic()
+    try:
+        with tp.Topology() as t:
+            gw.load_flowpin()
+            for c in diagnostics:
+                gw.load_bench_prog(c)
+            r = Runner(t, seconds)
+            r.start_servers()
+            fns = {"tput_gbps": r.tput, "pps": r.pps, "cps": r.cps_run}
+            digits = {"tput_gbps": 3, "pps": 0, "cps": 1}
+            for m in measures:
+                def one(c: str, _round: int, fn: Any = fns[m]) -> float:
+                    r.settle()
+                    gw.apply(c)
+                    try:
+                        return float(fn())
+                    finally:
+                        gw.remove(c)
+
+                per = alternate(order, rounds, one)
+                for c in order:
+                    results[c][m] = summary(per[c], digits[m])
+                    if c != "plain":  # the same round's plain run as the reference
+                        paired[f"{c}_vs_plain_{m}"] = round(statistics.median(
+                            a / b for a, b in zip(per[c], per["plain"], strict=True) if b), 3)
+            if "pps" in measures:
+                prog_ns = prog_costs(gw, r, diagnostics)
+            gw.checks["unsettled_connections"] = r.unsettled[:20]
+    finally:
+        gw.close()
+    med = {c: {m: results[c].get(m, {}).get("median") for m in MEASURES} for c in CONTENDERS}
+    ratios = {
+        "flowpin_vs_plain_tput": ratio(med["flowpin"]["tput_gbps"], med["plain"]["tput_gbps"]),
+        "flowpin_vs_nft_tput": ratio(med["flowpin"]["tput_gbps"],
+                                     med["nftables"]["tput_gbps"]),
+        "flowpin_vs_plain_pps": ratio(med["flowpin"]["pps"], med["plain"]["pps"]),
+        "flowpin_vs_nft_pps": ratio(med["flowpin"]["pps"], med["nftables"]["pps"]),
+        "flowpin_vs_plain_cps": ratio(med["flowpin"]["cps"], med["plain"]["cps"]),
+        "flowpin_vs_nft_cps": ratio(med["flowpin"]["cps"], med["nftables"]["cps"]),
+        "nft_vs_plain_tput": ratio(med["nftables"]["tput_gbps"], med["plain"]["tput_gbps"]),
+        "nft_vs_plain_pps": ratio(med["nftables"]["pps"], med["plain"]["pps"]),
+        "nft_vs_plain_cps": ratio(med["nftables"]["cps"], med["plain"]["cps"]),
+    }
+    for c in diagnostics:
+        for m, short in (("tput_gbps", "tput"), ("pps", "pps"), ("cps", "cps")):
+            ratios[f"{c}_vs_plain_{short}"] = ratio(
+                results[c].get(m, {}).get("median"), med["plain"][m])
+
+    pps_plain = results["plain"].get("pps", {}).get("median")
+    per_packet = {
+        "added_ns": {c: added_ns(results[c].get("pps", {}).get("median"), pps_plain)
+                     for c in order if c != "plain"},
+        "plain_ns": round(1e9 / pps_plain, 1) if pps_plain else None,
+        "prog_ns_bpf_stats": prog_ns,
+    }
+
+    def ok(cond: Any) -> bool | None:
+        return None if cond is None else bool(cond)
+
+    rt = ratios
+    targets = {
+        "flowpin_vs_plain_tput_min": 0.95,
+        "flowpin_vs_plain_pps_min": 0.95,
+        "met": {
+            "tput_vs_plain": ok(rt["flowpin_vs_plain_tput"] is not None
+                                and rt["flowpin_vs_plain_tput"] >= 0.95),
+            "pps_vs_plain": ok(rt["flowpin_vs_plain_pps"] is not None
+                               and rt["flowpin_vs_plain_pps"] >= 0.95),
+            "tput_ahead_of_nft": ok(rt["flowpin_vs_nft_tput"] is not None
+                                    and rt["flowpin_vs_nft_tput"] > 1.0),
+            "pps_ahead_of_nft": ok(rt["flowpin_vs_nft_pps"] is not None
+                                   and rt["flowpin_vs_nft_pps"] > 1.0),
+            "cps_ahead_of_nft": ok(rt["flowpin_vs_nft_cps"] is not None
+                                   and rt["flowpin_vs_nft_cps"] > 1.0),
+        },
+    }
+    return {
+        "forward": results,
+        "ratios": ratios,
+        "paired_ratios": paired,
+        "per_packet": per_packet,
+        "targets": targets,
+        "checks": gw.checks,
+        "config": {"rounds": rounds, "seconds": seconds, "order": list(order),
+                   "measures": list(measures), "cps_clients": CPS_CLIENTS,
+                   "load_cpu": tp.cpus()[0], "server_cpu": tp.cpus()[1],
+                   "udp_payload": 18, "frame_bytes": 64, "nft_ruleset": nft_ruleset()},
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "machine": machine(),
+        "notes": [
+            "units: tput_gbps = iperf3 TCP goodput received (Gbit/s), one stream; pps = "
+            "64-byte frames arriving on the server's veth per second from one sendmmsg "
+            "sender; cps = short TCP connections (SYN, SYN-ACK, ACK, RST) completed per "
+            "second by one client process",
+            "load generators (iperf3 client, UDP sender, connection client) run on CPU 0, "
+            "servers on CPU 1; on veth the softirq work of sender, gateway and receiver "
+            "runs on the sending CPU, so pps and cps measure the whole path's CPU cost per "
+            "packet on one core, of which the gateway's filter is a part",
+            "ratios are of medians; paired_ratios are medians over rounds of the ratio to "
+            "the same round's plain run (robust to the machine drifting between rounds)",
+            "each round starts with an empty table: conntrack flushed (gateway namespace), "
+            "flowpin's flows cleared",
+            "tc_empty (with --with-tc-empty): clsact on the same veth with an empty "
+            "SCHED_CLS program on ingress and egress: the price of the TC hook itself, "
+            "which any TC eBPF filter pays before doing any work",
+            "tc_floor (with --with-tc-floor): the same hooks running bench/bpf/floor.c, the least "
+            "any TC flow table does per packet (parse Ethernet/IPv4/ports, one lookup of the "
+            "5-tuple in a preallocated 1M-entry hash with flowpin's key and value types, "
+            "create on a miss, one atomic add; no tunnel, TCP state or counters): the floor "
+            "of flowpin's design on this machine",
+            "per_packet.plain_ns = 1 s / plain's median pps: the CPU time of one 64-byte "
+            "packet on the whole path; added_ns = what each contender adds to it (from the "
+            "medians); prog_ns_bpf_stats = the kernel's account (BPF run statistics, "
+            "one extra run each, not in the rounds) of time inside the TC program per run, "
+            "which includes the accounting's own clock reads; flowpin_own = flowpin minus "
+            "the empty program, i.e. flowpin's work without the hook and the accounting",
+        ],
+    }
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="flowpin bench forward",
+                                 description="plain vs nftables vs flowpin forwarding "
+                                 "(prints one JSON object)")
+    ap.add_argument("--json", action="store_true", help="accepted; output is always JSON")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of A B C (default 5)")
+    ap.add_argument("--seconds", type=int, default=3, help="seconds per run (default 3)")
+    ap.add_argument("--with-tc-empty", action="store_true",
+                    help="a diagnostic contender: the same TC hooks with an empty eBPF "
+                    "program (what attaching at TC costs before flowpin's own work)")
+    ap.add_argument("--with-tc-floor", action="store_true",
+                    help="a diagnostic contender: the same TC hooks with the least a TC "
+                    "flow table does (bench/bpf/floor.c: parse, one hash lookup, one atomic add)")
+    ap.add_argument("--measure", action="append", choices=MEASURES,
+                    help="only this measure (repeatable; default all)")
+    a = ap.parse_args(argv)
+    if a.rounds < 1 or a.seconds < 1:
+        ap.error("--rounds and --seconds must be >= 1")
+
+    diagnostics = ((TC_EMPTY,) if a.with_tc_empty else ()) + (
+        (TC_FLOOR,) if a.with_tc_floor else ())
+    return print_result(lambda: run(a.rounds, a.seconds, tuple(a.measure or MEASURES),
+                                    diagnostics))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,91 @@
+"""``flowpin bench resume --json``: how long a held flow takes to pass again.
+
+For each outage length, in the lab with preserve-vpn-flows on: a TCP transfer from
+bo-client to ho-server is in flight; the tunnel goes down for S seconds; the figure is the
+time from the new CHILD_SA being installed (flowpin's UP transition, the later of the two
+gateways) to the first byte of the held flow arriving at ho-server again.
+
+flowpin lets the flow pass the moment the tunnel is UP; what remains is TCP's own
+retransmission backoff: the sender's next retransmission comes when its RTO (doubling with
+every unanswered retransmission, capped at 120 s) expires. So the figure grows with the
+outage. It is the baseline for the next step (nudging the endpoints when a tunnel is back).
+
+By default the outage is a CHILD_SA termination (``--how child``) with demand initiation
+switched off, so that it lasts exactly S seconds; ``--how dpd`` drops IKE and ESP on the WAN
+instead (then the outage is at least DPD's ~10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from bench.common import machine
+from lab.flap import KINDS, flap
+from lab.lab import Lab
+from lab.traffic import Transfer
+
+
+def measure(lab: Lab, outage: float, how: str, port: int) -> dict[str, Any]:
+    rate = 100_000
+    size = int(rate * (outage + 150))  # still sending when the flow resumes
+    tr = Transfer(lab, "10.2.0.10", size, rate=rate, port=port, timeout=outage + 200)
+    try:
+        time.sleep(2.0)
+        res = flap(lab, how, outage)
+        up_wall = max(t["since"] for gw in lab.flowpin_gateways()
+                      for t in lab.ask(gw, "show-vpn-context")["tunnels"])
+        # Do not wait for the whole transfer: the first byte after the outage is enough.
+        deadline = time.time() + outage + 180
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if _resumed_after(lab, port, up_wall):
+                break
+    finally:
+        tr.client.kill()
+        tr.client.wait()
+        sent_got = tr.server.communicate(timeout=30)[0]
+    got = json.loads(sent_got.strip().splitlines()[-1])
+    gaps = [g for g in got.get("gaps", []) if g[1] >= up_wall]
+    first = gaps[0][1] if gaps else None
+    return {"resume_ms": round((first - up_wall) * 1000) if first else None,
+            "outage_measured_s": round(res.up_at - res.down_at, 1),
+            "sa_gone_after_s": round(res.sa_gone_at - res.down_at, 1)}
+
+
+def _resumed_after(lab: Lab, port: int, up_wall: float) -> bool:
+    """Whether bo-gw's flow for ``port`` has moved bytes since ``up_wall`` (cheap poll; the
+    exact time comes from the receiver)."""
+    for c in lab.ask("bo-gw", "show-conn")["connections"]:
+        if c["outside"]["port"] == port and c["protocol"] == "TCP":
+            return c["idle_s"] < max(0.0, time.time() - up_wall) - 0.5
+    return False
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="flowpin bench resume")
+    p.add_argument("--json", action="store_true", help="one JSON object (default)")
+    p.add_argument("--outages", default="5,20,60,120", help="seconds, comma-separated")
+    p.add_argument("--how", choices=KINDS, default="child")
+    a = p.parse_args(argv)
+    outages = [float(x) for x in a.outages.split(",") if x.strip()]
+    lab = Lab("benchres")
+    lab.down()
+    lab.up(preserve=True, daemon_options={"initiate": a.how != "child"})
+    try:
+        out: dict[str, Any] = {}
+        for i, s in enumerate(outages):
+            out[f"{s:g}"] = measure(lab, s, a.how, 5800 + i)
+            print(f"outage {s:g} s: {out[f'{s:g}']}", file=sys.stderr, flush=True)
+    finally:
+        lab.down()
+    print(json.dumps({"outage_s": out, "how": a.how, "machine": machine()},
+                     indent=None if a.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
