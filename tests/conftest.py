@@ -177,7 +177,7 @@ class CharonWatch:
     runs the lab in a subprocess). Charons up before the phase (a lab test's session lab) are
     not its doing. Lock-free: the lab forks, and a child must not inherit a held lock."""
 
-    INTERVAL_S = 0.25
+    INTERVAL_S = 0.5  # a sample costs ~10 ms; a lab's charon lives for seconds
 
     def __init__(self) -> None:
         self.watching = False

@@ -119,7 +119,7 @@ def test_in_a_fixture(charon_fixture):
 
 def test_in_a_grandchild():
     # sh forks it (the `; true` keeps sh from exec'ing it): only the process tree shows it.
-    subprocess.run(["sh", "-c", CHARON + " 1; true"], check=True)
+    subprocess.run(["sh", "-c", CHARON + " 1.5; true"], check=True)
 
 
 @pytest.mark.lab
