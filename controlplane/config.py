@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controlplane.sweeper import Timeouts, parse_duration
+from controlplane.durations import Timeouts, parse_duration
 
 EXAMPLE = Path(__file__).with_name("flowpin.example.toml")
 

@@ -26,6 +26,8 @@ from enum import IntEnum
 from importlib.resources import files
 from typing import Any
 
+from controlplane import protocols
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -115,9 +117,6 @@ def _port(v: int) -> int:
 
 # --- typed records --------------------------------------------------------------------
 
-PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}
-
-
 @dataclass(frozen=True)
 class FlowKey:
     """Canonical key: endpoint 0 is the lower (address, port)."""
@@ -131,7 +130,7 @@ class FlowKey:
         return self.addr[0].version
 
     def __str__(self) -> str:
-        p = PROTO_NAMES.get(self.proto, str(self.proto))
+        p = protocols.name(self.proto)
         return f"{p} {self.addr[0]}:{self.port[0]} <-> {self.addr[1]}:{self.port[1]}"
 
 

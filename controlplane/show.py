@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.sweeper import format_duration
+from controlplane.durations import format_duration
 
 
 def vpn_context(data: dict[str, Any], detail: bool = False) -> str:

@@ -32,8 +32,9 @@ import ipaddress
 import struct
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
+from controlplane.durations import Timeouts
 from controlplane.flow_table import (
     ACCT_BYTES_BITS,
     Event,
@@ -47,50 +48,6 @@ _NEVER_WRITTEN = (0, False, False)  # an array slot never written: generation 0,
 _VALUE = struct.Struct("<IHBB4III2Q")  # struct fp_flow_value, see bpf/lib/flow_types.h
 _KEY_PROTO_OFFSET = {4: 12, 6: 36}
 _FIN, _RST, _SYN, _ACK, _PICKUP = Side.FIN, Side.RST, Side.SYN, Side.ACK, Side.PICKUP
-
-
-def parse_duration(value: str | float | int) -> float:
-    """Seconds from an ASA ``h:mm:ss`` (or ``m:ss``) string, or a number of seconds."""
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"negative timeout {value}")
-        return float(value)
-    text = value.strip()
-    if ":" not in text:
-        return parse_duration(float(text))
-    parts = text.split(":")
-    if len(parts) > 3 or any(not p.isdigit() for p in parts):
-        raise ValueError(f"not an h:mm:ss duration: {value!r}")
-    secs = 0
-    for p in parts:
-        secs = secs * 60 + int(p)
-    return float(secs)
-
-
-def format_duration(seconds: float) -> str:
-    s = int(max(0, seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Idle timeouts in seconds; defaults are the ASA's."""
-
-    conn: float = 3600.0
-    half_closed: float = 600.0
-    udp: float = 120.0
-    icmp: float = 2.0
-    embryonic: float = 30.0
-    closed: float = 10.0
-
-    @classmethod
-    def parse(cls, **values: str | float) -> Timeouts:
-        """``Timeouts.parse(conn="1:00:00", udp=60)``: ASA strings or seconds."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"unknown timeouts: {', '.join(sorted(unknown))}")
-        return cls(**{k: parse_duration(v) for k, v in values.items()})
 
 
 @dataclass(frozen=True, eq=False)
@@ -278,5 +235,4 @@ def removed_from_events(events: Iterable[Event]) -> list[RemovedFlow]:
     return out
 
 
-__all__ = ["ACCT_BYTES_BITS", "RemovedFlow", "Sweeper", "Timeouts", "format_duration",
-           "idle_reason", "parse_duration", "removed_from_events", "TORN_DOWN"]
+__all__ = ["RemovedFlow", "Sweeper", "idle_reason", "removed_from_events", "TORN_DOWN"]

@@ -24,7 +24,6 @@ def flow(proto: int = 6) -> Flow:
 @pytest.mark.parametrize(("proto", "prefix"), [
     (6, "%FLOWPIN-6-302014: Teardown TCP connection"),
     (17, "%FLOWPIN-6-302016: Teardown UDP connection"),
-    (1, "%FLOWPIN-6-302021: Teardown ICMP connection"),
 ])
 def test_teardown_line_like_the_asa(proto: int, prefix: str) -> None:
     r = RemovedFlow("Tunnel has been torn down", 36.0, decoded=flow(proto))
@@ -33,6 +32,15 @@ def test_teardown_line_like_the_asa(proto: int, prefix: str) -> None:
     # The responder (the far end) first, then the LAN end; bytes both ways.
     assert line.endswith(" for outside:10.2.0.10/80 to inside:10.1.0.10/1135 duration "
                          "0:00:36 bytes 53947 Tunnel has been torn down")
+
+
+@pytest.mark.parametrize(("proto", "type_"), [(1, 8), (58, 128)])
+def test_icmp_teardown_in_the_asa_s_302021_form(proto: int, type_: int) -> None:
+    r = RemovedFlow("icmp-timeout", 2.0, decoded=flow(proto))
+    assert teardown_line(r) == (
+        "%FLOWPIN-6-302021: Teardown ICMP connection for faddr 10.2.0.10/0 gaddr "
+        f"10.1.0.10/1135 laddr 10.1.0.10/1135 type {type_} code 0 duration 0:00:02 bytes "
+        "53947 icmp-timeout")
 
 
 def test_connection_id_is_stable() -> None:
