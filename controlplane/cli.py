@@ -224,4 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m controlplane.cli` runs this file as __main__, a second copy of the module:
+    # the subcommands of lab and bench raise controlplane.cli.CliError, which __main__'s
+    # own CliError would not catch (a traceback instead of "flowpin: error: ...").
+    from controlplane.cli import main as _main
+
+    sys.exit(_main())
