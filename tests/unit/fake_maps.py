@@ -9,7 +9,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from controlplane.flow_table import Overflow, Selector, Tunnel
+from controlplane.selectors import Overflow, Selector
+from controlplane.tunnel_maps import DatapathTunnel
 
 
 @dataclass
@@ -53,11 +54,11 @@ class FakeTunnelMaps:
         self.set_tunnel(tunnel_id, generation=gen)
         return gen
 
-    def tunnel(self, tunnel_id: int) -> Tunnel:
+    def tunnel(self, tunnel_id: int) -> DatapathTunnel:
         w = self.words.get(tunnel_id, Word())
-        return Tunnel(tunnel_id, w.up, w.generation, w.preserve, 0, 0)
+        return DatapathTunnel(tunnel_id, w.up, w.generation, w.preserve, 0, 0)
 
-    def tunnels(self) -> list[Tunnel]:
+    def tunnels(self) -> list[DatapathTunnel]:
         return [self.tunnel(tid) for tid in sorted(self.words)]
 
     def replace_selectors(self, selectors: Iterable[Selector]) -> list[Overflow]:
