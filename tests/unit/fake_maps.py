@@ -4,6 +4,8 @@ the data path (the daemon's side effects), not for the daemon under test."""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -61,7 +63,7 @@ class FakeTunnelMaps:
 
     def replace_selectors(self, selectors: Iterable[Selector]) -> list[Overflow]:
         if self.fail_selectors:
-            raise OSError(28, "No space left on device")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self.selectors = list(dict.fromkeys(selectors))
         self.writes.append(("selectors", 0))
         self.bump_generation(0)  # as the data path: non-VPN flows are classified again
