@@ -557,7 +557,6 @@ class Daemon:
         return sum(1 for f in self.table.flows()
                    if f.tunnel_id == tunnel_id and (proto is None or f.key.proto == proto))
 
-    # --- reclassify-vpn ----------------------------------------------------------------
     # --- reports: counted and logged beside the loop -----------------------------------
     def _later(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the reporter thread: counting flows reads whole maps (ms at

@@ -77,16 +77,17 @@ class Sweeper:
         self.timeouts = timeouts or Timeouts()
         self.last_stats: dict[str, int] = {}
         leaf, key4, key6 = table.flows4.Leaf, table.flows4.Key, table.flows6.Key
-        self._value = layout(leaf)
-        if self._value.names != FLOW_VALUE_SCALARS:
-            raise RuntimeError(f"struct fp_flow_value changed ({self._value.names}): the "
+        self.value_layout = layout(leaf)
+        if self.value_layout.names != FLOW_VALUE_SCALARS:
+            raise RuntimeError(f"struct fp_flow_value changed ({self.value_layout.names}): the "
                                "sweeper's unpacking must follow it")
-        self._proto_offset = {4: key4.proto.offset, 6: key6.proto.offset}
-        # what a re-check compares: bound to the same tunnel generation, same times
-        self._binding = span(leaf, "generation", "tunnel_id")
-        self._times = span(leaf, "created_s", "last_s")
-        self._created = span(leaf, "created_s")
-        self._tunnel_id = span(leaf, "tunnel_id")
+        self.proto_offset = {4: key4.proto.offset, 6: key6.proto.offset}
+        # Byte spans of fp_flow_value, from the ctypes: what a re-check compares (bound to
+        # the same tunnel generation, same times), when it was created, its tunnel
+        self.binding_span = span(leaf, "generation", "tunnel_id")
+        self.times_span = span(leaf, "created_s", "last_s")
+        self.created_span = span(leaf, "created_s")
+        self.tunnel_id_span = span(leaf, "tunnel_id")
 
     def now_s(self) -> int:
         """The data path's clock: the test override when set, else CLOCK_MONOTONIC."""
@@ -116,11 +117,11 @@ class Sweeper:
                 continue
             vbuf = memoryview(raw.values).cast("B")[: n * raw.value_size]
             kbuf = memoryview(raw.keys).cast("B")[: n * raw.key_size]
-            poff, ksz = self._proto_offset[fam], raw.key_size
+            poff, ksz = self.proto_offset[fam], raw.key_size
             cands: list[tuple[int, str]] = []
             nonvpn = 0
             for i, (gen, tid, s0, s1, _q0, _q1, _a0, _a1, _c, last, b0, b1) in enumerate(
-                    self._value.struct.iter_unpack(vbuf)):
+                    self.value_layout.struct.iter_unpack(vbuf)):
                 tun = tunnels.get(tid, _NEVER_WRITTEN)
                 proto = kbuf[i * ksz + poff]
                 if tid == 0:
@@ -138,7 +139,8 @@ class Sweeper:
             stats["candidates"] += len(cands)
             gone = self._remove(fam, raw, cands, now, stats)
             removed.extend(gone)
-            tid_bytes, zero = self._tunnel_id, bytes(self._tunnel_id.stop - self._tunnel_id.start)
+            tid_bytes = self.tunnel_id_span
+            zero = bytes(tid_bytes.stop - tid_bytes.start)
             swept = sum(1 for r in gone if r.raw and r.raw[3][tid_bytes] == zero)  # tunnel 0
             self.table.sync_nonvpn(fam, counted, nonvpn - swept)
         self.last_stats = stats
@@ -169,12 +171,13 @@ class Sweeper:
             vb = cur.raw
             old = vbuf[i * vsz:(i + 1) * vsz]
             # generation + tunnel id, created + last forwarded: unchanged since the read?
-            if vb[self._binding] != old[self._binding] or vb[self._times] != old[self._times]:
+            bind, times = self.binding_span, self.times_span
+            if vb[bind] != old[bind] or vb[times] != old[times]:
                 stats["kept_changed"] += 1
                 continue
             dels[n * ksz:(n + 1) * ksz] = kb
             n += 1
-            created = int.from_bytes(vb[self._created], sys.byteorder)
+            created = int.from_bytes(vb[self.created_span], sys.byteorder)
             out.append(RemovedFlow(why, float(now - created), raw=(self.table, fam, kb, vb)))
         keys = (table.Key * max(n, 1)).from_buffer(dels)
         stats["removed"] += self.table.delete_keys(fam, keys, n)

@@ -87,9 +87,9 @@ def test_the_sweeper_reads_flow_value_as_the_c_lays_it_out(dp: Any) -> None:
     assert layout(leaf).names == FLOW_VALUE_SCALARS
     v = leaf(generation=1, tunnel_id=2, created_s=9, last_s=10)
     b = bytes(v)
-    assert int.from_bytes(b[sw._created], sys.byteorder) == 9
-    assert int.from_bytes(b[sw._tunnel_id], sys.byteorder) == 2
-    assert sw._proto_offset == {4: dp.bpf[b"fp_flows4"].Key.proto.offset,
+    assert int.from_bytes(b[sw.created_span], sys.byteorder) == 9
+    assert int.from_bytes(b[sw.tunnel_id_span], sys.byteorder) == 2
+    assert sw.proto_offset == {4: dp.bpf[b"fp_flows4"].Key.proto.offset,
                                 6: dp.bpf[b"fp_flows6"].Key.proto.offset}
 
 
