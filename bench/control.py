@@ -32,6 +32,7 @@ def resync_1k(n: int = 1000, repeat: int = 5) -> dict[str, Any]:
     from controlplane.daemon import Daemon
     from controlplane.datapath import Datapath, DatapathConfig
     from vici_glue.events import ChildConfig, ChildSA, IkeSA
+    from vici_glue.follower import Resync
 
     conns, sas = [], []
     for i in range(n):
@@ -57,7 +58,7 @@ def resync_1k(n: int = 1000, repeat: int = 5) -> dict[str, Any]:
                               reclassify_vpn=False))
             d.use_datapath(dp)
             t0 = time.perf_counter()
-            d._apply(d.registry.resync(conns, sas), time.monotonic())
+            d.handle(Resync(conns, sas))
             times.append((time.perf_counter() - t0) * 1000)
             assert len(dp.table.selectors()) == 2 * n
             assert sum(1 for t in dp.table.tunnels() if t.up) == n

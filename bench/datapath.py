@@ -25,7 +25,8 @@ from typing import Any
 from bench.common import machine
 from bench.progs import compile_empty, source
 from controlplane.datapath import Datapath, DatapathConfig
-from controlplane.flow_table import CONST, FlowTable, Side
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import CONST, Side
 from controlplane.libbpf import fdinfo, prog_test_run
 from controlplane.sweeper import Sweeper
 from lab import packets as tr
@@ -258,7 +259,7 @@ def run(repeat: int = 1_000_000) -> dict[str, Any]:
         "wan_guard_ns: the WAN egress guard on an ESP packet between the gateways (exempt "
         "before any lookup), on LAN-to-internet traffic (one LPM miss) and on tunnel "
         "traffic in clear (LPM hit, atomic count, rate-limited event, drop)",
-        "bytes_per_flow: memlock of the preallocated flows4 hash (1M entries) from "
+        "bytes_per_flow: memlock of the preallocated fp_flows4 hash (1M entries) from "
         "/proc/self/fdinfo / max_entries = htab_elem 48 + key 16 + value 48 + bucket 16; "
         "IPv6 flows (key 40) in their own map: bytes_per_flow_v6",
         "pin/release/teardown: median wall time of the user-space call (one bpf(2) read "

@@ -1,7 +1,7 @@
 """``python -m bench.memory``: kernel memory per tracked flow, flowpin's flow
 map vs netfilter conntrack, at 100k flows, from the kernel's own accounting.
 
-- **flowpin**: a private data path whose ``flows4`` hash holds exactly N entries, filled
+- **flowpin**: a private data path whose ``fp_flows4`` hash holds exactly N entries, filled
   with N IPv4 flows (one batch update); bytes = the map's ``memlock`` in
   ``/proc/self/fdinfo/<fd>`` (the kernel's ``map_mem_usage``: preallocated elements, their
   per-CPU spares and the bucket array), divided by N.
@@ -180,7 +180,7 @@ def run(n: int = FLOWS) -> dict[str, Any]:
         "elapsed_s": round(time.monotonic() - started, 1),
         "machine": machine(),
         "notes": [
-            "flowpin: memlock (kernel map_mem_usage) of a preallocated flows4 hash sized "
+            "flowpin: memlock (kernel map_mem_usage) of a preallocated fp_flows4 hash sized "
             "to exactly N and holding N IPv4 flows; it is preallocated, so a bigger table "
             "costs its full size however many flows it holds (IPv6 flows: 40-byte keys)",
             "conntrack: /proc/slabinfo growth of the caches that grew by about one object "

@@ -45,7 +45,7 @@ int fp_wan_in(struct __sk_buff *skb)
 int fp_clock_probe(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
-	struct clock_sample *s = clock_probe.lookup(&zero);
+	struct fp_clock_sample *s = fp_clock_sample.lookup(&zero);
 
 	if (s) {
 		s->jiffies = bpf_jiffies64();

@@ -15,17 +15,30 @@ import argparse
 import json
 import os
 import sys
-from importlib.metadata import entry_points
+from importlib import metadata
 from typing import Any
+
+from controlplane import protocols
 
 DEFAULT_SOCKET = "/run/flowpin/default.sock"
 SUBCOMMANDS = "flowpin.subcommands"
 
 
 def control_socket(a: argparse.Namespace) -> str:
-    """--socket, else $FLOWPIN_SOCKET (set by `flowpin lab exec` on a gateway), else the
-    default instance's socket."""
-    return a.socket or os.environ.get("FLOWPIN_SOCKET") or DEFAULT_SOCKET
+    """--socket, else --instance's socket, else $FLOWPIN_SOCKET (set by `flowpin lab exec` on
+    a gateway), else the default instance's socket."""
+    if getattr(a, "socket", None):
+        return str(a.socket)
+    if getattr(a, "instance", None):
+        return f"/run/flowpin/{a.instance}.sock"
+    return os.environ.get("FLOWPIN_SOCKET") or DEFAULT_SOCKET
+
+
+def version() -> str:
+    try:
+        return metadata.version("flowpin")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 class CliError(RuntimeError):
@@ -38,9 +51,26 @@ def print_result(obj: Any, as_json: bool, text: str) -> None:
 
 
 def cmd_daemon(a: argparse.Namespace) -> int:
+    if a.check_config:
+        return check_config(a.config)
     from controlplane.daemon import main as daemon_main
 
     return daemon_main(a.config, purge=a.purge)
+
+
+def check_config(path: str) -> int:
+    """``flowpin daemon --check-config`` (as ``nginx -t``; the unit's ExecStartPre): 0 and
+    one line when the file would start the daemon, 1 and ``file:line: key: what`` if not."""
+    from controlplane.config import ConfigError, check
+    from controlplane.journal import error_line
+
+    try:
+        check(path)
+    except ConfigError as exc:
+        print(error_line(f"flowpin: configuration error: {exc}"), file=sys.stderr)
+        return 1
+    print(f"flowpin: configuration {path} is valid")
+    return 0
 
 
 def _ask(a: argparse.Namespace, cmd: str, args: dict[str, Any] | None = None) -> Any:
@@ -52,6 +82,35 @@ def _ask(a: argparse.Namespace, cmd: str, args: dict[str, Any] | None = None) ->
         raise CliError(str(exc)) from None
 
 
+# The filters `show conn` and `clear conn` share, as options and as the ASA's keywords
+# (`show conn address 10.1.0.10 port 443 protocol tcp`).
+CONN_FILTERS = ("address", "port", "protocol", "tunnel")
+PROTOCOLS = tuple(protocols.BY_NAME)
+
+
+def conn_filters(a: argparse.Namespace) -> dict[str, Any]:
+    """The filters of a conn command: options first, then ASA keyword pairs."""
+    found: dict[str, Any] = {k: getattr(a, k, None) for k in CONN_FILTERS}
+    terms = list(a.terms)
+    while terms:
+        key = terms.pop(0)
+        if key not in CONN_FILTERS:
+            raise CliError(f"unknown filter {key!r} (filters: {', '.join(CONN_FILTERS)})")
+        if not terms:
+            raise CliError(f"filter {key!r} needs a value")
+        found[key] = terms.pop(0)
+    if found["port"] is not None:
+        try:
+            found["port"] = int(found["port"])
+        except ValueError:
+            raise CliError(f"port {found['port']!r} is not a number") from None
+        if not 0 <= found["port"] <= 65535:
+            raise CliError(f"port {found['port']} is out of range 0-65535")
+    if found["protocol"] is not None and found["protocol"] not in PROTOCOLS:
+        raise CliError(f"protocol {found['protocol']!r} is not one of {', '.join(PROTOCOLS)}")
+    return found
+
+
 def cmd_show(a: argparse.Namespace) -> int:
     from controlplane import show
 
@@ -59,7 +118,7 @@ def cmd_show(a: argparse.Namespace) -> int:
         data = _ask(a, "show-vpn-context")
         print_result(data, a.json, show.vpn_context(data, a.detail))
     elif a.what == "conn":
-        data = _ask(a, "show-conn", {"tunnel": a.tunnel, "pinned": a.pinned})
+        data = _ask(a, "show-conn", {**conn_filters(a), "pinned": a.pinned})
         print_result(data, a.json, show.conn(data))
     elif a.what == "sysopt":
         data = _ask(a, "show-sysopt")
@@ -70,69 +129,95 @@ def cmd_show(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(a: argparse.Namespace) -> int:
+    from controlplane import show
+
+    data = _ask(a, "status")
+    print_result(data, a.json, show.status(data))
+    return 0
+
+
 def cmd_sysopt(a: argparse.Namespace) -> int:
     from controlplane import show
 
     data = _ask(a, "sysopt", {"option": a.option, "on": a.value == "on", "tunnel": a.tunnel})
-    print(show.sysopt(data))
+    print_result(data, a.json, show.sysopt(data))
     return 0
 
 
 def cmd_clear(a: argparse.Namespace) -> int:
-    data = _ask(a, "clear-conn", {"tunnel": a.tunnel, "address": a.address, "port": a.port,
-                                  "protocol": a.protocol})
-    print(f"{data['cleared']} connections cleared")
+    data = _ask(a, "clear-conn", conn_filters(a))
+    print_result(data, a.json, f"{data['cleared']} connections cleared")
     return 0
 
 
 def cmd_reload(a: argparse.Namespace) -> int:
-    _ask(a, "reload", None)
-    print("configuration reloaded")
+    data = _ask(a, "reload", None)
+    print_result(data, a.json, "configuration reloaded")
     return 0
 
 
-
-
-def parser() -> argparse.ArgumentParser:
+def parser(with_rig: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. ``with_rig``: with the subcommands that installed packages add
+    through the ``flowpin.subcommands`` entry points (the lab, the demo, the benchmarks); the
+    gateway's man page and completion are made without them."""
     p = argparse.ArgumentParser(prog="flowpin", description="Persistent IPsec tunneled flows "
                                 "for Linux gateways.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--version", action="version", version=f"flowpin {version()}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     dm = sub.add_parser("daemon", help="run the flowpin daemon")
     dm.add_argument("--config", required=True, help="TOML file (see flowpin.example.toml)")
     dm.add_argument("--purge", action="store_true", help="on exit, detach the data path "
                     "and remove its pinned maps (flows are lost)")
+    dm.add_argument("--check-config", action="store_true", help="only check the "
+                    "configuration file (exit 0) or name file, line and key of its error "
+                    "(exit 1), like `nginx -t`")
+    dm.set_defaults(handler=cmd_daemon)
 
-    def sock(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--socket", help="the daemon's control socket (default "
-                        "$FLOWPIN_SOCKET or " + DEFAULT_SOCKET + ")")
+    def control(name: str, help: str) -> argparse.ArgumentParser:
+        """A command that asks a running daemon: which one, and --json."""
+        sp = sub.add_parser(name, help=help, description=help)
+        where = sp.add_mutually_exclusive_group()
+        where.add_argument("--instance", help="the daemon's instance name (its config's "
+                           "`instance`; default: $FLOWPIN_SOCKET, else `default`)")
+        where.add_argument("--socket", help="the daemon's control socket path (default "
+                           f"{DEFAULT_SOCKET})")
+        sp.add_argument("--json", action="store_true", help="print JSON")
         return sp
 
-    show = sock(sub.add_parser("show", help="show vpn-context | conn | sysopt | counters"))
+    def filters(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("terms", nargs="*", metavar="KEYWORD VALUE",
+                        help="ASA-style filters: address A, port P, protocol "
+                        f"{'|'.join(PROTOCOLS)}, tunnel T")
+        sp.add_argument("--tunnel", help="only this tunnel (conn/child, conn or id)")
+        sp.add_argument("--address", help="either end's address")
+        sp.add_argument("--port", help="either end's port")
+        sp.add_argument("--protocol", choices=PROTOCOLS)
+
+    st = control("status", "the daemon at a glance: backend, tunnels, held flows, hooks, "
+                 "last error")
+    st.set_defaults(handler=cmd_status)
+    show = control("show", "show vpn-context | conn | sysopt | counters")
     show.add_argument("what", choices=("vpn-context", "conn", "sysopt", "counters"))
-    show.add_argument("--json", action="store_true")
     show.add_argument("--detail", action="store_true", help="vpn-context: more per tunnel")
-    show.add_argument("--tunnel", help="conn: only this tunnel (conn/child, conn or id)")
     show.add_argument("--pinned", action="store_true", help="conn: only pinned flows")
-    so = sock(sub.add_parser("sysopt", help="sysopt preserve-vpn-flows|reclassify-vpn on|off"))
+    filters(show)
+    show.set_defaults(handler=cmd_show)
+    so = control("sysopt", "sysopt preserve-vpn-flows|reclassify-vpn on|off")
     so.add_argument("option", choices=("preserve-vpn-flows", "reclassify-vpn"))
     so.add_argument("value", choices=("on", "off"))
     so.add_argument("--tunnel", help="preserve-vpn-flows for one tunnel only")
-    cl = sock(sub.add_parser("clear", help="clear conn [filters]"))
-    cl.add_argument("what", choices=("conn",))
-    cl.add_argument("--tunnel")
-    cl.add_argument("--address")
-    cl.add_argument("--port", type=int)
-    cl.add_argument("--protocol", choices=("tcp", "udp", "icmp", "icmp6"))
-    rl = sock(sub.add_parser("reload", help="reload the daemon's configuration (as SIGHUP)"))
-
-    dm.set_defaults(handler=cmd_daemon)
-    show.set_defaults(handler=cmd_show)
     so.set_defaults(handler=cmd_sysopt)
+    cl = control("clear", "clear conn [filters]: tear flows down")
+    cl.add_argument("what", choices=("conn",))
+    filters(cl)
     cl.set_defaults(handler=cmd_clear)
+    rl = control("reload", "reload the daemon's configuration (as SIGHUP)")
     rl.set_defaults(handler=cmd_reload)
-    for ep in sorted(entry_points(group=SUBCOMMANDS), key=lambda e: e.name):
-        ep.load()(sub)
+    if with_rig:
+        for ep in sorted(metadata.entry_points(group=SUBCOMMANDS), key=lambda e: e.name):
+            ep.load()(sub)
     return p
 
 
@@ -159,4 +244,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m controlplane.cli`: run the imported module's main, not this copy's, so the
+    # lab's and the benchmarks' subcommands raise the same CliError that main catches.
+    from controlplane.cli import main as imported_main
+
+    sys.exit(imported_main())

@@ -1,39 +1,96 @@
-"""What the daemon answers on its control socket: one ``cmd_<name>`` per CLI command.
+"""What the daemon answers on its control socket: one function per command, registered
+once with its wire name and whether it only reads.
 
-Each runs on the daemon's main loop (the only thread that touches the maps) and returns
-plain JSON-able data; :mod:`controlplane.show` renders it as the ASA prints it.
+- ``@reads``: the command runs in the control connection's own thread, on a
+  :class:`~controlplane.snapshot.Snapshot` the loop takes in microseconds, beside the
+  threads that write (the follower applying SA events, the loop, the sweeper), so that
+  ``show conn`` over a million flows never delays an SA event.
+- ``@changes``: the command runs on the daemon's loop, under the lock every writer of the
+  registry and the maps takes, through the :class:`Control` interface.
+
+Each returns plain JSON-able data; :mod:`controlplane.show` renders it as the ASA prints it.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from controlplane.flow_table import Flow, Side
-from controlplane.messages import Msg, Sev, emit, teardown_line
-from controlplane.sweeper import RemovedFlow, format_duration
+from pyroute2 import IPRoute
 
-if TYPE_CHECKING:
-    from controlplane.daemon import Daemon
+from controlplane import protocols, sysopt
+from controlplane.config import Config
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import Side
+from controlplane.flows import Flow, RemovedFlow
+from controlplane.hooks import missing_filters
+from controlplane.snapshot import Snapshot
+from controlplane.tunnel_maps import DatapathTunnel
 
-PROTO = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMP6"}
-
-
-def run(d: Daemon, kind: str, args: Any) -> Any:
-    """Dispatch ``kind`` (``show-conn`` -> :func:`cmd_show_conn`)."""
-    handler = globals().get("cmd_" + kind.replace("-", "_"))
-    if handler is None or not callable(handler):
-        raise ValueError(f"unknown command {kind!r}")
-    return handler(d, args)
+Args = dict[str, Any]
 
 
-def _now_s(d: Daemon) -> int:
-    assert d.sweeper is not None
-    return d.sweeper.now_s()
+class Control(Protocol):
+    """What the changing commands may do to the daemon (implemented by ``Daemon``)."""
 
+    table: FlowTable | None
+
+    def snapshot(self) -> Snapshot:
+        """The daemon's state now (see :class:`Snapshot`)."""
+
+    def set_sysopt(self, option: str, on: bool, tunnel: str | None) -> None:
+        """Change a sysopt at run time (kept across restarts), effective at once."""
+
+    def log_removed(self, removed: list[RemovedFlow]) -> None:
+        """Log and count the teardown of flows removed from the maps."""
+
+    def reload(self, path: str) -> Config:
+        """Load the configuration file ``path``; raise (and keep running) if it is bad."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # as the CLI sends it
+    read_only: bool
+    run: Callable[[Any, Args], Any]  # (Snapshot | Control, args) -> JSON-able data
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def _register(name: str, read_only: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in COMMANDS:
+            raise RuntimeError(f"control command {name!r} registered twice")
+        COMMANDS[name] = Command(name, read_only, fn)
+        return fn
+    return register
+
+
+def reads(name: str) -> Callable[[Callable[[Snapshot, Args], Any]],
+                                 Callable[[Snapshot, Args], Any]]:
+    """Register a read-only command: it gets a snapshot, never the daemon."""
+    return _register(name, read_only=True)
+
+
+def changes(name: str) -> Callable[[Callable[[Control, Args], Any]],
+                                   Callable[[Control, Args], Any]]:
+    """Register a command that changes the daemon's state: it runs on the loop."""
+    return _register(name, read_only=False)
+
+
+def lookup(name: str) -> Command:
+    try:
+        return COMMANDS[name]
+    except KeyError:
+        raise ValueError(f"unknown command {name!r}") from None
+
+
+# --- read-only -----------------------------------------------------------------------------
 
 def _flow_flags(f: Flow, pinned: bool) -> str:
     """ASA-like letters: U up (established), O outbound data, I inbound data, f inside FIN,
@@ -41,7 +98,7 @@ def _flow_flags(f: Flow, pinned: bool) -> str:
     lan = f.lan_side if f.lan_side is not None else f.initiator
     far = 1 - lan
     flags = ""
-    if f.key.proto == 6:
+    if f.key.proto == protocols.TCP:
         state = f.tcp_state
         if state in ("ESTABLISHED", "HALF_CLOSED"):
             flags += "U"
@@ -62,25 +119,24 @@ def _flow_flags(f: Flow, pinned: bool) -> str:
     return flags + (" PINNED" if pinned else "")
 
 
-def _tunnels(d: Daemon) -> dict[int, Any]:
-    assert d.table is not None
-    return {t.id: t for t in d.table.tunnels()}
+def _datapath_tunnels(table: FlowTable) -> dict[int, DatapathTunnel]:
+    return {t.id: t for t in table.tunnels()}
 
 
-def _is_pinned(f: Flow, tunnels: dict[int, Any]) -> bool:
+def _is_pinned(f: Flow, tunnels: dict[int, DatapathTunnel]) -> bool:
     t = tunnels.get(f.tunnel_id)
-    return bool(f.tunnel_id and t and not t.up and t.preserve and f.key.proto == 6
+    return bool(f.tunnel_id and t and not t.up and t.preserve and f.key.proto == protocols.TCP
                 and f.generation == t.generation)
 
 
-def _conn_row(d: Daemon, f: Flow, tunnels: dict[int, Any], now: int) -> dict[str, Any]:
+def _conn_row(s: Snapshot, f: Flow, tunnels: dict[int, DatapathTunnel], now: int) -> dict[str, Any]:
     lan = f.lan_side if f.lan_side is not None else f.initiator
     far = 1 - lan
-    reg = d.registry.by_id(f.tunnel_id)
+    reg = s.by_id(f.tunnel_id)
     pinned = _is_pinned(f, tunnels)
     t = tunnels.get(f.tunnel_id)
     return {
-        "protocol": PROTO.get(f.key.proto, str(f.key.proto)),
+        "protocol": protocols.label(f.key.proto),
         "outside": {"address": str(f.key.addr[far]), "port": f.key.port[far]},
         "inside": {"address": str(f.key.addr[lan]), "port": f.key.port[lan]},
         "initiator": "inside" if f.initiator == lan else "outside",
@@ -99,27 +155,57 @@ def _conn_row(d: Daemon, f: Flow, tunnels: dict[int, Any], now: int) -> dict[str
     }
 
 
-def _match_tunnel(d: Daemon, name: str | None) -> int | None:
-    if not name:
-        return None
-    for t in d.registry.tunnels.values():
-        if name in (t.name, t.key[0], str(t.tunnel_id)):
-            return t.tunnel_id
-    raise ValueError(f"no tunnel {name!r} (see: flowpin show vpn-context)")
+def _tunnel_id(s: Snapshot, name: str | None) -> int | None:
+    return s.tunnel_named(name).tunnel_id if name else None
 
 
-def cmd_show_conn(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
-    assert d.table is not None
-    tid = _match_tunnel(d, a.get("tunnel"))
-    tunnels = _tunnels(d)
-    now = _now_s(d)
+@dataclass(frozen=True)
+class ConnFilter:
+    """What ``show conn`` and ``clear conn`` select: the same filters for both (the CLI
+    takes them as options or as the ASA's keywords)."""
+
+    tunnel_id: int | None = None
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    port: int | None = None
+    protocol: int | None = None
+
+    @classmethod
+    def parse(cls, s: Snapshot, a: Args) -> ConnFilter:
+        """From a request's arguments; ValueError with a clear text for a bad one (nothing
+        is shown or cleared then)."""
+        try:
+            address = ipaddress.ip_address(a["address"]) if a.get("address") else None
+        except ValueError:
+            raise ValueError(f"address {a['address']!r} is not an IPv4 or IPv6 address") \
+                from None
+        port = None
+        if a.get("port") not in (None, ""):
+            port = int(a["port"])
+            if not 0 <= port <= 65535:
+                raise ValueError(f"port {port} is out of range 0-65535")
+        proto = protocols.number(str(a["protocol"])) if a.get("protocol") else None
+        return cls(_tunnel_id(s, a.get("tunnel")), address, port, proto)
+
+    def matches(self, f: Flow) -> bool:
+        return ((self.tunnel_id is None or f.tunnel_id == self.tunnel_id)
+                and (self.address is None or self.address in f.key.addr)
+                and (self.port is None or self.port in f.key.port)
+                and (self.protocol is None or f.key.proto == self.protocol))
+
+
+@reads("show-conn")
+def show_conn(s: Snapshot, a: Args) -> dict[str, Any]:
+    """``show conn [FILTERS] [--pinned]``: the flows, as the ASA lists connections."""
+    selected = ConnFilter.parse(s, a)
+    tunnels = _datapath_tunnels(s.table)
+    now = s.now_s()
     rows = []
     total = 0
-    for f in d.table.flows():
+    for f in s.table.flows():
         total += 1
-        if tid is not None and f.tunnel_id != tid:
+        if not selected.matches(f):
             continue
-        row = _conn_row(d, f, tunnels, now)
+        row = _conn_row(s, f, tunnels, now)
         if a.get("pinned") and not row["pinned"]:
             continue
         rows.append(row)
@@ -128,7 +214,24 @@ def cmd_show_conn(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
     return {"in_use": total, "shown": len(rows), "connections": rows}
 
 
-def _tunnel_row(d: Daemon, t: Any, tunnels: dict[int, Any], flows: list[Flow],
+@dataclass(frozen=True)
+class FlowSummary:
+    flows: int  # every flow in the table
+    held: int  # pinned: TCP flows of a tunnel that is down, held for it (show conn --pinned)
+
+
+def flow_summary(s: Snapshot) -> FlowSummary:
+    """Count the flows and the held ones in one pass over the table: `flowpin status`, the
+    systemd STATUS= line and `show conn` count the same way."""
+    tunnels = _datapath_tunnels(s.table)
+    flows = held = 0
+    for f in s.table.flows():
+        flows += 1
+        held += _is_pinned(f, tunnels)
+    return FlowSummary(flows, held)
+
+
+def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel], flows: list[Flow],
                 guard: dict[int, tuple[int, int]]) -> dict:
     dt = tunnels.get(t.tunnel_id)
     guard_out, guard_in = guard.get(t.tunnel_id, (0, 0))
@@ -146,7 +249,7 @@ def _tunnel_row(d: Daemon, t: Any, tunnels: dict[int, Any], flows: list[Flow],
         "peer_host": t.peer_host,
         "state": t.state,
         "datapath_state": dt.state if dt else "-",
-        "preserve": d.preserve_for(t.key),
+        "preserve": s.preserve_for(t.key),
         "generation": gen,
         "since": t.since,
         "spi_in": child.spi_in if child else "",
@@ -164,119 +267,125 @@ def _tunnel_row(d: Daemon, t: Any, tunnels: dict[int, Any], flows: list[Flow],
         "ups": t.ups,
         "downs": t.downs,
         "demand": ({"attempts": dm.attempts, "last_error": dm.last_error}
-                   if (dm := d.demand.get(t.key)) else None),
+                   if (dm := s.demand.get(t.key)) else None),
     }
 
 
-def cmd_show_vpn_context(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
-    assert d.table is not None
-    tunnels = _tunnels(d)
-    flows = list(d.table.flows())
-    guard = d.table.guard_counts()
-    rows = [_tunnel_row(d, t, tunnels, flows, guard)
-            for t in sorted(d.registry.tunnels.values(), key=lambda t: t.tunnel_id)]
-    return {"charon": "connected" if d.charon_up else "unreachable",
-            "ipsec_backend": d.ipsec_backend, "tunnels": rows}
+@reads("show-vpn-context")
+def show_vpn_context(s: Snapshot, a: Args) -> dict[str, Any]:
+    """``show vpn-context``: every tunnel, its state in charon and in the data path."""
+    tunnels = _datapath_tunnels(s.table)
+    flows = list(s.table.flows())
+    guard = s.table.guard_counts()
+    rows = [_tunnel_row(s, t, tunnels, flows, guard)
+            for t in sorted(s.tunnels, key=lambda t: t.tunnel_id)]
+    return {"charon": "connected" if s.charon_up else "unreachable",
+            "ipsec_backend": s.ipsec_backend, "tunnels": rows}
 
 
-def cmd_show_sysopt(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
-    per = dict(d.runtime.get("preserve_tunnels", {}))
-    for t in d.cfg.tunnels:
-        if t.preserve_vpn_flows is not None:
-            per.setdefault(f"{t.conn}/{t.child}", t.preserve_vpn_flows)
-    return {
-        "preserve_vpn_flows": bool(d.runtime.get("preserve_vpn_flows",
-                                                 d.cfg.preserve_vpn_flows)),
-        "reclassify_vpn": d.reclassify(),
-        "preserve_tunnels": per,
-        "timeouts": {k: format_duration(v) for k, v in vars(d.cfg.timeouts).items()},
-        "config": d.cfg.path,
-    }
+@reads("show-sysopt")
+def show_sysopt(s: Snapshot, a: Args) -> dict[str, Any]:
+    """``show sysopt``: the options in effect and the timeouts."""
+    return sysopt.shown(s.cfg, s.sysopt)
 
 
-def cmd_sysopt(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
-    option, on, tunnel = a.get("option"), bool(a.get("on")), a.get("tunnel")
-    if option == "preserve-vpn-flows":
-        if tunnel:
-            t_id = _match_tunnel(d, tunnel)
-            t = d.registry.by_id(t_id or 0)
-            assert t is not None
-            d.runtime.setdefault("preserve_tunnels", {})[t.name] = on
-        else:
-            d.runtime["preserve_vpn_flows"] = on
-    elif option == "reclassify-vpn":
-        if tunnel:
-            raise ValueError("reclassify-vpn is global (no --tunnel)")
-        d.runtime["reclassify_vpn"] = on
-    else:
-        raise ValueError(f"unknown sysopt {option!r}")
-    d._save_runtime()
-    d.apply_sysopt()
-    emit(Sev.NOTICE, Msg.SYSOPT_CHANGED, f"{'' if on else 'no '}sysopt connection {option}"
-         + (f" tunnel {tunnel}" if tunnel else "") + " (takes effect now, on tunnels already "
-         "up too)")
-    return cmd_show_sysopt(d, {})
-
-
-def cmd_clear_conn(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
-    """``clear conn [--tunnel T] [--address A] [--port P] [--protocol tcp|udp|icmp]``."""
-    assert d.table is not None
-    tid = _match_tunnel(d, a.get("tunnel"))
-    addr = ipaddress.ip_address(a["address"]) if a.get("address") else None
-    port = int(a["port"]) if a.get("port") else None
-    proto = {"tcp": 6, "udp": 17, "icmp": 1, "icmp6": 58}.get(str(a.get("protocol", "")).lower())
-    if a.get("protocol") and proto is None:
-        raise ValueError(f"unknown protocol {a['protocol']!r}")
-    now = _now_s(d)
-    cleared = 0
-    for f in list(d.table.flows()):
-        if tid is not None and f.tunnel_id != tid:
-            continue
-        if addr is not None and addr not in f.key.addr:
-            continue
-        if port is not None and port not in f.key.port:
-            continue
-        if proto is not None and f.key.proto != proto:
-            continue
-        if d.table.delete_flow(f.key):
-            cleared += 1
-            r = RemovedFlow("Flow cleared by admin", float(max(0, now - f.created_s)), decoded=f)
-            d.stats["teardowns_logged"] += 1
-            logging.getLogger("flowpin").info(teardown_line(
-                r, lan_if=d._lan_name(), tunnel_if=d._tunnel_name(f.tunnel_id)))
-    return {"cleared": cleared}
-
-
-def cmd_show_counters(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
-    assert d.table is not None
-    lat = sorted(d.latency.samples)
+@reads("show-counters")
+def show_counters(s: Snapshot, a: Args) -> dict[str, Any]:
+    """``show counters``: packets by verdict, the daemon's counts, event-to-map latency."""
+    lat = sorted(s.latency_ms)
 
     def pct(p: float) -> float | None:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else None
 
-    return {"datapath": d.table.counters(), "daemon": dict(d.stats),
+    table = s.table
+    return {"datapath": table.counters(), "daemon": dict(s.stats),
             "event_to_map_ms": {"count": len(lat), "p50": pct(0.5), "p99": pct(0.99),
                                 "max": round(lat[-1], 3) if lat else None},
-            "flows": d.table.flow_count(), "flow_table_size": d.cfg.flow_table_size,
-            "nonvpn": {str(fam): {"flows": d.table.nonvpn_flows(fam),
-                                  "limit": d.table.nonvpn_limit(fam)} for fam in (4, 6)},
-            "uptime_s": round(time.time() - d.started, 1)}
+            "flows": table.flow_count(), "flow_table_size": s.cfg.flow_table_size,
+            "nonvpn": {str(fam): {"flows": table.nonvpn_flows(fam),
+                                  "limit": table.nonvpn_limit(fam)} for fam in (4, 6)},
+            "uptime_s": round(time.time() - s.started, 1)}
 
 
-def cmd_metrics(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
-    out = cmd_show_counters(d, a)
-    out["tunnels"] = cmd_show_vpn_context(d, a)["tunnels"]
-    out["charon_up"] = d.charon_up
+@reads("metrics")
+def metrics(s: Snapshot, a: Args) -> dict[str, Any]:
+    """What the Prometheus endpoint serves: the counters and every tunnel."""
+    out = show_counters(s, a)
+    out["tunnels"] = show_vpn_context(s, a)["tunnels"]
+    out["charon_up"] = s.charon_up
+    out["ipsec_backend"] = s.ipsec_backend
+    out["event_to_map_seconds"] = dict(s.latency_histogram)
     return out
 
 
-def cmd_reload(d: Daemon, path: Any) -> dict[str, Any]:
-    d.reload(str(path or d.cfg.path))
-    return cmd_show_sysopt(d, {})
+@reads("status")
+def status(s: Snapshot, a: Args) -> dict[str, Any]:
+    """``flowpin status``: which daemon this is, what it follows, and how it is doing:
+    tunnels up, flows held, hooks attached (asked of the kernel now), the last problem."""
+    summary = flow_summary(s)
+    hooks = []
+    with IPRoute() as ipr:
+        for ifname, role in ([(i, "lan") for i in s.cfg.lan_interfaces]
+                             + [(i, "wan") for i in s.wan_guarded]):
+            missing = missing_filters(ipr, ifname, role)
+            hooks.append({"interface": ifname, "role": role, "attached": not missing,
+                          "missing": missing})
+    last = s.last_problem
+    return {"instance": s.cfg.instance, "version": version(), "pid": os.getpid(),
+            "config": s.cfg.path, "uptime_s": round(time.time() - s.started, 1),
+            "charon_up": s.charon_up, "ipsec_backend": s.ipsec_backend,
+            "vici_socket": s.cfg.vici_socket,
+            "tunnels": {"up": sum(1 for t in s.tunnels if t.state == "UP"),
+                        "total": len(s.tunnels)},
+            "flows": summary.flows, "held": summary.held,
+            "flow_table_size": s.cfg.flow_table_size,
+            "lan_interfaces": list(s.cfg.lan_interfaces), "wan_guard": list(s.wan_guarded),
+            "hooks": hooks,
+            "last_problem": {"at": last[0], "line": last[1]} if last else None}
 
 
-def cmd_status(d: Daemon, a: dict[str, Any]) -> dict[str, Any]:
-    return {"instance": d.cfg.instance, "config": d.cfg.path, "charon_up": d.charon_up,
-            "ipsec_backend": d.ipsec_backend, "vici_socket": d.cfg.vici_socket,
-            "lan_interfaces": list(d.cfg.lan_interfaces), "wan_guard": list(d.wan_guarded),
-            "pid": os.getpid()}
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("flowpin")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# --- changes -------------------------------------------------------------------------------
+
+@changes("sysopt")
+def set_sysopt(d: Control, a: Args) -> dict[str, Any]:
+    """``[no] sysopt connection OPTION [--tunnel T]``: effective at once, on tunnels already
+    up too; answers as ``show sysopt``."""
+    option, on, tunnel = a.get("option"), bool(a.get("on")), a.get("tunnel")
+    if tunnel and option == "preserve-vpn-flows":
+        tunnel = d.snapshot().tunnel_named(tunnel).name
+    d.set_sysopt(str(option), on, tunnel)
+    return show_sysopt(d.snapshot(), {})
+
+
+@changes("clear-conn")
+def clear_conn(d: Control, a: Args) -> dict[str, Any]:
+    """``clear conn [FILTERS]``: remove matching flows, each logged as a teardown."""
+    assert d.table is not None
+    snap = d.snapshot()
+    selected = ConnFilter.parse(snap, a)
+    now = snap.now_s()
+    cleared = 0
+    for f in list(d.table.flows()):
+        if selected.matches(f) and d.table.delete_flow(f.key):
+            cleared += 1
+            d.log_removed([RemovedFlow("Flow cleared by admin",
+                                       float(max(0, now - f.created_s)), decoded=f)])
+    return {"cleared": cleared}
+
+
+@changes("reload")
+def reload(d: Control, a: Args) -> dict[str, Any]:
+    """``flowpin reload`` (as SIGHUP): reload the configuration file; answers as
+    ``show sysopt``."""
+    snap = d.snapshot()
+    d.reload(str(a.get("path") or snap.cfg.path))
+    return show_sysopt(d.snapshot(), {})

@@ -34,8 +34,6 @@ Safety rules (see docs/fail-closed.md):
 from __future__ import annotations
 
 import contextlib
-import copy
-import ipaddress
 import json
 import logging
 import os
@@ -45,92 +43,48 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from controlplane import commands, protocols, reclassify, sysopt, wan
 from controlplane import config as config_mod
-from controlplane import wan
 from controlplane.config import Config, ConfigError
+from controlplane.control import ControlServer
 from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
-from controlplane.flow_table import FlowTable, Selector
+from controlplane.demand import Initiations
+from controlplane.flow_table import FlowTable
+from controlplane.flows import RemovedFlow
 from controlplane.hooks import HookWatch
-from controlplane.messages import Msg, Sev, emit, line, teardown_line
-from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
+from controlplane.journal import error_line, journal_handler
+from controlplane.known_selectors import KnownSelectors
+from controlplane.messages import LastProblem, Msg, Sev, emit, line, teardown_line
+from controlplane.metrics import Latency
+from controlplane.notify import NotifyError, ServiceNotifier, announce_ready
+from controlplane.selectors import Selector
+from controlplane.snapshot import Snapshot
+from controlplane.sweeper import Sweeper, removed_from_events
 from controlplane.tunnel import Transition, TunnelKey, TunnelRegistry
 from controlplane.tunnel_ids import TunnelIds
+from controlplane.tunnel_maps import TunnelMaps
 from vici_glue import session as vs
 from vici_glue.events import parse_conns
 from vici_glue.follower import Disconnected, Follower, Received, Resync
 
 log = logging.getLogger("flowpin")
 STATE_ROOT = Path("/run/flowpin")
-# Control-socket commands that only read: answered off the loop, on a snapshot.
-READ_ONLY = frozenset({"show-conn", "show-vpn-context", "show-sysopt", "show-counters",
-                       "metrics", "status"})
 
 
-class KnownSelectors:
-    """The selectors of every tunnel the daemon knows, kept beside its state so that a
-    restarted daemon restores its tunnels (DOWN) before charon is heard -- a charon that
-    is restarting too must not make them vanish from the data path."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[TunnelKey, tuple[tuple[Any, ...], tuple[Any, ...]]]:
-        try:
-            raw = json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-        out = {}
-        for entry in raw if isinstance(raw, list) else []:
-            try:
-                key = (str(entry["conn"]), str(entry["child"]))
-                out[key] = (tuple(ipaddress.ip_network(n) for n in entry["local"]),
-                            tuple(ipaddress.ip_network(n) for n in entry["remote"]))
-            except (KeyError, TypeError, ValueError):
-                continue  # a damaged entry: charon's listing will bring it back
-        return out
-
-    def save(self, tunnels: Any) -> None:
-        data = [{"conn": t.key[0], "child": t.key[1], "local": [str(n) for n in t.local_ts],
-                 "remote": [str(n) for n in t.remote_ts]} for t in tunnels]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self.path)
-
-
-@dataclass
-class Demand:
-    """Initiation on demand for one tunnel: exponential backoff between attempts."""
-
-    backoff: float
-    next_at: float = 0.0
-    running: bool = False
-    attempts: int = 0
-    last_error: str = ""
-
-
-@dataclass
-class Latency:
-    """Event received -> data-path map written, in ms (the control-plane benchmark)."""
-
-    samples: list[float] = field(default_factory=list)
-
-    def add(self, ms: float) -> None:
-        self.samples.append(ms)
-        del self.samples[:-10000]
 
 
 class Daemon:
-    def __init__(self, cfg: Config, *, lan_if_label: str = "inside") -> None:
+    def __init__(self, cfg: Config, *, lan_if_label: str = "inside",
+                 state_dir: Path | None = None) -> None:
         self.cfg = cfg
-        self.state_dir = STATE_ROOT / cfg.instance
+        self.state_dir = state_dir or STATE_ROOT / cfg.instance
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.runtime_path = self.state_dir / "runtime.json"
-        self.runtime = self._load_runtime()
+        self.runtime = sysopt.load(self.runtime_path)  # sysopt set at run time
         self.inbox: queue.Queue[Any] = queue.Queue()
         # One writer at a time: the loop and the follower thread (which applies SA events
         # itself, the moment it reads them) take this lock around registry and map writes.
@@ -139,12 +93,14 @@ class Daemon:
         self.registry = TunnelRegistry(self.ids, grace=cfg.forget_unconfigured_after)
         self.known = KnownSelectors(self.state_dir / "selectors.json")
         self.wan_guarded: list[str] = []
+        self.problems = LastProblem()
+        log.addHandler(self.problems)
         self._forgetting = False
         self.dp: Datapath | None = None
-        self.table: FlowTable | None = None
+        self.table: FlowTable | None = None  # flows, counters, events
+        self.maps: TunnelMaps | None = None  # where tunnel changes are written
         self.sweeper: Sweeper | None = None
         self.follower: Follower | None = None
-        self.demand: dict[TunnelKey, Demand] = {}
         self.latency = Latency()
         self.stats: dict[str, int] = {"events": 0, "resyncs": 0, "disconnects": 0,
                                       "initiations": 0, "initiation_failures": 0,
@@ -152,6 +108,7 @@ class Daemon:
                                       "table_full": 0, "reloads": 0, "reload_errors": 0,
                                       "selectors_refused": 0, "tunnels_refused": 0,
                                       "tunnel_ids_freed": 0, "nonvpn_budget": 0}
+        self.initiations = Initiations(lambda: self.cfg, self.stats)
         self.charon_up = False
         self.ipsec_backend = "unknown"  # as charon said when last (re)connected
         self.started = time.time()
@@ -168,37 +125,32 @@ class Daemon:
         self.reload_requested = False
         self.hooks: HookWatch | None = None
         self._selectors_ok = True  # the last selector compile succeeded
+        # systemd (Type=notify): told READY once charon's state is first applied, which
+        # sets this (a resync, or charon unreachable: every tunnel held DOWN).
+        self.service = ServiceNotifier(enabled=False)
+        self.charon_heard = threading.Event()
 
-    # --- runtime (sysopt changed from the CLI, kept across daemon restarts) ---------------
-    def _load_runtime(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.runtime_path.read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-
-    def _save_runtime(self) -> None:
-        tmp = self.runtime_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.runtime, indent=1))
-        tmp.replace(self.runtime_path)
-
+    # --- sysopt (changed from the CLI, kept across daemon restarts) ----------------------
     def preserve_for(self, key: TunnelKey) -> bool:
-        per = self.runtime.get("preserve_tunnels", {}).get(f"{key[0]}/{key[1]}")
-        if per is not None:
-            return bool(per)
-        for t in self.cfg.tunnels:
-            if t.matches(*key) and t.preserve_vpn_flows is not None:
-                return t.preserve_vpn_flows
-        return bool(self.runtime.get("preserve_vpn_flows", self.cfg.preserve_vpn_flows))
+        return sysopt.preserve_for(self.cfg, self.runtime, key)
 
     def reclassify(self) -> bool:
-        return bool(self.runtime.get("reclassify_vpn", self.cfg.reclassify_vpn))
+        return sysopt.reclassify(self.cfg, self.runtime)
+
+    def set_sysopt(self, option: str, on: bool, tunnel: str | None) -> None:
+        """``[no] sysopt connection OPTION [tunnel T]``: kept in the state directory,
+        effective at once (on tunnels already up too)."""
+        sysopt.set_option(self.runtime, option, on, tunnel)
+        sysopt.save(self.runtime_path, self.runtime)
+        self.apply_sysopt()
+        emit(Sev.NOTICE, Msg.SYSOPT_CHANGED, f"{'' if on else 'no '}sysopt connection "
+             f"{option}" + (f" tunnel {tunnel}" if tunnel else "") + " (takes effect now, "
+             "on tunnels already up too)")
 
     # --- start / stop -------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
-        if not cfg.lan_interfaces:
-            raise ConfigError(cfg.path, None, "datapath.lan-interfaces",
-                              "name at least one LAN interface")
+        config_mod.check_runnable(cfg)
         dpc = DatapathConfig(instance=cfg.instance, flows4_max=cfg.flow_table_size,
                              flows6_max=max(1024, cfg.flow_table_size // 4),
                              pickup_s=int(cfg.pickup_window),
@@ -219,7 +171,7 @@ class Daemon:
             restored = []
             for key, (local, remote) in self.known.load().items():
                 restored += self.registry.restore(key, local, remote)
-            self._apply(restored, time.monotonic())
+            self.apply_transitions(restored, time.monotonic())
         for ifname in cfg.lan_interfaces:
             self.dp.attach(ifname)
         self._guard_wan(cfg.wan_interfaces if cfg.wan_interfaces is not None
@@ -235,8 +187,6 @@ class Daemon:
         self._sweeper_thread.start()
         threading.Thread(target=self._reporter_loop, name="reporter", daemon=True).start()
         self.follower = Follower(cfg.vici_socket, _Apply(self)).start()
-        from controlplane.control import ControlServer
-
         self.control = ControlServer(cfg.control_path, self.request).start()
         if cfg.metrics_listen:
             from controlplane.metrics import MetricsServer
@@ -298,11 +248,19 @@ class Daemon:
         tests hand in a private one)."""
         self.dp = dp
         self.table = dp.table
-        self.ids.refuse_id = dp.table.refuse_id
         self.sweeper = Sweeper(dp.table, self.cfg.timeouts)
-        dp.table.set_reclassify(self.reclassify())
+        self.use_maps(dp.table)
+
+    def use_maps(self, maps: TunnelMaps) -> None:
+        """Write tunnel changes to ``maps`` (the data path's table; the unit tests' in-memory
+        one)."""
+        self.maps = maps
+        self.ids.refuse_id = maps.refuse_id
+        maps.set_reclassify(self.reclassify())
 
     def stop(self, purge: bool = False) -> None:
+        self.service.stopping()
+        log.removeHandler(self.problems)
         if self.hooks:  # first: a purge below detaches, nothing must attach again
             self.hooks.stop()
         self._stop.set()
@@ -340,40 +298,52 @@ class Daemon:
         self.reload_requested = True
 
     def request(self, kind: str, payload: Any = None) -> Any:
-        """A control-socket request. Reads run in the caller's thread on a snapshot of the
-        registry (taken on the loop in microseconds), so `show conn` over a million flows
-        never holds up an SA event; changes run on the loop."""
-        if kind in READ_ONLY:
-            from controlplane import commands
+        """A control-socket request (see :mod:`controlplane.commands`): a read-only command
+        runs in the caller's thread on a snapshot taken on the loop; a change runs on the
+        loop."""
+        cmd = commands.lookup(kind)
+        args = payload or {}
+        if cmd.read_only:
+            return cmd.run(self.on_loop(self.snapshot, kind), args)
+        return self.on_loop(lambda: cmd.run(self, args), kind)
 
-            return commands.run(self.submit("snapshot"), kind, payload or {})
-        return self.submit(kind, payload)
+    def snapshot(self) -> Snapshot:
+        """The state read-only commands see (call it on the loop or under the lock)."""
+        stats = dict(self.stats)
+        stats["vici_decode_errors"] = self.follower.decode_errors if self.follower else 0
+        assert self.table is not None and self.sweeper is not None
+        return Snapshot(
+            cfg=self.cfg, sysopt=json.loads(json.dumps(self.runtime)),
+            tunnels=self.registry.copy_tunnels(),
+            demand={k: replace(d) for k, d in self.initiations.pending.items()},
+            stats=stats, latency_ms=tuple(self.latency.samples),
+            latency_histogram=self.latency.histogram(), charon_up=self.charon_up,
+            ipsec_backend=self.ipsec_backend, started=self.started,
+            wan_guarded=tuple(self.wan_guarded), last_problem=self.problems.last,
+            table=self.table, now_s=self.sweeper.now_s)
 
-    def _snapshot(self) -> Daemon:
-        view = copy.copy(self)
-        view.registry = TunnelRegistry(self.registry._allocate)
-        view.registry.tunnels = {k: replace(t, children=dict(t.children))
-                                 for k, t in self.registry.tunnels.items()}
-        view.demand = {k: replace(d) for k, d in self.demand.items()}
-        view.runtime = json.loads(json.dumps(self.runtime))
-        view.stats = dict(self.stats)
-        view.stats["vici_decode_errors"] = self.follower.decode_errors if self.follower else 0
-        view.latency = Latency(list(self.latency.samples))
-        return view
-
-    def submit(self, kind: str, payload: Any = None, wait: float | None = 10.0) -> Any:
-        """From another thread: run ``kind`` on the main loop; return its answer."""
+    def on_loop(self, fn: Callable[[], Any], what: str = "the request",
+                wait: float = 10.0) -> Any:
+        """From another thread: run ``fn`` on the main loop (under the lock); return its
+        answer or raise its exception."""
         box: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self.inbox.put((kind, payload, box))
-        if wait is None:
-            return None
+        self.inbox.put(_Call(fn, box))
         try:
             ok, value = box.get(timeout=wait)
         except queue.Empty:
-            raise TimeoutError(f"daemon busy: no answer to {kind} within {wait} s") from None
+            raise TimeoutError(f"daemon busy: no answer to {what} within {wait} s") from None
         if not ok:
             raise value
         return value
+
+    def request_stop(self) -> None:
+        """Make :meth:`run` return (SIGTERM, tests)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the daemon was asked to stop."""
+        return self._stop.is_set()
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -389,23 +359,32 @@ class Daemon:
                     with self.lock, contextlib.suppress(ConfigError):  # logged by reload
                         self.reload(self.cfg.path)
                 if item is not None:
-                    with self.lock:
-                        self._handle(item)
+                    self.handle(item)
                 events = self.table.read_events(0)
                 with self.lock:
                     for ev in events:
-                        self._on_datapath_event(ev)
-                    self._demand_tick(time.monotonic())
+                        self.on_datapath_event(ev)
+                    self.initiations.tick(time.monotonic(), self.registry, self.runtime,
+                                          self.charon_up)
                     self._forget_tick()
+                self.service.tick(time.monotonic())
             except Exception:  # noqa: BLE001 -- one bad item must not stop the gateway
                 self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "internal error (the "
                                          "daemon goes on; please report)"))
 
-    def _handle(self, item: Any) -> None:
+    def handle(self, item: Received | Resync | Disconnected | _Call) -> None:
+        """Apply one thing that happened: what the follower read from charon (an SA event,
+        a resync, charon gone), or a call :meth:`on_loop` queued. Takes the lock."""
+        with self.lock:
+            self._handle(item)
+            if isinstance(item, Resync | Disconnected):
+                self.charon_heard.set()
+
+    def _handle(self, item: Received | Resync | Disconnected | _Call) -> None:
         if isinstance(item, Received):
             self.stats["events"] += 1
-            self._apply(self.registry.on_event(item.event), item.received)
+            self.apply_transitions(self.registry.on_event(item.event), item.received)
         elif isinstance(item, Resync):
             self.stats["resyncs"] += 1
             if not self.charon_up:
@@ -415,20 +394,19 @@ class Daemon:
                      f"{sum(len(s.children) for s in item.sas)} CHILD_SAs installed")
             self.ipsec_backend = item.backend
             self.charon_up = True
-            self._apply(self.registry.resync(item.conns, item.sas), item.received)
+            self.apply_transitions(self.registry.resync(item.conns, item.sas), item.received)
         elif isinstance(item, Disconnected):
             self.stats["disconnects"] += 1
             if self.charon_up or not self.stats["resyncs"]:
                 emit(Sev.WARNING, Msg.CHARON_LOST, f"charon at {self.cfg.vici_socket} "
                      f"unreachable ({item.reason}): its SAs are gone with it")
             self.charon_up = False
-            self._apply(self.registry.on_disconnect(), item.received)
-        elif isinstance(item, tuple):
-            kind, payload, box = item
+            self.apply_transitions(self.registry.on_disconnect(), item.received)
+        elif isinstance(item, _Call):
             try:
-                box.put((True, self._command(kind, payload)))
+                item.box.put((True, item.fn()))
             except Exception as exc:  # noqa: BLE001 -- reported to the caller
-                box.put((False, exc))
+                item.box.put((False, exc))
 
     def _forget_tick(self) -> None:
         """Tunnels missing from charon past the grace period: check ``list-conns`` afresh
@@ -446,7 +424,7 @@ class Daemon:
                     sess.transport.close()
                 listed = {(c.conn, c.child) for c in conns}
                 with self.lock:
-                    self._apply(self.registry.forget_missing(listed), time.monotonic())
+                    self.apply_transitions(self.registry.forget_missing(listed), time.monotonic())
             except Exception as exc:  # noqa: BLE001 -- charon away: keep them, try later
                 log.debug("list-conns for missing tunnels: %s", exc)
                 time.sleep(1.0)
@@ -456,9 +434,12 @@ class Daemon:
         threading.Thread(target=check, name="forget-missing", daemon=True).start()
 
     # --- transitions -> data path ---------------------------------------------------------
-    def _apply(self, transitions: list[Transition], received: float,
-               sync: bool = True) -> None:
-        assert self.table is not None
+    def apply_transitions(self, transitions: list[Transition], received: float,
+                          sync: bool = True) -> None:
+        """Write what the registry says changed into the data path: selectors first, then
+        each tunnel's state (``received``: when the event came, for the latency). The
+        caller holds the lock (:meth:`handle` takes it)."""
+        assert self.maps is not None
         if sync and (not self._selectors_ok or any(tr.kind in ("configured", "up", "removed")
                                                      for tr in transitions)):
             # Selectors first: a tunnel goes UP only once its traffic maps to it.
@@ -466,8 +447,8 @@ class Daemon:
                 self._sync_selectors()
                 if not self._selectors_ok:  # tunnels held DOWN meanwhile get their state
                     for t in self.registry.tunnels.values():
-                        if t.tunnel_id != self.table.refuse_id:
-                            self.table.set_tunnel(t.tunnel_id, up=t.state == "UP")
+                        if t.tunnel_id != self.maps.refuse_id:
+                            self.maps.set_tunnel(t.tunnel_id, up=t.state == "UP")
                 self._selectors_ok = True
             except Exception:  # noqa: BLE001 -- the other transitions still apply
                 self._selectors_ok = False
@@ -481,7 +462,7 @@ class Daemon:
             # above all must be written).
             for tr in transitions:
                 try:
-                    self._apply([tr], received, sync=False)
+                    self.apply_transitions([tr], received, sync=False)
                 except Exception:  # noqa: BLE001 -- logged; the next tunnel goes on
                     self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
                     log.exception("%s", line(Sev.ERROR, Msg.DAEMON, f"Tunnel "
@@ -490,25 +471,25 @@ class Daemon:
             return
         for tr in transitions:
             t = tr.tunnel
-            if t.tunnel_id == self.table.refuse_id:
+            if t.tunnel_id == self.maps.refuse_id:
                 self._refused_tunnel(tr)
                 continue
             preserve = self.preserve_for(t.key)
             if tr.kind == "configured":
-                self.table.set_tunnel(t.tunnel_id, up=t.state == "UP" and self._selectors_ok,
+                self.maps.set_tunnel(t.tunnel_id, up=t.state == "UP" and self._selectors_ok,
                                       preserve=preserve)
                 emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} (id {t.tunnel_id}) "
                      f"selectors {_ts(t.local_ts)} === {_ts(t.remote_ts)}, "
                      f"preserve-vpn-flows {'on' if preserve else 'off'}")
             elif tr.kind == "up":
                 if tr.previous_peer:
-                    gen = self.table.bump_generation(t.tunnel_id)
+                    gen = self.maps.bump_generation(t.tunnel_id)
                     emit(Sev.WARNING, Msg.PEER_CHANGED, f"Tunnel {t.name} peer changed from "
                          f"{tr.previous_peer} to {t.peer_id}: its flows are torn down "
                          f"(generation {gen}), a different peer never inherits them")
-                self.table.set_tunnel(t.tunnel_id, up=True, preserve=preserve)
+                self.maps.set_tunnel(t.tunnel_id, up=True, preserve=preserve)
                 self.latency.add((time.monotonic() - received) * 1000)
-                self.demand.pop(t.key, None)
+                self.initiations.satisfied(t.key)
                 if self.cfg.wan_interfaces is None and t.peer_host and self.dp is not None:
                     self._later(self._guard_peer_route, t.peer_host)
                 text = f"Tunnel {t.name} UP, peer {t.peer_id} ({tr.reason})"
@@ -516,10 +497,10 @@ class Daemon:
                             (t.name, t.local_ts, t.remote_ts) if self.reclassify() else None)
             elif tr.kind == "down":
                 if preserve:
-                    self.table.set_tunnel(t.tunnel_id, up=False, preserve=True)
+                    self.maps.set_tunnel(t.tunnel_id, up=False, preserve=True)
                 else:
-                    gen = self.table.tunnel(t.tunnel_id).generation + 1
-                    self.table.set_tunnel(t.tunnel_id, up=False, generation=gen,
+                    gen = self.maps.tunnel(t.tunnel_id).generation + 1
+                    self.maps.set_tunnel(t.tunnel_id, up=False, generation=gen,
                                           preserve=False)
                 self.latency.add((time.monotonic() - received) * 1000)
                 self._later(self._report_down, t.tunnel_id,
@@ -531,8 +512,8 @@ class Daemon:
                      f"{self.cfg.forget_unconfigured_after:.0f} s (held flows wait, nothing "
                      "of it leaves in clear)")
             elif tr.kind == "removed":
-                gen = self.table.tunnel(t.tunnel_id).generation + 1
-                self.table.set_tunnel(t.tunnel_id, up=False, generation=gen)
+                gen = self.maps.tunnel(t.tunnel_id).generation + 1
+                self.maps.set_tunnel(t.tunnel_id, up=False, generation=gen)
                 self.ids.retire(t.key)
                 emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} no longer "
                      "configured: selectors removed, flows torn down")
@@ -541,14 +522,14 @@ class Daemon:
     def _sync_selectors(self) -> None:
         """Make the data path's selectors those of the registry's tunnels (one compile per
         family, only when something changed)."""
-        assert self.table is not None
+        assert self.maps is not None
         want = {Selector(loc, rem, t.tunnel_id)
                 for t in self.registry.tunnels.values()
                 for loc in t.local_ts for rem in t.remote_ts if loc.version == rem.version}
         if want != self._selectors:
             # Sorted by id: when a remote prefix has more pairs than the data path holds,
-            # the longest-configured tunnels keep their slots (see FlowTable._compile).
-            overflows = self.table.replace_selectors(
+            # the longest-configured tunnels keep their slots (see selectors.plan).
+            overflows = self.maps.replace_selectors(
                 sorted(want, key=lambda s: (s.tunnel_id, str(s))))
             self._selectors = want
             self.known.save(self.registry.tunnels.values())
@@ -567,7 +548,7 @@ class Daemon:
         if tr.kind == "configured":
             self.stats["tunnels_refused"] += 1
             emit(Sev.ERROR, Msg.TUNNEL_REFUSED, f"Tunnel {tr.tunnel.name}: no free "
-                 f"data-path tunnel id (ids 1..{self.table.refuse_id - 1} in use): its "
+                 f"data-path tunnel id (ids 1..{self.maps.refuse_id - 1} in use): its "
                  f"traffic {_ts(tr.tunnel.local_ts)} === {_ts(tr.tunnel.remote_ts)} is "
                  "refused until an id is free and the daemon restarts")
 
@@ -576,7 +557,6 @@ class Daemon:
         return sum(1 for f in self.table.flows()
                    if f.tunnel_id == tunnel_id and (proto is None or f.key.proto == proto))
 
-    # --- reclassify-vpn ----------------------------------------------------------------
     # --- reports: counted and logged beside the loop -----------------------------------
     def _later(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the reporter thread: counting flows reads whole maps (ms at
@@ -618,19 +598,13 @@ class Daemon:
                  "are torn down")
 
     def _reclassify(self, name: str, local_ts: Any, remote_ts: Any) -> None:
-        """reclassify-vpn (on the reporter thread; deleting flows beside the loop is safe:
-        a flow deleted here is simply created again, in its tunnel, by its next packet)."""
-        from controlplane.reclassify import clear_conntrack, matches
-
+        """reclassify-vpn, on the reporter thread (see :mod:`controlplane.reclassify`)."""
         assert self.table is not None
-        gone = [f for f in list(self.table.flows())
-                if f.tunnel_id == 0 and matches(f.key, local_ts, remote_ts)
-                and self.table.delete_flow(f.key)]
-        self.stats["reclassified"] += len(gone)
-        ct = clear_conntrack(local_ts, remote_ts)
-        if gone or ct:
+        flows, ct = reclassify.clear(self.table, local_ts, remote_ts)
+        self.stats["reclassified"] += flows
+        if flows or ct:
             emit(Sev.INFO, Msg.RECLASSIFIED, f"reclassify-vpn: Tunnel {name} UP: "
-                 f"{len(gone)} non-VPN flows and {ct} conntrack entries matching its "
+                 f"{flows} non-VPN flows and {ct} conntrack entries matching its "
                  "selectors cleared")
 
     # --- sweeper and data-path events ------------------------------------------------------
@@ -649,26 +623,26 @@ class Daemon:
             if self._stop.is_set():
                 break
             try:
-                self._log_removed(self.sweeper.sweep())
-                self._free_tunnel_ids()
+                self.log_removed(self.sweeper.sweep())
+                self.free_tunnel_ids()
             except Exception:  # noqa: BLE001 -- the next sweep tries again
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "sweep failed"))
 
-    def _free_tunnel_ids(self) -> None:
+    def free_tunnel_ids(self) -> None:
         """Ids of removed tunnels become free once the sweeps have removed their flows
         (read here, beside the loop: a full flow-table read costs ms at scale)."""
-        if not self.ids.retired or self.table is None:
+        if not self.ids.retired or self.maps is None:
             return
-        in_use = self.table.tunnel_ids_in_use()
+        in_use = self.maps.tunnel_ids_in_use()
         with self.lock:
             retired = {tid for tid in self.ids.retired
                        if self.registry.by_id(tid) is None}  # not configured again since
             freed = self.ids.free_unused(in_use | (self.ids.retired - retired))
             for tid in freed:
-                self.table.reset_tunnel_stats(tid)
+                self.maps.reset_tunnel_stats(tid)
             self.stats["tunnel_ids_freed"] += len(freed)
 
-    def _log_removed(self, removed: list[RemovedFlow]) -> None:
+    def log_removed(self, removed: list[RemovedFlow]) -> None:
         for r in removed:
             self.stats["teardowns_logged"] += 1
             log.info(teardown_line(r, lan_if=self._lan_name(), tunnel_if=self._tunnel_name(
@@ -682,12 +656,13 @@ class Daemon:
             t = self.registry.by_id(tunnel_id)
         return f"vpn-{t.key[0]}" if t else ("outside" if tunnel_id == 0 else "vpn")
 
-    def _on_datapath_event(self, ev: Any) -> None:
+    def on_datapath_event(self, ev: Any) -> None:
+        """React to one event of the data path's ring (demand, table full, flow removed,
+        WAN guard): on the loop."""
         if ev.type == "DEMAND":
             t = self.registry.by_id(ev.tunnel_id)
             if t is not None and t.state == "DOWN":
-                d = self.demand.setdefault(t.key, Demand(self.cfg.demand_backoff_min))
-                d.next_at = d.next_at or time.monotonic()
+                self.initiations.wanted(t.key)
         elif ev.type == "MAP_FULL":
             self.stats["table_full"] += 1
             emit(Sev.WARNING, Msg.TABLE_FULL, f"flow table full "
@@ -700,7 +675,7 @@ class Daemon:
                  f"{self.cfg.nonvpn_flow_share}% of the table): new flow {ev.key} passes "
                  "untracked; the rest of the table stays free for VPN flows")
         elif ev.type == "FLOW_REMOVED":
-            self._log_removed(removed_from_events([ev]))
+            self.log_removed(removed_from_events([ev]))
         elif ev.type in ("GUARD_OUT", "GUARD_IN"):
             self._report_guard(ev)
 
@@ -712,8 +687,7 @@ class Daemon:
         name = t.name if t else f"id {ev.tunnel_id}"
         out, inn = self.table.guard_counts().get(ev.tunnel_id, (0, 0))
         src, dst = ev.key.addr
-        proto = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}.get(ev.key.proto,
-                                                                   str(ev.key.proto))
+        proto = protocols.label(ev.key.proto)
         if ev.type == "GUARD_OUT":
             self.stats["guard_out_events"] = self.stats.get("guard_out_events", 0) + 1
             emit(Sev.WARNING, Msg.CLEARTEXT_BLOCKED, f"Tunnel {name}: {proto} packet from "
@@ -725,54 +699,24 @@ class Daemon:
                  f"packet from {src} to {dst}: dropped, it matches Tunnel {name} "
                  f"({inn} packets so far)")
 
-    def _demand_tick(self, now: float) -> None:
-        for key, d in list(self.demand.items()):
-            t = self.registry.get(key)
-            if t is None or t.state == "UP":
-                self.demand.pop(key, None)
-                continue
-            if d.running or not d.next_at or now < d.next_at:
-                continue
-            initiate = self.runtime.get("initiate_tunnels", {}).get(t.name)
-            if initiate is None:
-                initiate = self.cfg.initiate_for(*key)
-            if not initiate or not self.charon_up:
-                continue
-            d.running, d.attempts = True, d.attempts + 1
-            self.stats["initiations"] += 1
-            emit(Sev.NOTICE, Msg.DEMAND_INITIATE, f"Tunnel {t.name} DOWN with traffic "
-                 f"waiting: initiating its CHILD_SA (attempt {d.attempts})")
-            threading.Thread(target=self._initiate, args=(key, d), daemon=True).start()
-
-    def _initiate(self, key: TunnelKey, d: Demand) -> None:
-        try:
-            sess = vs.connect(self.cfg.vici_socket, timeout=2.0)
-            try:
-                vs.initiate(sess, key[1], key[0], timeout=10.0)
-            finally:
-                sess.transport.close()
-            d.backoff = self.cfg.demand_backoff_min
-            d.last_error = ""
-        except (vs.ViciError, OSError) as exc:
-            self.stats["initiation_failures"] += 1
-            d.last_error = str(exc)
-            d.backoff = min(d.backoff * 2, self.cfg.demand_backoff_max)
-            emit(Sev.WARNING, Msg.INITIATE_FAILED, f"Tunnel {key[0]}/{key[1]}: initiation "
-                 f"failed ({exc}); next attempt in {d.backoff:.0f} s")
-        finally:
-            d.next_at = time.monotonic() + d.backoff
-            d.running = False
-
-    # --- commands (control socket) -------------------------------------------------------
-    def _command(self, kind: str, payload: Any) -> Any:
-        from controlplane import commands
-
-        if kind == "snapshot":
-            return self._snapshot()
-        return commands.run(self, kind, payload or {})
-
+    # --- what the changing commands call (see commands.Control) ---------------------------
     def reload(self, path: str) -> Config:
         """Load ``path``; on success apply it, on error keep running as before."""
+        # systemd holds the unit in "reloading" from RELOADING=1 to READY=1: READY follows
+        # whatever happens.
+        self.service.reloading()
+        status = "configuration reload failed (see the log)"
+        try:
+            new = self._reload(path)
+            status = f"configuration {path} loaded"
+            return new
+        except ConfigError as exc:
+            status = f"configuration rejected, running configuration unchanged: {exc}"
+            raise
+        finally:
+            self.service.reloaded(status)
+
+    def _reload(self, path: str) -> Config:
         try:
             new = config_mod.load(path)
         except ConfigError as exc:
@@ -797,14 +741,22 @@ class Daemon:
 
     def apply_sysopt(self) -> None:
         """preserve-vpn-flows takes effect at once, on tunnels already up as well."""
-        assert self.table is not None
-        self.table.set_reclassify(self.reclassify())
+        assert self.maps is not None
+        self.maps.set_reclassify(self.reclassify())
         for t in self.registry.tunnels.values():
-            self.table.set_tunnel(t.tunnel_id, preserve=self.preserve_for(t.key))
+            self.maps.set_tunnel(t.tunnel_id, preserve=self.preserve_for(t.key))
         self._sweep()
 
     def metrics_snapshot(self) -> dict[str, Any]:
         return self.request("metrics")
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A function another thread asked the loop to run, and where its answer goes."""
+
+    fn: Callable[[], Any]
+    box: queue.Queue[Any]
 
 
 class _Apply:
@@ -816,10 +768,8 @@ class _Apply:
         self.daemon = daemon
 
     def put(self, item: Any) -> None:
-        d = self.daemon
         try:
-            with d.lock:
-                d._handle(item)
+            self.daemon.handle(item)
         except Exception:  # noqa: BLE001 -- one bad event must not stop following charon
             log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "internal error applying an SA "
                                      "event (the daemon goes on; please report)"))
@@ -830,10 +780,13 @@ def _ts(nets: Any) -> str:
 
 
 def setup_logging(cfg: Config) -> None:
-    handler: logging.Handler = (logging.FileHandler(cfg.log_file) if cfg.log_file
-                                else logging.StreamHandler(sys.stdout))
-    fmt = "%(asctime)s %(message)s" if cfg.log_file else "%(message)s"
-    handler.setFormatter(logging.Formatter(fmt, "%b %d %H:%M:%S"))
+    # Under systemd: the journal, each line at its syslog priority (controlplane.journal).
+    handler = None if cfg.log_file else journal_handler()
+    if handler is None:
+        handler = (logging.FileHandler(cfg.log_file) if cfg.log_file
+                   else logging.StreamHandler(sys.stdout))
+        fmt = "%(asctime)s %(message)s" if cfg.log_file else "%(message)s"
+        handler.setFormatter(logging.Formatter(fmt, "%b %d %H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.log_level.upper())
@@ -843,20 +796,27 @@ def main(config_path: str, purge: bool = False) -> int:
     try:
         cfg = config_mod.load(config_path)
     except ConfigError as exc:
-        print(f"flowpin: error: {exc}", file=sys.stderr)
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
         return 2
     setup_logging(cfg)
     if os.geteuid() != 0:
-        print("flowpin: error: the daemon loads eBPF programs: run it as root", file=sys.stderr)
+        print(error_line("flowpin: error: the daemon loads eBPF programs: run it as root"),
+              file=sys.stderr)
         return 1
     # The loop must get the GIL back quickly from the sweeper and reclassify threads: an SA
     # event waits at most this long behind their Python code (default 5 ms).
     sys.setswitchinterval(0.0005)
+    try:
+        service = ServiceNotifier()
+    except NotifyError as exc:
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
+        return 1
     daemon = Daemon(cfg)
+    daemon.service = service
     try:
         daemon.start()
     except ConfigError as exc:
-        print(f"flowpin: error: {exc}", file=sys.stderr)
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 -- a clear line for the admin, then exit
         emit(Sev.ERROR, Msg.DAEMON, f"cannot start: {exc}")
@@ -864,13 +824,15 @@ def main(config_path: str, purge: bool = False) -> int:
         return 1
 
     def on_term(_sig: int, _frm: object) -> None:
-        daemon._stop.set()
+        daemon.request_stop()
 
     signal.signal(signal.SIGHUP, daemon.on_sighup)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    status = announce_ready(daemon)
     try:
         daemon.run()
     finally:
+        status.stop()
         daemon.stop(purge=purge)
     return 0

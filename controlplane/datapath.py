@@ -1,7 +1,7 @@
 """Loader of the flowpin data path: compile with bcc, attach with pyroute2, reattach, detach.
 
 The C lives in the ``flowpin_bpf`` package (the ``bpf/`` folder). bcc only rewrites map
-calls (``flows4.lookup(...)``) in the file it is given, not in headers it includes, so the
+calls (``fp_flows4.lookup(...)``) in the file it is given, not in headers it includes, so the
 loader expands the project's own ``#include "lib/..."`` lines into one text first; system
 headers are left to clang.
 
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import libbpf
-from controlplane.flow_table import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD, FlowTable
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD
 from controlplane.libbpf import prog_test_run
 
 BPFFS = Path("/sys/fs/bpf")
@@ -47,8 +48,9 @@ PARENT_EGRESS = "ffff:fff3"
 FILTER_PRIO = 1
 ARPHRD_ETHER = 1  # if_arp.h: Ethernet link headers (veth, VLAN, bridge, bond, NICs)
 FILTER_HANDLE = 1
-MAP_NAMES = ("flows4", "flows6", "selectors4", "selectors6", "tunnels", "tunnel_stats",
-             "guard_stats", "counters", "config", "nonvpn")
+# The maps pinned under pin_dir, by their names in bpf/lib/maps.h (also their pin names).
+MAP_NAMES = ("fp_flows4", "fp_flows6", "fp_selectors4", "fp_selectors6", "fp_tunnels",
+             "fp_tunnel_stats", "fp_guard_stats", "fp_counters", "fp_config", "fp_nonvpn")
 # The pinned maps' layout: the C that says what they hold -- their structs and enums
 # (flow_types.h) and their names, types and sizes (maps.h). Any change to it other than in
 # comments or spacing is another layout, whose maps this build must not read or write.
@@ -188,6 +190,14 @@ def _cflags(cfg: DatapathConfig) -> list[str]:
     return flags + list(cfg.cflags)
 
 
+def replace_filter(ipr: Any, index: int, parent: str, fd: int, name: str) -> None:
+    """Put program ``fd`` on the clsact hook ``parent`` of interface ``index`` as flowpin's
+    filter (our handle and priority, direct action), replacing ours in place: there is no
+    moment without a filter."""
+    ipr.tc("replace-filter", "bpf", index, handle=FILTER_HANDLE, fd=fd, name=name,
+           parent=parent, prio=FILTER_PRIO, classid=1, direct_action=True)
+
+
 class Datapath:
     """One flowpin data path instance: its programs, its (pinned) maps, its attachments.
 
@@ -221,7 +231,7 @@ class Datapath:
         if cfg.pin:
             ensure_bpffs()
             check_layout(cfg.pin_dir)
-            self.reused_pins = (cfg.pin_dir / "flows4").exists()
+            self.reused_pins = (cfg.pin_dir / "fp_flows4").exists()
             drop_outgrown_counters(cfg.pin_dir)
         try:
             self._bpf = bcc.BPF(text=bpf_source().encode(), cflags=_cflags(cfg))
@@ -248,7 +258,7 @@ class Datapath:
         # Any frame will do: the probe program only samples the two clocks. An ARP frame
         # (EtherType 0x0806) of the minimum size, so no flow program would care either.
         frame = bytes(12) + (0x0806).to_bytes(2, "big") + bytes(46)
-        probe = self._bpf[b"clock_probe"]
+        probe = self._bpf[b"fp_clock_sample"]
 
         def sample() -> tuple[int, int]:
             prog_test_run(fd, frame)
@@ -337,9 +347,7 @@ class Datapath:
                 if getattr(exc, "code", None) != errno.EEXIST:
                     raise DatapathError(f"adding clsact on {ifname}: {exc}") from exc
             for prog, parent in progs:
-                ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE,
-                       fd=self._fds[prog], name=prog, parent=parent, prio=FILTER_PRIO,
-                       classid=1, direct_action=True)
+                replace_filter(ipr, idx, parent, self._fds[prog], prog)
 
     def detach(self, ifname: str | None = None, netns: str | None = None,
                purge: bool = False) -> None:
@@ -379,7 +387,7 @@ def detach_interface(ifname: str, netns: str | None = None) -> None:
                 ipr.tc("del-filter", "bpf", links[0], handle=FILTER_HANDLE, parent=parent,
                        prio=FILTER_PRIO)
             except Exception as exc:  # ENOENT / EINVAL: nothing there
-                if getattr(exc, "code", None) not in (2, 22):
+                if getattr(exc, "code", None) not in (errno.ENOENT, errno.EINVAL):
                     raise DatapathError(f"removing filter from {ifname}: {exc}") from exc
 
 
@@ -401,7 +409,7 @@ def hold_pinned_tunnels(instance: str) -> int:
     left attached keep filtering on these maps, and a daemon that is starting -- or fails
     to -- knows nothing of the SAs yet, so held flows must wait and nothing may pass as if
     its tunnel were up. Uses libbpf (through bcc's libbcc) on the pinned map; no compile."""
-    path = PIN_ROOT / instance / "tunnels"
+    path = PIN_ROOT / instance / "fp_tunnels"
     if not path.exists():
         return 0
     check_layout(path.parent)  # another layout's tunnel words are not ours to rewrite
@@ -444,11 +452,11 @@ def _pinned_max_entries(path: Path) -> int:
 
 
 def drop_outgrown_counters(pin_dir: Path) -> bool:
-    """Remove a ``counters`` pin made by an older build with fewer slots than this one
+    """Remove an ``fp_counters`` pin made by an older build with fewer slots than this one
     counts (a verdict reason or stat added since): reused, the new slots would never be
     counted and reading them would fail. Counters are statistics; every other map keeps
     its state. Returns whether the pin was removed."""
-    path = pin_dir / "counters"
+    path = pin_dir / "fp_counters"
     if not path.exists() or _pinned_max_entries(path) >= STAT_MAX:
         return False
     path.unlink()

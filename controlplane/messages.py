@@ -11,7 +11,9 @@ import logging
 import zlib
 from enum import IntEnum
 
-from controlplane.sweeper import RemovedFlow, format_duration
+from controlplane import protocols
+from controlplane.durations import format_duration
+from controlplane.flows import RemovedFlow
 
 log = logging.getLogger("flowpin")
 
@@ -61,6 +63,18 @@ class Msg(IntEnum):
     NONVPN_BUDGET = 752122
 
 
+class LastProblem(logging.Handler):
+    """Remembers the last line at WARNING or worse: what ``flowpin status`` shows as the
+    last error, so an admin sees it without searching the journal."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: tuple[float, str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = (record.created, record.getMessage())
+
+
 def line(sev: Sev, msg: Msg, text: str) -> str:
     return f"%FLOWPIN-{int(sev)}-{int(msg)}: {text}"
 
@@ -82,9 +96,13 @@ def conn_id(r: RemovedFlow) -> int:
 def teardown_line(r: RemovedFlow, lan_if: str = "inside", tunnel_if: str = "outside") -> str:
     """``Teardown TCP connection <id> for <if>:<ip>/<port> to <if>:<ip>/<port> duration
     h:mm:ss bytes <n> <reason>`` -- the LAN end is named by ``lan_if``, the far end by
-    ``tunnel_if``; the responder is printed first, as the ASA does."""
-    proto = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMP"}.get(r.proto, str(r.proto))
-    msg = {6: Msg.TEARDOWN_TCP, 17: Msg.TEARDOWN_UDP}.get(r.proto, Msg.TEARDOWN_ICMP)
+    ``tunnel_if``; the responder is printed first, as the ASA does. ICMP has the ASA's own
+    302021 form instead (see :func:`icmp_teardown_text`)."""
+    if r.proto in protocols.ICMP_NUMBERS:
+        return line(Sev.INFO, Msg.TEARDOWN_ICMP, icmp_teardown_text(r))
+    # flows are TCP, UDP or ICMP echo: the data path tracks nothing else
+    proto = protocols.teardown_label(r.proto)
+    msg = Msg.TEARDOWN_TCP if r.proto == protocols.TCP else Msg.TEARDOWN_UDP
     lan_idx, key = r.flow.lan_side, r.flow.key
     ends = []
     for idx in (1 - r.flow.initiator, r.flow.initiator):  # responder first
@@ -93,3 +111,19 @@ def teardown_line(r: RemovedFlow, lan_if: str = "inside", tunnel_if: str = "outs
     text = (f"Teardown {proto} connection {conn_id(r)} for {ends[0]} to {ends[1]} duration "
             f"{format_duration(r.duration_s)} bytes {sum(r.bytes)} {r.reason}")
     return line(Sev.INFO, msg, text)
+
+
+def icmp_teardown_text(r: RemovedFlow) -> str:
+    """The ASA's 302021: ``Teardown ICMP connection for faddr F/0 gaddr G/id laddr L/id
+    type T code C``. faddr is the far end (across the tunnel), laddr the LAN end; flowpin
+    translates nothing, so gaddr is laddr. The only ICMP flows are echo conversations
+    (errors travel with the flow they quote), keyed by the echo identifier; the type is the
+    echo request of the flow's family as its opener sent it. The ASA prints no duration,
+    bytes or reason here; flowpin adds them after, for the same reason as its other lines."""
+    key, lan = r.flow.key, r.flow.lan_side
+    far = 1 - lan
+    echo_request = 8 if r.proto == 1 else 128
+    return (f"Teardown ICMP connection for faddr {key.addr[far]}/0 gaddr "
+            f"{key.addr[lan]}/{key.port[lan]} laddr {key.addr[lan]}/{key.port[lan]} "
+            f"type {echo_request} code 0 duration {format_duration(r.duration_s)} "
+            f"bytes {sum(r.bytes)} {r.reason}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from vici_glue.events import ChildConfig, ChildSA, IkeSA, IPNetwork, SAEvent
@@ -104,6 +104,11 @@ class TunnelRegistry:
 
     def by_id(self, tunnel_id: int) -> Tunnel | None:
         return next((t for t in self.tunnels.values() if t.tunnel_id == tunnel_id), None)
+
+    def copy_tunnels(self) -> tuple[Tunnel, ...]:
+        """Copies of every tunnel, for a reader in another thread (the registry goes on
+        changing them in place)."""
+        return tuple(replace(t, children=dict(t.children)) for t in self.tunnels.values())
 
     def _tunnel(self, key: TunnelKey, configured: bool) -> tuple[Tunnel, list[Transition]]:
         t = self.tunnels.get(key)

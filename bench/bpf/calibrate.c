@@ -11,7 +11,7 @@ struct cal_key {
 };
 
 struct cal_value {
-	__u64 w[6];		/* 48 bytes, like struct flow_value */
+	__u64 w[6];		/* 48 bytes, like struct fp_flow_value */
 };
 
 BPF_HASH(cal_hash, struct cal_key, __u64, 1024);

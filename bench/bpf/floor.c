@@ -14,15 +14,15 @@
 
 #include "lib/flow_types.h"
 
-BPF_F_TABLE("hash", struct flow_key4, struct flow_value, floor_flows, 1048576, 0);
+BPF_F_TABLE("hash", struct fp_flow_key4, struct fp_flow_value, floor_flows, 1048576, 0);
 
 int fp_floor(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	struct flow_key4 k = {};
-	struct flow_value *v;
+	struct fp_flow_key4 k = {};
+	struct fp_flow_value *v;
 	struct udphdr *l4;	/* TCP and UDP ports sit at the same offsets */
 	struct iphdr *ip;
 
@@ -41,7 +41,7 @@ int fp_floor(struct __sk_buff *skb)
 	k.proto = ip->protocol;
 	v = floor_flows.lookup(&k);
 	if (!v) {
-		struct flow_value n = {};
+		struct fp_flow_value n = {};
 
 		floor_flows.update(&k, &n);
 		return TC_ACT_OK;

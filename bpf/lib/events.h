@@ -2,7 +2,7 @@
 /*
  * events.h - records for user space on the ring buffer.
  *
- * Demand and map-full events are rate-limited per tunnel through tunnel_stats. The
+ * Demand and map-full events are rate-limited per tunnel through fp_tunnel_stats. The
  * check-then-store of the timestamp is not atomic: two CPUs may both emit within one
  * interval. That is accepted (at most one extra event per CPU per interval) to avoid a
  * cmpxchg that bcc's default target does not emit. Removed-flow records are never
@@ -39,12 +39,12 @@ static __always_inline void __event_fill(struct fp_event *e, __u32 type, __u16 t
 }
 
 /**
- * event_emit - send one event; @flow (may be NULL) is copied for FP_EV_FLOW_REMOVED.
+ * fp_event_emit - send one event; @flow (may be NULL) is copied for FP_EV_FLOW_REMOVED.
  * @last_ns: the per-tunnel rate-limit stamp for this event type, NULL = not limited.
  */
-static __always_inline void event_emit(__u32 type, __u16 tunnel_id, const struct fp_pkt *p,
-				       const struct fp_keys *k, const struct flow_value *flow,
-				       __u64 *last_ns, __u64 now_ns, __u32 interval_ms)
+static __always_inline void fp_event_emit(__u32 type, __u16 tunnel_id, const struct fp_pkt *p,
+					  const struct fp_keys *k, const struct fp_flow_value *flow,
+					  __u64 *last_ns, __u64 now_ns, __u32 interval_ms)
 {
 	struct fp_event *e;
 
@@ -55,15 +55,15 @@ static __always_inline void event_emit(__u32 type, __u16 tunnel_id, const struct
 			return;
 		*last_ns = now_ns;
 	}
-	e = events.ringbuf_reserve(sizeof(struct fp_event));
+	e = fp_events.ringbuf_reserve(sizeof(struct fp_event));
 	if (!e) {
-		count_stat(FP_S_EVENT_LOST);
+		fp_count_stat(FP_S_EVENT_LOST);
 		return;
 	}
 	__event_fill(e, type, tunnel_id, p, k, now_ns);
 	if (flow)
 		__builtin_memcpy(&e->flow, flow, sizeof(*flow));
-	events.ringbuf_submit(e, 0);
+	fp_events.ringbuf_submit(e, 0);
 }
 
 #endif

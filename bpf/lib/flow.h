@@ -16,8 +16,8 @@
 /* struct fp_keys - the key of the packet's family, and which endpoint sent it. */
 struct fp_keys {
 	union {
-		struct flow_key4 k4;
-		struct flow_key6 k6;
+		struct fp_flow_key4 k4;
+		struct fp_flow_key6 k6;
 	};
 	__u8 side;		/* index in the key of the packet's sender */
 };
@@ -36,10 +36,10 @@ static __always_inline int __addr6_cmp(const __u32 *a, const __u32 *b)
 }
 
 /**
- * flow_key_build - fill @k with the canonical key of the tuple in @p.
+ * fp_flow_key_build - fill @k with the canonical key of the tuple in @p.
  * The order only has to be consistent, not numeric, so raw words are compared.
  */
-static __always_inline void flow_key_build(const struct fp_pkt *p, struct fp_keys *k)
+static __always_inline void fp_flow_key_build(const struct fp_pkt *p, struct fp_keys *k)
 {
 	int c;
 
@@ -91,47 +91,48 @@ static __always_inline void flow_key_build(const struct fp_pkt *p, struct fp_key
  */
 #define FP_NO_MERGE() asm volatile("" ::: "memory")
 
-static __always_inline struct flow_value *flow_lookup(const struct fp_pkt *p,
-						      struct fp_keys *k)
+static __always_inline struct fp_flow_value *fp_flow_lookup(const struct fp_pkt *p,
+							    struct fp_keys *k)
 {
-	struct flow_value *v;
+	struct fp_flow_value *v;
 
 	if (p->family == 4) {
-		v = flows4.lookup(&k->k4);
+		v = fp_flows4.lookup(&k->k4);
 		FP_NO_MERGE();
 	} else {
-		v = flows6.lookup(&k->k6);
+		v = fp_flows6.lookup(&k->k6);
 	}
 	return v;
 }
 
 /**
- * flow_store - insert @v under @k.
+ * fp_flow_store - insert @v under @k.
  * @replace: a stale entry is known to exist and is overwritten (BPF_ANY) instead of a
- *           delete + insert; otherwise BPF_NOEXIST. Returns 0, -EEXIST (another CPU created it first) or an error when
- *           the table is full (-E2BIG for a preallocated hash).
+ *           delete + insert; otherwise BPF_NOEXIST.
+ * Returns 0, -EEXIST (another CPU created it first) or an error when the table is full
+ * (-E2BIG for a preallocated hash).
  */
-static __always_inline int flow_store(const struct fp_pkt *p, struct fp_keys *k,
-				      struct flow_value *v, int replace)
+static __always_inline int fp_flow_store(const struct fp_pkt *p, struct fp_keys *k,
+					 struct fp_flow_value *v, int replace)
 {
 	int err;
 
 	if (p->family == 4) {
-		err = replace ? flows4.update(&k->k4, v) : flows4.insert(&k->k4, v);
+		err = replace ? fp_flows4.update(&k->k4, v) : fp_flows4.insert(&k->k4, v);
 		FP_NO_MERGE();
 	} else {
-		err = replace ? flows6.update(&k->k6, v) : flows6.insert(&k->k6, v);
+		err = replace ? fp_flows6.update(&k->k6, v) : fp_flows6.insert(&k->k6, v);
 	}
 	return err;
 }
 
-static __always_inline void flow_delete(const struct fp_pkt *p, struct fp_keys *k)
+static __always_inline void fp_flow_delete(const struct fp_pkt *p, struct fp_keys *k)
 {
 	if (p->family == 4) {
-		flows4.delete(&k->k4);
+		fp_flows4.delete(&k->k4);
 		FP_NO_MERGE();
 	} else {
-		flows6.delete(&k->k6);
+		fp_flows6.delete(&k->k6);
 	}
 }
 

@@ -57,7 +57,7 @@ enum fp_tunnel_flags {
 };
 
 /*
- * Per-side flow flags (flow_value.side[i], i = index of the endpoint in the key that
+ * Per-side flow flags (fp_flow_value.side[i], i = index of the endpoint in the key that
  * sent the packets): TCP flags seen from that side plus who opened the flow.
  */
 enum fp_side_flags {
@@ -113,7 +113,7 @@ enum fp_config_flags {
 };
 
 /*
- * Slots of the nonvpn map (one __s64 each), by family (4: +0, 6: +1). Non-VPN flows may
+ * Slots of the fp_nonvpn map (one __s64 each), by family (4: +0, 6: +1). Non-VPN flows may
  * take at most LIMIT entries of their flow table, so that a LAN host scanning the
  * internet cannot fill it and starve new VPN flows. The live count is COUNT - OFFSET:
  * COUNT is written by the data path only (atomic add on create and remove), OFFSET by
@@ -134,12 +134,12 @@ enum fp_nonvpn_slot {
 };
 
 /*
- * struct flow_key4 - canonical IPv4 flow key (16 bytes).
+ * struct fp_flow_key4 - canonical IPv4 flow key (16 bytes).
  * Endpoint 0 is the lower (address, port) pair, so both directions of a flow give the
  * same key and a packet costs one lookup. ICMP echo uses the echo id as both ports.
  * Zero-filled before use: the padding is part of the hash.
  */
-struct flow_key4 {
+struct fp_flow_key4 {
 	__u32 addr[2];		/* network byte order */
 	__u16 port[2];		/* network byte order */
 	__u8 proto;
@@ -154,8 +154,8 @@ struct fp_in6 {
 	__u32 w[4];
 };
 
-/* struct flow_key6 - canonical IPv6 flow key (40 bytes); same rules as flow_key4. */
-struct flow_key6 {
+/* struct fp_flow_key6 - canonical IPv6 flow key (40 bytes); same rules as fp_flow_key4. */
+struct fp_flow_key6 {
 	struct fp_in6 addr[2];
 	__u16 port[2];
 	__u8 proto;
@@ -163,14 +163,14 @@ struct flow_key6 {
 };
 
 /*
- * struct flow_value - one flow (48 bytes; 128 bytes of kernel memory per IPv4 flow).
+ * struct fp_flow_value - one flow (48 bytes; 128 bytes of kernel memory per IPv4 flow).
  * Index [i] of the arrays is the direction sent by key endpoint i.
  * Times are whole seconds of CLOCK_MONOTONIC (u32: 136 years), like the ASA's h:mm:ss.
  * acct[i] packs bytes (low FP_ACCT_BYTES_BITS bits, wraps at 1 TiB) and packets (high
  * 24 bits, wraps at 16.7M) so one atomic add per packet accounts both; a byte carry
  * adds one to the packet field once per TiB. That is the price of 128 bytes per flow.
  */
-struct flow_value {
+struct fp_flow_value {
 	__u32 generation;	/* tunnel generation the flow was bound under */
 	__u16 tunnel_id;	/* 0 = traffic that matches no tunnel */
 	__u8 side[2];		/* enum fp_side_flags */
@@ -181,16 +181,16 @@ struct flow_value {
 	__u64 acct[2];
 };
 
-/* struct tunnel - control word of a tunnel, written by user space only (one write). */
-struct tunnel {
+/* struct fp_tunnel - control word of a tunnel, written by user space only (one write). */
+struct fp_tunnel {
 	__u32 generation;
 	__u8 state;		/* enum fp_tunnel_state */
 	__u8 flags;		/* enum fp_tunnel_flags */
 	__u16 pad;
 };
 
-/* struct tunnel_stats - written by the data path only, so user writes never race it. */
-struct tunnel_stats {
+/* struct fp_tunnel_stats - written by the data path only, so user writes never race it. */
+struct fp_tunnel_stats {
 	__u64 held;		/* packets of held (pinned) flows dropped */
 	__u64 refused;		/* other packets dropped for this tunnel (down, map full) */
 	__u64 last_demand_ns;	/* rate limit of FP_EV_DEMAND */
@@ -224,19 +224,19 @@ struct fp_config {
 	__u32 flags;		/* enum fp_config_flags */
 };
 
-/* struct clock_sample - one (jiffies, CLOCK_MONOTONIC) pair taken by fp_clock_probe. */
-struct clock_sample {
+/* struct fp_clock_sample - one (jiffies, CLOCK_MONOTONIC) pair taken by fp_clock_probe. */
+struct fp_clock_sample {
 	__u64 jiffies;
 	__u64 mono_ns;
 };
 
 /* Selectors: LPM key on the remote prefix; the value lists local prefixes to check. */
-struct sel_key4 {
+struct fp_sel_key4 {
 	__u32 prefixlen;
 	__u32 remote;
 };
 
-struct sel_key6 {
+struct fp_sel_key6 {
 	__u32 prefixlen;
 	__u32 remote[4];
 };
@@ -247,26 +247,26 @@ struct sel_key6 {
  * first, so the longest remote match alone decides. remote_plen tells the pair's own
  * remote prefix length (the entry "owns" slots whose remote_plen equals its prefixlen).
  */
-struct sel_slot4 {
+struct fp_sel_slot4 {
 	__u32 local;
 	__u8 local_plen;
 	__u8 remote_plen;
 	__u16 tunnel_id;	/* 0 = empty slot */
 };
 
-struct sel_slot6 {
+struct fp_sel_slot6 {
 	__u32 local[4];
 	__u8 local_plen;
 	__u8 remote_plen;
 	__u16 tunnel_id;
 };
 
-struct sel_value4 {
-	struct sel_slot4 slot[FP_SEL_SLOTS];
+struct fp_sel_value4 {
+	struct fp_sel_slot4 slot[FP_SEL_SLOTS];
 };
 
-struct sel_value6 {
-	struct sel_slot6 slot[FP_SEL_SLOTS];
+struct fp_sel_value6 {
+	struct fp_sel_slot6 slot[FP_SEL_SLOTS];
 };
 
 /* struct fp_event - one ring buffer record. */
@@ -279,17 +279,17 @@ struct fp_event {
 	__u16 port[2];
 	__u32 pad;
 	__u64 ts_ns;
-	struct flow_value flow;	/* FP_EV_FLOW_REMOVED: the removed flow */
+	struct fp_flow_value flow;	/* FP_EV_FLOW_REMOVED: the removed flow */
 };
 
-_Static_assert(sizeof(struct flow_key4) == FP_SIZEOF_FLOW_KEY4, "flow_key4");
-_Static_assert(sizeof(struct flow_key6) == FP_SIZEOF_FLOW_KEY6, "flow_key6");
-_Static_assert(sizeof(struct flow_value) == FP_SIZEOF_FLOW_VALUE, "flow_value");
-_Static_assert(sizeof(struct tunnel) == FP_SIZEOF_TUNNEL, "tunnel");
-_Static_assert(sizeof(struct tunnel_stats) == FP_SIZEOF_TUNNEL_STATS, "tunnel_stats");
+_Static_assert(sizeof(struct fp_flow_key4) == FP_SIZEOF_FLOW_KEY4, "fp_flow_key4");
+_Static_assert(sizeof(struct fp_flow_key6) == FP_SIZEOF_FLOW_KEY6, "fp_flow_key6");
+_Static_assert(sizeof(struct fp_flow_value) == FP_SIZEOF_FLOW_VALUE, "fp_flow_value");
+_Static_assert(sizeof(struct fp_tunnel) == FP_SIZEOF_TUNNEL, "fp_tunnel");
+_Static_assert(sizeof(struct fp_tunnel_stats) == FP_SIZEOF_TUNNEL_STATS, "fp_tunnel_stats");
 _Static_assert(sizeof(struct fp_config) == FP_SIZEOF_CONFIG, "fp_config");
-_Static_assert(sizeof(struct sel_value4) == FP_SIZEOF_SEL_VALUE4, "sel_value4");
-_Static_assert(sizeof(struct sel_value6) == FP_SIZEOF_SEL_VALUE6, "sel_value6");
+_Static_assert(sizeof(struct fp_sel_value4) == FP_SIZEOF_SEL_VALUE4, "fp_sel_value4");
+_Static_assert(sizeof(struct fp_sel_value6) == FP_SIZEOF_SEL_VALUE6, "fp_sel_value6");
 _Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
 _Static_assert(sizeof(struct fp_guard_stats) == FP_SIZEOF_GUARD_STATS, "fp_guard_stats");
 

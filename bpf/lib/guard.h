@@ -57,7 +57,7 @@ static __always_inline int __guard_parse(struct __sk_buff *skb, struct fp_guard_
 	__u8 l4proto;
 	int i;
 
-	parse_pull(skb, FP_GUARD_PULL, &data, &end);
+	fp_parse_pull(skb, FP_GUARD_PULL, &data, &end);
 	if (data + FP_ETH_HLEN > end)
 		return 0;
 	proto = ((struct ethhdr *)data)->h_proto;
@@ -135,9 +135,9 @@ static __always_inline int __guard_decrypted(struct __sk_buff *skb)
 static __always_inline int __guard_drop(struct fp_guard_pkt *g, __u16 tid, __u8 dir)
 {
 	__u32 k = tid;
-	struct fp_guard_stats *st = guard_stats.lookup(&k);
+	struct fp_guard_stats *st = fp_guard_stats.lookup(&k);
 	__u32 zero = 0;
-	struct fp_config *cfg = config.lookup(&zero);
+	struct fp_config *cfg = fp_config.lookup(&zero);
 	struct fp_event *e;
 	__u64 now, *last;
 
@@ -154,9 +154,9 @@ static __always_inline int __guard_drop(struct fp_guard_pkt *g, __u16 tid, __u8 
 	if (cfg && *last && now - *last < (__u64)cfg->event_interval_ms * 1000000ULL)
 		return TC_ACT_SHOT;
 	*last = now;
-	e = events.ringbuf_reserve(sizeof(struct fp_event));
+	e = fp_events.ringbuf_reserve(sizeof(struct fp_event));
 	if (!e) {
-		count_stat(FP_S_EVENT_LOST);
+		fp_count_stat(FP_S_EVENT_LOST);
 		return TC_ACT_SHOT;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
@@ -167,7 +167,7 @@ static __always_inline int __guard_drop(struct fp_guard_pkt *g, __u16 tid, __u8 
 	__builtin_memcpy(&e->addr[0], g->src, 16);
 	__builtin_memcpy(&e->addr[1], g->dst, 16);
 	e->ts_ns = now;
-	events.ringbuf_submit(e, 0);
+	fp_events.ringbuf_submit(e, 0);
 	return TC_ACT_SHOT;
 }
 
@@ -193,13 +193,13 @@ static __always_inline int fp_guard(struct __sk_buff *skb, __u8 dir)
 	 * source of what we send and the destination of what we get.
 	 */
 	if (dir == FP_DIR_OUT) {
-		tid = tunnel_classify(g.family, g.src, g.dst);
+		tid = fp_tunnel_classify(g.family, g.src, g.dst);
 		if (!tid)
-			tid = tunnel_classify(g.family, g.dst, g.src);
+			tid = fp_tunnel_classify(g.family, g.dst, g.src);
 	} else {
-		tid = tunnel_classify(g.family, g.dst, g.src);
+		tid = fp_tunnel_classify(g.family, g.dst, g.src);
 		if (!tid)
-			tid = tunnel_classify(g.family, g.src, g.dst);
+			tid = fp_tunnel_classify(g.family, g.src, g.dst);
 	}
 	if (__builtin_expect(tid == 0, 1))
 		return TC_ACT_UNSPEC;

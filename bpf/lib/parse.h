@@ -242,12 +242,12 @@ static __always_inline int __on_link6(const struct ipv6hdr *ip6, const struct fp
 }
 
 /**
- * parse_pull - make the first @len bytes of @skb linear and set @data/@end to its bounds.
+ * fp_parse_pull - make the first @len bytes of @skb linear and set @data/@end to its bounds.
  * GSO/paged skbs may keep headers outside the linear area: pull only when they are not
  * linear already (never on small packets).
  */
-static __always_inline void parse_pull(struct __sk_buff *skb, __u32 len, void **data,
-				       void **end)
+static __always_inline void fp_parse_pull(struct __sk_buff *skb, __u32 len, void **data,
+					  void **end)
 {
 	__u32 want = skb->len < len ? skb->len : len;
 
@@ -261,12 +261,12 @@ static __always_inline void parse_pull(struct __sk_buff *skb, __u32 len, void **
 }
 
 /**
- * parse_packet - fill @p from the frame in @skb.
+ * fp_parse_packet - fill @p from the frame in @skb.
  *
  * For an ICMP error the tuple (tsrc/tdst/ports/proto) is the quoted packet's, so the
  * error finds the flow it is about; the outer addresses stay in src/dst for selectors.
  */
-static __always_inline int parse_packet(struct __sk_buff *skb, struct fp_pkt *p)
+static __always_inline int fp_parse_packet(struct __sk_buff *skb, struct fp_pkt *p)
 {
 	void *data, *end, *l3, *l4 = 0, *inner_l4 = 0;
 	struct ethhdr *eth;
@@ -274,7 +274,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct fp_pkt *p)
 	__be16 etype;
 	int ret, i;
 
-	parse_pull(skb, FP_PULL_LEN, &data, &end);
+	fp_parse_pull(skb, FP_PULL_LEN, &data, &end);
 	eth = data;
 	if ((void *)(eth + 1) > end)
 		return FP_PARSE_MALFORMED;

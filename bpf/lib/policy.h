@@ -41,8 +41,8 @@ struct fp_ctx {
 static __always_inline __u16 __classify(const struct fp_ctx *c)
 {
 	if (c->dir == FP_DIR_OUT)
-		return tunnel_classify(c->p.family, c->p.src, c->p.dst);
-	return tunnel_classify(c->p.family, c->p.dst, c->p.src);
+		return fp_tunnel_classify(c->p.family, c->p.src, c->p.dst);
+	return fp_tunnel_classify(c->p.family, c->p.dst, c->p.src);
 }
 
 /**
@@ -51,25 +51,25 @@ static __always_inline __u16 __classify(const struct fp_ctx *c)
  */
 static __always_inline int __refuse(struct fp_ctx *c, __u16 tid, __u32 reason)
 {
-	struct tunnel_stats *st = tunnel_stats_get(tid);
+	struct fp_tunnel_stats *st = fp_tunnel_stats_get(tid);
 
 	if (st) {
 		if (reason == FP_R_DROP_HELD)
 			__sync_fetch_and_add(&st->held, 1);
 		else
 			__sync_fetch_and_add(&st->refused, 1);
-		event_emit(FP_EV_DEMAND, tid, &c->p, &c->k, 0, &st->last_demand_ns, c->now_ns,
-			   c->event_interval_ms);
+		fp_event_emit(FP_EV_DEMAND, tid, &c->p, &c->k, 0, &st->last_demand_ns, c->now_ns,
+			      c->event_interval_ms);
 	}
-	return verdict(reason);
+	return fp_verdict(reason);
 }
 
-/* __nonvpn_slot - the nonvpn map's value at @slot for @family (see enum fp_nonvpn_slot). */
+/* __nonvpn_slot - the fp_nonvpn map's value at @slot for @family (see enum fp_nonvpn_slot). */
 static __always_inline __s64 *__nonvpn_slot(__u32 slot, __u8 family)
 {
 	__u32 k = slot + (family == 6);
 
-	return nonvpn.lookup(&k);
+	return fp_nonvpn.lookup(&k);
 }
 
 /*
@@ -97,15 +97,15 @@ static __always_inline void __nonvpn_add(__u8 family, __s64 delta)
 }
 
 /* __remove - delete a flow on the packet path and hand its record to user space. */
-static __always_inline void __remove(struct fp_ctx *c, const struct flow_value *old)
+static __always_inline void __remove(struct fp_ctx *c, const struct fp_flow_value *old)
 {
-	struct flow_value copy = *old;	/* the element may be reused once deleted */
+	struct fp_flow_value copy = *old;	/* the element may be reused once deleted */
 
-	flow_delete(&c->p, &c->k);
+	fp_flow_delete(&c->p, &c->k);
 	if (copy.tunnel_id == 0)
 		__nonvpn_add(c->p.family, -1);
-	count_stat(FP_S_STALE_REMOVED);
-	event_emit(FP_EV_FLOW_REMOVED, copy.tunnel_id, &c->p, &c->k, &copy, 0, c->now_ns, 0);
+	fp_count_stat(FP_S_STALE_REMOVED);
+	fp_event_emit(FP_EV_FLOW_REMOVED, copy.tunnel_id, &c->p, &c->k, &copy, 0, c->now_ns, 0);
 }
 
 /* __untracked - a packet that is not a flow: classify by addresses only. */
@@ -113,8 +113,8 @@ static __always_inline int __untracked(struct fp_ctx *c)
 {
 	__u16 tid = __classify(c);
 
-	if (tunnel_up(tid, tunnel_get(tid)))
-		return verdict(FP_R_PASS_UNTRACKED);
+	if (fp_tunnel_up(tid, fp_tunnel_get(tid)))
+		return fp_verdict(FP_R_PASS_UNTRACKED);
 	return __refuse(c, tid, FP_R_DROP_TUNNEL_DOWN);
 }
 
@@ -128,18 +128,18 @@ static __always_inline int __untracked(struct fp_ctx *c)
 static __always_inline int __related(struct fp_ctx *c)
 {
 	__u16 outer = __classify(c);
-	struct flow_value *v;
-	struct tunnel *t;
+	struct fp_flow_value *v;
+	struct fp_tunnel *t;
 
-	if (!tunnel_up(outer, tunnel_get(outer)))
+	if (!fp_tunnel_up(outer, fp_tunnel_get(outer)))
 		return __refuse(c, outer, FP_R_DROP_TUNNEL_DOWN);
-	flow_key_build(&c->p, &c->k);
-	v = flow_lookup(&c->p, &c->k);
+	fp_flow_key_build(&c->p, &c->k);
+	v = fp_flow_lookup(&c->p, &c->k);
 	if (!v)
-		return verdict(FP_R_PASS_UNTRACKED);	/* the outer addresses decided */
-	t = tunnel_get(v->tunnel_id);
-	if (tunnel_up(v->tunnel_id, t) && (v->tunnel_id == 0 || v->generation == t->generation))
-		return verdict(FP_R_PASS_RELATED);
+		return fp_verdict(FP_R_PASS_UNTRACKED);	/* the outer addresses decided */
+	t = fp_tunnel_get(v->tunnel_id);
+	if (fp_tunnel_up(v->tunnel_id, t) && (v->tunnel_id == 0 || v->generation == t->generation))
+		return fp_verdict(FP_R_PASS_RELATED);
 	return __refuse(c, v->tunnel_id, FP_R_DROP_TUNNEL_DOWN);
 }
 
@@ -151,55 +151,55 @@ static __always_inline int __related(struct fp_ctx *c)
  * by the selectors afresh, so nothing of a tunnel passes on that account).
  */
 static __always_inline int __create(struct fp_ctx *c, __u16 tid, __u32 gen,
-				    struct flow_value *stale, int pickup, __u32 reason)
+				    struct fp_flow_value *stale, int pickup, __u32 reason)
 {
-	struct flow_value v;
-	struct tunnel_stats *st;
+	struct fp_flow_value v;
+	struct fp_tunnel_stats *st;
 	int was_nonvpn = stale && stale->tunnel_id == 0;
 	int err;
 
 	if (tid == 0 && !was_nonvpn && !__nonvpn_room(c->p.family)) {
 		if (stale)
 			__remove(c, stale);
-		count_stat(FP_S_NONVPN_UNTRACKED);
-		st = tunnel_stats_get(0);
+		fp_count_stat(FP_S_NONVPN_UNTRACKED);
+		st = fp_tunnel_stats_get(0);
 		if (st)
-			event_emit(FP_EV_NONVPN_BUDGET, 0, &c->p, &c->k, 0, &st->last_full_ns,
-				   c->now_ns, c->event_interval_ms);
-		return verdict(FP_R_PASS_NOTRACK_FULL);
+			fp_event_emit(FP_EV_NONVPN_BUDGET, 0, &c->p, &c->k, 0, &st->last_full_ns,
+				      c->now_ns, c->event_interval_ms);
+		return fp_verdict(FP_R_PASS_NOTRACK_FULL);
 	}
 	if (stale) {
-		struct flow_value copy = *stale;
+		struct fp_flow_value copy = *stale;
 
-		event_emit(FP_EV_FLOW_REMOVED, copy.tunnel_id, &c->p, &c->k, &copy, 0,
-			   c->now_ns, 0);
-		count_stat(FP_S_STALE_REMOVED);
+		fp_event_emit(FP_EV_FLOW_REMOVED, copy.tunnel_id, &c->p, &c->k, &copy, 0,
+			      c->now_ns, 0);
+		fp_count_stat(FP_S_STALE_REMOVED);
 	}
-	flow_init(&v, &c->p, c->k.side, c->dir == FP_DIR_OUT, pickup, tid, gen, c->now_s);
-	err = flow_store(&c->p, &c->k, &v, stale != 0);
+	fp_flow_init(&v, &c->p, c->k.side, c->dir == FP_DIR_OUT, pickup, tid, gen, c->now_s);
+	err = fp_flow_store(&c->p, &c->k, &v, stale != 0);
 	if (err == 0) {
 		if (tid == 0 && !was_nonvpn)
 			__nonvpn_add(c->p.family, 1);
 		else if (tid != 0 && was_nonvpn)
 			__nonvpn_add(c->p.family, -1);
-		return verdict(reason);
+		return fp_verdict(reason);
 	}
 	if (err == -EEXIST) {
 		/* another CPU created it between our lookup and insert: account on it */
-		struct flow_value *cur = flow_lookup(&c->p, &c->k);
+		struct fp_flow_value *cur = fp_flow_lookup(&c->p, &c->k);
 
 		if (cur)
-			flow_update(cur, &c->p, c->k.side, c->now_s);
-		return verdict(FP_R_PASS_FLOW);
+			fp_flow_update(cur, &c->p, c->k.side, c->now_s);
+		return fp_verdict(FP_R_PASS_FLOW);
 	}
-	st = tunnel_stats_get(tid);
+	st = fp_tunnel_stats_get(tid);
 	if (st) {
 		if (tid)
 			__sync_fetch_and_add(&st->refused, 1);
-		event_emit(FP_EV_MAP_FULL, tid, &c->p, &c->k, 0, &st->last_full_ns, c->now_ns,
-			   c->event_interval_ms);
+		fp_event_emit(FP_EV_MAP_FULL, tid, &c->p, &c->k, 0, &st->last_full_ns, c->now_ns,
+			      c->event_interval_ms);
 	}
-	return verdict(tid ? FP_R_DROP_MAP_FULL : FP_R_PASS_NOTRACK_FULL);
+	return fp_verdict(tid ? FP_R_DROP_MAP_FULL : FP_R_PASS_NOTRACK_FULL);
 }
 
 /**
@@ -207,15 +207,15 @@ static __always_inline int __create(struct fp_ctx *c, __u16 tid, __u32 gen,
  * Up: a SYN on a closed flow opens a new connection on the same tuple, anything else is
  * accounted. Down: a pinned TCP flow is held, not refreshed; anything else is removed.
  */
-static __always_inline int __on_flow(struct fp_ctx *c, struct flow_value *v,
-				     struct tunnel *t)
+static __always_inline int __on_flow(struct fp_ctx *c, struct fp_flow_value *v,
+				     struct fp_tunnel *t)
 {
-	if (fp_likely(tunnel_up(v->tunnel_id, t))) {
-		if (fp_unlikely(tcp_is_syn(&c->p) && flow_closed(v)))
+	if (fp_likely(fp_tunnel_up(v->tunnel_id, t))) {
+		if (fp_unlikely(fp_tcp_is_syn(&c->p) && fp_flow_closed(v)))
 			return __create(c, v->tunnel_id, t ? t->generation : 0, v, 0,
 					v->tunnel_id ? FP_R_PASS_NEW : FP_R_PASS_NONVPN);
-		flow_update(v, &c->p, c->k.side, c->now_s);
-		return verdict(v->tunnel_id ? FP_R_PASS_FLOW : FP_R_PASS_NONVPN);
+		fp_flow_update(v, &c->p, c->k.side, c->now_s);
+		return fp_verdict(v->tunnel_id ? FP_R_PASS_FLOW : FP_R_PASS_NONVPN);
 	}
 	if (c->p.proto == IPPROTO_TCP && t && (t->flags & FP_TF_PRESERVE))
 		return __refuse(c, v->tunnel_id, FP_R_DROP_HELD);
@@ -239,23 +239,23 @@ static __always_inline int __on_flow(struct fp_ctx *c, struct flow_value *v,
  * `flowpin bench datapath` (3 runs alternating with the code before): an established
  * hit 40-45 ns above the empty program both ways, a new flow within the runs' noise.
  */
-static __always_inline int __no_flow(struct fp_ctx *c, struct flow_value *stale,
+static __always_inline int __no_flow(struct fp_ctx *c, struct fp_flow_value *stale,
 				     const struct fp_config *cfg)
 {
-	struct tunnel *t0 = tunnel_get(0);
+	struct fp_tunnel *t0 = fp_tunnel_get(0);
 	/*
 	 * Tunnel 0's generation is read before the selectors: user space bumps it after it
 	 * has written them, so a flow created under the new generation was classified
 	 * against the new selectors (the empty asm keeps the compiler from reordering).
 	 */
 	__u32 gen0 = t0 ? t0->generation : 0;
-	struct tunnel *t;
+	struct fp_tunnel *t;
 	__u16 tid;
 	__u32 gen;
 
 	asm volatile("" ::: "memory");
 	tid = __classify(c);
-	t = tunnel_get(tid);
+	t = fp_tunnel_get(tid);
 	gen = tid ? (t ? t->generation : 0) : gen0;
 
 	if (stale && stale->tunnel_id == 0 &&
@@ -267,14 +267,14 @@ static __always_inline int __no_flow(struct fp_ctx *c, struct flow_value *stale,
 		stale->generation = gen;
 		return __on_flow(c, stale, t);
 	}
-	if (!tunnel_up(tid, t)) {
+	if (!fp_tunnel_up(tid, t)) {
 		if (stale)
 			__remove(c, stale);
 		return __refuse(c, tid, FP_R_DROP_TUNNEL_DOWN);
 	}
 	if (c->p.proto != IPPROTO_TCP)
 		return __create(c, tid, gen, stale, 0, tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN);
-	if (tcp_is_syn(&c->p))
+	if (fp_tcp_is_syn(&c->p))
 		return __create(c, tid, gen, stale, 0, tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN);
 	/* flowpin does not police other traffic: a non-VPN flow is picked up anywhere */
 	if (tid == 0)
@@ -284,20 +284,20 @@ static __always_inline int __no_flow(struct fp_ctx *c, struct flow_value *stale,
 		return __create(c, tid, gen, stale, 1, FP_R_PASS_PICKUP);
 	if (stale) {
 		__remove(c, stale);
-		return verdict(FP_R_DROP_STALE);
+		return fp_verdict(FP_R_DROP_STALE);
 	}
-	return verdict(FP_R_DROP_NO_CONN);
+	return fp_verdict(FP_R_DROP_NO_CONN);
 }
 
 /* __not_ok - the verdict for a packet that is not a tracked tuple (see enum fp_parse). */
 static __always_inline int __not_ok(struct fp_ctx *c, int ret)
 {
 	if (ret == FP_PARSE_NOT_IP)
-		return verdict(FP_R_PASS_NOT_IP);
+		return fp_verdict(FP_R_PASS_NOT_IP);
 	if (ret == FP_PARSE_MALFORMED)
-		return verdict(FP_R_DROP_MALFORMED);
+		return fp_verdict(FP_R_DROP_MALFORMED);
 	if (ret == FP_PARSE_LOCAL)
-		return verdict(FP_R_PASS_UNTRACKED);
+		return fp_verdict(FP_R_PASS_UNTRACKED);
 	if (ret == FP_PARSE_UNTRACKED) {
 		__builtin_memset(&c->k, 0, sizeof(c->k));
 		return __untracked(c);
@@ -312,27 +312,27 @@ static __always_inline int fp_handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct fp_ctx c;
 	struct fp_config *cfg;
-	struct flow_value *v;
-	struct tunnel *t;
+	struct fp_flow_value *v;
+	struct fp_tunnel *t;
 	__u32 zero = 0;
 	int ret;
 
-	cfg = config.lookup(&zero);
+	cfg = fp_config.lookup(&zero);
 	if (!cfg)
-		return verdict(FP_R_DROP_MALFORMED);	/* cannot happen: array of one */
+		return fp_verdict(FP_R_DROP_MALFORMED);	/* cannot happen: array of one */
 	__builtin_memset(&c.p, 0, sizeof(c.p));
 	c.dir = dir;
 	c.now_ns = fp_now_ns(cfg);
 	c.now_s = c.now_ns / FP_NSEC_PER_SEC;
 	c.event_interval_ms = cfg->event_interval_ms;
 
-	ret = parse_packet(skb, &c.p);
+	ret = fp_parse_packet(skb, &c.p);
 	if (fp_unlikely(ret != FP_PARSE_OK))
 		return __not_ok(&c, ret);
 
 #ifdef FP_BENCH_VARY_KEY
 	{
-		__u32 *seq = bench_seq.lookup(&zero);
+		__u32 *seq = fp_bench_seq.lookup(&zero);
 
 		if (seq) {
 			c.p.tsrc[0] ^= bpf_htonl(*seq);
@@ -340,11 +340,11 @@ static __always_inline int fp_handle(struct __sk_buff *skb, __u8 dir)
 		}
 	}
 #endif
-	flow_key_build(&c.p, &c.k);
-	v = flow_lookup(&c.p, &c.k);
+	fp_flow_key_build(&c.p, &c.k);
+	v = fp_flow_lookup(&c.p, &c.k);
 	if (fp_unlikely(!v))
 		return __no_flow(&c, 0, cfg);
-	t = tunnel_get(v->tunnel_id);
+	t = fp_tunnel_get(v->tunnel_id);
 	if (fp_unlikely(!t || v->generation != t->generation))
 		return __no_flow(&c, v, cfg);
 	return __on_flow(&c, v, t);

@@ -28,15 +28,15 @@ static __always_inline __u8 __side_bits(__u8 tcp_flags)
 	return b;
 }
 
-/* tcp_is_syn - a connection request: SYN without ACK (and without RST). */
-static __always_inline int tcp_is_syn(const struct fp_pkt *p)
+/* fp_tcp_is_syn - a connection request: SYN without ACK (and without RST). */
+static __always_inline int fp_tcp_is_syn(const struct fp_pkt *p)
 {
 	return p->proto == IPPROTO_TCP &&
 	       (p->tcp_flags & (FP_TCP_SYN | FP_TCP_ACK | FP_TCP_RST)) == FP_TCP_SYN;
 }
 
-/* flow_closed - both sides sent FIN, or either sent RST: a new SYN may reuse the tuple. */
-static __always_inline int flow_closed(const struct flow_value *v)
+/* fp_flow_closed - both sides sent FIN, or either sent RST: a new SYN may reuse the tuple. */
+static __always_inline int fp_flow_closed(const struct fp_flow_value *v)
 {
 	__u8 both = v->side[0] | v->side[1];
 
@@ -47,7 +47,7 @@ static __always_inline int flow_closed(const struct flow_value *v)
  * The per-side helpers take a constant side: a variable index into the stack or a map
  * value makes clang emit pointer arithmetic the verifier rejects.
  */
-static __always_inline void __init_side(struct flow_value *v, const struct fp_pkt *p,
+static __always_inline void __init_side(struct fp_flow_value *v, const struct fp_pkt *p,
 					const int s, int lan, int pickup)
 {
 	__u8 bits = FP_SIDE_OPENER;
@@ -65,13 +65,13 @@ static __always_inline void __init_side(struct flow_value *v, const struct fp_pk
 }
 
 /**
- * flow_init - a new flow for the packet @p sent by key endpoint @side.
+ * fp_flow_init - a new flow for the packet @p sent by key endpoint @side.
  * @lan: the packet came from the LAN (outbound hook).
  * @pickup: created mid-stream, so the handshake was never seen.
  */
-static __always_inline void flow_init(struct flow_value *v, const struct fp_pkt *p,
-				      __u8 side, int lan, int pickup, __u16 tunnel_id,
-				      __u32 generation, __u32 now_s)
+static __always_inline void fp_flow_init(struct fp_flow_value *v, const struct fp_pkt *p,
+					 __u8 side, int lan, int pickup, __u16 tunnel_id,
+					 __u32 generation, __u32 now_s)
 {
 	__builtin_memset(v, 0, sizeof(*v));
 	v->tunnel_id = tunnel_id;
@@ -84,7 +84,7 @@ static __always_inline void flow_init(struct flow_value *v, const struct fp_pkt 
 		__init_side(v, p, 0, lan, pickup);
 }
 
-static __always_inline void __update_side(struct flow_value *v, const struct fp_pkt *p,
+static __always_inline void __update_side(struct fp_flow_value *v, const struct fp_pkt *p,
 					  const int s)
 {
 	if (p->proto == IPPROTO_TCP) {
@@ -101,15 +101,15 @@ static __always_inline void __update_side(struct flow_value *v, const struct fp_
 }
 
 /**
- * flow_update - account a forwarded packet of an existing flow.
+ * fp_flow_update - account a forwarded packet of an existing flow.
  *
  * Counters use one atomic add (packets and bytes packed). The flag, seq/ack and time
  * stores are plain: two CPUs racing on one flow (rare: RSS keeps a flow on one queue)
  * can lose a flag bit or keep the older of two seq numbers; the next packet restores
  * them, and nothing decides a verdict on exact seq values.
  */
-static __always_inline void flow_update(struct flow_value *v, const struct fp_pkt *p,
-					__u8 side, __u32 now_s)
+static __always_inline void fp_flow_update(struct fp_flow_value *v, const struct fp_pkt *p,
+					   __u8 side, __u32 now_s)
 {
 	if (v->last_s != now_s)
 		v->last_s = now_s;

@@ -37,16 +37,16 @@ static __always_inline int __prefix_match(const __u32 *addr, const __u32 *pfx, _
 }
 
 /**
- * tunnel_classify - tunnel id of traffic between @local and @remote; 0 = no tunnel.
+ * fp_tunnel_classify - tunnel id of traffic between @local and @remote; 0 = no tunnel.
  */
-static __always_inline __u16 tunnel_classify(__u8 family, const __u32 *local,
-					     const __u32 *remote)
+static __always_inline __u16 fp_tunnel_classify(__u8 family, const __u32 *local,
+						const __u32 *remote)
 {
 	int i;
 
 	if (family == 4) {
-		struct sel_key4 k = { .prefixlen = 32, .remote = remote[0] };
-		struct sel_value4 *v = selectors4.lookup(&k);
+		struct fp_sel_key4 k = { .prefixlen = 32, .remote = remote[0] };
+		struct fp_sel_value4 *v = fp_selectors4.lookup(&k);
 
 		FP_NO_MERGE();	/* see flow.h */
 		if (!v)
@@ -60,11 +60,11 @@ static __always_inline __u16 tunnel_classify(__u8 family, const __u32 *local,
 		}
 		return 0;
 	} else {
-		struct sel_key6 k = { .prefixlen = 128 };
-		struct sel_value6 *v;
+		struct fp_sel_key6 k = { .prefixlen = 128 };
+		struct fp_sel_value6 *v;
 
 		__builtin_memcpy(k.remote, remote, 16);
-		v = selectors6.lookup(&k);
+		v = fp_selectors6.lookup(&k);
 		if (!v)
 			return 0;
 #pragma unroll
@@ -79,25 +79,25 @@ static __always_inline __u16 tunnel_classify(__u8 family, const __u32 *local,
 }
 
 /*
- * tunnel_get - control word of @id, or NULL for an id beyond the array. Tunnel 0 is
+ * fp_tunnel_get - control word of @id, or NULL for an id beyond the array. Tunnel 0 is
  * the non-VPN pseudo-tunnel; only its generation is used.
  */
-static __always_inline struct tunnel *tunnel_get(__u16 id)
+static __always_inline struct fp_tunnel *fp_tunnel_get(__u16 id)
 {
 	__u32 k = id;
 
-	return tunnels.lookup(&k);
+	return fp_tunnels.lookup(&k);
 }
 
-static __always_inline struct tunnel_stats *tunnel_stats_get(__u16 id)
+static __always_inline struct fp_tunnel_stats *fp_tunnel_stats_get(__u16 id)
 {
 	__u32 k = id;
 
-	return tunnel_stats.lookup(&k);
+	return fp_tunnel_stats.lookup(&k);
 }
 
-/* tunnel_up - traffic of tunnel @id may pass; an unknown id counts as down. */
-static __always_inline int tunnel_up(__u16 id, const struct tunnel *t)
+/* fp_tunnel_up - traffic of tunnel @id may pass; an unknown id counts as down. */
+static __always_inline int fp_tunnel_up(__u16 id, const struct fp_tunnel *t)
 {
 	return id == 0 || (t && t->state == FP_TUNNEL_UP);
 }

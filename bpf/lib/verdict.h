@@ -11,18 +11,19 @@
 #include "flow_types.h"
 #include "maps.h"
 
-static __always_inline void count_stat(__u32 idx)
+/* fp_count_stat - add one to per-CPU counter @idx (enum fp_reason or enum fp_stat). */
+static __always_inline void fp_count_stat(__u32 idx)
 {
-	__u64 *c = counters.lookup(&idx);
+	__u64 *c = fp_counters.lookup(&idx);
 
 	if (c)
 		*c += 1;
 }
 
-/* verdict - count @reason and return TC_ACT_OK for PASS_* or TC_ACT_SHOT for DROP_*. */
-static __always_inline int verdict(__u32 reason)
+/* fp_verdict - count @reason and return TC_ACT_OK for PASS_* or TC_ACT_SHOT for DROP_*. */
+static __always_inline int fp_verdict(__u32 reason)
 {
-	count_stat(reason);
+	fp_count_stat(reason);
 	return reason < FP_R_DROP_NO_CONN ? TC_ACT_OK : TC_ACT_SHOT;
 }
 

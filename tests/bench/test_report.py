@@ -56,7 +56,8 @@ FAKE_PARTS = {
 }
 
 
-def test_assemble_has_the_issue_keys() -> None:
+def test_assemble_has_the_keys_the_report_reads() -> None:
+    """results.json carries every figure results.md and the README tables are made of."""
     res = report.assemble(FAKE_PARTS, "flowpin bench all --out X")
     assert set(res["forward"]) == {"plain", "nftables", "flowpin", "tc_floor"}
     for k in ("flowpin_vs_plain_tput", "flowpin_vs_nft_tput", "flowpin_vs_plain_pps",
@@ -125,3 +126,30 @@ def test_summary_alternation_and_ratio() -> None:
     order.clear()
     alternate(["a", "b"], 3, run, counterbalance=True)
     assert order == ["a", "b", "b", "a", "a", "b"]
+
+
+def test_a_target_met_by_medians_but_missed_paired_is_not_called_met() -> None:
+    """Medians can land on the good side of a target while the per-round paired figures
+    stay on the bad side: results.md says "not reliably met", as the README does, never a
+    plain "met"."""
+    fwd = {**FAKE_PARTS["forward"],
+           "paired_ratios": {"flowpin_vs_plain_tput_gbps": 0.993, "flowpin_vs_plain_pps": 0.944},
+           "targets": {**FAKE_PARTS["forward"]["targets"],
+                       "flowpin_vs_plain_tput_min": 0.95, "flowpin_vs_plain_pps_min": 0.95}}
+    tun = {**FAKE_PARTS["tunnel"], "tunnel": {**FAKE_PARTS["tunnel"]["tunnel"],
+                                             "overhead_pct": 1.8, "overhead_pct_paired": 2.6,
+                                             "target_overhead_pct_max": 2.0, "met": True}}
+    md = report.markdown(report.assemble({**FAKE_PARTS, "forward": fwd, "tunnel": tun}, "x"))
+    assert ("| flowpin ≥ 0.95× plain, packets/s | 0.964×; 0.944 | "
+            "medians ✔, paired ✘: **not reliably met** |") in md
+    assert "| flowpin ≥ 0.95× plain, throughput | 1×; 0.993 | ✔ met |" in md
+    assert "(target ≤ 2 %: medians ✔, paired ✘: **not reliably met**)" in md
+    # both met: plainly met; the median missed: missed, whatever the paired figure says
+    fwd["paired_ratios"] = {"flowpin_vs_plain_pps": 0.951}
+    tun["tunnel"] = {**tun["tunnel"], "overhead_pct_paired": 1.9}
+    md = report.markdown(report.assemble({**FAKE_PARTS, "forward": fwd, "tunnel": tun}, "x"))
+    assert "| flowpin ≥ 0.95× plain, packets/s | 0.964×; 0.951 | ✔ met |" in md
+    assert "(target ≤ 2 %: ✔ met)" in md and "not reliably" not in md
+    fwd["targets"] = {**fwd["targets"], "met": {**fwd["targets"]["met"], "pps_vs_plain": False}}
+    md = report.markdown(report.assemble({**FAKE_PARTS, "forward": fwd, "tunnel": tun}, "x"))
+    assert "| flowpin ≥ 0.95× plain, packets/s | 0.964×; 0.951 | ✘ missed |" in md

@@ -10,6 +10,7 @@ BPF_PROG_TEST_RUN.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -25,6 +26,7 @@ from controlplane.datapath import Datapath, DatapathConfig
 from lab import packets as tr
 from tests.datapath.cases import out, run_steps
 from vici_glue.events import ChildConfig, ChildSA, IkeSA
+from vici_glue.follower import Resync
 
 pytestmark = pytest.mark.bpf
 
@@ -80,7 +82,7 @@ def test_a_resync_brings_up_what_fits_and_refuses_the_rest(daemon: Any, small_dp
     conns = [conf("site", SITE), conf("five", FIVE), conf("extra", EXTRA)]
     sas = [sa("site", 1, SITE), sa("five", 2, FIVE), sa("extra", 3, EXTRA)]
     with caplog.at_level(logging.INFO, logger="flowpin"):
-        daemon._apply(daemon.registry.resync(conns, sas), time.monotonic())
+        daemon.handle(Resync(conns, sas))
     ids = {k[0]: v.tunnel_id for k, v in daemon.registry.tunnels.items()}
     assert ids == {"site": 1, "five": 2, "extra": t.refuse_id}
     assert t.tunnel(1).up and t.tunnel(2).up and not t.tunnel(t.refuse_id).up
@@ -104,24 +106,21 @@ def test_a_resync_brings_up_what_fits_and_refuses_the_rest(daemon: Any, small_dp
 
 def test_ids_are_reused_once_the_flows_are_gone(daemon: Any, small_dp: Datapath) -> None:
     t = small_dp.table
-    daemon._apply(daemon.registry.resync([conf("site", SITE), conf("five", FIVE)],
-                                         [sa("site", 1, SITE), sa("five", 2, FIVE)]),
-                  time.monotonic())
+    daemon.handle(Resync([conf("site", SITE), conf("five", FIVE)],
+                                         [sa("site", 1, SITE), sa("five", 2, FIVE)]))
     run_steps(small_dp, [out(tr.udp("10.1.1.5", "10.2.0.10", 5001, 53), "PASS_NEW")])
     assert 2 in t.tunnel_ids_in_use()
     # five is no longer configured: removed, its id retired but still carried by a flow.
-    daemon._apply(daemon.registry.resync([conf("site", SITE)], [sa("site", 1, SITE)]),
-                  time.monotonic())
+    daemon.handle(Resync([conf("site", SITE)], [sa("site", 1, SITE)]))
     assert daemon.ids.retired == {2}
-    daemon._free_tunnel_ids()
+    daemon.free_tunnel_ids()
     assert daemon.ids.retired == {2}, "freed while a flow still carries the id"
     t.clear_flows()
-    daemon._free_tunnel_ids()
+    daemon.free_tunnel_ids()
     assert daemon.ids.retired == set() and daemon.stats["tunnel_ids_freed"] == 1
     # A new tunnel gets the freed id, with counters from zero, and works.
-    daemon._apply(daemon.registry.resync([conf("site", SITE), conf("six", SIX)],
-                                         [sa("site", 1, SITE), sa("six", 3, SIX)]),
-                  time.monotonic())
+    daemon.handle(Resync([conf("site", SITE), conf("six", SIX)],
+                                         [sa("site", 1, SITE), sa("six", 3, SIX)]))
     assert daemon.registry.get(("six", "lan")).tunnel_id == 2
     assert t.tunnel(2).up and t.tunnel(2).refused == 0
     run_steps(small_dp, [out(tr.udp("10.6.0.5", "10.7.0.5", 5001, 53), "PASS_NEW")])
@@ -154,7 +153,7 @@ def test_sighup_only_flags_and_the_loop_reloads(daemon: Any, tmp_path: Any) -> N
         assert daemon.stats["reload_errors"] == 1 and loop.is_alive()
         assert daemon.cfg.path == str(cfg) and daemon.cfg.preserve_vpn_flows is False
     finally:
-        daemon._stop.set()
+        daemon.request_stop()
         loop.join(5)
 
 
@@ -165,18 +164,17 @@ def test_a_failing_selector_compile_never_stops_a_down(daemon: Any, small_dp: Da
     selectors fails (injected here: the trie refuses the write), site must still be written
     DOWN -- the gateway would otherwise keep passing its traffic with no SA behind it."""
     t = small_dp.table
-    daemon._apply(daemon.registry.resync([conf("site", SITE)], [sa("site", 1, SITE)]),
-                  time.monotonic())
+    daemon.handle(Resync([conf("site", SITE)], [sa("site", 1, SITE)]))
     assert t.tunnel(1).up
 
     def broken(*_a: Any) -> Any:
-        raise OSError(28, "No space left on device")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(t, "replace_selectors", broken)
     trs = daemon.registry.resync([conf("six", SIX), conf("site", SITE)], [])
     assert sorted(tr.kind for tr in trs) == ["configured", "down"]
     with caplog.at_level(logging.ERROR, logger="flowpin"):
-        daemon._apply(trs, time.monotonic())
+        daemon.apply_transitions(trs, time.monotonic())
     assert not t.tunnel(1).up
     assert "compiling the selectors failed" in caplog.text
     assert daemon.stats["internal_errors"] == 1
@@ -184,7 +182,7 @@ def test_a_failing_selector_compile_never_stops_a_down(daemon: Any, small_dp: Da
     trs = daemon.registry.resync([conf("six", SIX), conf("site", SITE)],
                                  [sa("site", 4, SITE), sa("six", 5, SIX)])
     assert sorted(tr.kind for tr in trs) == ["up", "up"]
-    daemon._apply(trs, time.monotonic())
+    daemon.apply_transitions(trs, time.monotonic())
     assert not t.tunnel(1).up and not t.tunnel(2).up
     # Once the selectors compile again (the next resync, even one that changes nothing),
     # the tunnels get the state the registry has for them.
@@ -192,7 +190,7 @@ def test_a_failing_selector_compile_never_stops_a_down(daemon: Any, small_dp: Da
     trs = daemon.registry.resync([conf("six", SIX), conf("site", SITE)],
                                  [sa("site", 4, SITE), sa("six", 5, SIX)])
     assert trs == []
-    daemon._apply(trs, time.monotonic())
+    daemon.apply_transitions(trs, time.monotonic())
     assert t.tunnel(1).up and t.tunnel(2).up
 
 
@@ -204,13 +202,12 @@ def test_one_failing_transition_does_not_stop_the_others(daemon: Any, small_dp: 
 
     def set_tunnel(tid: int, **kw: Any) -> None:
         if tid == 1:
-            raise OSError(7, "injected: this tunnel's write fails")
+            raise OSError(errno.E2BIG, "injected: this tunnel's write fails")
         real(tid, **kw)
 
     monkeypatch.setattr(t, "set_tunnel", set_tunnel)
     with caplog.at_level(logging.ERROR, logger="flowpin"):
-        daemon._apply(daemon.registry.resync([conf("site", SITE), conf("six", SIX)],
-                                             [sa("site", 1, SITE), sa("six", 2, SIX)]),
-                      time.monotonic())
+        daemon.handle(Resync([conf("site", SITE), conf("six", SIX)],
+                                             [sa("site", 1, SITE), sa("six", 2, SIX)]))
     assert t.tunnel(2).up
     assert "Tunnel site/lan: applying 'configured' failed" in caplog.text

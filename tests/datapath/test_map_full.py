@@ -185,14 +185,14 @@ def test_the_daemon_logs_counts_and_exports_the_budget(small: Any,
                   + _ack_scan(net, SMALL, "PASS_NOTRACK_FULL")[SMALL // 2:])
         with caplog.at_level(logging.INFO, logger="flowpin"):
             for ev in dp.table.read_events():
-                d._on_datapath_event(ev)
+                d.on_datapath_event(ev)
         assert d.stats["nonvpn_budget"] == 1
         [msg] = [r.getMessage() for r in caplog.records if "752122" in r.getMessage()]
         assert msg.startswith("%FLOWPIN-4-752122: non-VPN flows at their budget (8 IPv4")
-        text = render(commands.cmd_metrics(d, {}))
-        assert 'flowpin_nonvpn_flows{family="4"} 8' in text
-        assert 'flowpin_nonvpn_flow_limit{family="4"} 8' in text
-        assert 'flowpin_packets_total{reason="nonvpn_untracked"} 8' in text
-        assert 'flowpin_daemon_events_total{kind="nonvpn_budget"} 1' in text
+        text = render(commands.metrics(d.snapshot(), {}))
+        assert 'flowpin_nonvpn_flows{family="ipv4"} 8.0' in text
+        assert 'flowpin_nonvpn_flow_limit{family="ipv4"} 8.0' in text
+        assert "flowpin_nonvpn_untracked_packets_total 8.0" in text
+        assert "flowpin_nonvpn_budget_events_total 1.0" in text
     finally:
         shutil.rmtree(d.state_dir, ignore_errors=True)

@@ -34,8 +34,14 @@ TUN = 1
 
 
 def _cleanup_leftovers() -> None:
+    """Remove what an earlier, killed run left: names carry the pid of the run that made
+    them, and only those of dead processes go (other runs may be going on beside this one,
+    from another checkout)."""
     for name in netns.listnetns():
-        if name.startswith(PREFIX):
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX) + 1:]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             netns.remove(name)
 
 
@@ -56,7 +62,7 @@ def _sysctl(path: str, value: str) -> None:
 @pytest.fixture
 def topo() -> Iterator[dict[str, str]]:
     _cleanup_leftovers()
-    tag = f"{os.getpid() % 100000}"
+    tag = str(os.getpid())
     ns = {"c": f"{PREFIX}c{tag}", "g": f"{PREFIX}g{tag}", "s": f"{PREFIX}s{tag}"}
     instance = f"{PREFIX}veth{tag}"
     try:
@@ -229,7 +235,7 @@ def test_stream_is_held_while_down_survives_a_loader_kill_and_resumes(
         # a clean stop removes both filters (tc as an independent witness); pins stay
         loader.stop()
         assert _tc_filters(topo["g"], "g0") == ""
-        assert (Path("/sys/fs/bpf/flowpin") / topo["instance"] / "flows4").exists()
+        assert (Path("/sys/fs/bpf/flowpin") / topo["instance"] / "fp_flows4").exists()
     finally:
         loader.stop()
         if ctl is not None:

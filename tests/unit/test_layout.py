@@ -67,9 +67,6 @@ def test_the_product_imports_nothing_of_the_rig(package: str) -> None:
     assert arrows == []
 
 
-# strict: the day the cycle is gone this passes, and strict turns that into a failure
-# that says to remove the mark.
-@pytest.mark.xfail(strict=True, reason="daemon <-> commands: being untangled")
 def test_the_product_has_no_import_cycles() -> None:
     edges = graph(PRODUCT)
     cycles: list[list[str]] = []

@@ -9,30 +9,13 @@ inherits the tunnel's flows.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from controlplane.tunnel import Transition, TunnelRegistry
+from tests.fixtures.replay import steps, wire
 from vici_glue.events import parse_conns, parse_event, parse_sas
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "vici"
 KEY = ("site", "lan")
-
-
-def wire(value: Any) -> Any:
-    """Back to what the vici package yields: str keys, bytes values."""
-    if isinstance(value, dict):
-        return {k: wire(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [wire(v) for v in value]
-    return value.encode() if isinstance(value, str) else value
-
-
-def steps(name: str) -> list[dict[str, Any]]:
-    return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
 def registry() -> TunnelRegistry:

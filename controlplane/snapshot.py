@@ -1,0 +1,53 @@
+"""What a read-only control command sees: the daemon's state at one instant, taken on the
+loop in microseconds and read afterwards in the command's own thread, so that ``show conn``
+over a million flows never holds up an SA event.
+
+The maps are not copied: ``table`` is the live handle (reads beside the writers are safe,
+each entry is read whole), ``now_s`` the data path's clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane import sysopt
+from controlplane.config import Config
+from controlplane.demand import Demand
+from controlplane.flow_table import FlowTable
+from controlplane.tunnel import Tunnel, TunnelKey
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    cfg: Config
+    sysopt: Mapping[str, Any]  # run-time sysopt values (a copy)
+    tunnels: tuple[Tunnel, ...]  # the registry's tunnels (copies), by id
+    demand: Mapping[TunnelKey, Demand]  # initiation on demand (copies)
+    stats: Mapping[str, int]
+    latency_ms: tuple[float, ...]  # event received -> map written
+    latency_histogram: Mapping[str, Any]  # the same, cumulative (metrics.Latency.histogram)
+    charon_up: bool
+    ipsec_backend: str
+    started: float  # time.time() at daemon start
+    wan_guarded: tuple[str, ...]
+    last_problem: tuple[float, str] | None  # (time.time(), line): last WARNING or worse
+    table: FlowTable
+    now_s: Callable[[], int]
+
+    def by_id(self, tunnel_id: int) -> Tunnel | None:
+        return next((t for t in self.tunnels if t.tunnel_id == tunnel_id), None)
+
+    def tunnel_named(self, name: str) -> Tunnel:
+        """The tunnel an admin names: ``conn/child``, ``conn`` or its id."""
+        for t in self.tunnels:
+            if name in (t.name, t.key[0], str(t.tunnel_id)):
+                return t
+        raise ValueError(f"no tunnel {name!r} (see: flowpin show vpn-context)")
+
+    def preserve_for(self, key: TunnelKey) -> bool:
+        return sysopt.preserve_for(self.cfg, self.sysopt, key)
+
+    def reclassify(self) -> bool:
+        return sysopt.reclassify(self.cfg, self.sysopt)
