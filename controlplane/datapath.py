@@ -55,9 +55,9 @@ MAP_NAMES = ("fp_flows4", "fp_flows6", "fp_selectors4", "fp_selectors6", "fp_tun
 # (flow_types.h) and their names, types and sizes (maps.h). Any change to it other than in
 # comments or spacing is another layout, whose maps this build must not read or write.
 LAYOUT_SOURCES = ("lib/flow_types.h", "lib/maps.h")
-# The layout id's own pin, beside the maps. Its name never changes (the maps' may), so that
-# every flowpin, older or newer, finds it there.
-LAYOUT_PIN = "layout"
+# The layout id's own pin, beside the maps (fp_ as every pin). Its name never changes (the
+# maps' may), so that every flowpin, older or newer, finds it there.
+LAYOUT_PIN = "fp_layout"
 _C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 # A directory name under PIN_ROOT: never "." or ".." (the pin directory would be bpffs

@@ -147,7 +147,7 @@ check "  attached to lan0, WAN guard on wan0, following charon" \
     sh -c "grep -q 'attached to lan0' $CHECK/daemon-1.log && grep -q 'WAN guard attached on wan0' $CHECK/daemon-1.log"
 check "  filters on lan0 and wan0" attached
 check "  maps pinned with their layout in $PINS" \
-    sh -c '[ -e "$1/layout" ] && [ "$(ls "$1" | wc -l)" -gt 5 ]' _ "$PINS"
+    sh -c '[ -e "$1/fp_layout" ] && [ "$(ls "$1" | wc -l)" -gt 5 ]' _ "$PINS"
 check "  flowpin show sysopt answers" /usr/sbin/flowpin show sysopt
 # the pins' inodes: a map reused keeps its pin, one made anew gets another (any map names)
 pins() { stat -c '%n %i' "$PINS"/*; }
@@ -175,7 +175,7 @@ check "  the same pinned maps ($(pins | wc -l) pins, same inodes)" \
 # installed daemon refuses them, says what to do, and leaves them and the filters alone
 stop_daemon
 layout() {  # layout [HEX]: print the pinned layout id, or write HEX (16 digits) there
-    env -C / python3 - "$PINS/layout" "$@" <<'PY'
+    env -C / python3 - "$PINS/fp_layout" "$@" <<'PY'
 import os, sys
 from controlplane import libbpf
 fd = libbpf.obj_get(sys.argv[1])

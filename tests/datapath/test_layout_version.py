@@ -25,7 +25,7 @@ from controlplane.datapath import (
     pinned_layout,
     purge_pins,
 )
-from controlplane.flow_table import TUNNEL_UP, TUNNEL_WORD
+from controlplane.flow_types import TUNNEL_UP, TUNNEL_WORD
 
 pytestmark = pytest.mark.bpf
 
@@ -93,7 +93,7 @@ def test_maps_of_another_layout_are_refused_and_left_alone() -> None:
         # nothing touched: the maps are all there, and the tunnel still up (held flows of
         # another layout are not this build's to rewrite)
         assert sorted(p.name for p in cfg.pin_dir.iterdir()) == before
-        fd = libbpf.obj_get(str(cfg.pin_dir / "tunnels"))
+        fd = libbpf.obj_get(str(cfg.pin_dir / "fp_tunnels"))
         try:
             word = libbpf.array_lookup(fd, 1, TUNNEL_WORD.size)
         finally:
@@ -118,6 +118,6 @@ def test_maps_from_before_layout_ids_are_refused() -> None:
         (cfg.pin_dir / LAYOUT_PIN).unlink()
         with pytest.raises(LayoutMismatch, match="before layout ids"):
             Datapath(cfg).load()
-        assert (cfg.pin_dir / "flows4").exists()
+        assert (cfg.pin_dir / "fp_flows4").exists()
     finally:
         purge_pins(instance)

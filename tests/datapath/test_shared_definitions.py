@@ -177,17 +177,19 @@ def test_a_counters_pin_of_an_older_build_is_replaced() -> None:
 def test_pinned_maps_are_the_fp_maps_user_space_names() -> None:
     """Every pinned map is named fp_* (so bpffs and bpftool say whose it is), within the
     kernel's 15 characters of a map name, and the pin directory holds exactly the maps
-    user space opens by name (MAP_NAMES): a map renamed on one side only fails here."""
+    user space opens by name (MAP_NAMES) and the layout id: a map renamed on one side only
+    fails here."""
     import os
 
-    from controlplane.datapath import MAP_NAMES, Datapath, DatapathConfig, purge_pins
+    from controlplane.datapath import LAYOUT_PIN, MAP_NAMES, Datapath, DatapathConfig, purge_pins
 
     instance = f"fptest-names{os.getpid()}"
     cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8)
     try:
         dp = Datapath(cfg).load()
         try:
-            assert sorted(os.listdir(cfg.pin_dir)) == sorted(MAP_NAMES)
+            assert sorted(os.listdir(cfg.pin_dir)) == sorted([*MAP_NAMES, LAYOUT_PIN])
+            assert LAYOUT_PIN.startswith("fp_")
             for name in MAP_NAMES:
                 assert name.startswith("fp_") and len(name) <= 15, name
                 assert dp.bpf[name.encode()].map_fd >= 0
