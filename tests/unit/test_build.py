@@ -25,7 +25,7 @@ def _wheel(tmp_path: Path, build: str | None) -> zipfile.ZipFile:
     env.pop("FLOWPIN_BUILD", None)
     if build:
         env["FLOWPIN_BUILD"] = build
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-cache-dir",
                         "--no-build-isolation", "-w", str(tmp_path / "whl"), str(src)],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
