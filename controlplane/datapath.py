@@ -46,7 +46,9 @@ ARPHRD_ETHER = 1  # if_arp.h: Ethernet link headers (veth, VLAN, bridge, bond, N
 FILTER_HANDLE = 1
 # The maps pinned under pin_dir, by their names in bpf/lib/maps.h (also their pin names).
 MAP_NAMES = ("fp_flows4", "fp_flows6", "fp_selectors4", "fp_selectors6", "fp_tunnels",
-             "fp_tunnel_stats", "fp_guard_stats", "fp_counters", "fp_config", "fp_nonvpn")
+             "fp_tunnel_stats", "fp_guard_stats", "fp_counters", "fp_config", "fp_nonvpn",
+             "fp_kick_config", "fp_kick_budget", "fp_kick_stats", "fp_kick_last4",
+             "fp_kick_last6")
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 # A directory name under PIN_ROOT: never "." or ".." (the pin directory would be bpffs
 # itself or every instance's parent, and a purge would empty it).

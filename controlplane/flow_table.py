@@ -69,6 +69,7 @@ ACCT_BYTES_BITS: int = CONST["FP_ACCT_BYTES_BITS"]
 TUNNEL_UP: int = CONST["FP_TUNNEL_UP"]
 TUNNEL_DOWN: int = CONST["FP_TUNNEL_DOWN"]
 TF_PRESERVE: int = CONST["FP_TF_PRESERVE"]
+TF_KICK: int = CONST["FP_TF_KICK"]
 TUNNEL_WORD = struct.Struct("<IBBH")  # struct fp_tunnel
 CF_NO_RECLASSIFY: int = CONST["FP_CF_NO_RECLASSIFY"]
 NV_COUNT4: int = CONST["FP_NV_COUNT4"]
@@ -340,6 +341,9 @@ class FlowTable:
         self.guard_stats_map = bpf[b"fp_guard_stats"]
         self.config_map = bpf[b"fp_config"]
         self.nonvpn_map = bpf[b"fp_nonvpn"]
+        self.kick_config_map = bpf[b"fp_kick_config"]
+        self.kick_stats_map = bpf[b"fp_kick_stats"]
+        self.kick_budget_map = bpf[b"fp_kick_budget"]
         self.EventStruct = bpf[b"fp_event_layout"].Leaf
         self._ring_open = False
         self._pending: list[Event] = []
@@ -385,7 +389,8 @@ class FlowTable:
         return ctypes.c_uint32(tunnel_id)
 
     def set_tunnel(self, tunnel_id: int, *, up: bool | None = None,
-                   generation: int | None = None, preserve: bool | None = None) -> None:
+                   generation: int | None = None, preserve: bool | None = None,
+                   kick: bool | None = None) -> None:
         """Set a tunnel's control word in ONE map write; unspecified fields keep their
         value. Tunnel 0 is the non-VPN pseudo-tunnel (only its generation matters)."""
         k = self._tkey(tunnel_id)
@@ -396,7 +401,43 @@ class FlowTable:
             t.generation = generation & 0xFFFFFFFF
         if preserve is not None:
             t.flags = (t.flags | TF_PRESERVE) if preserve else (t.flags & ~TF_PRESERVE)
+        if kick is not None:
+            t.flags = (t.flags | TF_KICK) if kick else (t.flags & ~TF_KICK)
         self.tunnels_map[k] = t
+
+    # -- the kick (bpf/lib/kick.h) -----------------------------------------------------
+    def set_kick_config(self, *, src4: str | None, src6: str | None, interval_ms: int,
+                        budget: int) -> None:
+        """Source addresses (the gateway's LAN addresses; None = no kick in that family)
+        and limits of the ICMP answer to held segments, in one write."""
+        k = ctypes.c_uint32(0)
+        c = self.kick_config_map.Leaf()
+        if src4:
+            c.src4 = int.from_bytes(ipaddress.IPv4Address(src4).packed, "little")
+        if src6:
+            words = struct.unpack("<4I", ipaddress.IPv6Address(src6).packed)
+            for i, w in enumerate(words):
+                c.src6.w[i] = w
+        c.interval_ms = interval_ms
+        c.budget = budget
+        self.kick_config_map[k] = c
+
+    def kick_config(self) -> tuple[str | None, str | None, int, int]:
+        """(src4, src6, interval_ms, budget) as written."""
+        c = self.kick_config_map[ctypes.c_uint32(0)]
+        src4 = (str(ipaddress.IPv4Address(int(c.src4).to_bytes(4, "little")))
+                if c.src4 else None)
+        w = [int(x) for x in c.src6.w]
+        src6 = str(ipaddress.IPv6Address(struct.pack("<4I", *w))) if any(w) else None
+        return src4, src6, int(c.interval_ms), int(c.budget)
+
+    def kick_stats(self, tunnel_id: int) -> tuple[int, int]:
+        """(kicked, limited) of one tunnel since the data path was loaded."""
+        s = self.kick_stats_map[self._tkey(tunnel_id)]
+        return int(s.kicked), int(s.limited)
+
+    def kick_enabled(self, tunnel_id: int) -> bool:
+        return bool(self.tunnels_map[self._tkey(tunnel_id)].flags & TF_KICK)
 
     def set_state(self, tunnel_id: int, up: bool) -> None:
         self.set_tunnel(tunnel_id, up=up)
