@@ -389,8 +389,7 @@ class FlowTable:
         return ctypes.c_uint32(tunnel_id)
 
     def set_tunnel(self, tunnel_id: int, *, up: bool | None = None,
-                   generation: int | None = None, preserve: bool | None = None,
-                   kick: bool | None = None) -> None:
+                   generation: int | None = None, preserve: bool | None = None) -> None:
         """Set a tunnel's control word in ONE map write; unspecified fields keep their
         value. Tunnel 0 is the non-VPN pseudo-tunnel (only its generation matters)."""
         k = self._tkey(tunnel_id)
@@ -401,8 +400,6 @@ class FlowTable:
             t.generation = generation & 0xFFFFFFFF
         if preserve is not None:
             t.flags = (t.flags | TF_PRESERVE) if preserve else (t.flags & ~TF_PRESERVE)
-        if kick is not None:
-            t.flags = (t.flags | TF_KICK) if kick else (t.flags & ~TF_KICK)
         self.tunnels_map[k] = t
 
     # -- the kick (bpf/lib/kick.h) -----------------------------------------------------
@@ -435,6 +432,14 @@ class FlowTable:
         """(kicked, limited) of one tunnel since the data path was loaded."""
         s = self.kick_stats_map[self._tkey(tunnel_id)]
         return int(s.kicked), int(s.limited)
+
+    def set_kick(self, tunnel_id: int, on: bool) -> None:
+        """Answer the tunnel's held segments with an ICMP unreachable (one write; the other
+        fields of the control word keep their value)."""
+        k = self._tkey(tunnel_id)
+        t = self.tunnels_map[k]
+        t.flags = (t.flags | TF_KICK) if on else (t.flags & ~TF_KICK)
+        self.tunnels_map[k] = t
 
     def kick_enabled(self, tunnel_id: int) -> bool:
         return bool(self.tunnels_map[self._tkey(tunnel_id)].flags & TF_KICK)

@@ -29,7 +29,7 @@ PAYLOAD = b"held bytes" * 100
 def _kick_setup(t: FlowTable, *, interval_ms: int = 200, budget: int = 100,
                 kick: bool = True) -> None:
     t.set_kick_config(src4=GW[4], src6=GW[6], interval_ms=interval_ms, budget=budget)
-    t.set_tunnel(TUN, kick=kick)
+    t.set_kick(TUN, kick)
     for m in (t.bpf[b"fp_kick_last4"], t.bpf[b"fp_kick_last6"]):
         m.clear()
     k = t.kick_stats_map.Key(TUN)
