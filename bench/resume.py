@@ -8,7 +8,10 @@ gateways) to the first byte of the held flow arriving at ho-server again.
 flowpin lets the flow pass the moment the tunnel is UP; what remains is TCP's own
 retransmission backoff: the sender's next retransmission comes when its RTO (doubling with
 every unanswered retransmission, capped at 120 s) expires. So the figure grows with the
-outage. It is the baseline for the next step (nudging the endpoints when a tunnel is back).
+outage. With the resume kick on (the default), each held segment is answered with an ICMP
+unreachable from the gateway, so the sender's timer stays short and it sends again within
+about one RTO of UP: ``--kick on,off`` measures both in one run (``resume_ms`` with the
+kick, ``resume_ms_stock`` without), switching the kick on both gateways by a reload.
 
 By default the outage is a CHILD_SA termination (``--how child``) with demand initiation
 switched off, so that it lasts exactly S seconds; ``--how dpd`` drops IKE and ESP on the WAN
@@ -56,6 +59,15 @@ def measure(lab: Lab, outage: float, how: str, port: int) -> dict[str, Any]:
             "sa_gone_after_s": round(res.sa_gone_at - res.down_at, 1)}
 
 
+def set_kick(lab: Lab, on: bool) -> None:
+    """Switch the resume kick on both gateways: rewrite their config, reload."""
+    meta = lab.meta()
+    meta.setdefault("daemon_options", {})["resume_kick"] = on
+    (lab.state_dir / "lab.json").write_text(json.dumps(meta, indent=2))
+    for gw in lab.flowpin_gateways():
+        lab.ask(gw, "reload", {"path": str(lab.write_daemon_config(gw))})
+
+
 def _resumed_after(lab: Lab, port: int, up_wall: float) -> bool:
     """Whether bo-gw's flow for ``port`` has moved bytes since ``up_wall`` (cheap poll; the
     exact time comes from the receiver)."""
@@ -70,6 +82,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object (default)")
     p.add_argument("--outages", default="5,20,60,120", help="seconds, comma-separated")
     p.add_argument("--how", choices=KINDS, default="child")
+    p.add_argument("--kick", default="on,off", help="resume kick on, off, or both (on,off)")
     a = p.parse_args(argv)
     outages = [float(x) for x in a.outages.split(",") if x.strip()]
     lab = Lab("benchres")
@@ -77,9 +90,20 @@ def main(argv: list[str]) -> int:
     lab.up(preserve=True, daemon_options={"initiate": a.how != "child"})
     try:
         out: dict[str, Any] = {}
-        for i, s in enumerate(outages):
-            out[f"{s:g}"] = measure(lab, s, a.how, 5800 + i)
-            print(f"outage {s:g} s: {out[f'{s:g}']}", file=sys.stderr, flush=True)
+        port = 5800
+        for s in outages:
+            row: dict[str, Any] = {}
+            for kick in [k.strip() for k in a.kick.split(",") if k.strip()]:
+                set_kick(lab, kick == "on")
+                m = measure(lab, s, a.how, port)
+                port += 1
+                suffix = "" if kick == "on" else "_stock"
+                row.update({f"{k}{suffix}": v for k, v in m.items()})
+                if kick == "on":
+                    row["kicked"] = sum(t.get("kicked", 0) for gw in lab.flowpin_gateways()
+                                        for t in lab.ask(gw, "show-vpn-context")["tunnels"])
+            out[f"{s:g}"] = row
+            print(f"outage {s:g} s: {row}", file=sys.stderr, flush=True)
     finally:
         lab.down()
     print(json.dumps({"outage_s": out, "how": a.how, "machine": machine()},
