@@ -31,11 +31,18 @@ from lab.flap import KINDS, flap
 from lab.lab import Lab
 from lab.traffic import Transfer
 
+# Cases: (family, direction). "out": bo-client sends (LAN -> tunnel at bo-gw); "in":
+# ho-server sends to bo-client (tunnel -> LAN at bo-gw; its held segments are ho-gw's).
+CASES = {"ipv4-out": ("10.2.0.10", False), "ipv6-out": ("fd02::10", False),
+         "ipv4-in": ("10.1.0.10", True), "ipv6-in": ("fd01::10", True)}
 
-def measure(lab: Lab, outage: float, how: str, port: int) -> dict[str, Any]:
+
+def measure(lab: Lab, outage: float, how: str, port: int,
+            case: str = "ipv4-out") -> dict[str, Any]:
     rate = 100_000
     size = int(rate * (outage + 150))  # still sending when the flow resumes
-    tr = Transfer(lab, "10.2.0.10", size, rate=rate, port=port, timeout=outage + 200)
+    to, reverse = CASES[case]
+    tr = Transfer(lab, to, size, rate=rate, port=port, timeout=outage + 200, reverse=reverse)
     try:
         time.sleep(2.0)
         res = flap(lab, how, outage)
@@ -68,11 +75,17 @@ def set_kick(lab: Lab, on: bool) -> None:
         lab.ask(gw, "reload", {"path": str(lab.write_daemon_config(gw))})
 
 
+def _kicked(lab: Lab) -> int:
+    """ICMP unreachables sent so far by the flowpin gateways."""
+    return sum(t.get("kicked", 0) for gw in lab.flowpin_gateways()
+               for t in lab.ask(gw, "show-vpn-context")["tunnels"])
+
+
 def _resumed_after(lab: Lab, port: int, up_wall: float) -> bool:
     """Whether bo-gw's flow for ``port`` has moved bytes since ``up_wall`` (cheap poll; the
     exact time comes from the receiver)."""
     for c in lab.ask("bo-gw", "show-conn")["connections"]:
-        if c["outside"]["port"] == port and c["protocol"] == "TCP":
+        if port in (c["outside"]["port"], c["inside"]["port"]) and c["protocol"] == "TCP":
             return c["idle_s"] < max(0.0, time.time() - up_wall) - 0.5
     return False
 
@@ -83,30 +96,40 @@ def main(argv: list[str]) -> int:
     p.add_argument("--outages", default="5,20,60,120", help="seconds, comma-separated")
     p.add_argument("--how", choices=KINDS, default="child")
     p.add_argument("--kick", default="on,off", help="resume kick on, off, or both (on,off)")
+    p.add_argument("--cases", default="ipv4-out",
+                   help=f"comma-separated, of {', '.join(CASES)} (out: LAN -> tunnel)")
+    p.add_argument("--peer", choices=("flowpin", "plain"), default="flowpin",
+                   help="plain: ho-gw runs strongSwan without flowpin (one-sided)")
     a = p.parse_args(argv)
     outages = [float(x) for x in a.outages.split(",") if x.strip()]
     lab = Lab("benchres")
     lab.down()
-    lab.up(preserve=True, daemon_options={"initiate": a.how != "child"})
+    cases = [c.strip() for c in a.cases.split(",") if c.strip()]
+    for c in cases:
+        if c not in CASES:
+            p.error(f"unknown case {c!r}")
+    lab.up(peer=a.peer, preserve=True, daemon_options={"initiate": a.how != "child"})
+    by_case: dict[str, dict[str, Any]] = {}
     try:
-        out: dict[str, Any] = {}
         port = 5800
-        for s in outages:
-            row: dict[str, Any] = {}
-            for kick in [k.strip() for k in a.kick.split(",") if k.strip()]:
-                set_kick(lab, kick == "on")
-                m = measure(lab, s, a.how, port)
-                port += 1
-                suffix = "" if kick == "on" else "_stock"
-                row.update({f"{k}{suffix}": v for k, v in m.items()})
-                if kick == "on":
-                    row["kicked"] = sum(t.get("kicked", 0) for gw in lab.flowpin_gateways()
-                                        for t in lab.ask(gw, "show-vpn-context")["tunnels"])
-            out[f"{s:g}"] = row
-            print(f"outage {s:g} s: {row}", file=sys.stderr, flush=True)
+        for case in cases:
+            out = by_case.setdefault(case, {})
+            for s in outages:
+                row: dict[str, Any] = {}
+                for kick in [k.strip() for k in a.kick.split(",") if k.strip()]:
+                    set_kick(lab, kick == "on")
+                    before = _kicked(lab)
+                    m = measure(lab, s, a.how, port, case)
+                    port += 1
+                    suffix = "" if kick == "on" else "_stock"
+                    row.update({f"{k}{suffix}": v for k, v in m.items()})
+                    row[f"kicked{suffix}"] = _kicked(lab) - before
+                out[f"{s:g}"] = row
+                print(f"{case} outage {s:g} s: {row}", file=sys.stderr, flush=True)
     finally:
         lab.down()
-    print(json.dumps({"outage_s": out, "how": a.how, "machine": machine()},
+    print(json.dumps({"outage_s": by_case[cases[0]], "case": cases[0], "cases": by_case,
+                      "how": a.how, "peer": a.peer, "machine": machine()},
                      indent=None if a.json else 2))
     return 0
 
