@@ -90,7 +90,27 @@ def _resumed_after(lab: Lab, port: int, up_wall: float) -> bool:
     return False
 
 
+def table(paths: list[str]) -> str:
+    """The docs' table (markdown) from result files of this benchmark."""
+    rows = ["| case | outage | kick on: resume | kicks | kick off (stock TCP) |",
+            "|---|---|---|---|---|"]
+    for path in paths:
+        with open(path) as fh:
+            res = json.load(fh)
+        peer = " (--peer plain)" if res.get("peer") == "plain" else ""
+        for case, outs in res.get("cases", {res.get("case", "ipv4-out"): res["outage_s"]}).items():
+            for s, r in outs.items():
+                def ms(v: Any) -> str:
+                    return "-" if v is None else f"{v / 1000:.2f} s"
+                rows.append(f"| {case}{peer} | {s} s | {ms(r.get('resume_ms'))} | "
+                            f"{r.get('kicked', '-')} | {ms(r.get('resume_ms_stock'))} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--table"]:
+        print(table(argv[1:]))
+        return 0
     p = argparse.ArgumentParser(prog="flowpin bench resume")
     p.add_argument("--json", action="store_true", help="one JSON object (default)")
     p.add_argument("--outages", default="5,20,60,120", help="seconds, comma-separated")

@@ -166,7 +166,22 @@ def measure(topo: Topo, family: int, variant: str, outage: float) -> dict[str, A
     return {"resume_ms": round((after[0][1] - back) * 1000) if after else None}
 
 
+def table(path: str) -> str:
+    """The docs' table (markdown) from a result file of this probe."""
+    with open(path) as fh:
+        res = json.load(fh)["resume_ms"]
+    rows = ["| family | outage | silent drop | ICMP per dropped segment |", "|---|---|---|---|"]
+    for fam, outs in res.items():
+        for s, r in outs.items():
+            icmp = ", ".join(f"{v}: {r[v] / 1000:.2f} s" for v in r if v != "drop")
+            rows.append(f"| {fam} | {s} s | {r['drop'] / 1000:.2f} s | {icmp} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--table"]:
+        print(table(argv[1]))
+        return 0
     p = argparse.ArgumentParser(prog="flowpin bench tcp-ld")
     p.add_argument("--json", action="store_true", help="one JSON line (default: indented)")
     p.add_argument("--outages", default="20", help="seconds, comma-separated")
