@@ -149,3 +149,35 @@ def test_not_answered(dp: Any, n: Net, what: str) -> None:
     res = _run(dp, hook, seg)
     assert res.retval == want
     assert t.kick_stats(TUN)[0] == 0
+
+
+def test_rate_limit_state_is_capped_and_the_budget_still_bounds() -> None:
+    """More held flows than the per-flow state holds (FP_KICK_FLOWS_MAX, LRU): the state map
+    never grows past its cap, every flow is still answered (a forgotten stamp costs at most
+    an early kick, never a missed one), and the global budget alone bounds the total."""
+    from tests.datapath.cases import BASE_CLOCK_S, reset_state
+    from tests.datapath.conftest import make_datapath
+
+    cap, flows = 64, 200
+    dp: Any = make_datapath(instance="fptest-kickcap", cflags=[f"-DFP_KICK_FLOWS_MAX={cap}"])
+    try:
+        t: FlowTable = dp.table
+        reset_state(t)
+        t.set_clock(BASE_CLOCK_S * 10**9)
+        _kick_setup(t, budget=150)
+        n = NETS[4]
+        steps: list[Any] = []
+        for i in range(flows):
+            steps += handshake(n, sport=20000 + i)
+        run_steps(dp, steps + [down()])
+        got = [_run(dp, "out", _segment(n, 20000 + i)).retval for i in range(flows)]
+        assert got.count(TC_ACT_REDIRECT) == 150 and got.count(TC_ACT_SHOT) == 50, "budget"
+        stamps = t.bpf[b"fp_kick_last4"]
+        assert stamps.max_entries == cap
+        assert len(list(stamps.keys())) <= cap
+        t.set_clock(t.config().now_ns + 1_000_000_000)
+        got = [_run(dp, "out", _segment(n, 20000 + i)).retval for i in range(150, flows)]
+        assert got.count(TC_ACT_REDIRECT) == 50, "the flows over the budget, a second later"
+        assert t.kick_stats(TUN) == (200, 50)
+    finally:
+        dp.close()
