@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -41,14 +40,14 @@ from typing import Any
 
 from bench.common import alternate, machine, print_result, summary
 from controlplane.datapath import (
-    FILTER_HANDLE,
-    FILTER_PRIO,
     PARENT_EGRESS,
     PARENT_INGRESS,
     PROG_INBOUND,
     PROG_OUTBOUND,
     detach_interface,
+    replace_filter,
 )
+from controlplane.hooks import flowpin_filters
 from controlplane.libbpf import prog_fd_by_id
 from lab import topology
 
@@ -63,34 +62,12 @@ class TunnelBenchError(RuntimeError):
 
 
 def _filter_prog_ids(ns: str, ifname: str) -> dict[str, int]:
-    """{parent: program id} of the bpf filters on ``ifname``."""
+    """{parent: program id} of flowpin's filters on ``ifname``."""
     from pyroute2 import IPRoute
 
-    out: dict[str, int] = {}
     with IPRoute(netns=ns) as ipr:
         idx = ipr.link_lookup(ifname=ifname)[0]
-        for parent in (PARENT_INGRESS, PARENT_EGRESS):
-            major, minor = (int(x, 16) for x in parent.split(":"))
-            for f in ipr.get_filters(index=idx, parent=(major << 16) | minor):
-                opts = f.get_attr("TCA_OPTIONS")
-                if opts is not None:
-                    pid = _bpf_id(opts)
-                    if pid:
-                        out[parent] = pid
-    return out
-
-
-TCA_BPF_ID = 11
-
-
-def _bpf_id(opts: Any) -> int:
-    """TCA_BPF_ID of a bpf filter's options (pyroute2 0.9 leaves it undecoded)."""
-    if opts.get_attr("TCA_BPF_ID"):
-        return int(opts.get_attr("TCA_BPF_ID"))
-    for name, v in opts["attrs"]:
-        if name == "UNKNOWN" and v["header"]["type"] == TCA_BPF_ID:
-            return int(struct.unpack_from("=I", v.data, v.offset + 4)[0])
-    return 0
+        return {f.parent: f.prog_id for f in flowpin_filters(ipr, idx) if f.prog_id}
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -134,9 +111,7 @@ class LanFilters:
         with IPRoute(netns=self.ns) as ipr:
             idx = ipr.link_lookup(ifname=self.ifname)[0]
             for parent, fd in self.fds.items():
-                ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE, fd=fd,
-                       name=names[parent], parent=parent, prio=FILTER_PRIO, classid=1,
-                       direct_action=True)
+                replace_filter(ipr, idx, parent, fd, names[parent])
 
     def attached(self) -> bool:
         return _filter_prog_ids(self.ns, self.ifname) == self.ids

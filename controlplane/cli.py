@@ -51,9 +51,26 @@ def print_result(obj: Any, as_json: bool, text: str) -> None:
 
 
 def cmd_daemon(a: argparse.Namespace) -> int:
+    if a.check_config:
+        return check_config(a.config)
     from controlplane.daemon import main as daemon_main
 
     return daemon_main(a.config, purge=a.purge)
+
+
+def check_config(path: str) -> int:
+    """``flowpin daemon --check-config`` (as ``nginx -t``; the unit's ExecStartPre): 0 and
+    one line when the file would start the daemon, 1 and ``file:line: key: what`` if not."""
+    from controlplane.config import ConfigError, check
+    from controlplane.journal import error_line
+
+    try:
+        check(path)
+    except ConfigError as exc:
+        print(error_line(f"flowpin: configuration error: {exc}"), file=sys.stderr)
+        return 1
+    print(f"flowpin: configuration {path} is valid")
+    return 0
 
 
 def _ask(a: argparse.Namespace, cmd: str, args: dict[str, Any] | None = None) -> Any:
@@ -153,6 +170,9 @@ def parser(with_rig: bool = True) -> argparse.ArgumentParser:
     dm.add_argument("--config", required=True, help="TOML file (see flowpin.example.toml)")
     dm.add_argument("--purge", action="store_true", help="on exit, detach the data path "
                     "and remove its pinned maps (flows are lost)")
+    dm.add_argument("--check-config", action="store_true", help="only check the "
+                    "configuration file (exit 0) or name file, line and key of its error "
+                    "(exit 1), like `nginx -t`")
     dm.set_defaults(handler=cmd_daemon)
 
     def control(name: str, help: str) -> argparse.ArgumentParser:
@@ -224,4 +244,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m controlplane.cli`: run the imported module's main, not this copy's, so the
+    # lab's and the benchmarks' subcommands raise the same CliError that main catches.
+    from controlplane.cli import main as imported_main
+
+    sys.exit(imported_main())

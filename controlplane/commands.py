@@ -20,11 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pyroute2 import IPRoute
+
 from controlplane import protocols, sysopt
 from controlplane.config import Config
-from controlplane.flow_table import Flow, FlowTable, Side, Tunnel
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import Side
+from controlplane.flows import Flow, RemovedFlow
+from controlplane.hooks import missing_filters
 from controlplane.snapshot import Snapshot
-from controlplane.sweeper import RemovedFlow
+from controlplane.tunnel_maps import DatapathTunnel
 
 Args = dict[str, Any]
 
@@ -114,17 +119,17 @@ def _flow_flags(f: Flow, pinned: bool) -> str:
     return flags + (" PINNED" if pinned else "")
 
 
-def _datapath_tunnels(table: FlowTable) -> dict[int, Tunnel]:
+def _datapath_tunnels(table: FlowTable) -> dict[int, DatapathTunnel]:
     return {t.id: t for t in table.tunnels()}
 
 
-def _is_pinned(f: Flow, tunnels: dict[int, Tunnel]) -> bool:
+def _is_pinned(f: Flow, tunnels: dict[int, DatapathTunnel]) -> bool:
     t = tunnels.get(f.tunnel_id)
     return bool(f.tunnel_id and t and not t.up and t.preserve and f.key.proto == protocols.TCP
                 and f.generation == t.generation)
 
 
-def _conn_row(s: Snapshot, f: Flow, tunnels: dict[int, Tunnel], now: int) -> dict[str, Any]:
+def _conn_row(s: Snapshot, f: Flow, tunnels: dict[int, DatapathTunnel], now: int) -> dict[str, Any]:
     lan = f.lan_side if f.lan_side is not None else f.initiator
     far = 1 - lan
     reg = s.by_id(f.tunnel_id)
@@ -154,17 +159,51 @@ def _tunnel_id(s: Snapshot, name: str | None) -> int | None:
     return s.tunnel_named(name).tunnel_id if name else None
 
 
+@dataclass(frozen=True)
+class ConnFilter:
+    """What ``show conn`` and ``clear conn`` select: the same filters for both (the CLI
+    takes them as options or as the ASA's keywords)."""
+
+    tunnel_id: int | None = None
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    port: int | None = None
+    protocol: int | None = None
+
+    @classmethod
+    def parse(cls, s: Snapshot, a: Args) -> ConnFilter:
+        """From a request's arguments; ValueError with a clear text for a bad one (nothing
+        is shown or cleared then)."""
+        try:
+            address = ipaddress.ip_address(a["address"]) if a.get("address") else None
+        except ValueError:
+            raise ValueError(f"address {a['address']!r} is not an IPv4 or IPv6 address") \
+                from None
+        port = None
+        if a.get("port") not in (None, ""):
+            port = int(a["port"])
+            if not 0 <= port <= 65535:
+                raise ValueError(f"port {port} is out of range 0-65535")
+        proto = protocols.number(str(a["protocol"])) if a.get("protocol") else None
+        return cls(_tunnel_id(s, a.get("tunnel")), address, port, proto)
+
+    def matches(self, f: Flow) -> bool:
+        return ((self.tunnel_id is None or f.tunnel_id == self.tunnel_id)
+                and (self.address is None or self.address in f.key.addr)
+                and (self.port is None or self.port in f.key.port)
+                and (self.protocol is None or f.key.proto == self.protocol))
+
+
 @reads("show-conn")
 def show_conn(s: Snapshot, a: Args) -> dict[str, Any]:
-    """``show conn [--tunnel T] [--pinned]``: the flows, as the ASA lists connections."""
-    tid = _tunnel_id(s, a.get("tunnel"))
+    """``show conn [FILTERS] [--pinned]``: the flows, as the ASA lists connections."""
+    selected = ConnFilter.parse(s, a)
     tunnels = _datapath_tunnels(s.table)
     now = s.now_s()
     rows = []
     total = 0
     for f in s.table.flows():
         total += 1
-        if tid is not None and f.tunnel_id != tid:
+        if not selected.matches(f):
             continue
         row = _conn_row(s, f, tunnels, now)
         if a.get("pinned") and not row["pinned"]:
@@ -175,7 +214,24 @@ def show_conn(s: Snapshot, a: Args) -> dict[str, Any]:
     return {"in_use": total, "shown": len(rows), "connections": rows}
 
 
-def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, Tunnel], flows: list[Flow],
+@dataclass(frozen=True)
+class FlowSummary:
+    flows: int  # every flow in the table
+    held: int  # pinned: TCP flows of a tunnel that is down, held for it (show conn --pinned)
+
+
+def flow_summary(s: Snapshot) -> FlowSummary:
+    """Count the flows and the held ones in one pass over the table: `flowpin status`, the
+    systemd STATUS= line and `show conn` count the same way."""
+    tunnels = _datapath_tunnels(s.table)
+    flows = held = 0
+    for f in s.table.flows():
+        flows += 1
+        held += _is_pinned(f, tunnels)
+    return FlowSummary(flows, held)
+
+
+def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel], flows: list[Flow],
                 guard: dict[int, tuple[int, int]]) -> dict:
     dt = tunnels.get(t.tunnel_id)
     guard_out, guard_in = guard.get(t.tunnel_id, (0, 0))
@@ -260,16 +316,44 @@ def metrics(s: Snapshot, a: Args) -> dict[str, Any]:
     out = show_counters(s, a)
     out["tunnels"] = show_vpn_context(s, a)["tunnels"]
     out["charon_up"] = s.charon_up
+    out["ipsec_backend"] = s.ipsec_backend
+    out["event_to_map_seconds"] = dict(s.latency_histogram)
     return out
 
 
 @reads("status")
 def status(s: Snapshot, a: Args) -> dict[str, Any]:
-    """``flowpin status``: which daemon this is and what it follows."""
-    return {"instance": s.cfg.instance, "config": s.cfg.path, "charon_up": s.charon_up,
-            "ipsec_backend": s.ipsec_backend, "vici_socket": s.cfg.vici_socket,
+    """``flowpin status``: which daemon this is, what it follows, and how it is doing:
+    tunnels up, flows held, hooks attached (asked of the kernel now), the last problem."""
+    summary = flow_summary(s)
+    hooks = []
+    with IPRoute() as ipr:
+        for ifname, role in ([(i, "lan") for i in s.cfg.lan_interfaces]
+                             + [(i, "wan") for i in s.wan_guarded]):
+            missing = missing_filters(ipr, ifname, role)
+            hooks.append({"interface": ifname, "role": role, "attached": not missing,
+                          "missing": missing})
+    last = s.last_problem
+    return {"instance": s.cfg.instance, "version": version(), "pid": os.getpid(),
+            "config": s.cfg.path, "uptime_s": round(time.time() - s.started, 1),
+            "charon_up": s.charon_up, "ipsec_backend": s.ipsec_backend,
+            "vici_socket": s.cfg.vici_socket,
+            "tunnels": {"up": sum(1 for t in s.tunnels if t.state == "UP"),
+                        "total": len(s.tunnels)},
+            "flows": summary.flows, "held": summary.held,
+            "flow_table_size": s.cfg.flow_table_size,
             "lan_interfaces": list(s.cfg.lan_interfaces), "wan_guard": list(s.wan_guarded),
-            "pid": os.getpid()}
+            "hooks": hooks,
+            "last_problem": {"at": last[0], "line": last[1]} if last else None}
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("flowpin")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 # --- changes -------------------------------------------------------------------------------
@@ -287,26 +371,14 @@ def set_sysopt(d: Control, a: Args) -> dict[str, Any]:
 
 @changes("clear-conn")
 def clear_conn(d: Control, a: Args) -> dict[str, Any]:
-    """``clear conn [--tunnel T] [--address A] [--port P] [--protocol tcp|udp|icmp]``:
-    remove matching flows, each logged as a teardown."""
+    """``clear conn [FILTERS]``: remove matching flows, each logged as a teardown."""
     assert d.table is not None
     snap = d.snapshot()
-    tid = _tunnel_id(snap, a.get("tunnel"))
-    addr = ipaddress.ip_address(a["address"]) if a.get("address") else None
-    port = int(a["port"]) if a.get("port") else None
-    proto = protocols.number(str(a["protocol"])) if a.get("protocol") else None
+    selected = ConnFilter.parse(snap, a)
     now = snap.now_s()
     cleared = 0
     for f in list(d.table.flows()):
-        if tid is not None and f.tunnel_id != tid:
-            continue
-        if addr is not None and addr not in f.key.addr:
-            continue
-        if port is not None and port not in f.key.port:
-            continue
-        if proto is not None and f.key.proto != proto:
-            continue
-        if d.table.delete_flow(f.key):
+        if selected.matches(f) and d.table.delete_flow(f.key):
             cleared += 1
             d.log_removed([RemovedFlow("Flow cleared by admin",
                                        float(max(0, now - f.created_s)), decoded=f)])

@@ -227,8 +227,10 @@ def _convert(kind: str, value: Any) -> Any:
             raise ValueError(f"must be one of {', '.join(LEVELS)}")
         return value
     if kind == "hostport":
-        if not isinstance(value, str) or (value and not re.match(r"^[\w.:\[\]-]+:\d+$", value)):
-            raise ValueError('must be "host:port" or ""')
+        # No host (":9477" or "9477"): loopback.
+        if not isinstance(value, str) or (value and not re.match(r"^([\w.:\[\]-]*:)?\d+$",
+                                                                  value)):
+            raise ValueError('must be "host:port", "port" (loopback) or "" (off)')
         return value
     raise AssertionError(kind)
 
@@ -310,3 +312,22 @@ def load(path: str | Path) -> Config:
         # Still a ConfigError: the daemon keeps the configuration it runs with.
         raise ConfigError(str(p), None, "", f"not a flowpin configuration ({type(exc).__name__}"
                           f": {exc})") from exc
+
+
+def check_runnable(cfg: Config) -> None:
+    """What a valid file may leave out but a daemon cannot run without."""
+    if not cfg.lan_interfaces:
+        try:
+            line = _line_of(Path(cfg.path).read_text(), "datapath", "lan-interfaces")
+        except (OSError, UnicodeDecodeError):
+            line = None
+        raise ConfigError(cfg.path, line, "datapath.lan-interfaces",
+                          "name at least one LAN interface")
+
+
+def check(path: str | Path) -> Config:
+    """``flowpin daemon --check-config``: everything the daemon checks of its configuration
+    before it touches the data path (:class:`ConfigError` names file, line and key)."""
+    cfg = load(path)
+    check_runnable(cfg)
+    return cfg

@@ -34,7 +34,6 @@ Safety rules (see docs/fail-closed.md):
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -44,21 +43,27 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from controlplane import commands, protocols, resume, sysopt, wan
+from controlplane import commands, protocols, reclassify, resume, sysopt, wan
 from controlplane import config as config_mod
 from controlplane.config import Config, ConfigError
 from controlplane.control import ControlServer
 from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
-from controlplane.demand import Demand
-from controlplane.flow_table import FlowTable, Selector
+from controlplane.demand import Initiations
+from controlplane.flow_table import FlowTable
+from controlplane.flows import RemovedFlow
 from controlplane.hooks import HookWatch
-from controlplane.messages import Msg, Sev, emit, line, teardown_line
+from controlplane.journal import error_line, journal_handler
+from controlplane.known_selectors import KnownSelectors
+from controlplane.messages import LastProblem, Msg, Sev, emit, line, teardown_line
+from controlplane.metrics import Latency
+from controlplane.notify import NotifyError, ServiceNotifier, announce_ready
+from controlplane.selectors import Selector
 from controlplane.snapshot import Snapshot
-from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
+from controlplane.sweeper import Sweeper, removed_from_events
 from controlplane.tunnel import Transition, TunnelKey, TunnelRegistry
 from controlplane.tunnel_ids import TunnelIds
 from controlplane.tunnel_maps import TunnelMaps
@@ -70,47 +75,6 @@ log = logging.getLogger("flowpin")
 STATE_ROOT = Path("/run/flowpin")
 
 
-class KnownSelectors:
-    """The selectors of every tunnel the daemon knows, kept beside its state so that a
-    restarted daemon restores its tunnels (DOWN) before charon is heard -- a charon that
-    is restarting too must not make them vanish from the data path."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[TunnelKey, tuple[tuple[Any, ...], tuple[Any, ...]]]:
-        try:
-            raw = json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-        out = {}
-        for entry in raw if isinstance(raw, list) else []:
-            try:
-                key = (str(entry["conn"]), str(entry["child"]))
-                out[key] = (tuple(ipaddress.ip_network(n) for n in entry["local"]),
-                            tuple(ipaddress.ip_network(n) for n in entry["remote"]))
-            except (KeyError, TypeError, ValueError):
-                continue  # a damaged entry: charon's listing will bring it back
-        return out
-
-    def save(self, tunnels: Any) -> None:
-        data = [{"conn": t.key[0], "child": t.key[1], "local": [str(n) for n in t.local_ts],
-                 "remote": [str(n) for n in t.remote_ts]} for t in tunnels]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self.path)
-
-
-@dataclass
-class Latency:
-    """Event received -> data-path map written, in ms (the control-plane benchmark)."""
-
-    samples: list[float] = field(default_factory=list)
-
-    def add(self, ms: float) -> None:
-        self.samples.append(ms)
-        del self.samples[:-10000]
 
 
 class Daemon:
@@ -129,6 +93,8 @@ class Daemon:
         self.registry = TunnelRegistry(self.ids, grace=cfg.forget_unconfigured_after)
         self.known = KnownSelectors(self.state_dir / "selectors.json")
         self.wan_guarded: list[str] = []
+        self.problems = LastProblem()
+        log.addHandler(self.problems)
         self._forgetting = False
         self.dp: Datapath | None = None
         self.table: FlowTable | None = None  # flows, counters, events
@@ -136,7 +102,6 @@ class Daemon:
         self.sweeper: Sweeper | None = None
         self.resume: resume.ResumeReport | None = None  # held flows moving again after UP
         self.follower: Follower | None = None
-        self.demand: dict[TunnelKey, Demand] = {}
         self.latency = Latency()
         self.stats: dict[str, int] = {"events": 0, "resyncs": 0, "disconnects": 0,
                                       "initiations": 0, "initiation_failures": 0,
@@ -144,6 +109,7 @@ class Daemon:
                                       "table_full": 0, "reloads": 0, "reload_errors": 0,
                                       "selectors_refused": 0, "tunnels_refused": 0,
                                       "tunnel_ids_freed": 0, "nonvpn_budget": 0}
+        self.initiations = Initiations(lambda: self.cfg, self.stats)
         self.charon_up = False
         self.ipsec_backend = "unknown"  # as charon said when last (re)connected
         self.started = time.time()
@@ -160,6 +126,10 @@ class Daemon:
         self.reload_requested = False
         self.hooks: HookWatch | None = None
         self._selectors_ok = True  # the last selector compile succeeded
+        # systemd (Type=notify): told READY once charon's state is first applied, which
+        # sets this (a resync, or charon unreachable: every tunnel held DOWN).
+        self.service = ServiceNotifier(enabled=False)
+        self.charon_heard = threading.Event()
 
     # --- sysopt (changed from the CLI, kept across daemon restarts) ----------------------
     def preserve_for(self, key: TunnelKey) -> bool:
@@ -181,9 +151,7 @@ class Daemon:
     # --- start / stop -------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
-        if not cfg.lan_interfaces:
-            raise ConfigError(cfg.path, None, "datapath.lan-interfaces",
-                              "name at least one LAN interface")
+        config_mod.check_runnable(cfg)
         dpc = DatapathConfig(instance=cfg.instance, flows4_max=cfg.flow_table_size,
                              flows6_max=max(1024, cfg.flow_table_size // 4),
                              pickup_s=int(cfg.pickup_window),
@@ -296,6 +264,8 @@ class Daemon:
         maps.set_reclassify(self.reclassify())
 
     def stop(self, purge: bool = False) -> None:
+        self.service.stopping()
+        log.removeHandler(self.problems)
         if self.hooks:  # first: a purge below detaches, nothing must attach again
             self.hooks.stop()
         self._stop.set()
@@ -350,10 +320,12 @@ class Daemon:
         return Snapshot(
             cfg=self.cfg, sysopt=json.loads(json.dumps(self.runtime)),
             tunnels=self.registry.copy_tunnels(),
-            demand={k: replace(d) for k, d in self.demand.items()},
-            stats=stats, latency_ms=tuple(self.latency.samples), charon_up=self.charon_up,
+            demand={k: replace(d) for k, d in self.initiations.pending.items()},
+            stats=stats, latency_ms=tuple(self.latency.samples),
+            latency_histogram=self.latency.histogram(), charon_up=self.charon_up,
             ipsec_backend=self.ipsec_backend, started=self.started,
-            wan_guarded=tuple(self.wan_guarded), table=self.table, now_s=self.sweeper.now_s)
+            wan_guarded=tuple(self.wan_guarded), last_problem=self.problems.last,
+            table=self.table, now_s=self.sweeper.now_s)
 
     def on_loop(self, fn: Callable[[], Any], what: str = "the request",
                 wait: float = 10.0) -> Any:
@@ -372,6 +344,11 @@ class Daemon:
     def request_stop(self) -> None:
         """Make :meth:`run` return (SIGTERM, tests)."""
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the daemon was asked to stop."""
+        return self._stop.is_set()
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -392,8 +369,10 @@ class Daemon:
                 with self.lock:
                     for ev in events:
                         self.on_datapath_event(ev)
-                    self._demand_tick(time.monotonic())
+                    self.initiations.tick(time.monotonic(), self.registry, self.runtime,
+                                          self.charon_up)
                     self._forget_tick()
+                self.service.tick(time.monotonic())
             except Exception:  # noqa: BLE001 -- one bad item must not stop the gateway
                 self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
                 log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "internal error (the "
@@ -404,6 +383,8 @@ class Daemon:
         a resync, charon gone), or a call :meth:`on_loop` queued. Takes the lock."""
         with self.lock:
             self._handle(item)
+            if isinstance(item, Resync | Disconnected):
+                self.charon_heard.set()
 
     def _handle(self, item: Received | Resync | Disconnected | _Call) -> None:
         if isinstance(item, Received):
@@ -516,7 +497,7 @@ class Daemon:
                 self.latency.add((time.monotonic() - received) * 1000)
                 if self.resume is not None:
                     self.resume.up(t.tunnel_id, t.name)
-                self.demand.pop(t.key, None)
+                self.initiations.satisfied(t.key)
                 if self.cfg.wan_interfaces is None and t.peer_host and self.dp is not None:
                     self._later(self._guard_peer_route, t.peer_host)
                 text = f"Tunnel {t.name} UP, peer {t.peer_id} ({tr.reason})"
@@ -557,7 +538,7 @@ class Daemon:
                 for loc in t.local_ts for rem in t.remote_ts if loc.version == rem.version}
         if want != self._selectors:
             # Sorted by id: when a remote prefix has more pairs than the data path holds,
-            # the longest-configured tunnels keep their slots (see FlowTable._compile).
+            # the longest-configured tunnels keep their slots (see selectors.plan).
             overflows = self.maps.replace_selectors(
                 sorted(want, key=lambda s: (s.tunnel_id, str(s))))
             self._selectors = want
@@ -586,7 +567,6 @@ class Daemon:
         return sum(1 for f in self.table.flows()
                    if f.tunnel_id == tunnel_id and (proto is None or f.key.proto == proto))
 
-    # --- reclassify-vpn ----------------------------------------------------------------
     # --- reports: counted and logged beside the loop -----------------------------------
     def _later(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the reporter thread: counting flows reads whole maps (ms at
@@ -628,19 +608,13 @@ class Daemon:
                  "are torn down")
 
     def _reclassify(self, name: str, local_ts: Any, remote_ts: Any) -> None:
-        """reclassify-vpn (on the reporter thread; deleting flows beside the loop is safe:
-        a flow deleted here is simply created again, in its tunnel, by its next packet)."""
-        from controlplane.reclassify import clear_conntrack, matches
-
+        """reclassify-vpn, on the reporter thread (see :mod:`controlplane.reclassify`)."""
         assert self.table is not None
-        gone = [f for f in list(self.table.flows())
-                if f.tunnel_id == 0 and matches(f.key, local_ts, remote_ts)
-                and self.table.delete_flow(f.key)]
-        self.stats["reclassified"] += len(gone)
-        ct = clear_conntrack(local_ts, remote_ts)
-        if gone or ct:
+        flows, ct = reclassify.clear(self.table, local_ts, remote_ts)
+        self.stats["reclassified"] += flows
+        if flows or ct:
             emit(Sev.INFO, Msg.RECLASSIFIED, f"reclassify-vpn: Tunnel {name} UP: "
-                 f"{len(gone)} non-VPN flows and {ct} conntrack entries matching its "
+                 f"{flows} non-VPN flows and {ct} conntrack entries matching its "
                  "selectors cleared")
 
     # --- sweeper and data-path events ------------------------------------------------------
@@ -698,8 +672,7 @@ class Daemon:
         if ev.type == "DEMAND":
             t = self.registry.by_id(ev.tunnel_id)
             if t is not None and t.state == "DOWN":
-                d = self.demand.setdefault(t.key, Demand(self.cfg.demand_backoff_min))
-                d.next_at = d.next_at or time.monotonic()
+                self.initiations.wanted(t.key)
         elif ev.type == "MAP_FULL":
             self.stats["table_full"] += 1
             emit(Sev.WARNING, Msg.TABLE_FULL, f"flow table full "
@@ -736,47 +709,24 @@ class Daemon:
                  f"packet from {src} to {dst}: dropped, it matches Tunnel {name} "
                  f"({inn} packets so far)")
 
-    def _demand_tick(self, now: float) -> None:
-        for key, d in list(self.demand.items()):
-            t = self.registry.get(key)
-            if t is None or t.state == "UP":
-                self.demand.pop(key, None)
-                continue
-            if d.running or not d.next_at or now < d.next_at:
-                continue
-            initiate = self.runtime.get("initiate_tunnels", {}).get(t.name)
-            if initiate is None:
-                initiate = self.cfg.initiate_for(*key)
-            if not initiate or not self.charon_up:
-                continue
-            d.running, d.attempts = True, d.attempts + 1
-            self.stats["initiations"] += 1
-            emit(Sev.NOTICE, Msg.DEMAND_INITIATE, f"Tunnel {t.name} DOWN with traffic "
-                 f"waiting: initiating its CHILD_SA (attempt {d.attempts})")
-            threading.Thread(target=self._initiate, args=(key, d), daemon=True).start()
-
-    def _initiate(self, key: TunnelKey, d: Demand) -> None:
-        try:
-            sess = vs.connect(self.cfg.vici_socket, timeout=2.0)
-            try:
-                vs.initiate(sess, key[1], key[0], timeout=10.0)
-            finally:
-                sess.transport.close()
-            d.backoff = self.cfg.demand_backoff_min
-            d.last_error = ""
-        except (vs.ViciError, OSError) as exc:
-            self.stats["initiation_failures"] += 1
-            d.last_error = str(exc)
-            d.backoff = min(d.backoff * 2, self.cfg.demand_backoff_max)
-            emit(Sev.WARNING, Msg.INITIATE_FAILED, f"Tunnel {key[0]}/{key[1]}: initiation "
-                 f"failed ({exc}); next attempt in {d.backoff:.0f} s")
-        finally:
-            d.next_at = time.monotonic() + d.backoff
-            d.running = False
-
     # --- what the changing commands call (see commands.Control) ---------------------------
     def reload(self, path: str) -> Config:
         """Load ``path``; on success apply it, on error keep running as before."""
+        # systemd holds the unit in "reloading" from RELOADING=1 to READY=1: READY follows
+        # whatever happens.
+        self.service.reloading()
+        status = "configuration reload failed (see the log)"
+        try:
+            new = self._reload(path)
+            status = f"configuration {path} loaded"
+            return new
+        except ConfigError as exc:
+            status = f"configuration rejected, running configuration unchanged: {exc}"
+            raise
+        finally:
+            self.service.reloaded(status)
+
+    def _reload(self, path: str) -> Config:
         try:
             new = config_mod.load(path)
         except ConfigError as exc:
@@ -847,10 +797,13 @@ def _ts(nets: Any) -> str:
 
 
 def setup_logging(cfg: Config) -> None:
-    handler: logging.Handler = (logging.FileHandler(cfg.log_file) if cfg.log_file
-                                else logging.StreamHandler(sys.stdout))
-    fmt = "%(asctime)s %(message)s" if cfg.log_file else "%(message)s"
-    handler.setFormatter(logging.Formatter(fmt, "%b %d %H:%M:%S"))
+    # Under systemd: the journal, each line at its syslog priority (controlplane.journal).
+    handler = None if cfg.log_file else journal_handler()
+    if handler is None:
+        handler = (logging.FileHandler(cfg.log_file) if cfg.log_file
+                   else logging.StreamHandler(sys.stdout))
+        fmt = "%(asctime)s %(message)s" if cfg.log_file else "%(message)s"
+        handler.setFormatter(logging.Formatter(fmt, "%b %d %H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.log_level.upper())
@@ -860,20 +813,27 @@ def main(config_path: str, purge: bool = False) -> int:
     try:
         cfg = config_mod.load(config_path)
     except ConfigError as exc:
-        print(f"flowpin: error: {exc}", file=sys.stderr)
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
         return 2
     setup_logging(cfg)
     if os.geteuid() != 0:
-        print("flowpin: error: the daemon loads eBPF programs: run it as root", file=sys.stderr)
+        print(error_line("flowpin: error: the daemon loads eBPF programs: run it as root"),
+              file=sys.stderr)
         return 1
     # The loop must get the GIL back quickly from the sweeper and reclassify threads: an SA
     # event waits at most this long behind their Python code (default 5 ms).
     sys.setswitchinterval(0.0005)
+    try:
+        service = ServiceNotifier()
+    except NotifyError as exc:
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
+        return 1
     daemon = Daemon(cfg)
+    daemon.service = service
     try:
         daemon.start()
     except ConfigError as exc:
-        print(f"flowpin: error: {exc}", file=sys.stderr)
+        print(error_line(f"flowpin: error: {exc}"), file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 -- a clear line for the admin, then exit
         emit(Sev.ERROR, Msg.DAEMON, f"cannot start: {exc}")
@@ -886,8 +846,10 @@ def main(config_path: str, purge: bool = False) -> int:
     signal.signal(signal.SIGHUP, daemon.on_sighup)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    status = announce_ready(daemon)
     try:
         daemon.run()
     finally:
+        status.stop()
         daemon.stop(purge=purge)
     return 0

@@ -27,7 +27,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from controlplane.flow_table import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD, FlowTable
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD
 from controlplane.libbpf import prog_test_run
 
 BPFFS = Path("/sys/fs/bpf")
@@ -174,6 +175,14 @@ def _cflags(cfg: DatapathConfig) -> list[str]:
     if cfg.pin:
         flags.append(f'-DFP_PIN_DIR="{cfg.pin_dir}"')
     return flags + list(cfg.cflags)
+
+
+def replace_filter(ipr: Any, index: int, parent: str, fd: int, name: str) -> None:
+    """Put program ``fd`` on the clsact hook ``parent`` of interface ``index`` as flowpin's
+    filter (our handle and priority, direct action), replacing ours in place: there is no
+    moment without a filter."""
+    ipr.tc("replace-filter", "bpf", index, handle=FILTER_HANDLE, fd=fd, name=name,
+           parent=parent, prio=FILTER_PRIO, classid=1, direct_action=True)
 
 
 class Datapath:
@@ -325,9 +334,7 @@ class Datapath:
                 if getattr(exc, "code", None) != errno.EEXIST:
                     raise DatapathError(f"adding clsact on {ifname}: {exc}") from exc
             for prog, parent in progs:
-                ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE,
-                       fd=self._fds[prog], name=prog, parent=parent, prio=FILTER_PRIO,
-                       classid=1, direct_action=True)
+                replace_filter(ipr, idx, parent, self._fds[prog], prog)
 
     def detach(self, ifname: str | None = None, netns: str | None = None,
                purge: bool = False) -> None:

@@ -21,9 +21,11 @@ hold tunnel traffic back (the WAN guard while the LAN filters are missing).
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from controlplane.datapath import (
@@ -52,32 +54,58 @@ def _parent(text: str) -> int:
     return int(major, 16) << 16 | int(minor, 16)
 
 
-def _ours(f: Any, prog: str) -> bool:
-    """A filter dump entry is flowpin's filter running ``prog`` (matched by the name the
-    loader gives it: pyroute2 does not decode the program id)."""
-    if f.get_attr("TCA_KIND") != "bpf" or f["handle"] != FILTER_HANDLE:
-        return False
-    if f["info"] >> 16 != FILTER_PRIO:
-        return False
-    opts = f.get_attr("TCA_OPTIONS")
-    return opts is not None and opts.get_attr("TCA_BPF_NAME") == prog
+TCA_BPF_ID = 11  # linux/pkt_cls.h: the program id in a bpf filter's options
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One of flowpin's TC filters as the kernel reports it."""
+
+    parent: str  # PARENT_INGRESS or PARENT_EGRESS
+    prog: str  # the program's name, as the loader names the filter
+    prog_id: int  # the loaded program's id (0 if the kernel did not say)
+
+
+def _prog_id(opts: Any) -> int:
+    """TCA_BPF_ID of a bpf filter's options (pyroute2 0.9 leaves it undecoded)."""
+    if opts.get_attr("TCA_BPF_ID"):
+        return int(opts.get_attr("TCA_BPF_ID"))
+    for name, v in opts["attrs"]:
+        if name == "UNKNOWN" and v["header"]["type"] == TCA_BPF_ID:
+            return int(struct.unpack_from("=I", v.data, v.offset + 4)[0])
+    return 0
+
+
+def flowpin_filters(ipr: Any, index: int) -> list[Filter]:
+    """flowpin's filters on the interface ``index`` (ours: kind bpf, our handle and
+    priority), on both clsact hooks; [] when there is no clsact."""
+    out = []
+    for parent in (PARENT_INGRESS, PARENT_EGRESS):
+        try:
+            dump = ipr.get_filters(index=index, parent=_parent(parent))
+        except Exception:  # noqa: BLE001 -- no clsact: the dump fails
+            continue
+        for f in dump:
+            if f.get_attr("TCA_KIND") != "bpf" or f["handle"] != FILTER_HANDLE:
+                continue
+            if f["info"] >> 16 != FILTER_PRIO:
+                continue
+            opts = f.get_attr("TCA_OPTIONS")
+            if opts is not None:
+                out.append(Filter(parent, opts.get_attr("TCA_BPF_NAME") or "", _prog_id(opts)))
+    return out
 
 
 def missing_filters(ipr: Any, ifname: str, role: Role = "lan") -> list[str]:
     """What of flowpin's hooks of ``role`` on ``ifname`` is missing: [] when both filters
-    are there, ["interface"] when the interface does not exist, else the missing hooks."""
+    are there, ["interface"] when the interface does not exist, else the missing hooks.
+    Filters are matched by the name the loader gives them."""
     links = ipr.link_lookup(ifname=ifname)
     if not links:
         return ["interface"]
-    out = []
-    for parent, prog in EXPECTED[role]:
-        try:
-            filters = ipr.get_filters(index=links[0], parent=_parent(parent))
-        except Exception:  # noqa: BLE001 -- no clsact: the dump fails
-            filters = []
-        if not any(_ours(f, prog) for f in filters):
-            out.append("ingress" if parent == PARENT_INGRESS else "egress")
-    return out
+    present = {(f.parent, f.prog) for f in flowpin_filters(ipr, links[0])}
+    return ["ingress" if parent == PARENT_INGRESS else "egress"
+            for parent, prog in EXPECTED[role] if (parent, prog) not in present]
 
 
 class HookWatch:

@@ -13,7 +13,7 @@ from enum import IntEnum
 
 from controlplane import protocols
 from controlplane.durations import format_duration
-from controlplane.sweeper import RemovedFlow
+from controlplane.flows import RemovedFlow
 
 log = logging.getLogger("flowpin")
 
@@ -61,6 +61,18 @@ class Msg(IntEnum):
     CLEARTEXT_BLOCKED = 752120
     WAN_GUARD = 752121
     NONVPN_BUDGET = 752122
+
+
+class LastProblem(logging.Handler):
+    """Remembers the last line at WARNING or worse: what ``flowpin status`` shows as the
+    last error, so an admin sees it without searching the journal."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: tuple[float, str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = (record.created, record.getMessage())
 
 
 def line(sev: Sev, msg: Msg, text: str) -> str:

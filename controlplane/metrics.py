@@ -1,94 +1,308 @@
-"""Prometheus metrics (text exposition format) on a local port, when configured.
+"""Prometheus metrics, exposed with prometheus_client (Debian's python3-prometheus-client).
 
-Served from a thread; the numbers are read on the daemon's main loop (one snapshot per
-scrape), so a scrape never races a map write.
+Nothing is counted twice: a custom collector reads the daemon's own state at scrape time
+(one snapshot, taken on the daemon's loop like ``show counters``), so the numbers are those
+``flowpin show …`` prints. Counters are the data path's and the daemon's cumulative counts
+(``_total``; they restart at 0 with the daemon or, per tunnel, when a tunnel id is reused);
+times are in seconds. docs/operations.md lists every metric.
+
+The listener binds loopback unless ``[metrics] listen`` names another address.
 """
 
 from __future__ import annotations
 
-import http.server
+import bisect
+import socket
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.process_collector import ProcessCollector
+
+# Event received from charon -> tunnel state written to the data path: ~0.1-1 ms on an idle
+# gateway, tens of ms under load (docs/perf); the buckets span both, in seconds.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0)
+DEFAULT_HOST = "127.0.0.1"
+
+# The data path's extra counters (struct counters beyond the verdict reasons).
+_STATS = {
+    "EVENT_LOST": ("datapath_events_lost_total", "Data-path events (demand, table full, "
+                   "removed flows, WAN guard) lost because the ring buffer was full."),
+    "STALE_REMOVED": ("stale_flows_removed_total", "Flows of an older tunnel generation "
+                      "removed on the packet path."),
+    "NONVPN_UNTRACKED": ("nonvpn_untracked_packets_total", "Packets of new non-VPN flows "
+                         "passed untracked because the non-VPN budget of the table was "
+                         "spent."),
+}
+# The daemon's counts (Daemon.stats): metric name and what is counted.
+_DAEMON = {
+    "events": ("vici_events_total", "SA events received from charon over VICI and applied."),
+    "resyncs": ("vici_resyncs_total", "Full listings of charon's conns and SAs applied "
+                "(at each connection to charon)."),
+    "disconnects": ("charon_disconnects_total", "Times charon's VICI socket was found "
+                    "unreachable or closed (every tunnel then held DOWN)."),
+    "vici_decode_errors": ("vici_decode_errors_total", "VICI messages that could not be "
+                           "decoded (skipped)."),
+    "initiations": ("demand_initiations_total", "CHILD_SA initiations asked of charon "
+                    "because traffic waited for a tunnel that was down."),
+    "initiation_failures": ("demand_initiation_failures_total", "Of those initiations, "
+                            "the ones charon refused or that timed out."),
+    "teardowns_logged": ("teardowns_total", "Flows removed and logged (302014/302016/302021:"
+                         " idle timeout, tunnel torn down, cleared by admin)."),
+    "reclassified": ("reclassified_flows_total", "Non-VPN flows cleared because a tunnel "
+                     "covering them came up (reclassify-vpn)."),
+    "table_full": ("table_full_events_total", "Times a new VPN flow was refused because the "
+                   "flow table was full (752107, sampled by the data path)."),
+    "nonvpn_budget": ("nonvpn_budget_events_total", "Times new non-VPN flows hit their "
+                      "budget (752122, sampled by the data path)."),
+    "reloads": ("config_reloads_total", "Configuration reloads applied (SIGHUP or flowpin "
+                "reload)."),
+    "reload_errors": ("config_reload_errors_total", "Configuration reloads refused (the file "
+                      "had an error; the running configuration stayed)."),
+    "selectors_refused": ("selectors_refused_total", "Selector pairs the data path could not "
+                          "hold (752115)."),
+    "tunnels_refused": ("tunnels_refused_total", "Tunnels refused for want of a free "
+                        "data-path tunnel id (752117)."),
+    "tunnel_ids_freed": ("tunnel_ids_freed_total", "Data-path tunnel ids freed after their "
+                         "tunnel was removed and its flows gone."),
+    "hooks_reattached": ("hooks_reattached_total", "Times a lost TC filter (LAN or WAN "
+                         "guard) was found and re-attached (752116)."),
+    "hook_errors": ("hook_errors_total", "Failed attempts to re-attach a lost TC filter."),
+    "guard_out_events": ("guard_out_events_total", "WAN guard reports of tunnel packets that "
+                         "would have left in clear (752120, sampled; exact packet counts in "
+                         "flowpin_tunnel_cleartext_dropped_packets_total)."),
+    "guard_in_events": ("guard_in_events_total", "WAN guard reports of tunnel packets that "
+                        "arrived in clear (402117, sampled)."),
+    "internal_errors": ("internal_errors_total", "Internal errors the daemon logged and went "
+                        "on after (please report)."),
+}
+
+
+@dataclass
+class Latency:
+    """Event received -> data-path map written: the last samples in ms (``show counters``'
+    percentiles) and a cumulative histogram in seconds (the metrics)."""
+
+    samples: list[float] = field(default_factory=list)
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    count: int = 0
+    sum_s: float = 0.0
+
+    def add(self, ms: float) -> None:
+        self.samples.append(ms)
+        del self.samples[:-10000]
+        s = ms / 1000
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, s)] += 1
+        self.count += 1
+        self.sum_s += s
+
+    def copy(self) -> Latency:
+        return Latency(list(self.samples), list(self.buckets), self.count, self.sum_s)
+
+    def histogram(self) -> dict[str, Any]:
+        cum, out = 0, []
+        for le, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], self.buckets, strict=True):
+            cum += n
+            out.append([le, cum])
+        return {"buckets": out, "count": self.count, "sum": self.sum_s}
+
+
+def version() -> str:
+    try:
+        return metadata.version("flowpin")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class DaemonCollector:
+    """Reads a daemon snapshot (``commands.cmd_metrics``) at each scrape."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        # Registering must not take a snapshot (the daemon may not be running yet).
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.snapshot())
+
+
+def families(snap: dict[str, Any]) -> Iterator[Metric]:
+    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"flowpin_{name}", doc, labels=list(labels))
+
+    def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterMetricFamily:
+        # The library adds `_total` to a counter's sample; the family is named without it.
+        return CounterMetricFamily(f"flowpin_{name.removesuffix('_total')}", doc,
+                                   labels=list(labels))
+
+    info = InfoMetricFamily("flowpin_build", "flowpin's version and the Python it runs on "
+                            "(always 1).")
+    info.add_metric([], {"version": version(),
+                         "python": ".".join(map(str, sys.version_info[:3]))})
+    yield info
+
+    up = gauge("charon_connected", "1 while charon's VICI socket answers; 0: every tunnel "
+               "held DOWN.")
+    up.add_metric([], int(bool(snap.get("charon_up"))))
+    yield up
+    backend = InfoMetricFamily("flowpin_ipsec_backend", "strongSwan's IPsec backend as "
+                               "charon last said (kernel-netlink: kernel XFRM; "
+                               "kernel-libipsec: userspace ESP).")
+    backend.add_metric([], {"backend": str(snap.get("ipsec_backend", "unknown"))})
+    yield backend
+
+    dp = snap.get("datapath", {})
+    pk = counter("packets_total", "Packets the data path judged on the LAN interfaces, by "
+                 "verdict (pass/drop) and reason (docs/operations.md lists the reasons).",
+                 ("verdict", "reason"))
+    for name, value in sorted(dp.items()):
+        verdict, _, reason = name.lower().partition("_")
+        if verdict in ("pass", "drop"):
+            pk.add_metric([verdict, reason], value)
+    yield pk
+    for key, (name, doc) in _STATS.items():
+        c = counter(name, doc)
+        c.add_metric([], dp.get(key, 0))
+        yield c
+
+    flows = gauge("flows", "Flows in the flow table now (VPN and non-VPN, both families).")
+    flows.add_metric([], snap.get("flows", 0))
+    yield flows
+    cap = gauge("flow_table_capacity", "Flows the IPv4 flow table can hold "
+                "(datapath.flow-table-size).")
+    cap.add_metric([], snap.get("flow_table_size", 0))
+    yield cap
+    nonvpn = snap.get("nonvpn", {})
+    nf = gauge("nonvpn_flows", "Non-VPN flows in the flow table, as the data path counts "
+               "them for their budget.", ("family",))
+    nl = gauge("nonvpn_flow_limit", "Budget of non-VPN flows (0: none); beyond it new "
+               "non-VPN flows pass untracked.", ("family",))
+    for fam, v in sorted(nonvpn.items()):
+        nf.add_metric([f"ipv{fam}"], v["flows"])
+        nl.add_metric([f"ipv{fam}"], v["limit"])
+    yield nf
+    yield nl
+
+    tun = ("tunnel", "peer")
+    t_up = gauge("tunnel_up", "1 while the tunnel has a CHILD_SA installed.", tun)
+    t_flows = gauge("tunnel_flows", "Flows of the tunnel in the flow table (current "
+                    "generation).", tun)
+    t_pinned = gauge("tunnel_held_flows", "TCP flows held for the tunnel while it is down "
+                     "(preserve-vpn-flows).", tun)
+    t_held = counter("tunnel_held_packets_total", "Packets of held flows dropped while "
+                     "their tunnel was down.", tun)
+    t_refused = counter("tunnel_refused_flows_total", "New flows of the tunnel refused "
+                        "(flow table full, or tunnel down).", tun)
+    t_clear = counter("tunnel_cleartext_dropped_packets_total", "Packets of the tunnel's "
+                      "selectors the WAN guard dropped because they crossed the WAN in "
+                      "clear, by direction (out: would have left, in: arrived).",
+                      (*tun, "direction"))
+    t_ups = counter("tunnel_ups_total", "Times the tunnel went UP (a CHILD_SA installed).",
+                    tun)
+    t_downs = counter("tunnel_downs_total", "Times the tunnel went DOWN (its last CHILD_SA "
+                      "gone).", tun)
+    t_since = gauge("tunnel_state_since_seconds", "When the tunnel last changed state (Unix "
+                    "time).", tun)
+    for t in snap.get("tunnels", []):
+        lv = [str(t["tunnel"]), str(t.get("peer") or "")]
+        t_up.add_metric(lv, int(t["state"] == "UP"))
+        t_flows.add_metric(lv, t["flows"])
+        t_pinned.add_metric(lv, t["pinned"])
+        t_held.add_metric(lv, t["held_packets"])
+        t_refused.add_metric(lv, t["refused"])
+        t_clear.add_metric([*lv, "out"], t["cleartext_dropped_out"])
+        t_clear.add_metric([*lv, "in"], t["cleartext_dropped_in"])
+        t_ups.add_metric(lv, t.get("ups", 0))
+        t_downs.add_metric(lv, t.get("downs", 0))
+        if t.get("since"):
+            t_since.add_metric(lv, t["since"])
+    yield from (t_up, t_flows, t_pinned, t_held, t_refused, t_clear, t_ups, t_downs, t_since)
+
+    stats = dict(snap.get("daemon", {}))
+    for key, (name, doc) in _DAEMON.items():
+        c = counter(name, doc)
+        c.add_metric([], stats.pop(key, 0))
+        yield c
+    if stats:  # a count added to the daemon without a metric of its own yet
+        other = counter("daemon_events_total", "Other daemon counts, by kind.", ("kind",))
+        for k, v in sorted(stats.items()):
+            if isinstance(v, int | float):
+                other.add_metric([k], v)
+        yield other
+
+    lat = snap.get("event_to_map_seconds")
+    if lat is not None:
+        h = HistogramMetricFamily("flowpin_event_to_map_seconds", "Time from an SA event "
+                                  "received from charon (or a resync, or charon lost) to "
+                                  "the tunnel's state written in the data path.")
+        h.add_metric([], [(le, n) for le, n in lat["buckets"]], lat["sum"])
+        yield h
+
+
+def registry(snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(DaemonCollector(snapshot))  # type: ignore[arg-type]
+    ProcessCollector(registry=reg)  # process_cpu_seconds_total, memory, open fds
+    return reg
 
 
 def render(snap: dict[str, Any]) -> str:
-    out: list[str] = []
+    """The exposition text of one snapshot (what a scrape returns)."""
+    return generate_latest(registry(lambda: snap)).decode()
 
-    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
-        out.append(f"# HELP flowpin_{name} {help_}")
-        out.append(f"# TYPE flowpin_{name} {kind}")
-        for labels, value in samples:
-            out.append(f"flowpin_{name}{labels} {value}")
 
-    dp = snap["datapath"]
-    metric("packets_total", "counter", "Packets by data-path verdict reason.",
-           [(f'{{reason="{k.lower()}"}}', v) for k, v in sorted(dp.items())])
-    metric("flows", "gauge", "Flows in the flow table.", [("", snap["flows"])])
-    metric("flow_table_size", "gauge", "Capacity of the flow table.",
-           [("", snap["flow_table_size"])])
-    nonvpn = snap.get("nonvpn", {})
-    metric("nonvpn_flows", "gauge", "Non-VPN flows tracked, as the data path counts them "
-           "for its budget.", [(f'{{family="{f}"}}', v["flows"]) for f, v in nonvpn.items()])
-    metric("nonvpn_flow_limit", "gauge", "Budget of non-VPN flows (0: none); beyond it "
-           "new non-VPN flows pass untracked.",
-           [(f'{{family="{f}"}}', v["limit"]) for f, v in nonvpn.items()])
-    metric("charon_up", "gauge", "1 while charon's VICI socket answers.",
-           [("", int(snap["charon_up"]))])
-    for key, help_ in (("flows", "Active flows of the tunnel."),
-                       ("pinned", "TCP flows pinned while the tunnel is down."),
-                       ("held_packets", "Packets held (dropped) for pinned flows."),
-                       ("refused", "New flows refused (table full)."),
-                       ("cleartext_dropped_out", "Packets of the tunnel the WAN guard dropped: "
-                        "they would have left the WAN in clear."),
-                       ("cleartext_dropped_in", "Packets of the tunnel the WAN guard dropped: "
-                        "they arrived on the WAN in clear.")):
-        metric(f"tunnel_{key}", "gauge", help_,
-               [(f'{{tunnel="{t["tunnel"]}",peer="{t["peer"]}"}}', t[key])
-                for t in snap["tunnels"]])
-    metric("tunnel_up", "gauge", "1 while the tunnel has a CHILD_SA installed.",
-           [(f'{{tunnel="{t["tunnel"]}"}}', int(t["state"] == "UP")) for t in snap["tunnels"]])
-    metric("daemon_events_total", "counter", "Daemon activity by kind.",
-           [(f'{{kind="{k}"}}', v) for k, v in sorted(snap["daemon"].items())])
-    lat = snap["event_to_map_ms"]
-    if lat["count"]:
-        metric("event_to_map_ms", "gauge", "VICI event received to map written (ms).",
-               [('{quantile="0.5"}', lat["p50"]), ('{quantile="0.99"}', lat["p99"])])
-    return "\n".join(out) + "\n"
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, ``:port`` or ``port`` -> (host, port); no host means
+    loopback: metrics are for the gateway's own scraper unless an admin says otherwise."""
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        host, port = "", listen
+    return host.strip("[]") or DEFAULT_HOST, int(port)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:  # a scrape every 15 s is not news
+        pass
 
 
 class MetricsServer:
     def __init__(self, listen: str, snapshot: Callable[[], dict[str, Any]]) -> None:
-        host, _, port = listen.rpartition(":")
-        self.addr = (host.strip("[]") or "127.0.0.1", int(port))
-        self.snapshot = snapshot
-        self._srv: http.server.ThreadingHTTPServer | None = None
+        self.addr = parse_listen(listen)
+        self.registry = registry(snapshot)
+        self._srv: ThreadingWSGIServer | None = None
 
     def start(self) -> MetricsServer:
-        snapshot = self.snapshot
+        host, port = self.addr
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 -- http.server's name
-                if self.path not in ("/metrics", "/"):
-                    self.send_error(404)
-                    return
-                try:
-                    body = render(snapshot()).encode()
-                except Exception as exc:  # noqa: BLE001
-                    self.send_error(503, str(exc))
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        class Server(ThreadingWSGIServer):
+            address_family = family
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._srv = http.server.ThreadingHTTPServer(self.addr, Handler)
+        self._srv = make_server(host, port, make_wsgi_app(self.registry), Server,
+                                handler_class=_Quiet)
         threading.Thread(target=self._srv.serve_forever, name="metrics", daemon=True).start()
         return self
+
+    @property
+    def port(self) -> int:
+        assert self._srv is not None
+        return int(self._srv.server_address[1])
 
     def stop(self) -> None:
         if self._srv:

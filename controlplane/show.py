@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from controlplane.durations import format_duration
@@ -88,4 +89,28 @@ def counters(data: dict[str, Any]) -> str:
     if lat["count"]:
         lines.append(f"  event_to_map_ms          p50 {lat['p50']} p99 {lat['p99']} "
                      f"max {lat['max']} ({lat['count']} events)")
+    return "\n".join(lines)
+
+
+def status(data: dict[str, Any]) -> str:
+    """``flowpin status``: a few lines an admin reads at a glance."""
+    t = data["tunnels"]
+    charon = (f"connected ({data['ipsec_backend']}, {data['vici_socket']})" if data["charon_up"]
+              else f"UNREACHABLE at {data['vici_socket']}: every tunnel held DOWN")
+    hooks = ", ".join(
+        f"{h['interface']} ({h['role']}) " + ("attached" if h["attached"]
+                                             else "MISSING " + "+".join(h["missing"]))
+        for h in data["hooks"]) or "none"
+    last = data.get("last_problem")
+    lines = [
+        f"flowpin {data['version']}, instance {data['instance']}, pid {data['pid']}, "
+        f"up {format_duration(data['uptime_s'])}",
+        f"config:   {data['config']}",
+        f"charon:   {charon}",
+        f"tunnels:  {t['up']} of {t['total']} up",
+        f"flows:    {data['flows']} of {data['flow_table_size']}, {data['held']} held",
+        f"hooks:    {hooks}",
+        "last problem: " + (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last['at']))}"
+                            f" {last['line']}" if last else "none"),
+    ]
     return "\n".join(lines)

@@ -27,10 +27,12 @@ class Snapshot:
     demand: Mapping[TunnelKey, Demand]  # initiation on demand (copies)
     stats: Mapping[str, int]
     latency_ms: tuple[float, ...]  # event received -> map written
+    latency_histogram: Mapping[str, Any]  # the same, cumulative (metrics.Latency.histogram)
     charon_up: bool
     ipsec_backend: str
     started: float  # time.time() at daemon start
     wan_guarded: tuple[str, ...]
+    last_problem: tuple[float, str] | None  # (time.time(), line): last WARNING or worse
     table: FlowTable
     now_s: Callable[[], int]
 

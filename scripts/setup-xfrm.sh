@@ -11,16 +11,9 @@ VM_VENV=${XFRM_VENV:-.venv-vm}
 say() { printf 'setup-xfrm: %s\n' "$*"; }
 
 PKGS=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64)
-missing=()
-for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=900 update -q
-    apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=scripts/debs.sh
+. scripts/debs.sh
+DEBS_WHO=setup-xfrm ensure_debs "${PKGS[@]}"
 img=$(dpkg-query -W -f='${Depends}' linux-image-amd64 | grep -o 'linux-image-[^ ,]*' | head -1)
 hdr=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 | grep -o 'linux-headers-[^ ,]*' | head -1)
 if [ "${img#linux-image-}" != "${hdr#linux-headers-}" ]; then

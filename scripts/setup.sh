@@ -22,27 +22,16 @@ if [ "$(id -u)" -ne 0 ]; then
     say "flowpin's setup installs packages and mounts bpffs: run it as root"; exit 1
 fi
 
-missing=()
-for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    # strongSwan's maintainer scripts try to start services; there may be no init system.
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=scripts/debs.sh
+. scripts/debs.sh
+ensure_debs "${PKGS[@]}"
 
 # bcc compiles at load time against /lib/modules/$(uname -r)/build. Only when the running
 # kernel has no headers of its own, map Debian's generic ones: networking programs use the
 # UAPI headers only, which are stable across kernel versions.
 KREL=$(uname -r)
 if [ ! -e "/lib/modules/$KREL/build/include" ]; then
-    if ! dpkg-query -W -f='${Status}' linux-headers-amd64 2>/dev/null | grep -q "install ok installed"; then
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q --no-install-recommends linux-headers-amd64
-    fi
+    ensure_debs linux-headers-amd64
     hdr=$(ls -d /usr/src/linux-headers-*-amd64 | sort -V | tail -1)
     common=${hdr%-amd64}-common
     say "no kernel headers for $KREL: mapping $hdr (Debian's) for bcc"
@@ -67,6 +56,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 "$VENV/bin/python" - <<'PY'
-import bcc, nftables, pyroute2, vici  # noqa: F401 -- fail here, by name, if one is missing
+import bcc, nftables, prometheus_client, pyroute2, systemd.daemon, vici  # noqa: F401 -- fail here, by name, if one is missing
 PY
 say "ready ($VENV)"

@@ -3,7 +3,7 @@
 _shtab_flowpin_subparsers=('daemon' 'status' 'show' 'sysopt' 'clear' 'reload')
 
 _shtab_flowpin_option_strings=('-h' '--help' '--version')
-_shtab_flowpin_daemon_option_strings=('-h' '--help' '--config' '--purge')
+_shtab_flowpin_daemon_option_strings=('-h' '--help' '--config' '--purge' '--check-config')
 _shtab_flowpin_status_option_strings=('-h' '--help' '--instance' '--socket' '--json')
 _shtab_flowpin_show_option_strings=('-h' '--help' '--instance' '--socket' '--json' '--detail' '--pinned' '--tunnel' '--address' '--port' '--protocol')
 _shtab_flowpin_sysopt_option_strings=('-h' '--help' '--instance' '--socket' '--json' '--tunnel')
@@ -27,6 +27,7 @@ _shtab_flowpin___version_nargs=0
 _shtab_flowpin_daemon__h_nargs=0
 _shtab_flowpin_daemon___help_nargs=0
 _shtab_flowpin_daemon___purge_nargs=0
+_shtab_flowpin_daemon___check_config_nargs=0
 _shtab_flowpin_status__h_nargs=0
 _shtab_flowpin_status___help_nargs=0
 _shtab_flowpin_status___json_nargs=0

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.flow_table import TC_ACT_OK, TC_ACT_SHOT, FlowTable
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import TC_ACT_OK, TC_ACT_SHOT
 from controlplane.libbpf import prog_test_run
 from lab import packets as tr
 from tests.datapath.cases import NETS, TUN, Net, down, handshake, run_steps, up

@@ -190,9 +190,9 @@ def test_the_daemon_logs_counts_and_exports_the_budget(small: Any,
         [msg] = [r.getMessage() for r in caplog.records if "752122" in r.getMessage()]
         assert msg.startswith("%FLOWPIN-4-752122: non-VPN flows at their budget (8 IPv4")
         text = render(commands.metrics(d.snapshot(), {}))
-        assert 'flowpin_nonvpn_flows{family="4"} 8' in text
-        assert 'flowpin_nonvpn_flow_limit{family="4"} 8' in text
-        assert 'flowpin_packets_total{reason="nonvpn_untracked"} 8' in text
-        assert 'flowpin_daemon_events_total{kind="nonvpn_budget"} 1' in text
+        assert 'flowpin_nonvpn_flows{family="ipv4"} 8.0' in text
+        assert 'flowpin_nonvpn_flow_limit{family="ipv4"} 8.0' in text
+        assert "flowpin_nonvpn_untracked_packets_total 8.0" in text
+        assert "flowpin_nonvpn_budget_events_total 1.0" in text
     finally:
         shutil.rmtree(d.state_dir, ignore_errors=True)

@@ -1,5 +1,8 @@
 """flowpin runs inside the unit's sandbox: only the capabilities of its
-CapabilityBoundingSet, no new privileges (NoNewPrivileges), on the rendered flowpin.toml.
+CapabilityBoundingSet, no new privileges (NoNewPrivileges), on the rendered flowpin.toml;
+its ExecStartPre (--check-config) passes there, and it tells systemd READY (Type=notify)
+over a NOTIFY_SOCKET the test binds -- here with charon unreachable, which still is a
+known state (every tunnel held DOWN), not a start that never ends.
 
 There is no systemd on the build machine to run the unit itself; `setpriv` applies the same
 bounding set and no_new_privs to the daemon, which must then compile and attach its data
@@ -12,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,16 +51,22 @@ def test_daemon_runs_with_the_units_capabilities(tmp_path: Path) -> None:
                   control_socket=sock)
     subprocess.run(["ip", "netns", "add", tag], check=True)
     proc = None
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         subprocess.run(["ip", "-n", tag, "link", "add", "lan0", "type", "veth", "peer", "name",
                         "lan0p"], check=True)
         subprocess.run(["ip", "-n", tag, "link", "set", "lan0", "up"], check=True)
+        sandbox = ["ip", "netns", "exec", tag, setpriv, "--bounding-set", _bounding_set(),
+                   "--no-new-privs", sys.executable, "-m", "controlplane.cli", "daemon",
+                   "--config", str(tmp_path / deploy.FLOWPIN_FILE)]
+        pre = subprocess.run([*sandbox, "--check-config"], capture_output=True, text=True,
+                             timeout=60)
+        assert pre.returncode == 0, pre.stderr
+        notify.bind(str(tmp_path / "notify"))
         log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 -- closed in finally
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", tag, setpriv, "--bounding-set", _bounding_set(),
-             "--no-new-privs", sys.executable, "-m", "controlplane.cli", "daemon", "--config",
-             str(tmp_path / deploy.FLOWPIN_FILE)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(sandbox, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL,
+                                env=dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify")))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
@@ -74,6 +84,10 @@ def test_daemon_runs_with_the_units_capabilities(tmp_path: Path) -> None:
         assert bnd & (1 << 39) and bnd & (1 << 12)  # CAP_BPF, CAP_NET_ADMIN
         assert not bnd & (1 << 1)  # no CAP_DAC_OVERRIDE: the sandbox is in force
         assert "NoNewPrivs:\t1" in status
+        notify.settimeout(20)
+        msg = dict(f.split("=", 1) for f in notify.recv(4096).decode().splitlines())
+        assert msg["READY"] == "1", msg
+        assert msg["STATUS"].startswith("charon unreachable: all tunnels held DOWN; "), msg
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
@@ -83,6 +97,7 @@ def test_daemon_runs_with_the_units_capabilities(tmp_path: Path) -> None:
                 proc.kill()
                 proc.wait()
             log.close()
+        notify.close()
         subprocess.run(["ip", "netns", "del", tag], check=False)
         purge_pins(tag)
         shutil.rmtree(Path("/run/flowpin") / tag, ignore_errors=True)

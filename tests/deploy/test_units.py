@@ -38,6 +38,13 @@ def test_flowpin_service_contract() -> None:
     assert "strongswan.service" in keys["After"] and "strongswan.service" in keys["Wants"]
     assert keys["Restart"] == "on-failure"
     assert keys["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # READY=1 after attach and charon's state (controlplane/notify.py); a start that compiles
+    # for a minute on a slow VM is not cut short.
+    assert keys["Type"] == "notify"
+    assert int(keys["TimeoutStartSec"]) >= 120
+    # A broken file stops the start before anything is loaded, naming file, line and key.
+    pre = re.findall(r"^ExecStartPre=(.*)$", text, re.M)
+    assert pre[0] == f"{EXEC} daemon --check-config --config /etc/flowpin/flowpin.toml"
     caps = set(keys["CapabilityBoundingSet"].split())
     assert {"CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_PERFMON"} <= caps
     # Hardening that would break the data path is absent.
@@ -47,3 +54,28 @@ def test_flowpin_service_contract() -> None:
     # provisioning installs flowpin where the unit runs it from
     prov = (VAGRANT_DIR / "provision.sh").read_text()
     assert "PREFIX=/opt/flowpin" in prov and EXEC.startswith("/opt/flowpin/")
+
+
+def test_documentation_points_at_files_that_exist() -> None:
+    """Documentation= names files of the tree provisioning copies to /opt/flowpin."""
+    text = (VAGRANT_DIR / "flowpin.service").read_text()
+    docs = re.search(r"^Documentation=(.*)$", text, re.M).group(1).split()
+    assert docs
+    for url in docs:
+        assert url.startswith("file:///opt/flowpin/"), url
+        path = VAGRANT_DIR.parent / url.removeprefix("file:///opt/flowpin/")
+        assert path.is_file(), f"{url}: {path} does not exist"
+
+
+def test_check_config_accepts_what_provisioning_renders(tmp_path: Path) -> None:
+    """The unit's ExecStartPre passes on the flowpin.toml provisioning writes."""
+    import sys
+
+    from lab import deploy
+
+    deploy.render("bo-gw", tmp_path, psk="unused", lan_if="enp0s8")
+    cfg = tmp_path / deploy.FLOWPIN_FILE
+    r = subprocess.run([sys.executable, "-m", "controlplane.cli", "daemon", "--check-config",
+                        "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"configuration {cfg} is valid" in r.stdout

@@ -90,3 +90,41 @@ def test_instance_names_that_are_not_a_directory_of_their_own(name: str) -> None
         DatapathConfig(instance=name)
     with pytest.raises(DatapathError, match="refusing to purge"):
         purge_pins(name)
+
+
+# `flowpin daemon --check-config FILE` (the unit's ExecStartPre): exit code and what it says.
+CHECKS = [
+    ('[datapath]\nlan-interfaces = ["eth1"]\n', 0, "is valid"),
+    ('[datapath]\nlan-interfaces = ["eth1"]\nflow-table-size = 3\n', 1,
+     ":3: datapath.flow-table-size: must be an integer"),
+    # Valid TOML a daemon still cannot run with: named at the key's own line.
+    ('[sysopt]\npreserve-vpn-flows = true\n[datapath]\nlan-interfaces = []\n', 1,
+     ":4: datapath.lan-interfaces: name at least one LAN interface"),
+    ('[sysopt]\npreserve-vpn-flows = yes\n', 1, ":2: sysopt.preserve-vpn-flows: not valid TOML"),
+    ('[metrics]\nlisten = "9477"\n[datapath]\nlan-interfaces = ["eth1"]\n', 0, "is valid"),
+    ('[metrics]\nlisten = "localhost"\n', 1, ":2: metrics.listen: must be"),
+]
+
+
+@pytest.mark.parametrize(("text", "code", "words"), CHECKS)
+def test_check_config(tmp_path: Path, text: str, code: int, words: str) -> None:
+    import subprocess
+    import sys
+
+    f = tmp_path / "flowpin.toml"
+    f.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "controlplane.cli", "daemon", "--check-config",
+                        "--config", str(f)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == code, r.stdout + r.stderr
+    out = r.stdout if code == 0 else r.stderr
+    assert (f"{f}{words}" if words.startswith(":") else words) in out, out
+    assert "Traceback" not in r.stderr
+
+
+def test_metrics_listen_without_host_is_loopback() -> None:
+    from controlplane.metrics import parse_listen
+
+    assert parse_listen("9477") == ("127.0.0.1", 9477)
+    assert parse_listen(":9477") == ("127.0.0.1", 9477)
+    assert parse_listen("0.0.0.0:9477") == ("0.0.0.0", 9477)
+    assert parse_listen("[::1]:9477") == ("::1", 9477)
