@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.resume import measure, set_kick
+from controlplane.show import vpn_context
 from lab.lab import Lab
 from tests.conftest import require_lab_prerequisites, unique_lab_name
 
@@ -49,11 +50,14 @@ def test_held_flow_resumes_fast_with_the_kick_and_stock_without(rlab: Lab) -> No
     kicked = _kicked(rlab) - before
     assert kicked > 0, "no ICMP unreachable sent during the outage"
     assert on["resume_ms"] is not None and on["resume_ms"] <= KICKED_BOUND_MS, on
+    shown = vpn_context(rlab.ask("bo-gw", "show-vpn-context"), detail=True)
+    assert "resume kick on: " in shown, shown
 
     set_kick(rlab, False)
     before = _kicked(rlab)
     off = measure(rlab, OUTAGE_S, "child", 6901)
     assert _kicked(rlab) == before, "kick off, yet kicks were sent"
+    assert "resume kick off: " in vpn_context(rlab.ask("bo-gw", "show-vpn-context"), detail=True)
     assert off["resume_ms"] is not None and off["resume_ms"] >= STOCK_AT_LEAST_MS, off
     lines = rlab.daemon_log("bo-gw").read_text().splitlines()
     assert any("752101" in ln and "resumed" in ln and "kicked" in ln for ln in lines)
