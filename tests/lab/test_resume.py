@@ -5,8 +5,9 @@ A paced transfer bo-client -> ho-server is in flight when the CHILD_SA is termin
 gateways answer the held retransmissions with ICMP unreachables, the sender's timer stays
 short and the first byte arrives well within the stock backoff after the tunnel is back;
 with the kick off (the same lab, reloaded) no kick is sent and the sender waits out its
-backed-off timer as before. The bounds are generous (the benchmark measures the speed):
-stock TCP takes about 6.5 s here after 20 s, the kick well under 1 s.
+backed-off timer as before. A capture of what both gateways send on the WAN sees nothing in
+clear, the kicks included (they leave by the LAN). The bounds are generous (the benchmark
+measures the speed): stock TCP takes about 6.5 s here after 20 s, the kick well under 1 s.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from bench.resume import measure, set_kick
 from controlplane.show import vpn_context
+from lab.capture import WanCapture
 from lab.lab import Lab
 from tests.conftest import require_lab_prerequisites, unique_lab_name
 
@@ -46,7 +48,11 @@ def _kicked(lab: Lab) -> int:
 def test_held_flow_resumes_fast_with_the_kick_and_stock_without(rlab: Lab) -> None:
     set_kick(rlab, True)
     before = _kicked(rlab)
-    on = measure(rlab, OUTAGE_S, "child", 6900)
+    # The witness: what both gateways send on the WAN, during the outage and after it.
+    with WanCapture(rlab) as cap:
+        on = measure(rlab, OUTAGE_S, "child", 6900)
+    assert cap.summary.leaks == [], cap.summary.as_dict()
+    assert cap.summary.esp > 0, cap.summary.as_dict()
     kicked = _kicked(rlab) - before
     assert kicked > 0, "no ICMP unreachable sent during the outage"
     assert on["resume_ms"] is not None and on["resume_ms"] <= KICKED_BOUND_MS, on
