@@ -70,17 +70,21 @@ def test_held_flow_resumes_fast_with_the_kick_and_stock_without(rlab: Lab) -> No
     assert any("752101" in ln and "resumed" in ln and "kicked" in ln for ln in lines)
 
 
-def test_many_held_flows_all_resume_byte_exact(rlab: Lab) -> None:
+@pytest.mark.parametrize("direction", ["lan-to-tunnel", "tunnel-to-lan"])
+def test_many_held_flows_all_resume_byte_exact(rlab: Lab, direction: str) -> None:
     """50 transfers held through one 20 s outage: each moves again well within the stock
-    backoff after UP, and each arrives byte for byte (sha256)."""
+    backoff after UP, and each arrives byte for byte (sha256). tunnel-to-lan: ho-server
+    sends to bo-client (its held segments are ho-gw's to kick)."""
     from lab.flap import flap
     from lab.traffic import Transfer
 
     set_kick(rlab, True)
     n, rate = 50, 20_000
     size = int(rate * (OUTAGE_S + 20))
-    transfers = [Transfer(rlab, "10.2.0.10", size, rate=rate, port=7300 + i, seed=i,
-                          timeout=600, gated=True) for i in range(n)]
+    reverse = direction == "tunnel-to-lan"
+    to, base = ("10.1.0.10", 7400) if reverse else ("10.2.0.10", 7300)
+    transfers = [Transfer(rlab, to, size, rate=rate, port=base + i, seed=i, timeout=600,
+                          gated=True, reverse=reverse) for i in range(n)]
     try:
         for tr in transfers:
             tr.connected()
