@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test lint unit test-bpf clean-lab fresh-check test-xfrm
+.PHONY: setup demo test lint unit test-bpf clean-lab fresh-check test-xfrm deb deb-check
 setup:
 	@VENV=$(VENV) scripts/setup.sh
 
@@ -41,6 +41,16 @@ clean-lab: setup
 # The Quick start on a Debian 12 debootstrapped from nothing (committed state; see docs/testing.md).
 fresh-check:
 	@scripts/fresh-check.sh
+
+# The gateway's Debian package (the product only) in out/deb/; installs debhelper and
+# dh-python here if missing (the build machine's tools, not the gateway's). See docs/install.md.
+deb:
+	@scripts/build-deb.sh out/deb
+
+# The package installed, upgraded, removed and purged on a debootstrapped Debian 12, its
+# daemon run against a real charon (committed state, as fresh-check; 3-5 min, docs/testing.md).
+deb-check:
+	@scripts/deb-check.sh
 
 # The suite on kernel IPsec (strongSwan's kernel-netlink/XFRM backend): in a VM booting
 # Debian's own kernel, because this host's kernel has no ESP. Installs what it needs (QEMU,

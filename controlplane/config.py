@@ -16,6 +16,10 @@ from typing import Any
 from controlplane.durations import Timeouts, parse_duration
 
 EXAMPLE = Path(__file__).with_name("flowpin.example.toml")
+# What the packaged /etc/flowpin/flowpin.toml puts where an admin must choose (an interface
+# name): a value still starting with it is refused by name, not tried as a real value that
+# would fail later and less clearly.
+PLACEHOLDER = "CHANGE-ME"
 
 
 class ConfigError(ValueError):
@@ -257,6 +261,12 @@ def parse(text: str, path: str = "<config>") -> Config:
                 raise ConfigError(path, _line_of(text, section, key), f"{section}.{key}",
                                   "unknown key")
             attr, kind = SCHEMA[section][key]
+            held = next((v for v in (value if isinstance(value, list) else [value])
+                         if isinstance(v, str) and v.startswith(PLACEHOLDER)), None)
+            if held is not None:
+                raise ConfigError(path, _line_of(text, section, key), f"{section}.{key}",
+                                  f'"{held}" is a placeholder of the packaged file: replace '
+                                  "it (the comment above it says with what)")
             try:
                 conv = _convert(kind, value)
             except ValueError as exc:

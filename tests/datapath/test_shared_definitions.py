@@ -152,13 +152,13 @@ def test_a_counters_pin_of_an_older_build_is_replaced() -> None:
 
     from bcc.libbcc import lib
 
-    from controlplane.datapath import Datapath, DatapathConfig, purge_pins
+    from controlplane.datapath import Datapath, DatapathConfig, check_layout, purge_pins
     from controlplane.flow_types import STAT_MAX
 
     instance = f"fptest-pins{os.getpid()}"
     cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8)
     try:
-        cfg.pin_dir.mkdir(parents=True, exist_ok=True)
+        check_layout(cfg.pin_dir)  # pins of this layout: only the counters' size differs
         lib.bcc_create_map.argtypes = [ctypes.c_int, ctypes.c_char_p] + [ctypes.c_int] * 4
         lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
         percpu_array = 6
@@ -179,17 +179,19 @@ def test_a_counters_pin_of_an_older_build_is_replaced() -> None:
 def test_pinned_maps_are_the_fp_maps_user_space_names() -> None:
     """Every pinned map is named fp_* (so bpffs and bpftool say whose it is), within the
     kernel's 15 characters of a map name, and the pin directory holds exactly the maps
-    user space opens by name (MAP_NAMES): a map renamed on one side only fails here."""
+    user space opens by name (MAP_NAMES) and the layout id: a map renamed on one side only
+    fails here."""
     import os
 
-    from controlplane.datapath import MAP_NAMES, Datapath, DatapathConfig, purge_pins
+    from controlplane.datapath import LAYOUT_PIN, MAP_NAMES, Datapath, DatapathConfig, purge_pins
 
     instance = f"fptest-names{os.getpid()}"
     cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8)
     try:
         dp = Datapath(cfg).load()
         try:
-            assert sorted(os.listdir(cfg.pin_dir)) == sorted(MAP_NAMES)
+            assert sorted(os.listdir(cfg.pin_dir)) == sorted([*MAP_NAMES, LAYOUT_PIN])
+            assert LAYOUT_PIN.startswith("fp_")
             for name in MAP_NAMES:
                 assert name.startswith("fp_") and len(name) <= 15, name
                 assert dp.bpf[name.encode()].map_fd >= 0
