@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from controlplane import commands, protocols, reclassify, sysopt, wan
+from controlplane import commands, protocols, reclassify, resume, sysopt, wan
 from controlplane import config as config_mod
 from controlplane.config import Config, ConfigError
 from controlplane.control import ControlServer
@@ -100,6 +100,7 @@ class Daemon:
         self.table: FlowTable | None = None  # flows, counters, events
         self.maps: TunnelMaps | None = None  # where tunnel changes are written
         self.sweeper: Sweeper | None = None
+        self.resume: resume.ResumeReport | None = None  # held flows moving again after UP
         self.follower: Follower | None = None
         self.latency = Latency()
         self.stats: dict[str, int] = {"events": 0, "resyncs": 0, "disconnects": 0,
@@ -174,6 +175,8 @@ class Daemon:
             self.apply_transitions(restored, time.monotonic())
         for ifname in cfg.lan_interfaces:
             self.dp.attach(ifname)
+        kick = resume.configure(self.table, cfg.lan_interfaces[0], int(cfg.kick_interval * 1000),
+                                cfg.kick_budget)
         self._guard_wan(cfg.wan_interfaces if cfg.wan_interfaces is not None
                         else wan.default_route_interfaces())
         self._watch_hooks()
@@ -181,7 +184,8 @@ class Daemon:
              f"{', '.join(cfg.lan_interfaces)}; WAN guard on "
              f"{', '.join(self.wan_guarded) or 'no interface'}; "
              f"{self.table.flow_count()} flows in the "
-             f"table; preserve-vpn-flows {'on' if self.preserve_for(('', '')) else 'off'}")
+             f"table; preserve-vpn-flows {'on' if self.preserve_for(('', '')) else 'off'}; "
+             f"{kick if cfg.resume_kick else 'resume kick off'}")
         self._sweeper_thread = threading.Thread(target=self._sweeper_loop, name="sweeper",
                                                 daemon=True)
         self._sweeper_thread.start()
@@ -249,6 +253,7 @@ class Daemon:
         self.dp = dp
         self.table = dp.table
         self.sweeper = Sweeper(dp.table, self.cfg.timeouts)
+        self.resume = resume.ResumeReport(dp.table)
         self.use_maps(dp.table)
 
     def use_maps(self, maps: TunnelMaps) -> None:
@@ -478,6 +483,7 @@ class Daemon:
             if tr.kind == "configured":
                 self.maps.set_tunnel(t.tunnel_id, up=t.state == "UP" and self._selectors_ok,
                                       preserve=preserve)
+                self._set_kick(t.tunnel_id, t.key)
                 emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} (id {t.tunnel_id}) "
                      f"selectors {_ts(t.local_ts)} === {_ts(t.remote_ts)}, "
                      f"preserve-vpn-flows {'on' if preserve else 'off'}")
@@ -489,6 +495,8 @@ class Daemon:
                          f"(generation {gen}), a different peer never inherits them")
                 self.maps.set_tunnel(t.tunnel_id, up=True, preserve=preserve)
                 self.latency.add((time.monotonic() - received) * 1000)
+                if self.resume is not None:
+                    self.resume.up(t.tunnel_id, t.name)
                 self.initiations.satisfied(t.key)
                 if self.cfg.wan_interfaces is None and t.peer_host and self.dp is not None:
                     self._later(self._guard_peer_route, t.peer_host)
@@ -498,6 +506,8 @@ class Daemon:
             elif tr.kind == "down":
                 if preserve:
                     self.maps.set_tunnel(t.tunnel_id, up=False, preserve=True)
+                    if self.resume is not None:
+                        self.resume.down(t.tunnel_id)
                 else:
                     gen = self.maps.tunnel(t.tunnel_id).generation + 1
                     self.maps.set_tunnel(t.tunnel_id, up=False, generation=gen,
@@ -745,7 +755,14 @@ class Daemon:
         self.maps.set_reclassify(self.reclassify())
         for t in self.registry.tunnels.values():
             self.maps.set_tunnel(t.tunnel_id, preserve=self.preserve_for(t.key))
+            self._set_kick(t.tunnel_id, t.key)
         self._sweep()
+
+    def _set_kick(self, tunnel_id: int, key: TunnelKey) -> None:
+        """The resume kick of a tunnel, from the config (only on the real maps: it is a
+        data path feature, the unit tests' in-memory maps have no use for it)."""
+        if self.table is not None:
+            self.table.set_kick(tunnel_id, self.cfg.kick_for(*key))
 
     def metrics_snapshot(self) -> dict[str, Any]:
         return self.request("metrics")

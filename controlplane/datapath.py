@@ -50,7 +50,9 @@ ARPHRD_ETHER = 1  # if_arp.h: Ethernet link headers (veth, VLAN, bridge, bond, N
 FILTER_HANDLE = 1
 # The maps pinned under pin_dir, by their names in bpf/lib/maps.h (also their pin names).
 MAP_NAMES = ("fp_flows4", "fp_flows6", "fp_selectors4", "fp_selectors6", "fp_tunnels",
-             "fp_tunnel_stats", "fp_guard_stats", "fp_counters", "fp_config", "fp_nonvpn")
+             "fp_tunnel_stats", "fp_guard_stats", "fp_counters", "fp_config", "fp_nonvpn",
+             "fp_kick_config", "fp_kick_budget", "fp_kick_stats", "fp_kick_last4",
+             "fp_kick_last6")
 # The pinned maps' layout: the C that says what they hold -- their structs and enums
 # (flow_types.h) and their names, types and sizes (maps.h). Any change to it other than in
 # comments or spacing is another layout, whose maps this build must not read or write.

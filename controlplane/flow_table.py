@@ -16,6 +16,7 @@ import errno
 import ipaddress
 import os
 import socket
+import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from controlplane.flow_types import (
     NV_LIMIT4,
     NV_OFFSET4,
     STAT_MAX,
+    TF_KICK,
     TF_PRESERVE,
     TUNNEL_DOWN,
     TUNNEL_UP,
@@ -84,6 +86,9 @@ class FlowTable:
         self.guard_stats_map = bpf[b"fp_guard_stats"]
         self.config_map = bpf[b"fp_config"]
         self.nonvpn_map = bpf[b"fp_nonvpn"]
+        self.kick_config_map = bpf[b"fp_kick_config"]
+        self.kick_stats_map = bpf[b"fp_kick_stats"]
+        self.kick_budget_map = bpf[b"fp_kick_budget"]
         self.EventStruct = bpf[b"fp_event_layout"].Leaf
         self._ring_open = False
         self._pending: list[Event] = []
@@ -145,6 +150,48 @@ class FlowTable:
         if preserve is not None:
             t.flags = (t.flags | TF_PRESERVE) if preserve else (t.flags & ~TF_PRESERVE)
         self.tunnels_map[k] = t
+
+    # -- the kick (bpf/lib/kick.h) -----------------------------------------------------
+    def set_kick_config(self, *, src4: str | None, src6: str | None, interval_ms: int,
+                        budget: int) -> None:
+        """Source addresses (the gateway's LAN addresses; None = no kick in that family)
+        and limits of the ICMP answer to held segments, in one write."""
+        k = ctypes.c_uint32(0)
+        c = self.kick_config_map.Leaf()
+        if src4:
+            c.src4 = int.from_bytes(ipaddress.IPv4Address(src4).packed, "little")
+        if src6:
+            words = struct.unpack("<4I", ipaddress.IPv6Address(src6).packed)
+            for i, w in enumerate(words):
+                c.src6.w[i] = w
+        c.interval_ms = interval_ms
+        c.budget = budget
+        self.kick_config_map[k] = c
+
+    def kick_config(self) -> tuple[str | None, str | None, int, int]:
+        """(src4, src6, interval_ms, budget) as written."""
+        c = self.kick_config_map[ctypes.c_uint32(0)]
+        src4 = (str(ipaddress.IPv4Address(int(c.src4).to_bytes(4, "little")))
+                if c.src4 else None)
+        w = [int(x) for x in c.src6.w]
+        src6 = str(ipaddress.IPv6Address(struct.pack("<4I", *w))) if any(w) else None
+        return src4, src6, int(c.interval_ms), int(c.budget)
+
+    def kick_stats(self, tunnel_id: int) -> tuple[int, int]:
+        """(kicked, limited) of one tunnel since the data path was loaded."""
+        s = self.kick_stats_map[self._tkey(tunnel_id)]
+        return int(s.kicked), int(s.limited)
+
+    def set_kick(self, tunnel_id: int, on: bool) -> None:
+        """Answer the tunnel's held segments with an ICMP unreachable (one write; the other
+        fields of the control word keep their value)."""
+        k = self._tkey(tunnel_id)
+        t = self.tunnels_map[k]
+        t.flags = (t.flags | TF_KICK) if on else (t.flags & ~TF_KICK)
+        self.tunnels_map[k] = t
+
+    def kick_enabled(self, tunnel_id: int) -> bool:
+        return bool(self.tunnels_map[self._tkey(tunnel_id)].flags & TF_KICK)
 
     def set_state(self, tunnel_id: int, up: bool) -> None:
         self.set_tunnel(tunnel_id, up=up)

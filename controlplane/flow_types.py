@@ -47,6 +47,7 @@ ACCT_BYTES_BITS: int = CONST["FP_ACCT_BYTES_BITS"]
 TUNNEL_UP: int = CONST["FP_TUNNEL_UP"]
 TUNNEL_DOWN: int = CONST["FP_TUNNEL_DOWN"]
 TF_PRESERVE: int = CONST["FP_TF_PRESERVE"]
+TF_KICK: int = CONST["FP_TF_KICK"]
 # struct fp_tunnel, mirrored for hold_pinned_tunnels, which runs before anything is compiled
 # (no bcc types yet); tests/datapath/test_shared_definitions.py proves it equal to the C.
 TUNNEL_WORD = struct.Struct("=IBBH")

@@ -38,6 +38,8 @@ def test_ctypes_layouts_match_the_c_sizes(dp: Any) -> None:
     assert ctypes.sizeof(b[b"fp_selectors6"].Leaf) == c["FP_SIZEOF_SEL_VALUE6"]
     assert ctypes.sizeof(b[b"fp_guard_stats"].Leaf) == c["FP_SIZEOF_GUARD_STATS"]
     assert ctypes.sizeof(b[b"fp_event_layout"].Leaf) == c["FP_SIZEOF_EVENT"]
+    assert ctypes.sizeof(b[b"fp_kick_config"].Leaf) == c["FP_SIZEOF_KICK_CONFIG"]
+    assert ctypes.sizeof(b[b"fp_kick_stats"].Leaf) == c["FP_SIZEOF_KICK_STATS"]
 
 
 def _fill(obj: Any, counter: list[int]) -> None:
@@ -207,5 +209,5 @@ def test_every_map_in_maps_h_is_named_fp() -> None:
     text = files("flowpin_bpf").joinpath("lib/maps.h").read_text()
     names = (re.findall(r'^FP_MAP\("\w+", [^,]+, [^,]+, (\w+),', text, re.M)
              + re.findall(r"^BPF_\w+\((\w+),", text, re.M))
-    assert len(names) == 14, names
+    assert len(names) == 19, names
     assert [n for n in names if not n.startswith("fp_") or len(n) > 15] == []
