@@ -15,6 +15,7 @@ BENCHMARKS = {
     "datapath": "bench.datapath",  # ns per packet, BPF_PROG_TEST_RUN
     "control": "bench.control",  # event -> map latency, resync
     "resume": "bench.resume",  # outage -> first byte resumed
+    "tcp-ld": "bench.tcp_ld",  # RFC 6069 probe: ICMP per dropped segment, no flowpin
     "forward": "bench.forward",  # plain vs nftables vs flowpin
     "faults": "bench.faults",  # fail closed: faults under load, WAN witness
     "tunnel": "bench.tunnel",  # throughput through the lab's tunnel, +/- flowpin

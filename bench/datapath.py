@@ -25,7 +25,8 @@ from typing import Any
 from bench.common import machine
 from bench.progs import compile_empty, source
 from controlplane.datapath import Datapath, DatapathConfig
-from controlplane.flow_table import CONST, FlowTable, Side
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import CONST, Side
 from controlplane.libbpf import fdinfo, prog_test_run
 from controlplane.sweeper import Sweeper
 from lab import packets as tr

@@ -244,4 +244,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m controlplane.cli`: run the imported module's main, not this copy's, so the
+    # lab's and the benchmarks' subcommands raise the same CliError that main catches.
+    from controlplane.cli import main as imported_main
+
+    sys.exit(imported_main())

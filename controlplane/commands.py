@@ -24,10 +24,12 @@ from pyroute2 import IPRoute
 
 from controlplane import protocols, sysopt
 from controlplane.config import Config
-from controlplane.flow_table import Flow, FlowTable, Side, Tunnel
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import Side
+from controlplane.flows import Flow, RemovedFlow
 from controlplane.hooks import missing_filters
 from controlplane.snapshot import Snapshot
-from controlplane.sweeper import RemovedFlow
+from controlplane.tunnel_maps import DatapathTunnel
 
 Args = dict[str, Any]
 
@@ -117,17 +119,17 @@ def _flow_flags(f: Flow, pinned: bool) -> str:
     return flags + (" PINNED" if pinned else "")
 
 
-def _datapath_tunnels(table: FlowTable) -> dict[int, Tunnel]:
+def _datapath_tunnels(table: FlowTable) -> dict[int, DatapathTunnel]:
     return {t.id: t for t in table.tunnels()}
 
 
-def _is_pinned(f: Flow, tunnels: dict[int, Tunnel]) -> bool:
+def _is_pinned(f: Flow, tunnels: dict[int, DatapathTunnel]) -> bool:
     t = tunnels.get(f.tunnel_id)
     return bool(f.tunnel_id and t and not t.up and t.preserve and f.key.proto == protocols.TCP
                 and f.generation == t.generation)
 
 
-def _conn_row(s: Snapshot, f: Flow, tunnels: dict[int, Tunnel], now: int) -> dict[str, Any]:
+def _conn_row(s: Snapshot, f: Flow, tunnels: dict[int, DatapathTunnel], now: int) -> dict[str, Any]:
     lan = f.lan_side if f.lan_side is not None else f.initiator
     far = 1 - lan
     reg = s.by_id(f.tunnel_id)
@@ -229,7 +231,7 @@ def flow_summary(s: Snapshot) -> FlowSummary:
     return FlowSummary(flows, held)
 
 
-def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, Tunnel], flows: list[Flow],
+def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel], flows: list[Flow],
                 guard: dict[int, tuple[int, int]]) -> dict:
     dt = tunnels.get(t.tunnel_id)
     guard_out, guard_in = guard.get(t.tunnel_id, (0, 0))
@@ -258,6 +260,9 @@ def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, Tunnel], flows: list[Flo
         "flows": len(active),
         "pinned": len(pinned),
         "held_packets": dt.held if dt else 0,
+        "resume_kick": s.cfg.kick_for(*t.key),
+        "kicked": s.table.kick_stats(t.tunnel_id)[0],
+        "kicks_limited": s.table.kick_stats(t.tunnel_id)[1],
         "refused": dt.refused if dt else 0,
         "cleartext_dropped_out": guard_out,
         "cleartext_dropped_in": guard_in,

@@ -16,6 +16,10 @@ from typing import Any
 from controlplane.durations import Timeouts, parse_duration
 
 EXAMPLE = Path(__file__).with_name("flowpin.example.toml")
+# What the packaged /etc/flowpin/flowpin.toml puts where an admin must choose (an interface
+# name): a value still starting with it is refused by name, not tried as a real value that
+# would fail later and less clearly.
+PLACEHOLDER = "CHANGE-ME"
 
 
 class ConfigError(ValueError):
@@ -33,6 +37,7 @@ class TunnelOverride:
     child: str = "*"
     preserve_vpn_flows: bool | None = None
     initiate_on_demand: bool | None = None
+    resume_kick: bool | None = None
 
     def matches(self, conn: str, child: str) -> bool:
         return self.conn == conn and self.child in ("*", child)
@@ -61,6 +66,9 @@ class Config:
     log_level: str = "info"
     log_file: str = ""  # empty: stdout (journald under systemd)
     metrics_listen: str = ""  # e.g. "127.0.0.1:9477"; empty: off
+    resume_kick: bool = True  # answer held segments with an ICMP unreachable (kick.h)
+    kick_interval: float = 0.2  # at most one kick per flow per interval
+    kick_budget: int = 1000  # at most this many kicks per second in all
     tunnels: tuple[TunnelOverride, ...] = ()
 
     @property
@@ -72,6 +80,12 @@ class Config:
             if t.matches(conn, child) and t.preserve_vpn_flows is not None:
                 return t.preserve_vpn_flows
         return self.preserve_vpn_flows
+
+    def kick_for(self, conn: str, child: str) -> bool:
+        for t in self.tunnels:
+            if t.matches(conn, child) and t.resume_kick is not None:
+                return t.resume_kick
+        return self.resume_kick
 
     def initiate_for(self, conn: str, child: str) -> bool:
         for t in self.tunnels:
@@ -111,12 +125,17 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "backoff-min": ("demand_backoff_min", "duration"),
         "backoff-max": ("demand_backoff_max", "duration"),
     },
+    "resume": {
+        "kick": ("resume_kick", "bool"),
+        "kick-interval": ("kick_interval", "duration"),
+        "kick-budget": ("kick_budget", "size"),
+    },
     "control": {"socket": ("control_socket", "str")},
     "logging": {"level": ("log_level", "level"), "file": ("log_file", "str")},
     "metrics": {"listen": ("metrics_listen", "hostport")},
 }
 TUNNEL_KEYS = {"conn": "str", "child": "str", "preserve-vpn-flows": "bool",
-               "initiate-on-demand": "bool"}
+               "initiate-on-demand": "bool", "resume-kick": "bool"}
 LEVELS = ("debug", "info", "warning", "error")
 INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
@@ -242,6 +261,12 @@ def parse(text: str, path: str = "<config>") -> Config:
                 raise ConfigError(path, _line_of(text, section, key), f"{section}.{key}",
                                   "unknown key")
             attr, kind = SCHEMA[section][key]
+            held = next((v for v in (value if isinstance(value, list) else [value])
+                         if isinstance(v, str) and v.startswith(PLACEHOLDER)), None)
+            if held is not None:
+                raise ConfigError(path, _line_of(text, section, key), f"{section}.{key}",
+                                  f'"{held}" is a placeholder of the packaged file: replace '
+                                  "it (the comment above it says with what)")
             try:
                 conv = _convert(kind, value)
             except ValueError as exc:
@@ -273,7 +298,8 @@ def parse(text: str, path: str = "<config>") -> Config:
             raise ConfigError(path, _line_of(text, "tunnel", "", i), f"tunnel[{i}]",
                               "needs conn = \"<connection name>\"")
         tunnels.append(TunnelOverride(t["conn"], t.get("child", "*"),
-                                      t.get("preserve-vpn-flows"), t.get("initiate-on-demand")))
+                                      t.get("preserve-vpn-flows"), t.get("initiate-on-demand"),
+                                      t.get("resume-kick")))
     values["tunnels"] = tuple(tunnels)
     if values.get("demand_backoff_min", 1.0) > values.get("demand_backoff_max", 30.0):
         raise ConfigError(path, _line_of(text, "demand", "backoff-min"), "demand.backoff-min",

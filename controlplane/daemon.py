@@ -34,7 +34,6 @@ Safety rules (see docs/fail-closed.md):
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -48,20 +47,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from controlplane import commands, protocols, sysopt, wan
+from controlplane import commands, protocols, reclassify, resume, sysopt, wan
 from controlplane import config as config_mod
 from controlplane.config import Config, ConfigError
 from controlplane.control import ControlServer
 from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
-from controlplane.demand import Demand
-from controlplane.flow_table import FlowTable, Selector
+from controlplane.demand import Initiations
+from controlplane.flow_table import FlowTable
+from controlplane.flows import RemovedFlow
 from controlplane.hooks import HookWatch
 from controlplane.journal import error_line, journal_handler
+from controlplane.known_selectors import KnownSelectors
 from controlplane.messages import LastProblem, Msg, Sev, emit, line, teardown_line
 from controlplane.metrics import Latency
 from controlplane.notify import NotifyError, ServiceNotifier, announce_ready
+from controlplane.selectors import Selector
 from controlplane.snapshot import Snapshot
-from controlplane.sweeper import RemovedFlow, Sweeper, removed_from_events
+from controlplane.sweeper import Sweeper, removed_from_events
 from controlplane.tunnel import Transition, TunnelKey, TunnelRegistry
 from controlplane.tunnel_ids import TunnelIds
 from controlplane.tunnel_maps import TunnelMaps
@@ -73,36 +75,6 @@ log = logging.getLogger("flowpin")
 STATE_ROOT = Path("/run/flowpin")
 
 
-class KnownSelectors:
-    """The selectors of every tunnel the daemon knows, kept beside its state so that a
-    restarted daemon restores its tunnels (DOWN) before charon is heard -- a charon that
-    is restarting too must not make them vanish from the data path."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[TunnelKey, tuple[tuple[Any, ...], tuple[Any, ...]]]:
-        try:
-            raw = json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-        out = {}
-        for entry in raw if isinstance(raw, list) else []:
-            try:
-                key = (str(entry["conn"]), str(entry["child"]))
-                out[key] = (tuple(ipaddress.ip_network(n) for n in entry["local"]),
-                            tuple(ipaddress.ip_network(n) for n in entry["remote"]))
-            except (KeyError, TypeError, ValueError):
-                continue  # a damaged entry: charon's listing will bring it back
-        return out
-
-    def save(self, tunnels: Any) -> None:
-        data = [{"conn": t.key[0], "child": t.key[1], "local": [str(n) for n in t.local_ts],
-                 "remote": [str(n) for n in t.remote_ts]} for t in tunnels]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self.path)
 
 
 class Daemon:
@@ -128,8 +100,8 @@ class Daemon:
         self.table: FlowTable | None = None  # flows, counters, events
         self.maps: TunnelMaps | None = None  # where tunnel changes are written
         self.sweeper: Sweeper | None = None
+        self.resume: resume.ResumeReport | None = None  # held flows moving again after UP
         self.follower: Follower | None = None
-        self.demand: dict[TunnelKey, Demand] = {}
         self.latency = Latency()
         self.stats: dict[str, int] = {"events": 0, "resyncs": 0, "disconnects": 0,
                                       "initiations": 0, "initiation_failures": 0,
@@ -137,6 +109,7 @@ class Daemon:
                                       "table_full": 0, "reloads": 0, "reload_errors": 0,
                                       "selectors_refused": 0, "tunnels_refused": 0,
                                       "tunnel_ids_freed": 0, "nonvpn_budget": 0}
+        self.initiations = Initiations(lambda: self.cfg, self.stats)
         self.charon_up = False
         self.ipsec_backend = "unknown"  # as charon said when last (re)connected
         self.started = time.time()
@@ -202,6 +175,8 @@ class Daemon:
             self.apply_transitions(restored, time.monotonic())
         for ifname in cfg.lan_interfaces:
             self.dp.attach(ifname)
+        kick = resume.configure(self.table, cfg.lan_interfaces[0], int(cfg.kick_interval * 1000),
+                                cfg.kick_budget)
         self._guard_wan(cfg.wan_interfaces if cfg.wan_interfaces is not None
                         else wan.default_route_interfaces())
         self._watch_hooks()
@@ -209,7 +184,8 @@ class Daemon:
              f"{', '.join(cfg.lan_interfaces)}; WAN guard on "
              f"{', '.join(self.wan_guarded) or 'no interface'}; "
              f"{self.table.flow_count()} flows in the "
-             f"table; preserve-vpn-flows {'on' if self.preserve_for(('', '')) else 'off'}")
+             f"table; preserve-vpn-flows {'on' if self.preserve_for(('', '')) else 'off'}; "
+             f"{kick if cfg.resume_kick else 'resume kick off'}")
         self._sweeper_thread = threading.Thread(target=self._sweeper_loop, name="sweeper",
                                                 daemon=True)
         self._sweeper_thread.start()
@@ -277,6 +253,7 @@ class Daemon:
         self.dp = dp
         self.table = dp.table
         self.sweeper = Sweeper(dp.table, self.cfg.timeouts)
+        self.resume = resume.ResumeReport(dp.table)
         self.use_maps(dp.table)
 
     def use_maps(self, maps: TunnelMaps) -> None:
@@ -343,7 +320,7 @@ class Daemon:
         return Snapshot(
             cfg=self.cfg, sysopt=json.loads(json.dumps(self.runtime)),
             tunnels=self.registry.copy_tunnels(),
-            demand={k: replace(d) for k, d in self.demand.items()},
+            demand={k: replace(d) for k, d in self.initiations.pending.items()},
             stats=stats, latency_ms=tuple(self.latency.samples),
             latency_histogram=self.latency.histogram(), charon_up=self.charon_up,
             ipsec_backend=self.ipsec_backend, started=self.started,
@@ -368,6 +345,11 @@ class Daemon:
         """Make :meth:`run` return (SIGTERM, tests)."""
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the daemon was asked to stop."""
+        return self._stop.is_set()
+
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> None:
         assert self.table is not None and self.sweeper is not None
@@ -387,7 +369,8 @@ class Daemon:
                 with self.lock:
                     for ev in events:
                         self.on_datapath_event(ev)
-                    self._demand_tick(time.monotonic())
+                    self.initiations.tick(time.monotonic(), self.registry, self.runtime,
+                                          self.charon_up)
                     self._forget_tick()
                 self.service.tick(time.monotonic())
             except Exception:  # noqa: BLE001 -- one bad item must not stop the gateway
@@ -500,6 +483,7 @@ class Daemon:
             if tr.kind == "configured":
                 self.maps.set_tunnel(t.tunnel_id, up=t.state == "UP" and self._selectors_ok,
                                       preserve=preserve)
+                self._set_kick(t.tunnel_id, t.key)
                 emit(Sev.INFO, Msg.TUNNEL_CONFIGURED, f"Tunnel {t.name} (id {t.tunnel_id}) "
                      f"selectors {_ts(t.local_ts)} === {_ts(t.remote_ts)}, "
                      f"preserve-vpn-flows {'on' if preserve else 'off'}")
@@ -511,7 +495,9 @@ class Daemon:
                          f"(generation {gen}), a different peer never inherits them")
                 self.maps.set_tunnel(t.tunnel_id, up=True, preserve=preserve)
                 self.latency.add((time.monotonic() - received) * 1000)
-                self.demand.pop(t.key, None)
+                if self.resume is not None:
+                    self.resume.up(t.tunnel_id, t.name)
+                self.initiations.satisfied(t.key)
                 if self.cfg.wan_interfaces is None and t.peer_host and self.dp is not None:
                     self._later(self._guard_peer_route, t.peer_host)
                 text = f"Tunnel {t.name} UP, peer {t.peer_id} ({tr.reason})"
@@ -520,6 +506,8 @@ class Daemon:
             elif tr.kind == "down":
                 if preserve:
                     self.maps.set_tunnel(t.tunnel_id, up=False, preserve=True)
+                    if self.resume is not None:
+                        self.resume.down(t.tunnel_id)
                 else:
                     gen = self.maps.tunnel(t.tunnel_id).generation + 1
                     self.maps.set_tunnel(t.tunnel_id, up=False, generation=gen,
@@ -550,7 +538,7 @@ class Daemon:
                 for loc in t.local_ts for rem in t.remote_ts if loc.version == rem.version}
         if want != self._selectors:
             # Sorted by id: when a remote prefix has more pairs than the data path holds,
-            # the longest-configured tunnels keep their slots (see FlowTable._compile).
+            # the longest-configured tunnels keep their slots (see selectors.plan).
             overflows = self.maps.replace_selectors(
                 sorted(want, key=lambda s: (s.tunnel_id, str(s))))
             self._selectors = want
@@ -579,7 +567,6 @@ class Daemon:
         return sum(1 for f in self.table.flows()
                    if f.tunnel_id == tunnel_id and (proto is None or f.key.proto == proto))
 
-    # --- reclassify-vpn ----------------------------------------------------------------
     # --- reports: counted and logged beside the loop -----------------------------------
     def _later(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the reporter thread: counting flows reads whole maps (ms at
@@ -621,19 +608,13 @@ class Daemon:
                  "are torn down")
 
     def _reclassify(self, name: str, local_ts: Any, remote_ts: Any) -> None:
-        """reclassify-vpn (on the reporter thread; deleting flows beside the loop is safe:
-        a flow deleted here is simply created again, in its tunnel, by its next packet)."""
-        from controlplane.reclassify import clear_conntrack, matches
-
+        """reclassify-vpn, on the reporter thread (see :mod:`controlplane.reclassify`)."""
         assert self.table is not None
-        gone = [f for f in list(self.table.flows())
-                if f.tunnel_id == 0 and matches(f.key, local_ts, remote_ts)
-                and self.table.delete_flow(f.key)]
-        self.stats["reclassified"] += len(gone)
-        ct = clear_conntrack(local_ts, remote_ts)
-        if gone or ct:
+        flows, ct = reclassify.clear(self.table, local_ts, remote_ts)
+        self.stats["reclassified"] += flows
+        if flows or ct:
             emit(Sev.INFO, Msg.RECLASSIFIED, f"reclassify-vpn: Tunnel {name} UP: "
-                 f"{len(gone)} non-VPN flows and {ct} conntrack entries matching its "
+                 f"{flows} non-VPN flows and {ct} conntrack entries matching its "
                  "selectors cleared")
 
     # --- sweeper and data-path events ------------------------------------------------------
@@ -691,8 +672,7 @@ class Daemon:
         if ev.type == "DEMAND":
             t = self.registry.by_id(ev.tunnel_id)
             if t is not None and t.state == "DOWN":
-                d = self.demand.setdefault(t.key, Demand(self.cfg.demand_backoff_min))
-                d.next_at = d.next_at or time.monotonic()
+                self.initiations.wanted(t.key)
         elif ev.type == "MAP_FULL":
             self.stats["table_full"] += 1
             emit(Sev.WARNING, Msg.TABLE_FULL, f"flow table full "
@@ -728,44 +708,6 @@ class Daemon:
             emit(Sev.WARNING, Msg.CLEARTEXT_RECEIVED, f"IPSEC: Received a non-IPSec ({proto}) "
                  f"packet from {src} to {dst}: dropped, it matches Tunnel {name} "
                  f"({inn} packets so far)")
-
-    def _demand_tick(self, now: float) -> None:
-        for key, d in list(self.demand.items()):
-            t = self.registry.get(key)
-            if t is None or t.state == "UP":
-                self.demand.pop(key, None)
-                continue
-            if d.running or not d.next_at or now < d.next_at:
-                continue
-            initiate = self.runtime.get("initiate_tunnels", {}).get(t.name)
-            if initiate is None:
-                initiate = self.cfg.initiate_for(*key)
-            if not initiate or not self.charon_up:
-                continue
-            d.running, d.attempts = True, d.attempts + 1
-            self.stats["initiations"] += 1
-            emit(Sev.NOTICE, Msg.DEMAND_INITIATE, f"Tunnel {t.name} DOWN with traffic "
-                 f"waiting: initiating its CHILD_SA (attempt {d.attempts})")
-            threading.Thread(target=self._initiate, args=(key, d), daemon=True).start()
-
-    def _initiate(self, key: TunnelKey, d: Demand) -> None:
-        try:
-            sess = vs.connect(self.cfg.vici_socket, timeout=2.0)
-            try:
-                vs.initiate(sess, key[1], key[0], timeout=10.0)
-            finally:
-                sess.transport.close()
-            d.backoff = self.cfg.demand_backoff_min
-            d.last_error = ""
-        except (vs.ViciError, OSError) as exc:
-            self.stats["initiation_failures"] += 1
-            d.last_error = str(exc)
-            d.backoff = min(d.backoff * 2, self.cfg.demand_backoff_max)
-            emit(Sev.WARNING, Msg.INITIATE_FAILED, f"Tunnel {key[0]}/{key[1]}: initiation "
-                 f"failed ({exc}); next attempt in {d.backoff:.0f} s")
-        finally:
-            d.next_at = time.monotonic() + d.backoff
-            d.running = False
 
     # --- what the changing commands call (see commands.Control) ---------------------------
     def reload(self, path: str) -> Config:
@@ -813,7 +755,14 @@ class Daemon:
         self.maps.set_reclassify(self.reclassify())
         for t in self.registry.tunnels.values():
             self.maps.set_tunnel(t.tunnel_id, preserve=self.preserve_for(t.key))
+            self._set_kick(t.tunnel_id, t.key)
         self._sweep()
+
+    def _set_kick(self, tunnel_id: int, key: TunnelKey) -> None:
+        """The resume kick of a tunnel, from the config (only on the real maps: it is a
+        data path feature, the unit tests' in-memory maps have no use for it)."""
+        if self.table is not None:
+            self.table.set_kick(tunnel_id, self.cfg.kick_for(*key))
 
     def metrics_snapshot(self) -> dict[str, Any]:
         return self.request("metrics")

@@ -17,17 +17,21 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from controlplane.flow_table import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD, FlowTable
+from controlplane import libbpf
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD
 from controlplane.libbpf import prog_test_run
 
 BPFFS = Path("/sys/fs/bpf")
@@ -46,7 +50,17 @@ ARPHRD_ETHER = 1  # if_arp.h: Ethernet link headers (veth, VLAN, bridge, bond, N
 FILTER_HANDLE = 1
 # The maps pinned under pin_dir, by their names in bpf/lib/maps.h (also their pin names).
 MAP_NAMES = ("fp_flows4", "fp_flows6", "fp_selectors4", "fp_selectors6", "fp_tunnels",
-             "fp_tunnel_stats", "fp_guard_stats", "fp_counters", "fp_config", "fp_nonvpn")
+             "fp_tunnel_stats", "fp_guard_stats", "fp_counters", "fp_config", "fp_nonvpn",
+             "fp_kick_config", "fp_kick_budget", "fp_kick_stats", "fp_kick_last4",
+             "fp_kick_last6")
+# The pinned maps' layout: the C that says what they hold -- their structs and enums
+# (flow_types.h) and their names, types and sizes (maps.h). Any change to it other than in
+# comments or spacing is another layout, whose maps this build must not read or write.
+LAYOUT_SOURCES = ("lib/flow_types.h", "lib/maps.h")
+# The layout id's own pin, beside the maps (fp_ as every pin). Its name never changes (the
+# maps' may), so that every flowpin, older or newer, finds it there.
+LAYOUT_PIN = "fp_layout"
+_C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 # A directory name under PIN_ROOT: never "." or ".." (the pin directory would be bpffs
 # itself or every instance's parent, and a purge would empty it).
@@ -55,6 +69,10 @@ _INSTANCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class DatapathError(RuntimeError):
     """Loading, attaching or detaching the data path failed; the message says why."""
+
+
+class LayoutMismatch(DatapathError):
+    """The pinned maps are of another layout than this build's (:func:`check_layout`)."""
 
 
 @dataclass
@@ -214,7 +232,7 @@ class Datapath:
         cfg = self.config
         if cfg.pin:
             ensure_bpffs()
-            cfg.pin_dir.mkdir(parents=True, exist_ok=True)
+            check_layout(cfg.pin_dir)
             self.reused_pins = (cfg.pin_dir / "fp_flows4").exists()
             drop_outgrown_counters(cfg.pin_dir)
         try:
@@ -396,6 +414,7 @@ def hold_pinned_tunnels(instance: str) -> int:
     path = PIN_ROOT / instance / "fp_tunnels"
     if not path.exists():
         return 0
+    check_layout(path.parent)  # another layout's tunnel words are not ours to rewrite
     lib = _require_bcc().libbcc.lib
     fd = _open_pinned(path)
     held = 0
@@ -452,3 +471,60 @@ def purge_pins(instance: str) -> None:
     d = PIN_ROOT / instance
     if d.is_dir():
         shutil.rmtree(d)
+
+
+def layout_id(texts: Iterable[str] | None = None) -> int:
+    """The layout id (a u64) of the C ``texts`` (default: this build's LAYOUT_SOURCES):
+    a hash of the code without its comments, with spacing collapsed."""
+    if texts is None:
+        root = files("flowpin_bpf")
+        texts = [root.joinpath(name).read_text() for name in LAYOUT_SOURCES]
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(" ".join(_C_COMMENT.sub(" ", text).split()).encode() + b"\0")
+    return int.from_bytes(h.digest()[:8], "little")
+
+
+def pinned_layout(pin_dir: Path) -> int | None:
+    """The layout id pinned in ``pin_dir``; None if there is none."""
+    path = pin_dir / LAYOUT_PIN
+    if not path.exists():
+        return None
+    fd = libbpf.obj_get(str(path))
+    try:
+        return int.from_bytes(libbpf.array_lookup(fd, 0, 8), "little")
+    finally:
+        os.close(fd)
+
+
+def check_layout(pin_dir: Path) -> None:
+    """Let this build use the maps pinned in ``pin_dir`` only if they are of its layout.
+
+    An empty (or new) ``pin_dir`` gets this build's layout id pinned first, before any map,
+    so that maps are never there without it. Maps of another layout -- or of a flowpin from
+    before layout ids -- raise :class:`LayoutMismatch`, touched by nothing: read with this
+    build's structs their flows would be garbage, and dropping them on our own would release
+    held flows. The programs that made them stay attached and keep filtering on them (held
+    flows stay held, the WAN guard stays) until an admin decides."""
+    want = layout_id()
+    have = pinned_layout(pin_dir)
+    if have == want:
+        return
+    if have is None and not (pin_dir.is_dir() and any(pin_dir.iterdir())):
+        pin_dir.mkdir(parents=True, exist_ok=True)
+        fd = libbpf.array_create("fp_layout", 8)
+        try:
+            libbpf.array_update(fd, 0, want.to_bytes(8, "little"))
+            libbpf.obj_pin(fd, str(pin_dir / LAYOUT_PIN))
+        finally:
+            os.close(fd)
+        return
+    found = (f"layout {have:016x}" if have is not None
+             else "of a flowpin from before layout ids (no layout pin)")
+    raise LayoutMismatch(
+        f"the pinned maps in {pin_dir} are {found}; this flowpin needs layout {want:016x}. "
+        "Their flows cannot be carried over, and they are left as they are: the programs "
+        "that made them still filter on them (held flows stay held, the WAN guard stays). "
+        f"To start afresh, dropping every flow they hold (held connections will be reset): "
+        f"`rm -r {pin_dir}`, then start the daemon again (it replaces those programs in "
+        "place). To keep the flows: go back to the flowpin version that pinned them.")

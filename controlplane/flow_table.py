@@ -13,294 +13,38 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import ipaddress
 import os
-import re
 import socket
 import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import IntEnum
-from importlib.resources import files
 from typing import Any
 
-from controlplane import protocols
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# --- shared constants, parsed from the C header ----------------------------------------
-
-_DEFINE = re.compile(r"^#define\s+(FP_[A-Z0-9_]+)\s+(0x[0-9a-fA-F]+|\d+)(?:ULL|U)?\s*$")
-_ENUMERATOR = re.compile(r"^\s*(FP_[A-Z0-9_]+)\s*=\s*(0x[0-9a-fA-F]+|\d+)\s*,")
-
-
-def parse_header_constants(text: str) -> dict[str, int]:
-    """Every ``#define FP_X <int>`` and ``FP_X = <int>,`` enumerator of a header."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        m = _DEFINE.match(line) or _ENUMERATOR.match(line)
-        if m:
-            out[m.group(1)] = int(m.group(2), 0)
-    return out
-
-
-HEADER = "lib/flow_types.h"
-CONST = parse_header_constants(files("flowpin_bpf").joinpath(*HEADER.split("/")).read_text())
-
-
-def _enum(name: str, prefix: str, stop: str | None = None) -> type[IntEnum]:
-    members = {k[len(prefix):]: v for k, v in CONST.items()
-               if k.startswith(prefix) and k != stop}
-    return IntEnum(name, members)  # type: ignore[return-value]
-
-
-Reason = _enum("Reason", "FP_R_", "FP_R_MAX")
-Stat = _enum("Stat", "FP_S_", "FP_S_MAX")
-EventType = _enum("EventType", "FP_EV_")
-Side = _enum("Side", "FP_SIDE_")
-Dir = _enum("Dir", "FP_DIR_")
-REASON_MAX: int = CONST["FP_R_MAX"]
-STAT_MAX: int = CONST["FP_S_MAX"]
-SEL_SLOTS: int = CONST["FP_SEL_SLOTS"]
-ACCT_BYTES_BITS: int = CONST["FP_ACCT_BYTES_BITS"]
-TUNNEL_UP: int = CONST["FP_TUNNEL_UP"]
-TUNNEL_DOWN: int = CONST["FP_TUNNEL_DOWN"]
-TF_PRESERVE: int = CONST["FP_TF_PRESERVE"]
-TUNNEL_WORD = struct.Struct("<IBBH")  # struct fp_tunnel
-CF_NO_RECLASSIFY: int = CONST["FP_CF_NO_RECLASSIFY"]
-NV_COUNT4: int = CONST["FP_NV_COUNT4"]
-NV_OFFSET4: int = CONST["FP_NV_OFFSET4"]
-NV_LIMIT4: int = CONST["FP_NV_LIMIT4"]
-_TUNNEL_STATS = struct.Struct("<4Q")  # struct fp_tunnel_stats
-_GUARD_STATS = struct.Struct("<4Q")  # struct fp_guard_stats
-TC_ACT_OK = 0
-TC_ACT_SHOT = 2
-
-
-def reason_passes(reason: int) -> bool:
-    """PASS_* reasons come before DROP_* ones (verdict.h relies on the same order)."""
-    return reason < CONST["FP_R_DROP_NO_CONN"]
-
-
-# --- address helpers: the maps hold addresses and ports in network byte order ----------
-
-def _words(addr: IPAddress) -> list[int]:
-    """Native-endian u32 words whose memory is the address in network order."""
-    b = addr.packed
-    return [int.from_bytes(b[i:i + 4], "little") for i in range(0, len(b), 4)]
-
-
-@functools.lru_cache(maxsize=65536)
-def _addr4(word: int) -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address(socket.ntohl(word))
-
-
-@functools.lru_cache(maxsize=65536)
-def _addr6(words: tuple[int, ...]) -> ipaddress.IPv6Address:
-    return ipaddress.IPv6Address(b"".join(w.to_bytes(4, "little") for w in words))
-
-
-def _addr(words: Any, family: int) -> IPAddress:
-    """Address from native-endian words holding network-order bytes (cached: a sweep
-    decodes many flows between few hosts)."""
-    if family == 4:
-        return _addr4(int(words[0]))
-    return _addr6(tuple(int(w) for w in words[:4]))
-
-
-def _port(v: int) -> int:
-    return socket.ntohs(v)
-
-
-# --- typed records --------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FlowKey:
-    """Canonical key: endpoint 0 is the lower (address, port)."""
-
-    proto: int
-    addr: tuple[IPAddress, IPAddress]
-    port: tuple[int, int]
-
-    @property
-    def family(self) -> int:
-        return self.addr[0].version
-
-    def __str__(self) -> str:
-        p = protocols.name(self.proto)
-        return f"{p} {self.addr[0]}:{self.port[0]} <-> {self.addr[1]}:{self.port[1]}"
-
-
-@dataclass(frozen=True)
-class Flow:
-    """One flow. Arrays of two are indexed by key endpoint (what that endpoint sent)."""
-
-    key: FlowKey
-    tunnel_id: int
-    generation: int
-    side: tuple[int, int]  # FP_SIDE_* bits
-    seq: tuple[int, int]
-    ack: tuple[int, int]
-    created_s: int
-    last_s: int
-    packets: tuple[int, int]
-    bytes: tuple[int, int]
-
-    @property
-    def tcp_state(self) -> str:
-        """SYN_SENT, SYN_RECV, ESTABLISHED, HALF_CLOSED, CLOSED, or "" for non-TCP."""
-        return tcp_state(self.key.proto, self.side)
-
-    @property
-    def initiator(self) -> int:
-        """Key endpoint that opened the flow."""
-        return 1 if self.side[1] & Side.OPENER else 0
-
-    @property
-    def lan_side(self) -> int | None:
-        for i in (0, 1):
-            if self.side[i] & Side.LAN:
-                return i
-        return None
-
-
-def decode_value(key: FlowKey, v: Any) -> Flow:
-    """A Flow from its key and a raw fp_flow_value."""
-    mask = (1 << ACCT_BYTES_BITS) - 1
-    return Flow(key, v.tunnel_id, v.generation, (v.side[0], v.side[1]),
-                (v.seq[0], v.seq[1]), (v.ack[0], v.ack[1]), v.created_s, v.last_s,
-                (v.acct[0] >> ACCT_BYTES_BITS, v.acct[1] >> ACCT_BYTES_BITS),
-                (v.acct[0] & mask, v.acct[1] & mask))
-
-
-def tcp_state(proto: int, side: tuple[int, int]) -> str:
-    if proto != 6:
-        return ""
-    s0, s1 = side
-    both, either = s0 & s1, s0 | s1
-    if either & Side.RST or both & Side.FIN:
-        return "CLOSED"
-    if either & Side.FIN:
-        return "HALF_CLOSED"
-    if either & Side.PICKUP:
-        return "ESTABLISHED"
-    syn = both & Side.SYN
-    if syn and both & Side.ACK:
-        return "ESTABLISHED"
-    if syn:
-        return "SYN_RECV"
-    return "SYN_SENT"
-
-
-@dataclass(frozen=True)
-class Tunnel:
-    id: int
-    up: bool
-    generation: int
-    preserve: bool
-    held: int
-    refused: int
-
-    @property
-    def state(self) -> str:
-        return "UP" if self.up else "DOWN"
-
-
-@dataclass(frozen=True)
-class Selector:
-    local: IPNetwork
-    remote: IPNetwork
-    tunnel_id: int
-
-
-@dataclass(frozen=True)
-class Overflow:
-    """A remote prefix to which more selector pairs apply than a trie entry has slots:
-    ``kept`` got a slot each, ``refused`` are covered by one last slot that refuses
-    traffic from ``refuse_local`` (see :meth:`FlowTable._compile`)."""
-
-    remote: IPNetwork
-    kept: tuple[Selector, ...]
-    refused: tuple[Selector, ...]
-    refuse_local: IPNetwork
-
-    def text(self, name_of: Callable[[int], str] = lambda tid: f"id {tid}") -> str:
-        pairs = ", ".join(f"{s.local}->{s.remote} ({name_of(s.tunnel_id)})"
-                          for s in self.refused)
-        return (f"{len(self.kept) + len(self.refused)} selector pairs apply to remote "
-                f"{self.remote}, the data path holds {SEL_SLOTS}: traffic of {pairs} is "
-                f"refused (from {self.refuse_local}), never passed in clear")
-
-    def __str__(self) -> str:
-        return self.text()
-
-
-def covering_prefix(nets: Iterable[IPNetwork]) -> IPNetwork:
-    """The longest prefix that contains every one of ``nets`` (one family)."""
-    nets = list(nets)
-    out = nets[0]
-    while not all(n.subnet_of(out) for n in nets):  # type: ignore[arg-type]
-        out = out.supernet()
-    return out
-
-
-def coalesce(cover: list[Selector], slots: int) -> list[Selector]:
-    """Merge local prefixes of one tunnel (same remote prefix) until ``cover`` fits in
-    ``slots``, each time the two whose covering prefix is the longest: the least address
-    space added. A merge whose covering prefix would overlap another tunnel's local
-    prefix in ``cover`` is never made (it could take that tunnel's traffic). The merged
-    prefix may hold a few addresses the tunnel's selectors do not (a range's edges): their
-    traffic is then the tunnel's to flowpin -- held while it is down, and stopped by the
-    WAN guard if strongSwan does not protect it -- never another tunnel's, never leaked.
-    Returns ``cover`` re-sorted most specific first; still too long if no merge was
-    possible (the caller refuses the rest)."""
-    cover = list(cover)
-    while len(cover) > slots:
-        best: tuple[int, int, IPNetwork] | None = None
-        for i, a in enumerate(cover):
-            for j in range(i + 1, len(cover)):
-                b = cover[j]
-                if (a.tunnel_id, a.remote) != (b.tunnel_id, b.remote):
-                    continue
-                merged = covering_prefix((a.local, b.local))
-                if any(o.tunnel_id != a.tunnel_id and o.local.overlaps(merged)  # type: ignore[arg-type]
-                       and _slot_order(o.remote, o.local) >= _slot_order(a.remote, merged)
-                       for o in cover):
-                    continue  # it would come first for that tunnel's addresses
-                if best is None or merged.prefixlen > best[2].prefixlen:
-                    best = (i, j, merged)
-        if best is None:
-            break
-        i, j, merged = best
-        a = cover[i]
-        # the merged prefix also swallows any other local of the tunnel inside it
-        cover = [s for s in cover if not ((s.tunnel_id, s.remote) == (a.tunnel_id, a.remote)
-                                         and s.local.subnet_of(merged))]  # type: ignore[arg-type]
-        cover.append(Selector(merged, a.remote, a.tunnel_id))
-        cover.sort(key=lambda s: _slot_order(s.remote, s.local))
-    return cover
-
-
-def _slot_order(remote: IPNetwork, local: IPNetwork) -> tuple[int, int]:
-    """Where a pair stands in a trie entry's slots: most specific remote, then local,
-    first (the data path takes the first match)."""
-    return (-remote.prefixlen, -local.prefixlen)
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # DEMAND, MAP_FULL, FLOW_REMOVED
-    tunnel_id: int
-    key: FlowKey
-    ts_ns: int
-    flow: Flow | None  # FLOW_REMOVED: the flow as it was when removed
+from controlplane.addresses import IPNetwork, from_words, port, to_words
+from controlplane.flow_types import (
+    CF_NO_RECLASSIFY,
+    NV_COUNT4,
+    NV_LIMIT4,
+    NV_OFFSET4,
+    STAT_MAX,
+    TF_KICK,
+    TF_PRESERVE,
+    TUNNEL_DOWN,
+    TUNNEL_UP,
+    Reason,
+    Stat,
+)
+from controlplane.flows import Flow, FlowKey, decode_value
+from controlplane.layout import layout
+from controlplane.ring_events import Event, decode_event
+from controlplane.selectors import Overflow, Selector, plan
+from controlplane.tunnel_maps import DatapathTunnel
 
 
 @dataclass
-class Config:
+class ConfigEntry:
     """fp_config: test clock, pickup window, event interval, jiffies->ns clock mapping."""
 
     now_ns: int
@@ -323,6 +67,8 @@ class RawFlows:
     count: int
     key_size: int = field(default=0)
     value_size: int = field(default=0)
+    key_type: Any = None  # bcc's ctypes of the C struct
+    value_type: Any = None
 
 
 class FlowTable:
@@ -340,6 +86,9 @@ class FlowTable:
         self.guard_stats_map = bpf[b"fp_guard_stats"]
         self.config_map = bpf[b"fp_config"]
         self.nonvpn_map = bpf[b"fp_nonvpn"]
+        self.kick_config_map = bpf[b"fp_kick_config"]
+        self.kick_stats_map = bpf[b"fp_kick_stats"]
+        self.kick_budget_map = bpf[b"fp_kick_budget"]
         self.EventStruct = bpf[b"fp_event_layout"].Leaf
         self._ring_open = False
         self._pending: list[Event] = []
@@ -347,15 +96,19 @@ class FlowTable:
         # selectors that point to it refuse their traffic (counted in its fp_tunnel_stats).
         self.refuse_id: int = self.tunnels_map.max_entries - 1
         self._compiled: dict[int, list[Selector]] = {}
+        # bulk decoders, from bcc's ctypes of the compiled C (see layout.py)
+        self._tunnel_word = layout(self.tunnels_map.Leaf)
+        self._tunnel_stats = layout(self.tunnel_stats_map.Leaf)
+        self._guard_stats = layout(self.guard_stats_map.Leaf)
 
     # -- config / clock ----------------------------------------------------------------
-    def config(self) -> Config:
+    def config(self) -> ConfigEntry:
         c = self.config_map[ctypes.c_uint32(0)]
-        return Config(c.now_ns, c.attach_ns, c.pickup_s, c.event_interval_ms, c.base_ns,
+        return ConfigEntry(c.now_ns, c.attach_ns, c.pickup_s, c.event_interval_ms, c.base_ns,
                       c.base_jiffies, c.ns_per_jiffy, c.flags)
 
     def update_config(self, **fields: int) -> None:
-        """Write some fields of the config entry (see :class:`Config`); the others keep
+        """Write some fields of the config entry (see :class:`ConfigEntry`); the others keep
         their value."""
         k = ctypes.c_uint32(0)
         c = self.config_map[k]
@@ -398,6 +151,48 @@ class FlowTable:
             t.flags = (t.flags | TF_PRESERVE) if preserve else (t.flags & ~TF_PRESERVE)
         self.tunnels_map[k] = t
 
+    # -- the kick (bpf/lib/kick.h) -----------------------------------------------------
+    def set_kick_config(self, *, src4: str | None, src6: str | None, interval_ms: int,
+                        budget: int) -> None:
+        """Source addresses (the gateway's LAN addresses; None = no kick in that family)
+        and limits of the ICMP answer to held segments, in one write."""
+        k = ctypes.c_uint32(0)
+        c = self.kick_config_map.Leaf()
+        if src4:
+            c.src4 = int.from_bytes(ipaddress.IPv4Address(src4).packed, "little")
+        if src6:
+            words = struct.unpack("<4I", ipaddress.IPv6Address(src6).packed)
+            for i, w in enumerate(words):
+                c.src6.w[i] = w
+        c.interval_ms = interval_ms
+        c.budget = budget
+        self.kick_config_map[k] = c
+
+    def kick_config(self) -> tuple[str | None, str | None, int, int]:
+        """(src4, src6, interval_ms, budget) as written."""
+        c = self.kick_config_map[ctypes.c_uint32(0)]
+        src4 = (str(ipaddress.IPv4Address(int(c.src4).to_bytes(4, "little")))
+                if c.src4 else None)
+        w = [int(x) for x in c.src6.w]
+        src6 = str(ipaddress.IPv6Address(struct.pack("<4I", *w))) if any(w) else None
+        return src4, src6, int(c.interval_ms), int(c.budget)
+
+    def kick_stats(self, tunnel_id: int) -> tuple[int, int]:
+        """(kicked, limited) of one tunnel since the data path was loaded."""
+        s = self.kick_stats_map[self._tkey(tunnel_id)]
+        return int(s.kicked), int(s.limited)
+
+    def set_kick(self, tunnel_id: int, on: bool) -> None:
+        """Answer the tunnel's held segments with an ICMP unreachable (one write; the other
+        fields of the control word keep their value)."""
+        k = self._tkey(tunnel_id)
+        t = self.tunnels_map[k]
+        t.flags = (t.flags | TF_KICK) if on else (t.flags & ~TF_KICK)
+        self.tunnels_map[k] = t
+
+    def kick_enabled(self, tunnel_id: int) -> bool:
+        return bool(self.tunnels_map[self._tkey(tunnel_id)].flags & TF_KICK)
+
     def set_state(self, tunnel_id: int, up: bool) -> None:
         self.set_tunnel(tunnel_id, up=up)
 
@@ -416,26 +211,28 @@ class FlowTable:
         """Stop preserving: held flows are dropped on their next packet (one write)."""
         self.set_tunnel(tunnel_id, preserve=False)
 
-    def tunnel(self, tunnel_id: int) -> Tunnel:
+    def tunnel(self, tunnel_id: int) -> DatapathTunnel:
         k = self._tkey(tunnel_id)
         t = self.tunnels_map[k]
         s = self.tunnel_stats_map[k]
-        return Tunnel(tunnel_id, t.state == TUNNEL_UP, t.generation,
+        return DatapathTunnel(tunnel_id, t.state == TUNNEL_UP, t.generation,
                       bool(t.flags & TF_PRESERVE), s.held, s.refused)
 
-    def tunnels(self) -> list[Tunnel]:
+    def tunnels(self) -> list[DatapathTunnel]:
         """Tunnels with a non-zero control word or counters."""
         words = self.tunnel_words()
         keys, values, n, ksz, vsz = self._batch(self.tunnel_stats_map)
         ids = memoryview(keys).cast("B")[: n * ksz].cast("I")
-        stats = {ids[i]: (held, refused) for i, (held, refused, _d, _f) in enumerate(
-            _TUNNEL_STATS.iter_unpack(memoryview(values).cast("B")[: n * vsz]))
-            if held or refused}
+        ts = self._tunnel_stats
+        h, r = ts.index("held"), ts.index("refused")
+        stats = {ids[i]: (row[h], row[r]) for i, row in enumerate(
+            ts.struct.iter_unpack(memoryview(values).cast("B")[: n * vsz]))
+            if row[h] or row[r]}
         out = []
         for tid in sorted(set(words) | set(stats)):
             gen, up, preserve = words.get(tid, (0, False, False))
             held, refused = stats.get(tid, (0, 0))
-            out.append(Tunnel(tid, up, gen, preserve, held, refused))
+            out.append(DatapathTunnel(tid, up, gen, preserve, held, refused))
         return out
 
     def guard_counts(self) -> dict[int, tuple[int, int]]:
@@ -443,9 +240,11 @@ class FlowTable:
         without drops are left out. One batch read of the array."""
         keys, values, n, ksz, vsz = self._batch(self.guard_stats_map)
         ids = memoryview(keys).cast("B")[: n * ksz].cast("I")
-        return {ids[i]: (out, inn) for i, (out, inn, _lo, _li) in enumerate(
-            _GUARD_STATS.iter_unpack(memoryview(values).cast("B")[: n * vsz]))
-            if out or inn}
+        gs = self._guard_stats
+        o, n_ = gs.index("out_dropped"), gs.index("in_dropped")
+        return {ids[i]: (row[o], row[n_]) for i, row in enumerate(
+            gs.struct.iter_unpack(memoryview(values).cast("B")[: n * vsz]))
+            if row[o] or row[n_]}
 
     # -- selectors ---------------------------------------------------------------------
     def selectors(self) -> list[Selector]:
@@ -456,12 +255,12 @@ class FlowTable:
         for fam, trie in ((4, self.sel4), (6, self.sel6)):
             for k, v in trie.items():
                 remote = ipaddress.ip_network(
-                    (_addr([k.remote] if fam == 4 else k.remote, fam), k.prefixlen))
+                    (from_words([k.remote] if fam == 4 else k.remote, fam), k.prefixlen))
                 for slot in v.slot:
                     if (slot.tunnel_id and slot.tunnel_id != self.refuse_id
                             and slot.remote_plen == k.prefixlen):
                         local = ipaddress.ip_network(
-                            (_addr([slot.local] if fam == 4 else slot.local, fam),
+                            (from_words([slot.local] if fam == 4 else slot.local, fam),
                              slot.local_plen))
                         out.append(Selector(local, remote, slot.tunnel_id))
         return out
@@ -535,20 +334,7 @@ class FlowTable:
         be wider than the dropped pairs: over-refusing is the failure that leaks
         nothing). The caller logs and counts what is returned."""
         trie = self.sel4 if family == 4 else self.sel6
-        remotes = {s.remote for s in pairs}
-        entries = {}
-        overflows = []
-        for r in sorted(remotes, key=lambda n: (n.prefixlen, n.network_address)):
-            cover = [s for s in pairs if r.subnet_of(s.remote)]  # type: ignore[arg-type]
-            cover.sort(key=lambda s: (-s.remote.prefixlen, -s.local.prefixlen))
-            if len(cover) > SEL_SLOTS:
-                cover = coalesce(cover, SEL_SLOTS)
-            if len(cover) > SEL_SLOTS:
-                kept, refused = cover[:SEL_SLOTS - 1], cover[SEL_SLOTS - 1:]
-                local = covering_prefix(s.local for s in refused)
-                cover = kept + [Selector(local, r, self.refuse_id)]
-                overflows.append(Overflow(r, tuple(kept), tuple(refused), local))
-            entries[r] = cover
+        entries, overflows = plan(pairs, self.refuse_id)
         if overflows:  # never configured, but make sure: the refusing id is DOWN
             self.set_tunnel(self.refuse_id, up=False, preserve=False)
         self._compiled[family] = list(pairs)
@@ -557,29 +343,30 @@ class FlowTable:
             k.prefixlen = r.prefixlen
             v = trie.Leaf()
             if family == 4:
-                k.remote = _words(r.network_address)[0]
+                k.remote = to_words(r.network_address)[0]
             else:
-                for i, w in enumerate(_words(r.network_address)):
+                for i, w in enumerate(to_words(r.network_address)):
                     k.remote[i] = w
             for i, s in enumerate(cover):
                 slot = v.slot[i]
                 if family == 4:
-                    slot.local = _words(s.local.network_address)[0]
+                    slot.local = to_words(s.local.network_address)[0]
                 else:
-                    for j, w in enumerate(_words(s.local.network_address)):
+                    for j, w in enumerate(to_words(s.local.network_address)):
                         slot.local[j] = w
                 slot.local_plen = s.local.prefixlen
                 slot.remote_plen = s.remote.prefixlen
                 slot.tunnel_id = s.tunnel_id
             trie[k] = v
         for k in list(trie.keys()):
-            fam_addr = _addr([k.remote] if family == 4 else k.remote, family)
+            fam_addr = from_words([k.remote] if family == 4 else k.remote, family)
             if ipaddress.ip_network((fam_addr, k.prefixlen)) not in entries:
                 del trie[k]
         return overflows
 
     # -- flows -------------------------------------------------------------------------
-    def _flow_map(self, family: int) -> Any:
+    def flow_map(self, family: int) -> Any:
+        """The bcc table of ``family``'s flows."""
         return self.flows4 if family == 4 else self.flows6
 
     @staticmethod
@@ -612,8 +399,9 @@ class FlowTable:
 
     def read_raw(self, family: int, chunk: int = 65536) -> RawFlows:
         """Every flow of one family with batch lookups, as raw ctypes arrays."""
-        keys, values, total, ksz, vsz = self._batch(self._flow_map(family), chunk)
-        return RawFlows(family, keys, values, total, ksz, vsz)
+        table = self.flow_map(family)
+        keys, values, total, ksz, vsz = self._batch(table, chunk)
+        return RawFlows(family, keys, values, total, ksz, vsz, table.Key, table.Leaf)
 
     def tunnel_words(self) -> dict[int, tuple[int, bool, bool]]:
         """Every tunnel with a non-zero control word: id -> (generation, up, preserve).
@@ -622,8 +410,10 @@ class FlowTable:
         keys, values, n, ksz, vsz = self._batch(self.tunnels_map)
         ids = memoryview(keys).cast("B")[: n * ksz].cast("I")
         out = {}
-        for i, (gen, state, flags, _pad) in enumerate(TUNNEL_WORD.iter_unpack(
-                memoryview(values).cast("B")[: n * vsz])):
+        w = self._tunnel_word
+        g, st, fl = w.index("generation"), w.index("state"), w.index("flags")
+        for i, row in enumerate(w.struct.iter_unpack(memoryview(values).cast("B")[: n * vsz])):
+            gen, state, flags = row[g], row[st], row[fl]
             if gen or state or flags:
                 out[ids[i]] = (gen, state == TUNNEL_UP, bool(flags & TF_PRESERVE))
         return out
@@ -632,10 +422,15 @@ class FlowTable:
     def decode(family: int, k: Any, v: Any) -> Flow:
         """A Flow from a raw key and value (ctypes from bcc)."""
         if family == 4:
-            a = (_addr([k.addr[0]], 4), _addr([k.addr[1]], 4))
+            a = (from_words([k.addr[0]], 4), from_words([k.addr[1]], 4))
         else:
-            a = (_addr(k.addr[0].w, 6), _addr(k.addr[1].w, 6))
-        return decode_value(FlowKey(k.proto, a, (_port(k.port[0]), _port(k.port[1]))), v)
+            a = (from_words(k.addr[0].w, 6), from_words(k.addr[1].w, 6))
+        return decode_value(FlowKey(k.proto, a, (port(k.port[0]), port(k.port[1]))), v)
+
+    def decode_raw(self, family: int, key: bytes, value: bytes) -> Flow:
+        """A Flow from the bytes of a key and a value of ``family``'s map."""
+        t = self.flow_map(family)
+        return self.decode(family, t.Key.from_buffer_copy(key), t.Leaf.from_buffer_copy(value))
 
     def flows(self, family: int | None = None) -> Iterator[Flow]:
         for fam in (4, 6) if family is None else (family,):
@@ -649,7 +444,8 @@ class FlowTable:
         out: set[int] = set()
         for fam in (4, 6):
             raw = self.read_raw(fam)
-            off = raw.values._type_.tunnel_id.offset
+            off = raw.value_type.tunnel_id.offset
+            assert raw.value_type.tunnel_id.size == 2, "tunnel_id is a __u16 in flow_types.h"
             mv = memoryview(raw.values).cast("B")[: raw.count * raw.value_size]
             lo = bytes(mv[off::raw.value_size])
             hi = bytes(mv[off + 1::raw.value_size])
@@ -667,20 +463,20 @@ class FlowTable:
         return self.read_raw(4).count + self.read_raw(6).count
 
     def encode_key(self, key: FlowKey) -> Any:
-        table = self._flow_map(key.family)
+        table = self.flow_map(key.family)
         k = table.Key()
         for i in (0, 1):
             if key.family == 4:
-                k.addr[i] = _words(key.addr[i])[0]
+                k.addr[i] = to_words(key.addr[i])[0]
             else:
-                for j, w in enumerate(_words(key.addr[i])):
+                for j, w in enumerate(to_words(key.addr[i])):
                     k.addr[i].w[j] = w
             k.port[i] = socket.htons(key.port[i])
         k.proto = key.proto
         return k
 
     def get_flow(self, key: FlowKey) -> Flow | None:
-        table = self._flow_map(key.family)
+        table = self.flow_map(key.family)
         k = self.encode_key(key)
         try:
             v = table[k]
@@ -695,7 +491,7 @@ class FlowTable:
 
         if count == 0:
             return 0
-        table = self._flow_map(family)
+        table = self.flow_map(family)
         cnt = ctypes.c_uint32(count)
         if lib.bpf_delete_batch(table.map_fd, ctypes.byref(keys), ctypes.byref(cnt)) == 0:
             return count
@@ -709,7 +505,7 @@ class FlowTable:
         return deleted
 
     def delete_flow(self, key: FlowKey) -> bool:
-        table = self._flow_map(key.family)
+        table = self.flow_map(key.family)
         try:
             del table[self.encode_key(key)]
         except KeyError:
@@ -778,16 +574,7 @@ class FlowTable:
 
     # -- events ------------------------------------------------------------------------
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
-        e = ctypes.cast(data, ctypes.POINTER(self.EventStruct)).contents
-        fam = e.family
-        addrs = (_addr(e.addr[0].w, fam), _addr(e.addr[1].w, fam))
-        key = FlowKey(e.proto, addrs, (_port(e.port[0]), _port(e.port[1])))
-        flow = decode_value(key, e.flow) if e.type == EventType.FLOW_REMOVED else None
-        try:
-            name = EventType(e.type).name
-        except ValueError:
-            name = f"UNKNOWN_{e.type}"
-        self._pending.append(Event(name, e.tunnel_id, key, e.ts_ns, flow))
+        self._pending.append(decode_event(self.EventStruct, data))
 
     def read_events(self, timeout_ms: int = 0) -> list[Event]:
         """Events from the ring buffer: demand on a down tunnel and map full (both

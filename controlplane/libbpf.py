@@ -16,6 +16,7 @@ from functools import cache
 
 LIBBPF = "libbpf.so.1"
 BPF_STATS_RUN_TIME = 0  # enum bpf_stats_type
+BPF_MAP_TYPE_ARRAY = 2  # enum bpf_map_type
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -50,6 +51,13 @@ def _lib() -> ctypes.CDLL:
     lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
     lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
     lib.bpf_enable_stats.argtypes = [ctypes.c_int]
+    lib.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
+                                   ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p]
+    lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                        ctypes.c_uint64]
+    lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
     return lib
 
 
@@ -101,3 +109,32 @@ def fdinfo(fd: int) -> dict[str, str]:
             k, _, v = line.partition(":")
             info[k.strip()] = v.strip()
     return info
+
+
+def array_create(name: str, value_size: int, max_entries: int = 1) -> int:
+    """A new ``array`` map (u32 keys) named ``name``; returns its fd."""
+    return _check(_lib().bpf_map_create(BPF_MAP_TYPE_ARRAY, name.encode(), 4, value_size,
+                                        max_entries, None), f"BPF_MAP_CREATE {name}")
+
+
+def array_update(fd: int, index: int, value: bytes) -> None:
+    key = ctypes.c_uint32(index)
+    buf = ctypes.create_string_buffer(value, len(value))
+    _check(_lib().bpf_map_update_elem(fd, ctypes.byref(key), buf, 0), "BPF_MAP_UPDATE_ELEM")
+
+
+def array_lookup(fd: int, index: int, value_size: int) -> bytes:
+    key = ctypes.c_uint32(index)
+    buf = ctypes.create_string_buffer(value_size)
+    _check(_lib().bpf_map_lookup_elem(fd, ctypes.byref(key), buf), "BPF_MAP_LOOKUP_ELEM")
+    return buf.raw
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin the object ``fd`` at ``path`` in bpffs."""
+    _check(_lib().bpf_obj_pin(fd, os.fsencode(path)), f"BPF_OBJ_PIN {path}")
+
+
+def obj_get(path: str) -> int:
+    """A new fd of the object pinned at ``path``."""
+    return _check(_lib().bpf_obj_get(os.fsencode(path)), f"BPF_OBJ_GET {path}")

@@ -13,7 +13,7 @@ from enum import IntEnum
 
 from controlplane import protocols
 from controlplane.durations import format_duration
-from controlplane.sweeper import RemovedFlow
+from controlplane.flows import RemovedFlow
 
 log = logging.getLogger("flowpin")
 

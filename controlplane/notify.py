@@ -160,7 +160,7 @@ def announce_ready(daemon: Any) -> StatusReporter:
 
     def wait_then_ready() -> None:
         while not daemon.charon_heard.wait(0.2):
-            if daemon._stop.is_set():
+            if daemon.stopping:
                 return
         notifier.ready(status_line(daemon))
         reporter.start()

@@ -14,7 +14,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from controlplane.flow_table import FlowKey
+from controlplane.flow_table import FlowTable
+from controlplane.flows import FlowKey
 
 log = logging.getLogger("flowpin")
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -63,3 +64,13 @@ def clear_conntrack(local: Iterable[Net], remote: Iterable[Net]) -> int:
     finally:
         ct.close()
     return n
+
+
+def clear(table: FlowTable, local: Iterable[Net], remote: Iterable[Net]) -> tuple[int, int]:
+    """Clear the non-VPN flows (flowpin's table) and conntrack entries a tunnel's selectors
+    now cover; returns how many of each. Safe beside the loop: a flow deleted here is
+    simply created again, in its tunnel, by its next packet."""
+    local, remote = list(local), list(remote)
+    gone = [f for f in list(table.flows())
+            if f.tunnel_id == 0 and matches(f.key, local, remote) and table.delete_flow(f.key)]
+    return len(gone), clear_conntrack(local, remote)

@@ -36,6 +36,10 @@ def vpn_context(data: dict[str, Any], detail: bool = False) -> str:
                          f"in clear by the WAN guard {t.get('cleartext_dropped_out', 0)} "
                          f"out / {t.get('cleartext_dropped_in', 0)} in; "
                          f"up {t['ups']} times, down {t['downs']} times")
+            if "resume_kick" in t:
+                lines.append(f"    resume kick {'on' if t['resume_kick'] else 'off'}: "
+                             f"{t['kicked']} ICMP unreachables to held senders, "
+                             f"{t['kicks_limited']} held segments over the kick limits")
             if t.get("demand"):
                 d = t["demand"]
                 lines.append(f"    demand: {d['attempts']} initiation attempts"

@@ -27,79 +27,24 @@ read: such a flow is kept), and deletes the rest with one batch delete.
 from __future__ import annotations
 
 import ctypes
-import functools
-import ipaddress
-import struct
+import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from controlplane.durations import Timeouts
-from controlplane.flow_table import (
-    ACCT_BYTES_BITS,
-    Event,
-    Flow,
-    FlowTable,
-    Side,
-)
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import ACCT_BYTES_BITS, Side
+from controlplane.flows import RemovedFlow
+from controlplane.layout import layout, span
+from controlplane.ring_events import Event
 
 TORN_DOWN = "Tunnel has been torn down"
 _NEVER_WRITTEN = (0, False, False)  # an array slot never written: generation 0, DOWN
-_VALUE = struct.Struct("<IHBB4III2Q")  # struct fp_flow_value, see bpf/lib/flow_types.h
-_KEY_PROTO_OFFSET = {4: 12, 6: 36}
+# The scalars of struct fp_flow_value (bpf/lib/flow_types.h) in the order the sweep loop
+# unpacks them; checked against bcc's layout of the compiled C when a Sweeper is made.
+FLOW_VALUE_SCALARS = ("generation", "tunnel_id", "side[0]", "side[1]", "seq[0]", "seq[1]",
+                      "ack[0]", "ack[1]", "created_s", "last_s", "acct[0]", "acct[1]")
 _FIN, _RST, _SYN, _ACK, _PICKUP = Side.FIN, Side.RST, Side.SYN, Side.ACK, Side.PICKUP
-
-
-@dataclass(frozen=True, eq=False)
-class RemovedFlow:
-    """A flow that is gone, for the logs: both ends (initiator first), protocol, tunnel,
-    duration, bytes and packets each way (initiator -> responder first), reason.
-
-    A sweep may remove a million flows at once: the record keeps the raw key and value
-    bytes and decodes them (addresses and all) only when a field is read.
-    """
-
-    reason: str
-    duration_s: float
-    decoded: Flow | None = None
-    raw: tuple[FlowTable, int, bytes, bytes] | None = None  # table, family, key, value
-
-    @functools.cached_property
-    def flow(self) -> Flow:
-        if self.decoded is not None:
-            return self.decoded
-        assert self.raw is not None
-        table, fam, kb, vb = self.raw
-        t = table._flow_map(fam)
-        return FlowTable.decode(fam, t.Key.from_buffer_copy(kb), t.Leaf.from_buffer_copy(vb))
-
-    @property
-    def proto(self) -> int:
-        return self.flow.key.proto
-
-    @property
-    def tunnel_id(self) -> int:
-        return self.flow.tunnel_id
-
-    @property
-    def initiator(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-        i = self.flow.initiator
-        return self.flow.key.addr[i], self.flow.key.port[i]
-
-    @property
-    def responder(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-        i = 1 - self.flow.initiator
-        return self.flow.key.addr[i], self.flow.key.port[i]
-
-    @property
-    def bytes(self) -> tuple[int, int]:
-        i = self.flow.initiator
-        return self.flow.bytes[i], self.flow.bytes[1 - i]
-
-    @property
-    def packets(self) -> tuple[int, int]:
-        i = self.flow.initiator
-        return self.flow.packets[i], self.flow.packets[1 - i]
 
 
 def idle_reason(proto: int, s0: int, s1: int, idle: float, t: Timeouts,
@@ -131,6 +76,18 @@ class Sweeper:
         self.table = table
         self.timeouts = timeouts or Timeouts()
         self.last_stats: dict[str, int] = {}
+        leaf, key4, key6 = table.flows4.Leaf, table.flows4.Key, table.flows6.Key
+        self.value_layout = layout(leaf)
+        if self.value_layout.names != FLOW_VALUE_SCALARS:
+            raise RuntimeError(f"struct fp_flow_value changed ({self.value_layout.names}): the "
+                               "sweeper's unpacking must follow it")
+        self.proto_offset = {4: key4.proto.offset, 6: key6.proto.offset}
+        # Byte spans of fp_flow_value, from the ctypes: what a re-check compares (bound to
+        # the same tunnel generation, same times), when it was created, its tunnel
+        self.binding_span = span(leaf, "generation", "tunnel_id")
+        self.times_span = span(leaf, "created_s", "last_s")
+        self.created_span = span(leaf, "created_s")
+        self.tunnel_id_span = span(leaf, "tunnel_id")
 
     def now_s(self) -> int:
         """The data path's clock: the test override when set, else CLOCK_MONOTONIC."""
@@ -160,11 +117,11 @@ class Sweeper:
                 continue
             vbuf = memoryview(raw.values).cast("B")[: n * raw.value_size]
             kbuf = memoryview(raw.keys).cast("B")[: n * raw.key_size]
-            poff, ksz = _KEY_PROTO_OFFSET[fam], raw.key_size
+            poff, ksz = self.proto_offset[fam], raw.key_size
             cands: list[tuple[int, str]] = []
             nonvpn = 0
             for i, (gen, tid, s0, s1, _q0, _q1, _a0, _a1, _c, last, b0, b1) in enumerate(
-                    _VALUE.iter_unpack(vbuf)):
+                    self.value_layout.struct.iter_unpack(vbuf)):
                 tun = tunnels.get(tid, _NEVER_WRITTEN)
                 proto = kbuf[i * ksz + poff]
                 if tid == 0:
@@ -182,7 +139,9 @@ class Sweeper:
             stats["candidates"] += len(cands)
             gone = self._remove(fam, raw, cands, now, stats)
             removed.extend(gone)
-            swept = sum(1 for r in gone if r.raw and r.raw[3][4:6] == b"\0\0")  # tunnel 0
+            tid_bytes = self.tunnel_id_span
+            zero = bytes(tid_bytes.stop - tid_bytes.start)
+            swept = sum(1 for r in gone if r.raw and r.raw[3][tid_bytes] == zero)  # tunnel 0
             self.table.sync_nonvpn(fam, counted, nonvpn - swept)
         self.last_stats = stats
         return removed
@@ -195,7 +154,7 @@ class Sweeper:
 
         if not cands:
             return []
-        table = self.table._flow_map(fam)
+        table = self.table.flow_map(fam)
         ksz, vsz = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
         kbuf = memoryview(raw.keys).cast("B")  # type: ignore[attr-defined]
         vbuf = memoryview(raw.values).cast("B")  # type: ignore[attr-defined]
@@ -212,12 +171,13 @@ class Sweeper:
             vb = cur.raw
             old = vbuf[i * vsz:(i + 1) * vsz]
             # generation + tunnel id, created + last forwarded: unchanged since the read?
-            if vb[0:6] != old[0:6] or vb[24:32] != old[24:32]:
+            bind, times = self.binding_span, self.times_span
+            if vb[bind] != old[bind] or vb[times] != old[times]:
                 stats["kept_changed"] += 1
                 continue
             dels[n * ksz:(n + 1) * ksz] = kb
             n += 1
-            created = int.from_bytes(vb[24:28], "little")
+            created = int.from_bytes(vb[self.created_span], sys.byteorder)
             out.append(RemovedFlow(why, float(now - created), raw=(self.table, fam, kb, vb)))
         keys = (table.Key * max(n, 1)).from_buffer(dels)
         stats["removed"] += self.table.delete_keys(fam, keys, n)
@@ -235,4 +195,4 @@ def removed_from_events(events: Iterable[Event]) -> list[RemovedFlow]:
     return out
 
 
-__all__ = ["RemovedFlow", "Sweeper", "idle_reason", "removed_from_events", "TORN_DOWN"]
+__all__ = ["Sweeper", "idle_reason", "removed_from_events", "TORN_DOWN"]

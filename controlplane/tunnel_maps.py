@@ -5,9 +5,27 @@ implement it in memory to follow the daemon's transitions without root or a kern
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from controlplane.flow_table import Overflow, Selector, Tunnel
+from controlplane.selectors import Overflow, Selector
+
+
+@dataclass(frozen=True)
+class DatapathTunnel:
+    """A tunnel as the data path holds it: its control word and counters."""
+
+
+    id: int
+    up: bool
+    generation: int
+    preserve: bool
+    held: int
+    refused: int
+
+    @property
+    def state(self) -> str:
+        return "UP" if self.up else "DOWN"
 
 
 @runtime_checkable
@@ -21,10 +39,10 @@ class TunnelMaps(Protocol):
     def bump_generation(self, tunnel_id: int) -> int:
         """Tear down every flow of the tunnel in one write; returns the new generation."""
 
-    def tunnel(self, tunnel_id: int) -> Tunnel:
+    def tunnel(self, tunnel_id: int) -> DatapathTunnel:
         """The tunnel's control word and counters."""
 
-    def tunnels(self) -> list[Tunnel]:
+    def tunnels(self) -> list[DatapathTunnel]:
         """Every tunnel with a non-zero control word or counters."""
 
     def replace_selectors(self, selectors: Iterable[Selector]) -> list[Overflow]:

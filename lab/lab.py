@@ -272,6 +272,8 @@ class Lab:
             f"initiate = {str(opts.get('initiate', True)).lower()}",
             "backoff-min = 1",
             "backoff-max = 4",
+            "[resume]",
+            f"kick = {str(opts.get('resume_kick', True)).lower()}",
             "[control]",
             f"socket = {json.dumps(self.daemon_socket(gw))}",
             "[metrics]",  # the gateway's own loopback (its namespace)

@@ -127,7 +127,8 @@ if __name__ == "__main__":
 
 
 class Transfer:
-    """A TCP transfer from bo-client to ho-server, started now, finished by :meth:`wait`.
+    """A TCP transfer from bo-client to ho-server (or back: ``reverse``), started now,
+    finished by :meth:`wait`.
 
     ``gated``: the client connects and then waits for :meth:`go` before it sends, so that
     many transfers can be made to run at the same time however long starting them took
@@ -135,15 +136,20 @@ class Transfer:
     overlap)."""
 
     def __init__(self, lab: Any, to: str, nbytes: int, *, port: int = 5001, rate: float = 0.0,
-                 seed: int = 1, timeout: float = 120.0, gated: bool = False) -> None:
+                 seed: int = 1, timeout: float = 120.0, gated: bool = False,
+                 reverse: bool = False) -> None:
+        """``reverse``: ho-server sends to bo-client (``to`` is then bo-client's address):
+        data flowing tunnel -> LAN as bo-gw sees it."""
         import subprocess
 
         from lab import topology
 
+        receiver, sender = ((topology.CLIENT, topology.SERVER) if reverse
+                            else (topology.SERVER, topology.CLIENT))
         self.port = port
         py = [sys.executable, "-m", "lab.traffic"]
         bind = "::" if ":" in to else "0.0.0.0"
-        self.server = lab.popen(topology.SERVER, py + ["serve", "--bind", bind, "--port",
+        self.server = lab.popen(receiver, py + ["serve", "--bind", bind, "--port",
                                                        str(port), "--timeout", str(timeout)],
                                 stdout=subprocess.PIPE, text=True)
         assert self.server.stdout is not None
@@ -151,7 +157,7 @@ class Transfer:
         if "listening" not in ready:
             self.server.kill()
             raise RuntimeError(f"traffic server did not start: {ready!r}")
-        self.client = lab.popen(topology.CLIENT, py + [
+        self.client = lab.popen(sender, py + [
             "send", "--to", to, "--port", str(port), "--bytes", str(nbytes), "--rate",
             str(rate), "--seed", str(seed), "--timeout", str(timeout)]
             + (["--gated"] if gated else []),

@@ -21,6 +21,9 @@
 #   FLOWPIN_FRESH_MIRROR  Debian mirror (http://deb.debian.org/debian)
 #   FLOWPIN_FRESH_TESTS   the pytest arguments of the suite's part (see TESTS below)
 #   FLOWPIN_FRESH_SIZE    the tmpfs's size limit (6G)
+#   FLOWPIN_FRESH_RUN     run this command in the clone instead of the Quick start and the
+#                         suite's part (make deb-check: scripts/deb-check.sh)
+#   FLOWPIN_FRESH_FILES   a directory copied to /root/files in the new system first
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -161,6 +164,13 @@ inside() {  # a login-like root shell in the chroot: a clean environment, not th
 phase bootstrap bootstrap
 phase mounts mounts
 phase clone clone
+if [ -n "${FLOWPIN_FRESH_FILES:-}" ]; then
+    cp -r "$FLOWPIN_FRESH_FILES" "$ROOT/root/files"
+fi
+if [ -n "${FLOWPIN_FRESH_RUN:-}" ]; then
+    phase run inside "$FLOWPIN_FRESH_RUN"
+    exit 0
+fi
 # What the README asks of a fresh machine before its two commands.
 phase make inside "apt-get update -q && DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends make"

@@ -50,7 +50,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
 stamp="$VENV/.flowpin-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
     say "pip install -e .[dev]"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
     touch "$stamp"

@@ -143,7 +143,10 @@ run rsync -a --delete --exclude .git/ --exclude .venv/ --exclude .vagrant/ \
 # The project's own setup (packages, venv with bcc from Debian, bpffs). FLOWPIN_DEV_PKGS=''
 # leaves out what only the build machine's tests need (vagrant, systemd-analyze).
 run env FLOWPIN_DEV_PKGS= VENV="$PREFIX/.venv" "$PREFIX/scripts/setup.sh"
-run ln -sfn "$PREFIX/.venv/bin/flowpin" /usr/local/sbin/flowpin
+# /usr/sbin/flowpin, where flowpin.service (shared with the Debian package) finds it.
+run ln -sfn "$PREFIX/.venv/bin/flowpin" /usr/sbin/flowpin
+# the man page the unit's Documentation= names, as the Debian package installs it
+run install -D -m 0644 "$PREFIX/docs/man/flowpin.8" /usr/local/share/man/man8/flowpin.8
 
 SRC=$PREFIX
 if [ -z "${FLOWPIN_PSK:-}" ]; then

@@ -23,6 +23,9 @@
 #ifndef FP_TUNNELS_MAX
 #define FP_TUNNELS_MAX 4096
 #endif
+#ifndef FP_KICK_FLOWS_MAX
+#define FP_KICK_FLOWS_MAX 16384
+#endif
 #define FP_SEL_SLOTS 4
 #define FP_ACCT_BYTES_BITS 40
 #define FP_NSEC_PER_SEC 1000000000ULL
@@ -38,6 +41,8 @@
 #define FP_SIZEOF_SEL_VALUE6 80
 #define FP_SIZEOF_EVENT 104
 #define FP_SIZEOF_GUARD_STATS 32
+#define FP_SIZEOF_KICK_CONFIG 32
+#define FP_SIZEOF_KICK_STATS 16
 
 /* Hook direction: which TC hook of the LAN-facing interface saw the packet. */
 enum fp_dir {
@@ -54,6 +59,7 @@ enum fp_tunnel_state {
 /* Tunnel flags. */
 enum fp_tunnel_flags {
 	FP_TF_PRESERVE = 1,	/* hold (pin) TCP flows while the tunnel is down */
+	FP_TF_KICK = 2,		/* answer held segments with an ICMP unreachable (kick.h) */
 };
 
 /*
@@ -224,6 +230,30 @@ struct fp_config {
 	__u32 flags;		/* enum fp_config_flags */
 };
 
+/*
+ * struct fp_kick_config - the kick's source addresses and limits (array of one entry,
+ * written by user space). A zero source address turns the kick off for that family.
+ */
+struct fp_kick_config {
+	__u32 src4;		/* the gateway's LAN address, network order */
+	__u32 interval_ms;	/* at most one kick per flow per interval */
+	__u32 budget;		/* at most this many kicks per second in all */
+	__u32 pad;
+	struct fp_in6 src6;	/* the gateway's LAN IPv6 address */
+};
+
+/* struct fp_kick_stats - kicks per tunnel, written by the data path only. */
+struct fp_kick_stats {
+	__u64 kicked;		/* ICMP unreachables sent to LAN senders of held flows */
+	__u64 limited;		/* held segments not answered: per-flow interval or budget */
+};
+
+/* struct fp_kick_budget - the global per-second kick budget (array of one entry). */
+struct fp_kick_budget {
+	__u64 window_ns;	/* start of the current one-second window */
+	__u64 used;		/* kicks sent in it */
+};
+
 /* struct fp_clock_sample - one (jiffies, CLOCK_MONOTONIC) pair taken by fp_clock_probe. */
 struct fp_clock_sample {
 	__u64 jiffies;
@@ -292,5 +322,7 @@ _Static_assert(sizeof(struct fp_sel_value4) == FP_SIZEOF_SEL_VALUE4, "fp_sel_val
 _Static_assert(sizeof(struct fp_sel_value6) == FP_SIZEOF_SEL_VALUE6, "fp_sel_value6");
 _Static_assert(sizeof(struct fp_event) == FP_SIZEOF_EVENT, "fp_event");
 _Static_assert(sizeof(struct fp_guard_stats) == FP_SIZEOF_GUARD_STATS, "fp_guard_stats");
+_Static_assert(sizeof(struct fp_kick_config) == FP_SIZEOF_KICK_CONFIG, "fp_kick_config");
+_Static_assert(sizeof(struct fp_kick_stats) == FP_SIZEOF_KICK_STATS, "fp_kick_stats");
 
 #endif

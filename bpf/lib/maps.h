@@ -45,6 +45,20 @@ FP_MAP("array", __u32, struct fp_config, fp_config, 1, 0);
 /* Non-VPN flow budget: count, sweeper's offset and limit per family (enum fp_nonvpn_slot). */
 FP_MAP("array", __u32, __s64, fp_nonvpn, FP_NV_MAX, 0);
 
+/* The kick (kick.h): source addresses and limits, one entry; user space writes. */
+FP_MAP("array", __u32, struct fp_kick_config, fp_kick_config, 1, 0);
+/* The kick: the global per-second budget, one entry; the data path writes. */
+FP_MAP("array", __u32, struct fp_kick_budget, fp_kick_budget, 1, 0);
+/* The kick: counters by tunnel id; the data path writes. */
+FP_MAP("array", __u32, struct fp_kick_stats, fp_kick_stats, FP_TUNNELS_MAX, 0);
+/*
+ * The kick: when each flow was last kicked (ns), for the per-flow interval. LRU on
+ * purpose: this is rate-limit state, not a flow; an evicted entry costs at most one early
+ * kick, and the global budget still bounds them all.
+ */
+FP_MAP("lru_hash", struct fp_flow_key4, __u64, fp_kick_last4, FP_KICK_FLOWS_MAX, 0);
+FP_MAP("lru_hash", struct fp_flow_key6, __u64, fp_kick_last6, FP_KICK_FLOWS_MAX, 0);
+
 /* Loader only: fp_clock_probe stores one (jiffies, CLOCK_MONOTONIC) sample here. */
 BPF_ARRAY(fp_clock_sample, struct fp_clock_sample, 1);
 

@@ -18,6 +18,7 @@
 #include "tunnel.h"
 #include "verdict.h"
 #include "events.h"
+#include "kick.h"
 
 /*
  * Branch hints for the established-flow path: clang lays the hinted-cold blocks out of
@@ -29,6 +30,7 @@
 
 /* struct fp_ctx - per-packet context shared by the helpers below. */
 struct fp_ctx {
+	struct __sk_buff *skb;
 	struct fp_pkt p;
 	struct fp_keys k;
 	__u64 now_ns;
@@ -131,6 +133,9 @@ static __always_inline int __related(struct fp_ctx *c)
 	struct fp_flow_value *v;
 	struct fp_tunnel *t;
 
+	/* our own answer to a held segment (kick.h), going back to the LAN sender */
+	if (c->dir == FP_DIR_IN && fp_kick_ours(&c->p))
+		return fp_verdict(FP_R_PASS_RELATED);
 	if (!fp_tunnel_up(outer, fp_tunnel_get(outer)))
 		return __refuse(c, outer, FP_R_DROP_TUNNEL_DOWN);
 	fp_flow_key_build(&c->p, &c->k);
@@ -206,10 +211,14 @@ static __always_inline int __create(struct fp_ctx *c, __u16 tid, __u32 gen,
  * __on_flow - the verdict for a packet of flow @v, current under its tunnel @t.
  * Up: a SYN on a closed flow opens a new connection on the same tuple, anything else is
  * accounted. Down: a pinned TCP flow is held, not refreshed; anything else is removed.
+ * A held segment from the LAN may be answered with an ICMP unreachable instead of being
+ * dropped silently, when the tunnel asks for it (kick.h): still counted as held.
  */
 static __always_inline int __on_flow(struct fp_ctx *c, struct fp_flow_value *v,
 				     struct fp_tunnel *t)
 {
+	int ret;
+
 	if (fp_likely(fp_tunnel_up(v->tunnel_id, t))) {
 		if (fp_unlikely(fp_tcp_is_syn(&c->p) && fp_flow_closed(v)))
 			return __create(c, v->tunnel_id, t ? t->generation : 0, v, 0,
@@ -217,8 +226,15 @@ static __always_inline int __on_flow(struct fp_ctx *c, struct fp_flow_value *v,
 		fp_flow_update(v, &c->p, c->k.side, c->now_s);
 		return fp_verdict(v->tunnel_id ? FP_R_PASS_FLOW : FP_R_PASS_NONVPN);
 	}
-	if (c->p.proto == IPPROTO_TCP && t && (t->flags & FP_TF_PRESERVE))
-		return __refuse(c, v->tunnel_id, FP_R_DROP_HELD);
+	if (c->p.proto == IPPROTO_TCP && t && (t->flags & FP_TF_PRESERVE)) {
+		int kicked = 0;
+
+		if (c->dir == FP_DIR_OUT && (t->flags & FP_TF_KICK) &&
+		    !(c->p.tcp_flags & FP_TCP_RST) && !fp_flow_closed(v))
+			kicked = fp_kick(c->skb, &c->p, &c->k, v->tunnel_id, c->now_ns);
+		ret = __refuse(c, v->tunnel_id, FP_R_DROP_HELD);
+		return kicked ? kicked : ret;
+	}
 	__remove(c, v);
 	return __refuse(c, v->tunnel_id, FP_R_DROP_TUNNEL_DOWN);
 }
@@ -321,6 +337,7 @@ static __always_inline int fp_handle(struct __sk_buff *skb, __u8 dir)
 	if (!cfg)
 		return fp_verdict(FP_R_DROP_MALFORMED);	/* cannot happen: array of one */
 	__builtin_memset(&c.p, 0, sizeof(c.p));
+	c.skb = skb;
 	c.dir = dir;
 	c.now_ns = fp_now_ns(cfg);
 	c.now_s = c.now_ns / FP_NSEC_PER_SEC;

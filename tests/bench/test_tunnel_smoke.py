@@ -20,10 +20,10 @@ import pytest
 from lab import netns
 from lab.charon import CHARON_CANDIDATES
 
-pytestmark = pytest.mark.bpf
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.lab  # the benchmark brings up a lab of its own: charons
 def test_tunnel_bench_json_and_cleanup() -> None:
     missing = [what for ok, what in (
         (os.geteuid() == 0, "root (the lab: namespaces, charon, eBPF)"),

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.flow_table import TC_ACT_OK, TC_ACT_SHOT, Flow, FlowTable, reason_passes
+from controlplane.flow_table import FlowTable
+from controlplane.flow_types import TC_ACT_OK, TC_ACT_SHOT, reason_passes
+from controlplane.flows import Flow
 from controlplane.libbpf import prog_test_run
 from lab import packets as tr
 
@@ -245,7 +247,7 @@ def value_of(f: Flow, name: str, a: tuple[str, int]) -> Any:
 
 
 def _reason_names() -> dict[str, int]:
-    from controlplane.flow_table import Reason
+    from controlplane.flow_types import Reason
 
     return {r.name: r.value for r in Reason}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.flow_table import Reason
+from controlplane.flow_types import Reason
 from tests.datapath import test_malformed, test_verdicts
 from tests.datapath.cases import NETS, Pkt
 

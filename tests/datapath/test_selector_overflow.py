@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.flow_table import SEL_SLOTS, Selector
+from controlplane.flow_types import SEL_SLOTS
+from controlplane.selectors import Selector
 from lab import packets as tr
 from tests.datapath.cases import NETS, TUN, Net, down, out, reset_state, run_steps, up
 
@@ -69,7 +70,7 @@ def test_many_subnets_of_one_tunnel_are_merged_and_all_work(dp: Any) -> None:
 def test_range_selector_fits_with_the_least_added_space(dp: Any) -> None:
     """10.1.0.1..10.1.0.254 is 14 prefixes; merged into 4 slots that add as few
     addresses as possible, never another tunnel's."""
-    from controlplane.flow_table import coalesce
+    from controlplane.selectors import coalesce
 
     rng = list(ipaddress.summarize_address_range(ipaddress.ip_address("10.7.0.1"),
                                                  ipaddress.ip_address("10.7.0.254")))

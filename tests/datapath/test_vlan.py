@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute, netns
 
-from controlplane.flow_table import Reason
+from controlplane.flow_types import Reason
 from lab import packets as tr
 from tests.datapath.conftest import make_datapath
 

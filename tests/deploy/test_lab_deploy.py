@@ -26,7 +26,7 @@ import pytest
 from controlplane import config
 from lab import deploy
 from lab.topology import CHILD, CONN, GATEWAYS, LAN_IF
-from tests.conftest import require_lab_prerequisites, unique_lab_name
+from tests.conftest import lab_up
 from tests.deploy import fake_vagrant
 from tests.deploy.conftest import VAGRANT_DIR
 from vici_glue import session as vs
@@ -37,18 +37,12 @@ PSK = "deploy-test-psk-0123456789"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[object]:
-    require_lab_prerequisites()
     if not shutil.which("swanctl"):
         pytest.fail("swanctl is missing (Debian package strongswan-swanctl): run `make setup`",
                     pytrace=False)
-    from lab.lab import Lab
-
-    lb = Lab(unique_lab_name("dep"))
-    lb.up(load_conns=False, preserve=False, charon_options=deploy.CHARON_TIMERS)
-    try:
+    with lab_up("dep", load_conns=False, preserve=False,
+                charon_options=deploy.CHARON_TIMERS) as lb:
         yield lb
-    finally:
-        lb.down()
 
 
 def _render(lab, gw: str, out: Path) -> Path:  # noqa: ANN001

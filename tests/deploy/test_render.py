@@ -76,6 +76,7 @@ def _ns(name: str, *argv: str) -> str:
                           capture_output=True, text=True).stdout
 
 
+@pytest.mark.bpf  # root (network namespaces), no charon
 @pytest.mark.parametrize("node", NODES)
 def test_net_script_in_a_namespace(tmp_path: Path, node: str) -> None:
     if os.geteuid() != 0:

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
 
 from tests.deploy.conftest import VAGRANT_DIR, require_tool
 
-EXEC = "/opt/flowpin/.venv/bin/flowpin"
+# Where the Debian package installs flowpin; provisioning links the VMs' venv there.
+EXEC = "/usr/sbin/flowpin"
 
 
 def _verify(unit_dir: Path, *units: str) -> subprocess.CompletedProcess:
+    """systemd-analyze verify; it also opens each Documentation= man page, so the project's
+    own (installed by the package and by provisioning, not on this machine) is on MANPATH."""
     tool = require_tool("systemd-analyze", "systemd")
+    man = unit_dir / "man"
+    (man / "man8").mkdir(parents=True, exist_ok=True)
+    (man / "man8/flowpin.8").write_bytes((VAGRANT_DIR.parent / "docs/man/flowpin.8").read_bytes())
     return subprocess.run([tool, "verify", *(str(unit_dir / u) for u in units)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MANPATH": f"{man}:"})
 
 
 def test_flowpin_service_verifies(tmp_path: Path) -> None:
     # `verify` checks that ExecStart's binary exists; on the build machine flowpin is not in
-    # /opt/flowpin (provisioning puts it there on the VMs). So verify a copy that differs
-    # in that one path only, pointing at an executable that exists here.
+    # /usr/sbin (the package and provisioning put it there). So verify a copy that differs
+    # in that one path only, pointing at an executable that exists here (make deb-check
+    # verifies the installed unit as it is).
     text = (VAGRANT_DIR / "flowpin.service").read_text()
     assert f"ExecStart={EXEC} daemon --config /etc/flowpin/flowpin.toml" in text
     (tmp_path / "flowpin.service").write_text(text.replace(EXEC, "/bin/true"))
@@ -53,18 +62,23 @@ def test_flowpin_service_contract() -> None:
         assert bad not in keys, bad
     # provisioning installs flowpin where the unit runs it from
     prov = (VAGRANT_DIR / "provision.sh").read_text()
-    assert "PREFIX=/opt/flowpin" in prov and EXEC.startswith("/opt/flowpin/")
+    assert f'ln -sfn "$PREFIX/.venv/bin/flowpin" {EXEC}' in prov
+    # and the Debian package installs this very file
+    link = VAGRANT_DIR.parent / "debian" / "flowpin.service"
+    assert link.is_symlink() and link.resolve() == (VAGRANT_DIR / "flowpin.service").resolve()
 
 
-def test_documentation_points_at_files_that_exist() -> None:
-    """Documentation= names files of the tree provisioning copies to /opt/flowpin."""
+def test_documentation_is_what_both_installs_put_in_place() -> None:
+    """Documentation= names the man page, which the Debian package (debian/flowpin.manpages)
+    and the VMs' provisioning both install: `systemctl help flowpin` opens it."""
     text = (VAGRANT_DIR / "flowpin.service").read_text()
     docs = re.search(r"^Documentation=(.*)$", text, re.M).group(1).split()
-    assert docs
-    for url in docs:
-        assert url.startswith("file:///opt/flowpin/"), url
-        path = VAGRANT_DIR.parent / url.removeprefix("file:///opt/flowpin/")
-        assert path.is_file(), f"{url}: {path} does not exist"
+    assert docs == ["man:flowpin(8)"]
+    repo = VAGRANT_DIR.parent
+    assert (repo / "docs/man/flowpin.8").is_file()
+    assert "docs/man/flowpin.8" in (repo / "debian/flowpin.manpages").read_text().split()
+    assert 'docs/man/flowpin.8" /usr/local/share/man/man8/flowpin.8' in \
+        (VAGRANT_DIR / "provision.sh").read_text()
 
 
 def test_check_config_accepts_what_provisioning_renders(tmp_path: Path) -> None:

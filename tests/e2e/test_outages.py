@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,7 +15,6 @@ from lab.capture import WanCapture
 from lab.flap import KINDS, flap
 from lab.lab import Lab
 from lab.traffic import Transfer
-from tests.conftest import require_lab_prerequisites, unique_lab_name
 
 pytestmark = pytest.mark.lab
 
@@ -48,17 +46,6 @@ while time.monotonic() < end:
         pass
 print(json.dumps(times))
 """
-
-
-@pytest.fixture(scope="module")
-def plab() -> Iterator[Lab]:
-    require_lab_prerequisites()
-    lab = Lab(unique_lab_name("e2eo"))
-    lab.up(preserve=True)
-    try:
-        yield lab
-    finally:
-        lab.down()
 
 
 @pytest.mark.parametrize("how", KINDS)

@@ -19,7 +19,7 @@ import pytest
 from lab.capture import WanCapture
 from lab.lab import Lab
 from lab.topology import BO_GW, CONN, GATEWAYS, HO_GW
-from tests.conftest import require_lab_prerequisites, unique_lab_name
+from tests.conftest import lab_up
 from vici_glue import session as vs
 
 pytestmark = pytest.mark.lab
@@ -29,13 +29,8 @@ FAMILIES = {"ipv4": ("10.1.0.10", "10.2.0.10", 1), "ipv6": ("fd01::10", "fd02::1
 
 @pytest.fixture(scope="module")
 def bare() -> Iterator[Lab]:
-    require_lab_prerequisites()
-    lab = Lab(unique_lab_name("wit"))
-    lab.up(daemons=False)
-    try:
+    with lab_up("wit", daemons=False) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def ping(lab: Lab, dst: str) -> subprocess.CompletedProcess:

@@ -132,6 +132,11 @@ def test_status_at_a_glance(lab: Lab) -> None:
     lan = next(h for h in st["hooks"] if h["interface"] == "lan0")
     # the hooks watch may already have put it back (it looks twice a second)
     assert lan["attached"] or lan["missing"] == ["ingress"]
+    # leave the lab as found: the next tests' flows need the filter back
+    deadline = time.monotonic() + 10
+    while not all(h["attached"] for h in as_json(lab, "status")["hooks"]):
+        assert time.monotonic() < deadline, "the hooks watch did not put the filter back"
+        time.sleep(0.2)
 
 
 def test_conn_filters_as_the_asa_spells_them(lab: Lab) -> None:

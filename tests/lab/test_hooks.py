@@ -24,7 +24,7 @@ from lab import topology
 from lab.capture import classify
 from lab.lab import Lab
 from lab.traffic import Transfer
-from tests.conftest import require_lab_prerequisites, unique_lab_name
+from tests.conftest import lab_up
 from tests.conftest import wait_for as _wait_for
 from vici_glue import session as vs
 
@@ -36,13 +36,8 @@ GW = topology.BO_GW
 
 @pytest.fixture(scope="module")
 def hlab() -> Iterator[Lab]:
-    require_lab_prerequisites()
-    lab = Lab(unique_lab_name("hook"))
-    lab.up(preserve=True, daemon_options={"initiate": False})
-    try:
+    with lab_up("hook", preserve=True, daemon_options={"initiate": False}) as lab:
         yield lab
-    finally:
-        lab.down()
 
 wait_for = partial(_wait_for, interval=0.02)
 

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,24 +20,12 @@ from lab import topology
 from lab.flap import flap, wan_block
 from lab.lab import Lab
 from lab.traffic import Transfer
-from tests.conftest import require_lab_prerequisites, unique_lab_name, wait_for
+from tests.conftest import lab_up, wait_for
 
 pytestmark = pytest.mark.lab
 
 SERVER4 = "10.2.0.10"
 _port = iter(range(6000, 7000))
-
-
-@pytest.fixture(scope="module")
-def plab() -> Iterator[Lab]:
-    """A lab whose two flowpin daemons run with preserve-vpn-flows on."""
-    require_lab_prerequisites()
-    lab = Lab(unique_lab_name("pres"))
-    lab.up(preserve=True)
-    try:
-        yield lab
-    finally:
-        lab.down()
 
 
 def start_transfer(lab: Lab, nbytes: int = 3 << 20, rate: float = 300_000,
@@ -181,15 +168,10 @@ def test_no_cleartext_on_the_wan_while_down(plab: Lab) -> None:
 
 def test_one_sided_deployment_preserves() -> None:
     """flowpin on bo-gw only, ho-gw a plain strongSwan: enabling it on our side suffices."""
-    require_lab_prerequisites()
-    lab = Lab(unique_lab_name("plain"))
-    lab.up(peer="plain", preserve=True)
-    try:
+    with lab_up("plain", peer="plain", preserve=True) as lab:
         assert lab.flowpin_gateways() == [topology.BO_GW]
         assert lab.daemon_pid("ho-gw") is None
         tr = start_transfer(lab)
         flap(lab, "dpd", 2.0)
         sent, got = tr.wait(timeout=150)
         assert got["bytes"] == sent["bytes"] and got["sha256"] == sent["sha256"]
-    finally:
-        lab.down()

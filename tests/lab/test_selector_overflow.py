@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from lab import topology
 from lab.lab import PSK, Lab
-from tests.conftest import require_lab_prerequisites, unique_lab_name, wait_for
+from tests.conftest import lab_up, wait_for
 from tests.lab.test_hooks import Capture
 from vici_glue import session as vs
 from vici_glue.conns import SiteToSite
@@ -40,10 +40,7 @@ KEPT, REFUSED = "10.1.1.10", "10.1.5.10"
 
 @pytest.fixture(scope="module")
 def olab() -> Iterator[Lab]:
-    require_lab_prerequisites()
-    lab = Lab(unique_lab_name("ovf"))
-    lab.up(daemon_options={"initiate": False})
-    try:
+    with lab_up("ovf", daemon_options={"initiate": False}) as lab:
         for node, ifname, addrs in ((GW, topology.LAN_IF, ("10.1.1.1", "10.1.5.1")),
                                     (topology.CLIENT, "eth0", (KEPT, REFUSED))):
             with IPRoute(netns=lab.ns(node)) as ipr:
@@ -51,8 +48,6 @@ def olab() -> Iterator[Lab]:
                 for addr in addrs:
                     ipr.addr("add", index=idx, address=addr, prefixlen=24)
         yield lab
-    finally:
-        lab.down()
 
 
 def tunnels(lab: Lab) -> dict[str, dict[str, Any]]:

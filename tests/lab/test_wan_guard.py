@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from lab import topology
 from lab.capture import GatewayCapture
 from lab.flap import flap
 from lab.lab import Lab
-from tests.conftest import require_lab_prerequisites, unique_lab_name
 
 pytestmark = pytest.mark.lab
 
@@ -47,17 +45,6 @@ print(sent)
 """
 
 
-@pytest.fixture(scope="module")
-def glab() -> Iterator[Lab]:
-    require_lab_prerequisites()
-    lab = Lab(unique_lab_name("guard"))
-    lab.up(preserve=True)
-    try:
-        yield lab
-    finally:
-        lab.down()
-
-
 def stream_through_flap(lab: Lab, pcap: Path) -> tuple[int, list[str]]:
     """Send the stream, flap the CHILD_SA on bo-gw in the middle; (sent, leaked lines)."""
     sender = lab.popen("bo-client", [sys.executable, "-c", UDP_STREAM, str(RATE), "5"],
@@ -70,67 +57,67 @@ def stream_through_flap(lab: Lab, pcap: Path) -> tuple[int, list[str]]:
     return int(out), cap.summary.leaks
 
 
-def test_guard_holds_with_the_daemon_dead_and_the_sa_gone(glab: Lab, tmp_path: Path) -> None:
-    glab.kill_daemon("bo-gw", signal.SIGKILL)  # its tunnel stays UP in the maps
+def test_guard_holds_with_the_daemon_dead_and_the_sa_gone(plab: Lab, tmp_path: Path) -> None:
+    plab.kill_daemon("bo-gw", signal.SIGKILL)  # its tunnel stays UP in the maps
     try:
-        sent, leaks = stream_through_flap(glab, tmp_path / "guarded.pcap")
+        sent, leaks = stream_through_flap(plab, tmp_path / "guarded.pcap")
         assert leaks == []
         assert sent >= RATE, f"{sent} packets: below the rate where a 1 ms gap shows"
     finally:
-        glab.start_daemon("bo-gw")
-        glab.bring_up("bo-gw")
-    ctx = glab.ask("bo-gw", "show-vpn-context")["tunnels"][0]
+        plab.start_daemon("bo-gw")
+        plab.bring_up("bo-gw")
+    ctx = plab.ask("bo-gw", "show-vpn-context")["tunnels"][0]
     assert ctx["cleartext_dropped_out"] > 0  # the guard did drop: there was a leak to stop
-    assert glab.ask("bo-gw", "status")["wan_guard"] == [topology.WAN_IF]
+    assert plab.ask("bo-gw", "status")["wan_guard"] == [topology.WAN_IF]
 
 
 def test_flap_with_the_daemon_alive_leaks_nothing_and_says_what_it_dropped(
-        glab: Lab, tmp_path: Path) -> None:
+        plab: Lab, tmp_path: Path) -> None:
     """charon removes the SA's routes before the daemon has read child-updown: the
     packets of that gap are the guard's; any it drops is counted and logged."""
-    before = glab.ask("bo-gw", "show-vpn-context")["tunnels"][0]["cleartext_dropped_out"]
-    sent, leaks = stream_through_flap(glab, tmp_path / "alive.pcap")
+    before = plab.ask("bo-gw", "show-vpn-context")["tunnels"][0]["cleartext_dropped_out"]
+    sent, leaks = stream_through_flap(plab, tmp_path / "alive.pcap")
     assert leaks == []
     assert sent >= RATE, f"{sent} packets: below the rate where a 1 ms gap shows"
-    after = glab.ask("bo-gw", "show-vpn-context")["tunnels"][0]["cleartext_dropped_out"]
+    after = plab.ask("bo-gw", "show-vpn-context")["tunnels"][0]["cleartext_dropped_out"]
     if after > before:
         deadline = time.monotonic() + 5
         while "%FLOWPIN-4-752120: Tunnel site/lan: UDP packet from 10.1.0.10 to 10.2.0.10" \
-                not in glab.daemon_log("bo-gw").read_text():
-            assert time.monotonic() < deadline, glab.daemon_log_tail("bo-gw")
+                not in plab.daemon_log("bo-gw").read_text():
+            assert time.monotonic() < deadline, plab.daemon_log_tail("bo-gw")
             time.sleep(0.1)
 
 
-def test_without_the_guard_the_witness_sees_the_leak(glab: Lab, tmp_path: Path) -> None:
+def test_without_the_guard_the_witness_sees_the_leak(plab: Lab, tmp_path: Path) -> None:
     """Control: the same fault with the guard removed by another tool leaks in clear."""
-    glab.kill_daemon("bo-gw", signal.SIGKILL)
-    glab.exec("bo-gw", ["tc", "filter", "del", "dev", topology.WAN_IF, "egress"])
+    plab.kill_daemon("bo-gw", signal.SIGKILL)
+    plab.exec("bo-gw", ["tc", "filter", "del", "dev", topology.WAN_IF, "egress"])
     try:
-        sent, leaks = stream_through_flap(glab, tmp_path / "unguarded.pcap")
+        sent, leaks = stream_through_flap(plab, tmp_path / "unguarded.pcap")
     finally:
-        glab.start_daemon("bo-gw")  # attaches the guard again
-        glab.bring_up("bo-gw")
+        plab.start_daemon("bo-gw")  # attaches the guard again
+        plab.bring_up("bo-gw")
     assert sent >= RATE
     assert len(leaks) > 0
     assert all("10.1.0.10 > 10.2.0.10" in ln for ln in leaks)
 
 
-def test_stopped_daemon_holds_its_tunnels_down(glab: Lab) -> None:
+def test_stopped_daemon_holds_its_tunnels_down(plab: Lab) -> None:
     """SIGTERM: the daemon sets its tunnels DOWN as it goes (nobody follows charon now);
     a starting daemon sets them DOWN before it compiles, then UP once charon is heard."""
-    glab.kill_daemon("bo-gw", signal.SIGTERM)
-    assert "1 tunnels held DOWN until the daemon is back" in glab.daemon_log_tail("bo-gw")
-    assert hold_pinned_tunnels(glab.instance("bo-gw")) == 0  # none left UP in the maps
-    glab.start_daemon("bo-gw")
-    glab.wait_daemon_sees_up("bo-gw")
+    plab.kill_daemon("bo-gw", signal.SIGTERM)
+    assert "1 tunnels held DOWN until the daemon is back" in plab.daemon_log_tail("bo-gw")
+    assert hold_pinned_tunnels(plab.instance("bo-gw")) == 0  # none left UP in the maps
+    plab.start_daemon("bo-gw")
+    plab.wait_daemon_sees_up("bo-gw")
 
 
-def test_starting_daemon_holds_pinned_tunnels_before_it_compiles(glab: Lab) -> None:
+def test_starting_daemon_holds_pinned_tunnels_before_it_compiles(plab: Lab) -> None:
     """SIGKILL leaves the tunnel UP in the pinned maps; the next start sets it DOWN first
     (counted in its first line), before the seconds of the compile."""
-    glab.kill_daemon("bo-gw", signal.SIGKILL)
-    size = glab.daemon_log("bo-gw").stat().st_size
-    glab.start_daemon("bo-gw")
-    glab.wait_daemon_sees_up("bo-gw")
-    lines = glab.daemon_log("bo-gw").read_text()[size:].splitlines()
+    plab.kill_daemon("bo-gw", signal.SIGKILL)
+    size = plab.daemon_log("bo-gw").stat().st_size
+    plab.start_daemon("bo-gw")
+    plab.wait_daemon_sees_up("bo-gw")
+    lines = plab.daemon_log("bo-gw").read_text()[size:].splitlines()
     assert "1 tunnels of the pinned data path set DOWN until charon is heard" in lines[0]

@@ -4,10 +4,13 @@ the data path (the daemon's side effects), not for the daemon under test."""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from controlplane.flow_table import Overflow, Selector, Tunnel
+from controlplane.selectors import Overflow, Selector
+from controlplane.tunnel_maps import DatapathTunnel
 
 
 @dataclass
@@ -51,16 +54,16 @@ class FakeTunnelMaps:
         self.set_tunnel(tunnel_id, generation=gen)
         return gen
 
-    def tunnel(self, tunnel_id: int) -> Tunnel:
+    def tunnel(self, tunnel_id: int) -> DatapathTunnel:
         w = self.words.get(tunnel_id, Word())
-        return Tunnel(tunnel_id, w.up, w.generation, w.preserve, 0, 0)
+        return DatapathTunnel(tunnel_id, w.up, w.generation, w.preserve, 0, 0)
 
-    def tunnels(self) -> list[Tunnel]:
+    def tunnels(self) -> list[DatapathTunnel]:
         return [self.tunnel(tid) for tid in sorted(self.words)]
 
     def replace_selectors(self, selectors: Iterable[Selector]) -> list[Overflow]:
         if self.fail_selectors:
-            raise OSError(28, "No space left on device")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self.selectors = list(dict.fromkeys(selectors))
         self.writes.append(("selectors", 0))
         self.bump_generation(0)  # as the data path: non-VPN flows are classified again

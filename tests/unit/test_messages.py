@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
 
-from controlplane.flow_table import Flow, FlowKey, Side
+from controlplane.flow_types import Side
+from controlplane.flows import Flow, FlowKey, RemovedFlow
 from controlplane.messages import teardown_line
-from controlplane.sweeper import RemovedFlow
 
 
 def flow(proto: int = 6) -> Flow:
@@ -42,7 +43,21 @@ def test_icmp_teardown_in_the_asa_s_302021_form(proto: int, type_: int) -> None:
         "53947 icmp-timeout")
 
 
-def test_connection_id_is_stable() -> None:
-    a = teardown_line(RemovedFlow("conn-timeout", 1.0, decoded=flow()))
-    b = teardown_line(RemovedFlow("conn-timeout", 1.0, decoded=flow()))
-    assert a.split()[4] == b.split()[4] and a.split()[4].isdigit()
+def conn_number(r: RemovedFlow) -> str:
+    return teardown_line(r).split()[4]
+
+
+def test_connection_id_names_the_flow_and_only_the_flow() -> None:
+    """The same flow has the same number in every line about it, whatever the line says,
+    in every process (the value is recorded: a per-process hash would change it); another
+    flow has another number."""
+    f = flow()
+    n = conn_number(RemovedFlow("conn-timeout", 1.0, decoded=f))
+    assert n == "1713707727"
+    later = dataclasses.replace(f, last_s=900, packets=(20, 80), bytes=(2000, 90000))
+    assert conn_number(RemovedFlow("Tunnel has been torn down", 800.0, decoded=later)) == n
+    others = [dataclasses.replace(f, key=FlowKey(6, f.key.addr, (1136, 80))),
+              dataclasses.replace(f, key=FlowKey(17, f.key.addr, f.key.port)),
+              dataclasses.replace(f, created_s=101)]  # the same tuple, opened again
+    numbers = {conn_number(RemovedFlow("conn-timeout", 1.0, decoded=o)) for o in others}
+    assert n not in numbers and len(numbers) == len(others)

@@ -1,0 +1,45 @@
+"""The maps' address codec: addresses and ports are held in network byte order, addresses
+as native-endian u32 words (one for IPv4, four for IPv6) whose memory is the address."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+from typing import Any
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def to_words(addr: IPAddress) -> list[int]:
+    """Native-endian u32 words whose memory is the address in network order."""
+    b = addr.packed
+    return [int.from_bytes(b[i:i + 4], "little") for i in range(0, len(b), 4)]
+
+
+@functools.lru_cache(maxsize=65536)
+def addr4(word: int) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(socket.ntohl(word))
+
+
+@functools.lru_cache(maxsize=65536)
+def addr6(words: tuple[int, ...]) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(b"".join(w.to_bytes(4, "little") for w in words))
+
+
+def from_words(words: Any, family: int) -> IPAddress:
+    """Address from native-endian words holding network-order bytes (cached: a sweep
+    decodes many flows between few hosts)."""
+    if family == 4:
+        return addr4(int(words[0]))
+    return addr6(tuple(int(w) for w in words[:4]))
+
+
+def port(v: int) -> int:
+    return socket.ntohs(v)
+
+
+def port_to_wire(value: int) -> int:
+    """A port as the maps hold it (network byte order in a native u16)."""
+    return socket.htons(value)

@@ -1,0 +1,87 @@
+"""Held flows moving again once their tunnel is back: the kick's settings and report.
+
+The data path answers a held TCP segment from the LAN with an ICMP unreachable from the
+gateway's LAN address (bpf/lib/kick.h), so the LAN sender's retransmission timer stays
+short through an outage and it sends again within about one RTO of the tunnel being UP.
+This module gives the data path that address and the limits, and writes the log line per
+tunnel after an outage: how many held flows moved again and how many kicks were sent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from typing import Any
+
+from controlplane.messages import Msg, Sev, emit
+
+# How long after UP the report counts the held flows that moved again: a sender kicked
+# through the outage retransmits within about one RTO (well under a second).
+REPORT_AFTER_S = 5.0
+
+
+def lan_addresses(ifname: str) -> tuple[str | None, str | None]:
+    """The first IPv4 address and the first IPv6 address (global before link-local) of
+    ``ifname``: the kick's source, what a LAN host knows as its gateway."""
+    from pyroute2 import IPRoute
+
+    v4: str | None = None
+    v6: list[str] = []
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            return None, None
+        for a in ipr.get_addr(index=idx[0]):
+            addr = a.get_attr("IFA_ADDRESS")
+            if not addr:
+                continue
+            ip = ipaddress.ip_address(addr)
+            if ip.version == 4 and v4 is None:
+                v4 = addr
+            elif ip.version == 6:
+                v6.append(addr)
+    v6.sort(key=lambda s: ipaddress.ip_address(s).is_link_local)
+    return v4, (v6[0] if v6 else None)
+
+
+def configure(table: Any, lan_interface: str, interval_ms: int, budget: int) -> str:
+    """Write the kick's source addresses and limits; returns a phrase for the start line."""
+    v4, v6 = lan_addresses(lan_interface)
+    table.set_kick_config(src4=v4, src6=v6, interval_ms=interval_ms, budget=budget)
+    srcs = ", ".join(a for a in (v4, v6) if a) or "no address: off"
+    return f"resume kick from {srcs} ({interval_ms} ms per flow, {budget}/s)"
+
+
+class ResumeReport:
+    """Per tunnel: the kick counter at DOWN, and after UP the line
+    "Tunnel T UP: resumed N of H held flows within 5 s, kicked M during the outage"."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._kicked_at_down: dict[int, int] = {}
+
+    def down(self, tunnel_id: int) -> None:
+        self._kicked_at_down[tunnel_id] = self.table.kick_stats(tunnel_id)[0]
+
+    def up(self, tunnel_id: int, name: str) -> None:
+        if tunnel_id not in self._kicked_at_down:
+            return
+        up_s = int(time.monotonic())
+        timer = threading.Timer(REPORT_AFTER_S, self._report, (tunnel_id, name, up_s))
+        timer.daemon = True
+        timer.start()
+
+    def counts(self, tunnel_id: int, up_s: int) -> tuple[int, int, int]:
+        """(resumed, held, kicked) of the tunnel's last outage: held = its TCP flows,
+        resumed = those that forwarded a packet since ``up_s``."""
+        flows = [f for f in self.table.flows() if f.tunnel_id == tunnel_id and f.key.proto == 6]
+        resumed = sum(1 for f in flows if f.last_s >= up_s)
+        kicked = self.table.kick_stats(tunnel_id)[0] - self._kicked_at_down.get(tunnel_id, 0)
+        return resumed, len(flows), kicked
+
+    def _report(self, tunnel_id: int, name: str, up_s: int) -> None:
+        resumed, held, kicked = self.counts(tunnel_id, up_s)
+        self._kicked_at_down.pop(tunnel_id, None)
+        emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"Tunnel {name}: resumed {resumed} of {held} "
+             f"held flows within {REPORT_AFTER_S:.0f} s of UP, kicked {kicked}")

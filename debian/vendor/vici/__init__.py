@@ -1,0 +1,2 @@
+from .event_listener import EventListener, StopListening
+from .session import Session
