@@ -266,6 +266,8 @@ class Daemon:
     def stop(self, purge: bool = False) -> None:
         self.service.stopping()
         log.removeHandler(self.problems)
+        if self.resume:
+            self.resume.stop()
         if self.hooks:  # first: a purge below detaches, nothing must attach again
             self.hooks.stop()
         self._stop.set()

@@ -60,6 +60,9 @@ class ResumeReport:
     def __init__(self, table: Any) -> None:
         self.table = table
         self._kicked_at_down: dict[int, int] = {}
+        self._timers: set[threading.Timer] = set()
+        self._lock = threading.Lock()
+        self._stopped = False
 
     def down(self, tunnel_id: int) -> None:
         self._kicked_at_down[tunnel_id] = self.table.kick_stats(tunnel_id)[0]
@@ -70,7 +73,20 @@ class ResumeReport:
         up_s = int(time.monotonic())
         timer = threading.Timer(REPORT_AFTER_S, self._report, (tunnel_id, name, up_s))
         timer.daemon = True
+        with self._lock:
+            if self._stopped:
+                return
+            self._timers.add(timer)
         timer.start()
+
+    def stop(self) -> None:
+        """No report after this: the maps it reads are about to be closed (a report due
+        during a stop read a closed map)."""
+        with self._lock:
+            self._stopped = True
+            timers, self._timers = self._timers, set()
+        for timer in timers:
+            timer.cancel()
 
     def counts(self, tunnel_id: int, up_s: int) -> tuple[int, int, int]:
         """(resumed, held, kicked) of the tunnel's last outage: held = its TCP flows,
@@ -81,7 +97,12 @@ class ResumeReport:
         return resumed, len(flows), kicked
 
     def _report(self, tunnel_id: int, name: str, up_s: int) -> None:
-        resumed, held, kicked = self.counts(tunnel_id, up_s)
+        with self._lock:
+            self._timers = {t for t in self._timers if t.is_alive()}
+            if self._stopped:
+                return
+            # counted under the lock, so stop() waits for a report being read
+            resumed, held, kicked = self.counts(tunnel_id, up_s)
         self._kicked_at_down.pop(tunnel_id, None)
         emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"Tunnel {name}: resumed {resumed} of {held} "
              f"held flows within {REPORT_AFTER_S:.0f} s of UP, kicked {kicked}")

@@ -69,6 +69,8 @@ def daemon(small_dp: Datapath) -> Iterator[Any]:
         small_dp.table.tunnels_map[small_dp.table._tkey(tid)] = small_dp.table.tunnels_map.Leaf()
         small_dp.table.reset_tunnel_stats(tid)
     yield d
+    if d.resume:  # no resume report may read the maps after small_dp closes them
+        d.resume.stop()
     shutil.rmtree(d.state_dir, ignore_errors=True)
 
 
