@@ -153,8 +153,9 @@ check "  flowpin show sysopt answers" /usr/sbin/flowpin show sysopt
 pins() { stat -c '%n %i' "$PINS"/*; }
 inodes=$(pins)
 
-# ---- systemd-analyze verify on the installed unit (systemd only for this, as an admin has)
-apt-get install -y -q --no-install-recommends systemd >/dev/null 2>&1
+# ---- systemd-analyze verify on the installed unit (systemd and man-db only for this, as an
+# admin has them): it also opens the unit's Documentation=man:flowpin(8), the package's page
+apt-get install -y -q --no-install-recommends systemd man-db >/dev/null 2>&1
 check "systemd-analyze verify flowpin.service" \
     sh -c 'out=$(systemd-analyze verify /lib/systemd/system/flowpin.service 2>&1); rc=$?;
            echo "$out" | grep flowpin; [ $rc -eq 0 ] && ! echo "$out" | grep -q flowpin'
