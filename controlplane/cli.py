@@ -18,7 +18,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from controlplane import protocols
+from controlplane import protocols, version
 
 DEFAULT_SOCKET = "/run/flowpin/default.sock"
 SUBCOMMANDS = "flowpin.subcommands"
@@ -33,12 +33,6 @@ def control_socket(a: argparse.Namespace) -> str:
         return f"/run/flowpin/{a.instance}.sock"
     return os.environ.get("FLOWPIN_SOCKET") or DEFAULT_SOCKET
 
-
-def version() -> str:
-    try:
-        return metadata.version("flowpin")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
 
 
 class CliError(RuntimeError):

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from pyroute2 import IPRoute
 
-from controlplane import protocols, sysopt
+from controlplane import protocols, sysopt, version
 from controlplane.config import Config
 from controlplane.flow_table import FlowTable
 from controlplane.flow_types import Side
@@ -346,14 +346,6 @@ def status(s: Snapshot, a: Args) -> dict[str, Any]:
             "hooks": hooks,
             "last_problem": {"at": last[0], "line": last[1]} if last else None}
 
-
-def version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("flowpin")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 # --- changes -------------------------------------------------------------------------------

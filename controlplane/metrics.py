@@ -17,7 +17,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -31,6 +30,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.process_collector import ProcessCollector
+
+from controlplane import version
 
 # Event received from charon -> tunnel state written to the data path: ~0.1-1 ms on an idle
 # gateway, tens of ms under load (docs/perf); the buckets span both, in seconds.
@@ -120,12 +121,6 @@ class Latency:
             out.append([le, cum])
         return {"buckets": out, "count": self.count, "sum": self.sum_s}
 
-
-def version() -> str:
-    try:
-        return metadata.version("flowpin")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class DaemonCollector:
