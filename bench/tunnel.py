@@ -42,12 +42,10 @@ from bench.common import alternate, machine, print_result, summary
 from controlplane.datapath import (
     PARENT_EGRESS,
     PARENT_INGRESS,
-    PROG_INBOUND,
-    PROG_OUTBOUND,
     detach_interface,
     replace_filter,
 )
-from controlplane.hooks import flowpin_filters
+from controlplane.hooks import EXPECTED, flowpin_filters
 from controlplane.libbpf import prog_fd_by_id
 from lab import topology
 
@@ -107,7 +105,7 @@ class LanFilters:
     def on(self) -> None:
         from pyroute2 import IPRoute
 
-        names = {PARENT_INGRESS: PROG_OUTBOUND, PARENT_EGRESS: PROG_INBOUND}
+        names = dict(EXPECTED["lan"])  # parent -> the program the loader puts there
         with IPRoute(netns=self.ns) as ipr:
             idx = ipr.link_lookup(ifname=self.ifname)[0]
             for parent, fd in self.fds.items():

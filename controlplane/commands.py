@@ -27,7 +27,7 @@ from controlplane.config import Config
 from controlplane.flow_table import FlowTable
 from controlplane.flow_types import Side
 from controlplane.flows import Flow, RemovedFlow
-from controlplane.hooks import missing_filters
+from controlplane.hooks import hooked, missing_filters
 from controlplane.snapshot import Snapshot
 from controlplane.tunnel_maps import DatapathTunnel
 
@@ -328,8 +328,7 @@ def status(s: Snapshot, a: Args) -> dict[str, Any]:
     summary = flow_summary(s)
     hooks = []
     with IPRoute() as ipr:
-        for ifname, role in ([(i, "lan") for i in s.cfg.lan_interfaces]
-                             + [(i, "wan") for i in s.wan_guarded]):
+        for ifname, role in hooked(s.cfg.lan_interfaces, s.wan_guarded):
             missing = missing_filters(ipr, ifname, role)
             hooks.append({"interface": ifname, "role": role, "attached": not missing,
                           "missing": missing})

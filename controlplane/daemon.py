@@ -55,7 +55,7 @@ from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
 from controlplane.demand import Initiations
 from controlplane.flow_table import FlowTable
 from controlplane.flows import RemovedFlow
-from controlplane.hooks import HookWatch
+from controlplane.hooks import HookWatch, hooked
 from controlplane.journal import error_line, journal_handler
 from controlplane.known_selectors import KnownSelectors
 from controlplane.messages import LastProblem, Msg, Sev, emit, line, teardown_line
@@ -237,8 +237,7 @@ class Daemon:
         self.stats.setdefault("hooks_reattached", 0)
         self.stats.setdefault("hook_errors", 0)
         def interfaces() -> list[tuple[str, str]]:
-            return ([(i, "lan") for i in self.cfg.lan_interfaces]
-                    + [(i, "wan") for i in list(self.wan_guarded)])
+            return hooked(self.cfg.lan_interfaces, list(self.wan_guarded))
 
         if self.cfg.hooks_watch_interval <= 0:
             emit(Sev.WARNING, Msg.HOOK_REATTACHED, "hooks watch off (datapath."

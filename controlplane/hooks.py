@@ -24,7 +24,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,12 @@ EXPECTED: dict[Role, tuple[tuple[str, str], ...]] = {
     "lan": ((PARENT_INGRESS, PROG_OUTBOUND), (PARENT_EGRESS, PROG_INBOUND)),
     "wan": ((PARENT_EGRESS, PROG_WAN_OUT), (PARENT_INGRESS, PROG_WAN_IN)),
 }
+
+
+def hooked(lan: Iterable[str], wan: Iterable[str]) -> list[tuple[str, Role]]:
+    """The interfaces that carry flowpin's hooks, with their role: the LAN interfaces (the
+    flow programs), then the WAN interfaces guarded (the WAN guard)."""
+    return [(i, "lan") for i in lan] + [(i, "wan") for i in wan]
 
 
 def _parent(text: str) -> int:
