@@ -93,8 +93,7 @@ class Daemon:
         self.registry = TunnelRegistry(self.ids, grace=cfg.forget_unconfigured_after)
         self.known = KnownSelectors(self.state_dir / "selectors.json")
         self.wan_guarded: list[str] = []
-        self.problems = LastProblem()
-        log.addHandler(self.problems)
+        self.problems = LastProblem()  # listens from start() to stop()
         self._forgetting = False
         self.dp: Datapath | None = None
         self.table: FlowTable | None = None  # flows, counters, events
@@ -150,6 +149,7 @@ class Daemon:
 
     # --- start / stop -------------------------------------------------------------------
     def start(self) -> None:
+        log.addHandler(self.problems)
         cfg = self.cfg
         config_mod.check_runnable(cfg)
         dpc = DatapathConfig(instance=cfg.instance, flows4_max=cfg.flow_table_size,

@@ -137,6 +137,10 @@ def test_status_at_a_glance(lab: Lab) -> None:
     while not all(h["attached"] for h in as_json(lab, "status")["hooks"]):
         assert time.monotonic() < deadline, "the hooks watch did not put the filter back"
         time.sleep(0.2)
+    # the repair was logged as a warning: status shows it as the last problem
+    last = as_json(lab, "status")["last_problem"]
+    assert last and "752116" in last["line"] and "lan0" in last["line"], last
+    assert "last problem: " in fp(lab, "status").stdout
 
 
 def test_conn_filters_as_the_asa_spells_them(lab: Lab) -> None:
