@@ -95,11 +95,9 @@ def conn_filters(a: argparse.Namespace) -> dict[str, Any]:
         found[key] = terms.pop(0)
     if found["port"] is not None:
         try:
-            found["port"] = int(found["port"])
-        except ValueError:
-            raise CliError(f"port {found['port']!r} is not a number") from None
-        if not 0 <= found["port"] <= 65535:
-            raise CliError(f"port {found['port']} is out of range 0-65535")
+            found["port"] = protocols.port(found["port"])
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     if found["protocol"] is not None and found["protocol"] not in PROTOCOLS:
         raise CliError(f"protocol {found['protocol']!r} is not one of {', '.join(PROTOCOLS)}")
     return found

@@ -178,11 +178,7 @@ class ConnFilter:
         except ValueError:
             raise ValueError(f"address {a['address']!r} is not an IPv4 or IPv6 address") \
                 from None
-        port = None
-        if a.get("port") not in (None, ""):
-            port = int(a["port"])
-            if not 0 <= port <= 65535:
-                raise ValueError(f"port {port} is out of range 0-65535")
+        port = protocols.port(a["port"]) if a.get("port") not in (None, "") else None
         proto = protocols.number(str(a["protocol"])) if a.get("protocol") else None
         return cls(_tunnel_id(s, a.get("tunnel")), address, port, proto)
 

@@ -51,3 +51,15 @@ def number(name: str) -> int:
     if p is None:
         raise ValueError(f"unknown protocol {name!r}")
     return p.number
+
+
+def port(value: object) -> int:
+    """A TCP/UDP port an admin typed (``show conn port 443``); ValueError saying what is
+    wrong with it."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ValueError(f"port {value!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port {number} is out of range 0-65535")
+    return number
