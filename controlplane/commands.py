@@ -236,6 +236,7 @@ def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel], flows: 
     active = [f for f in mine if f.generation == gen]
     pinned = [f for f in active if _is_pinned(f, tunnels)]
     child = t.newest()
+    kicked, kicks_limited = s.table.kick_stats(t.tunnel_id)
     return {
         "id": t.tunnel_id,
         "tunnel": t.name,
@@ -257,8 +258,10 @@ def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel], flows: 
         "pinned": len(pinned),
         "held_packets": dt.held if dt else 0,
         "resume_kick": s.cfg.kick_for(*t.key),
-        "kicked": s.table.kick_stats(t.tunnel_id)[0],
-        "kicks_limited": s.table.kick_stats(t.tunnel_id)[1],
+        "kicked": kicked,
+        "kicks_limited": kicks_limited,
+        "resumed_flows": s.resumed.get(t.tunnel_id, (0, 0))[0],
+        "resume_held_flows": s.resumed.get(t.tunnel_id, (0, 0))[1],
         "refused": dt.refused if dt else 0,
         "cleartext_dropped_out": guard_out,
         "cleartext_dropped_in": guard_in,

@@ -326,6 +326,7 @@ class Daemon:
             latency_histogram=self.latency.histogram(), charon_up=self.charon_up,
             ipsec_backend=self.ipsec_backend, started=self.started,
             wan_guarded=tuple(self.wan_guarded), last_problem=self.problems.last,
+            resumed=self.resume.totals() if self.resume else {},
             table=self.table, now_s=self.sweeper.now_s)
 
     def on_loop(self, fn: Callable[[], Any], what: str = "the request",
@@ -651,6 +652,8 @@ class Daemon:
             freed = self.ids.free_unused(in_use | (self.ids.retired - retired))
             for tid in freed:
                 self.maps.reset_tunnel_stats(tid)
+                if self.resume is not None:
+                    self.resume.forget(tid)
             self.stats["tunnel_ids_freed"] += len(freed)
 
     def log_removed(self, removed: list[RemovedFlow]) -> None:

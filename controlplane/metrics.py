@@ -212,6 +212,17 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
                     tun)
     t_downs = counter("tunnel_downs_total", "Times the tunnel went DOWN (its last CHILD_SA "
                       "gone).", tun)
+    t_kicks = counter("tunnel_resume_kicks_total", "ICMP unreachables the resume kick sent "
+                      "to the LAN senders of the tunnel's held TCP flows while it was down.",
+                      tun)
+    t_kicks_limited = counter("tunnel_resume_kicks_limited_total", "Held segments not "
+                              "answered because of the kick's limits (per flow interval, "
+                              "global budget).", tun)
+    t_resumed = counter("tunnel_resumed_flows_total", "Held TCP flows that moved again "
+                        "within 5 s of the tunnel's UP, summed over its outages (752101).",
+                        tun)
+    t_resume_held = counter("tunnel_resume_held_flows_total", "Held TCP flows at those "
+                            "reports: resumed/held is the share that moved again.", tun)
     t_since = gauge("tunnel_state_since_seconds", "When the tunnel last changed state (Unix "
                     "time).", tun)
     for t in snap.get("tunnels", []):
@@ -225,9 +236,14 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         t_clear.add_metric([*lv, "in"], t["cleartext_dropped_in"])
         t_ups.add_metric(lv, t.get("ups", 0))
         t_downs.add_metric(lv, t.get("downs", 0))
+        t_kicks.add_metric(lv, t.get("kicked", 0))
+        t_kicks_limited.add_metric(lv, t.get("kicks_limited", 0))
+        t_resumed.add_metric(lv, t.get("resumed_flows", 0))
+        t_resume_held.add_metric(lv, t.get("resume_held_flows", 0))
         if t.get("since"):
             t_since.add_metric(lv, t["since"])
-    yield from (t_up, t_flows, t_pinned, t_held, t_refused, t_clear, t_ups, t_downs, t_since)
+    yield from (t_up, t_flows, t_pinned, t_held, t_refused, t_clear, t_ups, t_downs, t_kicks,
+                t_kicks_limited, t_resumed, t_resume_held, t_since)
 
     stats = dict(snap.get("daemon", {}))
     for key, (name, doc) in _DAEMON.items():

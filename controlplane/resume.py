@@ -60,6 +60,9 @@ class ResumeReport:
     def __init__(self, table: Any) -> None:
         self.table = table
         self._kicked_at_down: dict[int, int] = {}
+        # tunnel id -> (resumed, held) summed over the reports of its outages: the metrics'
+        # flowpin_tunnel_resumed_flows_total and flowpin_tunnel_resume_held_flows_total.
+        self._totals: dict[int, tuple[int, int]] = {}
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
         self._stopped = False
@@ -88,6 +91,17 @@ class ResumeReport:
         for timer in timers:
             timer.cancel()
 
+    def totals(self) -> dict[int, tuple[int, int]]:
+        """(resumed, held) of each tunnel, summed over its reported outages (a copy)."""
+        with self._lock:
+            return dict(self._totals)
+
+    def forget(self, tunnel_id: int) -> None:
+        """The tunnel id is free again: its next tunnel starts from 0, as its counters."""
+        with self._lock:
+            self._totals.pop(tunnel_id, None)
+        self._kicked_at_down.pop(tunnel_id, None)
+
     def counts(self, tunnel_id: int, up_s: int) -> tuple[int, int, int]:
         """(resumed, held, kicked) of the tunnel's last outage: held = its TCP flows,
         resumed = those that forwarded a packet since ``up_s``."""
@@ -103,6 +117,8 @@ class ResumeReport:
                 return
             # counted under the lock, so stop() waits for a report being read
             resumed, held, kicked = self.counts(tunnel_id, up_s)
+            r0, h0 = self._totals.get(tunnel_id, (0, 0))
+            self._totals[tunnel_id] = (r0 + resumed, h0 + held)
         self._kicked_at_down.pop(tunnel_id, None)
         emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"Tunnel {name}: resumed {resumed} of {held} "
              f"held flows within {REPORT_AFTER_S:.0f} s of UP, kicked {kicked}")

@@ -33,6 +33,7 @@ class Snapshot:
     started: float  # time.time() at daemon start
     wan_guarded: tuple[str, ...]
     last_problem: tuple[float, str] | None  # (time.time(), line): last WARNING or worse
+    resumed: Mapping[int, tuple[int, int]]  # tunnel id -> (resumed, held) over its outages
     table: FlowTable
     now_s: Callable[[], int]
 

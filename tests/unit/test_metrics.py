@@ -27,7 +27,8 @@ def snapshot() -> dict[str, Any]:
             "tunnels": [{"tunnel": 'site/lan "a\\b"\n', "peer": "ho-gw", "flows": 3,
                          "pinned": 1, "held_packets": 2, "refused": 0, "state": "DOWN",
                          "ups": 1, "downs": 1, "since": 1.0, "cleartext_dropped_out": 3,
-                         "cleartext_dropped_in": 0}]}
+                         "cleartext_dropped_in": 0, "kicked": 7, "kicks_limited": 2,
+                         "resumed_flows": 1, "resume_held_flows": 1}]}
 
 
 def families(text: str) -> dict[str, Any]:
@@ -52,6 +53,15 @@ def test_names_types_and_labels() -> None:
     assert kinds["flowpin_config_reloads"] == "counter"
     assert kinds["flowpin_tunnel_held_packets"] == "counter"
     assert kinds["flowpin_tunnel_cleartext_dropped_packets"] == "counter"
+    lv = (("peer", "ho-gw"), ("tunnel", 'site/lan "a\\b"\n'))
+    assert samples(fams["flowpin_tunnel_resume_kicks"]) == {
+        ("flowpin_tunnel_resume_kicks_total", lv): 7}
+    assert samples(fams["flowpin_tunnel_resume_kicks_limited"]) == {
+        ("flowpin_tunnel_resume_kicks_limited_total", lv): 2}
+    assert samples(fams["flowpin_tunnel_resumed_flows"]) == {
+        ("flowpin_tunnel_resumed_flows_total", lv): 1}
+    assert samples(fams["flowpin_tunnel_resume_held_flows"]) == {
+        ("flowpin_tunnel_resume_held_flows_total", lv): 1}
     assert kinds["flowpin_flows"] == "gauge" and kinds["flowpin_tunnel_up"] == "gauge"
     # Info metrics: a gauge of value 1 in the text format.
     assert kinds["flowpin_build_info"] == "gauge"
