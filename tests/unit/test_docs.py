@@ -65,3 +65,21 @@ def test_design_maps_every_top_level_folder() -> None:
     table = (ROOT / "docs/design.md").read_text().split("## Where things live", 1)[1]
     mapped = set(re.findall(r"^\| `([\w.-]+)/` \|", table, flags=re.M))
     assert mapped == folders
+
+
+def test_resume_tables_are_the_generated_ones() -> None:
+    """performance.md's resume tables are `flowpin bench resume --table FILE`'s output for
+    the result file the paragraph above each links: no figure copied or edited by hand."""
+    from bench.resume import table
+
+    text = (ROOT / "docs" / "performance.md").read_text()
+    header = "| case | outage | kick on: resume | kicks | kick off (stock TCP) |"
+    checked = 0
+    for block in text.split("\n\n"):
+        if not block.startswith(header):
+            continue
+        before = text[:text.index(block)]
+        linked = re.findall(r"\]\((perf/resume[^)]*\.json)\)", before)[-1]
+        assert block.strip() == table([str(ROOT / "docs" / linked)]), linked
+        checked += 1
+    assert checked >= 3
