@@ -12,6 +12,8 @@ measures the speed): stock TCP takes about 6.5 s here after 20 s, the kick well 
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -26,6 +28,11 @@ from tests.conftest import require_lab_prerequisites, unique_lab_name
 pytestmark = pytest.mark.lab
 
 OUTAGE_S = 20.0
+LONG_OUTAGE_S = 60.0
+TARGET_MS = 1000  # the product's promise: moving again within 1 s of the tunnel being back
+# Bytes/s of each of the 100 paced transfers of the 60 s test: 20 kB/s here; an emulated VM
+# (tests/xfrm/guest.sh under TCG) forwards far less and sets a lower one.
+RESUME_RATE = int(os.environ.get("FLOWPIN_RESUME_RATE", "20000"))
 KICKED_BOUND_MS = 2500  # well under stock TCP's ~6500 ms after a 20 s outage
 STOCK_AT_LEAST_MS = 3000
 
@@ -46,6 +53,28 @@ def _kicked(lab: Lab) -> int:
                for t in lab.ask(gw, "show-vpn-context")["tunnels"])
 
 
+def _check_resume_metrics(lab: Lab) -> None:
+    """The kick's counters and the 752101 report's resumed/held in Prometheus, on the
+    gateway that kicked (bo-gw: the sender is bo-client), equal to what the daemon says."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + 15  # the report comes 5 s after UP
+    while not any("752101" in ln and "kicked" in ln
+                  for ln in lab.daemon_log("bo-gw").read_text().splitlines()):
+        assert time.monotonic() < deadline, "no 752101 resume report"
+        time.sleep(0.5)
+    (t,) = lab.ask("bo-gw", "show-vpn-context")["tunnels"]
+    r = lab.exec("bo-gw", ["curl", "-sf", "http://127.0.0.1:9477/metrics"],
+                 stdout=subprocess.PIPE, text=True)
+    assert r.returncode == 0
+    got = {s.name: s.value for f in text_string_to_metric_families(r.stdout)
+           for s in f.samples if s.labels == {"tunnel": t["tunnel"], "peer": t["peer"]}}
+    assert got["flowpin_tunnel_resume_kicks_total"] == t["kicked"] > 0, got
+    assert got["flowpin_tunnel_resume_kicks_limited_total"] == t["kicks_limited"]
+    assert got["flowpin_tunnel_resumed_flows_total"] == t["resumed_flows"] >= 1, got
+    assert got["flowpin_tunnel_resume_held_flows_total"] == t["resume_held_flows"] >= 1, got
+
+
 def test_held_flow_resumes_fast_with_the_kick_and_stock_without(rlab: Lab) -> None:
     set_kick(rlab, True)
     before = _kicked(rlab)
@@ -59,6 +88,7 @@ def test_held_flow_resumes_fast_with_the_kick_and_stock_without(rlab: Lab) -> No
     assert on["resume_ms"] is not None and on["resume_ms"] <= KICKED_BOUND_MS, on
     shown = vpn_context(rlab.ask("bo-gw", "show-vpn-context"), detail=True)
     assert "resume kick on: " in shown, shown
+    _check_resume_metrics(rlab)
 
     set_kick(rlab, False)
     before = _kicked(rlab)
@@ -70,28 +100,29 @@ def test_held_flow_resumes_fast_with_the_kick_and_stock_without(rlab: Lab) -> No
     assert any("752101" in ln and "resumed" in ln and "kicked" in ln for ln in lines)
 
 
-@pytest.mark.parametrize("direction", ["lan-to-tunnel", "tunnel-to-lan"])
-def test_many_held_flows_all_resume_byte_exact(rlab: Lab, direction: str) -> None:
-    """50 transfers held through one 20 s outage: each moves again well within the stock
-    backoff after UP, and each arrives byte for byte (sha256). tunnel-to-lan: ho-server
-    sends to bo-client (its held segments are ho-gw's to kick)."""
+def test_held_transfers_resume_byte_exact_after_60s_in_both_directions(rlab: Lab) -> None:
+    """The target itself: 50 transfers in each direction (bo-client -> ho-server, whose held
+    segments are bo-gw's to kick, and ho-server -> bo-client, ho-gw's), all held through one
+    60 s outage. Every one moves again within 1 s of the tunnel being back on both gateways,
+    and every one arrives byte for byte (sha256)."""
     from lab.flap import flap
     from lab.traffic import Transfer
 
     set_kick(rlab, True)
-    n, rate = 50, 20_000
-    size = int(rate * (OUTAGE_S + 20))
-    reverse = direction == "tunnel-to-lan"
-    to, base = ("10.1.0.10", 7400) if reverse else ("10.2.0.10", 7300)
+    n, rate = 50, RESUME_RATE
+    size = int(rate * (LONG_OUTAGE_S + 20))
     transfers = [Transfer(rlab, to, size, rate=rate, port=base + i, seed=i, timeout=600,
-                          gated=True, reverse=reverse) for i in range(n)]
+                          gated=True, reverse=reverse)
+                 for to, base, reverse in (("10.2.0.10", 7300, False),
+                                           ("10.1.0.10", 7400, True))
+                 for i in range(n)]
     try:
         for tr in transfers:
             tr.connected()
         for tr in transfers:
             tr.go()
         time.sleep(3.0)
-        flap(rlab, "child", OUTAGE_S)
+        flap(rlab, "child", LONG_OUTAGE_S)
         up_wall = max(t["since"] for gw in rlab.flowpin_gateways()
                       for t in rlab.ask(gw, "show-vpn-context")["tunnels"])
         results = [tr.wait(timeout=600) for tr in transfers]
@@ -101,7 +132,14 @@ def test_many_held_flows_all_resume_byte_exact(rlab: Lab, direction: str) -> Non
     bad = [i for i, (s, g) in enumerate(results) if g["bytes"] != size
            or g["sha256"] != s["sha256"]]
     assert bad == [], f"transfers not byte-exact: {bad}"
+    # Each was held: a gap in what arrived spans the outage (or the test proves nothing).
+    held = [i for i, (_s, got) in enumerate(results)
+            if any(g2 - g1 >= LONG_OUTAGE_S - 5 for g1, g2 in got["gaps"])]
+    assert len(held) == len(results), f"transfers not held by the outage: " \
+        f"{sorted(set(range(len(results))) - set(held))}"
     waits = [min((g2 - up_wall for _g1, g2 in got["gaps"] if g2 >= up_wall), default=None)
              for _sent, got in results]
-    slow = [(i, w) for i, w in enumerate(waits) if w is None or w * 1000 > KICKED_BOUND_MS]
-    assert slow == [], f"held flows that did not resume within {KICKED_BOUND_MS} ms: {slow}"
+    slow = [(i, w) for i, w in enumerate(waits) if w is None or w * 1000 > TARGET_MS]
+    assert slow == [], f"held flows that did not resume within {TARGET_MS} ms: {slow}"
+    print(f"resume after {LONG_OUTAGE_S:.0f} s, {len(waits)} flows: max "
+          f"{max(w for w in waits if w is not None) * 1000:.0f} ms")

@@ -172,9 +172,10 @@ def main(argv: list[str]) -> int:
         return 2
     say(f"booting {kernel} ({release}) with {CPUS} CPUs, {accel.upper()}; results in {out}")
     # The guest gets no environment from here but what its command line sets: pass the
-    # fault suite's settings (FLOWPIN_FAULTS_PROCS, FLOWPIN_FAULTS_MIN_PPS) on.
+    # fault suite's settings (FLOWPIN_FAULTS_PROCS, FLOWPIN_FAULTS_MIN_PPS) and the resume
+    # test's (FLOWPIN_RESUME_RATE) on.
     passed = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(os.environ.items())
-                     if k.startswith("FLOWPIN_FAULTS_"))
+                     if k.startswith(("FLOWPIN_FAULTS_", "FLOWPIN_RESUME_")))
     exec_cmd = f"FLOWPIN_VM_ACCEL={accel} {passed}bash {GUEST} {REPO} {out}"
     cmd = vng_command(kernel, accel, out, os.environ.get("XFRM_MEMORY", "4G"), exec_cmd)
     t_boot = time.monotonic()
