@@ -51,7 +51,19 @@ FAKE_PARTS = {
                           "conntrack": {"slab_bytes_per_entry": 255.8, "nf_conn_objsize": 256,
                                         "hash_bytes_per_entry": 21.0}}},
     "datapath": {"empty_prog_ns": 33, "established_hit_ns": {"1": 75, "1000000": 73},
-                 "held_ns": 73, "new_flow_ns": 397, "notes": ["dp note"]},
+                 "held_ns": 73, "new_flow_ns": 397, "notes": ["dp note"],
+                 "established_spread": {
+                     "flows": 1000000, "packets_per_round": 200000, "rounds": 3,
+                     "empty_ns": 69.6, "cached_ns": 165.0, "spread_ns": 1118.4,
+                     "above_empty_ns": {"cached": 95.4, "spread": 1048.8},
+                     "miss_penalty_ns": 953.4, "table_bytes": 134218864,
+                     "llc": {"level": 3, "bytes": 272629760, "shared_cpus": "0-1"},
+                     "table_exceeds_llc": False},
+                 "targets": {
+                     "established_hit_cached_1m": {"above_empty_ns": 40, "max_ns": 50,
+                                                   "met": True},
+                     "new_flow": {"above_empty_ns": 364, "kernel_insert_ns": 278,
+                                  "margin_ns": 60, "max_ns": 338, "met": False}}},
     "control": {"error": "control: lab failed"},
 }
 
@@ -69,6 +81,9 @@ def test_assemble_has_the_keys_the_report_reads() -> None:
     assert res["memory"]["conntrack_bytes_per_flow"] == 276.7
     assert res["machine"]["cpu"] == "Test CPU"
     assert "notes" not in res["datapath"] and res["datapath"]["held_ns"] == 73
+    assert res["notes"]["datapath"] == ["dp note"]  # what each figure means travels along
+    assert res["datapath"]["established_spread"]["above_empty_ns"]["spread"] == 1048.8
+    assert res["datapath"]["targets"]["new_flow"]["met"] is False
     assert res["errors"] == {"control": "control: lab failed"}
     json.dumps(res)  # serialisable
 
@@ -153,3 +168,24 @@ def test_a_target_met_by_medians_but_missed_paired_is_not_called_met() -> None:
     fwd["targets"] = {**fwd["targets"], "met": {**fwd["targets"]["met"], "pps_vs_plain": False}}
     md = report.markdown(report.assemble({**FAKE_PARTS, "forward": fwd, "tunnel": tun}, "x"))
     assert "| flowpin ≥ 0.95× plain, packets/s | 0.964×; 0.951 | ✘ missed |" in md
+
+
+def test_datapath_cached_and_spread_hits_and_targets() -> None:
+    """results.md shows the cached hit and the spread one side by side, what the spread
+    table is measured against, and the per-packet targets as judged, a miss as a miss."""
+    md = report.markdown(report.assemble(FAKE_PARTS, "x"))
+    assert "| established hit at 1,000,000 flows (one flow, cached) | 73 |" in md
+    assert "### An established hit, cached and spread over 1,000,000 flows" in md
+    assert "| one flow, cached | 165 | 95.4 |" in md
+    assert "| spread over 1,000,000 flows, uncached | **1,118** | **1,049** |" in md
+    assert "A miss costs 953.4 ns per packet over the cached hit" in md
+    assert "The table (128 MiB) fits in this CPU's last-level cache" in md
+    assert "(L3, 260 MiB, CPUs 0-1)" in md
+    assert "| established hit at 1M flows, cached: ≤ 50 ns | 40 ns | ✔ met |" in md
+    assert ("| new flow: ≤ the kernel's own preallocated-hash insert on this CPU (278 ns, "
+            "calibration) + 60 ns = 338 ns | 364 ns | ✘ missed |") in md
+    # an older datapath result without these figures still renders, without them
+    old = {k: v for k, v in FAKE_PARTS["datapath"].items()
+           if k not in ("established_spread", "targets")}
+    md = report.markdown(report.assemble({**FAKE_PARTS, "datapath": old}, "x"))
+    assert "spread over" not in md and "preallocated-hash insert" not in md
