@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import ct_spread
 from bench.common import machine
 from bench.progs import compile_empty, source
 from controlplane.datapath import Datapath, DatapathConfig
@@ -156,6 +157,11 @@ def llc() -> dict[str, Any]:
     return best
 
 
+def evict_bytes(cache: dict[str, Any]) -> int:
+    """How much to write to evict the last-level cache: twice its size, at most 1 GiB."""
+    return min(2 * cache.get("bytes", 64 << 20), 1 << 30)
+
+
 def _mean(v: list[int]) -> float:
     return round(statistics.fmean(v), 1)
 
@@ -184,7 +190,7 @@ def spread_hits(t: FlowTable, fd: int, fd_empty: int, flows: int, packets: int,
     cache = llc()
     # writing twice the last-level cache evicts the table, which filling it has just
     # brought in (1M flows fit in a big LLC): each round starts with none of it cached
-    flush = ctypes.create_string_buffer(min(2 * cache.get("bytes", 64 << 20), 1 << 30))
+    flush = ctypes.create_string_buffer(evict_bytes(cache))
     for r in range(rounds):
         frames = []
         for i in chosen[r * packets:(r + 1) * packets]:
@@ -290,7 +296,7 @@ NEW_FLOW_MARGIN_NS = 60  # target: a new flow, above the kernel's own hash inser
 
 
 def run(repeat: int = 1_000_000, spread_packets: int = 200_000,
-        spread_flows: int = SPREAD_FLOWS) -> dict[str, Any]:
+        spread_flows: int = SPREAD_FLOWS, conntrack: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {}
     notes: list[str] = []
     ack, syn = _frame("A"), _frame("S")
@@ -405,6 +411,14 @@ def run(repeat: int = 1_000_000, spread_packets: int = 200_000,
     result["new_flow_ns"] = res.duration_ns
     bdp.close()
 
+    if conntrack:
+        # the same cached/spread pair for netfilter conntrack, on its own harness
+        try:
+            result["conntrack_spread"] = ct_spread.run(spread_flows, spread_packets, 3,
+                                                       evict_bytes(llc()))
+        except Exception as exc:  # reported beside the data path's figures, not instead
+            result["conntrack_spread"] = {"error": f"{type(exc).__name__}: {exc}"}
+
     result["above_empty_ns"] = {
         "established_hit_1m": hit["1000000"] - empty,
         "new_flow": result["new_flow_ns"] - empty,
@@ -446,6 +460,20 @@ def run(repeat: int = 1_000_000, spread_packets: int = 200_000,
         "brought into the cache by filling it, is not there when the round starts, even "
         "when it would fit (table_exceeds_llc false); --spread-flows runs it on a bigger "
         "table. No target is set for it",
+        "conntrack_spread: netfilter conntrack alike, on a real send path since it has no "
+        "test-run harness: a namespace (fpbench-ct) whose one-rule nftables output chain "
+        "uses conntrack holds as many unreplied UDP entries as the spread stream has "
+        "flows; one process sends datagrams on those tuples with sendmmsg, timed by its "
+        "own CPU clock, to one entry (cached) and to a different entry per datagram drawn "
+        "at random and never twice, the LLC evicted before each stream (spread), each with "
+        "conntrack on and off (the table deleted: no conntrack hook), alternating; "
+        "conntrack_ns = on - off per stream (its hooks, lookup, refcount and timeout "
+        "update, the one rule), miss_penalty_ns = (spread - cached) on minus the same "
+        "off; path_ns = the whole send path per datagram; medians over rounds. "
+        "nf_conntrack_max and nf_conntrack_buckets (global) are raised for the run when "
+        "below the entry count, so the hash has a bucket per entry as flowpin's has, and "
+        "restored (raised_for_run says which). Compare with established_spread by what "
+        "each adds per packet, not by totals: the harnesses differ",
         "targets: established_hit_cached_1m = established_hit_ns at 1M flows minus "
         f"empty_prog_ns, at most {CACHED_HIT_MAX_NS} ns; new_flow = new_flow_ns minus "
         "empty_prog_ns, at most the kernel's own insert of a new key into a preallocated "
@@ -485,13 +513,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--spread-flows", type=int, default=SPREAD_FLOWS,
                     help="established flows the spread stream covers (default 1000000; "
                     "more gets a table of its own, e.g. to exceed the last-level cache)")
+    ap.add_argument("--no-conntrack", action="store_true",
+                    help="leave out netfilter conntrack's cached/spread figures")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print(json.dumps({"error": "the data path benchmark needs root"}))
         return 1
     try:
         packets = a.spread_packets or max(1000, min(200_000, a.repeat // 5))
-        out = run(a.repeat, packets, a.spread_flows)
+        out = run(a.repeat, packets, a.spread_flows, not a.no_conntrack)
         out["machine"] = machine()
     except Exception as exc:  # report, as JSON, what failed
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))

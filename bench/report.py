@@ -284,6 +284,7 @@ def markdown(res: dict[str, Any]) -> str:
                    f" / {_num(dp.get('teardown_ms_1m'))} |")
         out.append(f"| sweep of 1M flows (s) | {_num(dp.get('sweep_s_1m'))} |\n")
         out += _datapath_spread(dp.get("established_spread", {}))
+        out += _conntrack_spread(dp.get("conntrack_spread", {}))
         out += _datapath_targets(dp.get("targets", {}))
     ctl = res.get("control", {})
     if ctl and "error" not in ctl:
@@ -339,6 +340,35 @@ def _datapath_spread(sp: dict[str, Any]) -> list[str]:
         f"runs. The table ({_mib(sp.get('table_bytes'))}) {fits} this CPU's last-level "
         f"cache as sysfs reports it (L{c.get('level', '?')}, {_mib(c.get('bytes'))}, CPUs "
         f"{c.get('shared_cpus', '?')}). No target is set for this figure.\n",
+    ]
+
+
+def _conntrack_spread(ct: dict[str, Any]) -> list[str]:
+    """Netfilter conntrack's cached and spread figures, on its own harness."""
+    if not ct:
+        return []
+    if "error" in ct:
+        return [f"Netfilter conntrack, cached and spread: not measured ({ct['error']}).\n"]
+    c = ct.get("conntrack_ns", {})
+    raised = ct.get("raised_for_run") or {}
+    return [
+        f"**Netfilter conntrack alike** ({_num(ct.get('entries'))} entries, "
+        f"{_num(ct.get('hash_buckets'))} hash buckets"
+        + (f", raised for the run: {', '.join(sorted(raised))}" if raised else "")
+        + "): conntrack has no test-run harness, so this is a real send path in a "
+        "namespace, timed by the sender's CPU clock, with conntrack on and off; what it "
+        "adds per packet (on - off), median of "
+        f"{_num(ct.get('rounds'))} rounds of {_num(ct.get('packets_per_round'))} "
+        "datagrams. Compare with the data path's figures by what each adds, not by "
+        "totals.\n",
+        "| stream | conntrack adds, ns per packet |",
+        "|---|---|",
+        f"| one entry, cached | {_num(c.get('cached'))} |",
+        f"| spread over {_num(ct.get('entries'))} entries, uncached | "
+        f"**{_num(c.get('spread'))}** |",
+        "",
+        f"A miss costs conntrack {_num(ct.get('miss_penalty_ns'))} ns per packet over "
+        "the cached entry.\n",
     ]
 
 

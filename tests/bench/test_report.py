@@ -59,6 +59,12 @@ FAKE_PARTS = {
                      "miss_penalty_ns": 953.4, "table_bytes": 134218864,
                      "llc": {"level": 3, "bytes": 272629760, "shared_cpus": "0-1"},
                      "table_exceeds_llc": False},
+                 "conntrack_spread": {
+                     "entries": 1000000, "hash_buckets": 1048576, "packets_per_round": 200000,
+                     "rounds": 3, "conntrack_ns": {"cached": 45.0, "spread": 1034.3},
+                     "miss_penalty_ns": 989.3,
+                     "raised_for_run": {"nf_conntrack_max": 1010000,
+                                        "nf_conntrack_buckets": 1048576}},
                  "targets": {
                      "established_hit_cached_1m": {"above_empty_ns": 40, "max_ns": 50,
                                                    "met": True},
@@ -184,8 +190,19 @@ def test_datapath_cached_and_spread_hits_and_targets() -> None:
     assert "| established hit at 1M flows, cached: ≤ 50 ns | 40 ns | ✔ met |" in md
     assert ("| new flow: ≤ the kernel's own preallocated-hash insert on this CPU (278 ns, "
             "calibration) + 60 ns = 338 ns | 364 ns | ✘ missed |") in md
+    assert ("**Netfilter conntrack alike** (1,000,000 entries, 1,048,576 hash buckets, "
+            "raised for the run: nf_conntrack_buckets, nf_conntrack_max)") in md
+    assert "| one entry, cached | 45 |" in md
+    assert "| spread over 1,000,000 entries, uncached | **1,034** |" in md
+    assert "A miss costs conntrack 989.3 ns per packet" in md
+    # conntrack not measurable: said so, the data path's figures still there
+    failed = {**FAKE_PARTS["datapath"], "conntrack_spread": {"error": "no nftables"}}
+    md = report.markdown(report.assemble({**FAKE_PARTS, "datapath": failed}, "x"))
+    assert "Netfilter conntrack, cached and spread: not measured (no nftables)" in md
+    assert "| one flow, cached | 165 | 95.4 |" in md
     # an older datapath result without these figures still renders, without them
     old = {k: v for k, v in FAKE_PARTS["datapath"].items()
-           if k not in ("established_spread", "targets")}
+           if k not in ("established_spread", "conntrack_spread", "targets")}
     md = report.markdown(report.assemble({**FAKE_PARTS, "datapath": old}, "x"))
     assert "spread over" not in md and "preallocated-hash insert" not in md
+    assert "conntrack" not in md.split("## Data path")[1].split("##")[0]
