@@ -65,3 +65,27 @@ def test_spread_stream_hits_a_different_established_flow_per_packet() -> None:
     assert all(len(v) == 3 for v in res["per_round"].values())
     assert res["spread_ns"] > 0 and res["empty_ns"] > 0 and res["cached_ns"] > 0
     assert res["table_bytes"] > 0 and res["evicted_bytes"] >= res["llc"]["bytes"]
+
+
+@pytest.mark.bpf
+def test_conntrack_spread_hits_its_filled_entries_and_cleans_up() -> None:
+    """Each stream's datagrams hit the entries the fill created (none added: the count is
+    checked inside), conntrack saw exactly the 'on' streams, the global limits are back
+    and the namespace is gone."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root (network namespace, nftables)", pytrace=False)
+    from pathlib import Path
+
+    from bench import ct_spread
+    from lab import netns
+
+    proc = Path("/proc/sys/net/netfilter")
+    limits = {k: (proc / k).read_text() for k in ("nf_conntrack_max", "nf_conntrack_buckets")}
+    res = ct_spread.run(3000, 500, 3, 64 << 20)
+    assert (res["entries"], res["packets_per_round"], res["rounds"]) == (3000, 500, 3)
+    assert set(res["path_ns"]) == {"on_cached", "on_spread", "off_cached", "off_spread"}
+    assert all(len(v) == 3 and min(v) > 0 for v in res["per_round"].values())
+    assert set(res["conntrack_ns"]) == {"cached", "spread"}
+    assert res["hash_buckets"] >= 3000 and res["raised_for_run"] == {}
+    assert {k: (proc / k).read_text() for k in limits} == limits
+    assert not netns.exists(ct_spread.NS)
