@@ -157,7 +157,7 @@ def _measure(flows: int, packets: int, rounds: int, evict_bytes: int, seed: int)
     if filled < flows:
         raise RuntimeError(f"only {filled} conntrack entries were created, not {flows}")
     rng = random.Random(seed)
-    chosen = rng.sample(range(flows), packets * rounds)
+    chosen = rng.sample(range(1, flows), packets * rounds)  # entry 0 is the cached one
     cached = _Stream([base] * packets)
     evict = ctypes.create_string_buffer(evict_bytes)
     ns: dict[str, list[float]] = {f"{c}_{s}": [] for c in ("on", "off")
@@ -187,7 +187,7 @@ def run(flows: int, packets: int, rounds: int, evict_bytes: int,
         seed: int = 1) -> dict[str, Any]:
     """The conntrack figures (see the module); raises the global conntrack limit and hash
     size for the run when they are below ``flows`` (restored afterwards)."""
-    packets = min(packets, flows // rounds)
+    packets = min(packets, (flows - 1) // rounds)
     need = {"nf_conntrack_max": flows + 10_000,
             "nf_conntrack_buckets": 1 << max(flows - 1, 1).bit_length()}
     from bench.topo import BenchLock

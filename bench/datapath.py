@@ -186,8 +186,9 @@ def spread_hits(t: FlowTable, fd: int, fd_empty: int, flows: int, packets: int,
     costs without the program) and the data path on its one benchmark flow (the cached
     hit, at repeat=1 too), so a machine that drifts moves all three alike."""
     rng = random.Random(seed)
-    packets = min(packets, flows // rounds)
-    chosen = rng.sample(range(flows), packets * rounds)
+    # flow 0 is the cached stream's: never in the spread one
+    packets = min(packets, (flows - 1) // rounds)
+    chosen = rng.sample(range(1, flows), packets * rounds)
     own = _frame("A")
     c0 = t.counters()
     per_round: dict[str, list[float]] = {"empty": [], "cached": [], "spread": []}
