@@ -324,9 +324,9 @@ def _datapath_spread(sp: dict[str, Any]) -> list[str]:
         "One test run per packet (repeat=1), the three streams interleaved packet by packet; "
         f"median of {_num(sp.get('rounds'))} rounds of {_num(sp.get('packets_per_round'))} "
         "packets. The spread stream hits a different flow on every packet, drawn at random "
-        "and never twice, with the cache evicted before each round: every packet's flow "
-        "misses the caches. The kernel's timer covers the program run only (not the "
-        "syscall or the skb build).\n",
+        "and never twice, with the cache evicted before each round: no packet finds its "
+        "flow in cache from an earlier one. The kernel's timer covers the program run only "
+        "(not the syscall or the skb build).\n",
         "| stream | ns per packet | above the empty program |",
         "|---|---|---|",
         f"| empty program (one timed run) | {_num(sp.get('empty_ns'))} | – |",
