@@ -110,8 +110,7 @@ def cmd_show(a: argparse.Namespace) -> int:
         data = _ask(a, "show-vpn-context")
         print_result(data, a.json, show.vpn_context(data, a.detail))
     elif a.what == "conn":
-        data = _ask(a, "show-conn", {**conn_filters(a), "pinned": a.pinned})
-        print_result(data, a.json, show.conn(data))
+        show_conn(a)
     elif a.what == "sysopt":
         data = _ask(a, "show-sysopt")
         print_result(data, a.json, show.sysopt(data))
@@ -119,6 +118,38 @@ def cmd_show(a: argparse.Namespace) -> int:
         data = _ask(a, "show-counters")
         print_result(data, a.json, show.counters(data))
     return 0
+
+
+def show_conn(a: argparse.Namespace) -> None:
+    """``show conn``, printed as the daemon streams it: each row as it comes (the count
+    line last), or with --json one JSON object written as it comes (its rows first, the
+    counts after them), so neither side ever holds a million rows."""
+    from controlplane import show
+    from controlplane.control import ControlError, request_stream
+
+    args = {**conn_filters(a), "pinned": a.pinned, "limit": a.limit}
+    out = sys.stdout
+    n = 0
+    try:
+        for kind, item in request_stream(control_socket(a), "show-conn", args):
+            if kind == "data":  # a daemon that does not stream: the whole answer at once
+                print_result(item, a.json, show.conn(item))
+            elif kind == "head" and a.json:
+                out.write("{\"connections\": [")
+            elif kind == "row":
+                if a.json:
+                    out.write(("," if n else "") + "\n  " + json.dumps(item))
+                else:
+                    out.write(show.conn_line(item) + "\n")
+                n += 1
+            elif kind == "end":
+                if a.json:
+                    tail = "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in item.items())
+                    out.write(("\n" if n else "") + "]" + tail + "}\n")
+                else:
+                    out.write(show.conn_summary(item) + "\n")
+    except ControlError as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -194,6 +225,8 @@ def parser(with_rig: bool = True) -> argparse.ArgumentParser:
     show.add_argument("what", choices=("vpn-context", "conn", "sysopt", "counters"))
     show.add_argument("--detail", action="store_true", help="vpn-context: more per tunnel")
     show.add_argument("--pinned", action="store_true", help="conn: only pinned flows")
+    show.add_argument("--limit", type=int, metavar="N", help="conn: at most N connections "
+                      "(the count line still counts every flow)")
     filters(show)
     show.set_defaults(handler=cmd_show)
     so = control("sysopt", "sysopt preserve-vpn-flows|reclassify-vpn on|off")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from pyroute2 import IPRoute
 
 from controlplane import protocols, sysopt, version
 from controlplane.config import Config
+from controlplane.control import Stream
 from controlplane.flow_table import FlowTable
 from controlplane.flow_types import Side
 from controlplane.flows import Flow, RemovedFlow
@@ -190,53 +191,63 @@ class ConnFilter:
 
 
 @reads("show-conn")
-def show_conn(s: Snapshot, a: Args) -> dict[str, Any]:
-    """``show conn [FILTERS] [--pinned]``: the flows, as the ASA lists connections."""
+def show_conn(s: Snapshot, a: Args) -> Stream:
+    """``show conn [FILTERS] [--pinned] [--limit N]``: the flows, as the ASA lists
+    connections, in table order, a batch of the table at a time (never the whole table in
+    memory); at most ``limit`` rows. ``in_use`` counts every flow walked, ``shown`` the
+    rows sent, ``limited`` whether rows were left out for the limit."""
     selected = ConnFilter.parse(s, a)
+    limit = int(a["limit"]) if a.get("limit") not in (None, "") else None
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit {limit} is negative")
+    pinned_only = bool(a.get("pinned"))
     tunnels = _datapath_tunnels(s.table)
     now = s.now_s()
-    rows = []
-    total = 0
-    for f in s.table.flows():
-        total += 1
-        if not selected.matches(f):
-            continue
-        row = _conn_row(s, f, tunnels, now)
-        if a.get("pinned") and not row["pinned"]:
-            continue
-        rows.append(row)
-    rows.sort(key=lambda r: (r["tunnel"], r["protocol"], r["inside"]["address"],
-                             r["inside"]["port"]))
-    return {"in_use": total, "shown": len(rows), "connections": rows}
+    done = {"in_use": 0, "shown": 0, "limited": False}
+
+    def rows() -> Iterator[dict[str, Any]]:
+        table = s.table
+        for fam in (4, 6):
+            for keys, values, n in table.chunks(fam):
+                done["in_use"] += n
+                if limit is not None and done["shown"] >= limit:
+                    continue  # past the limit: only counted, never decoded
+                for i in range(n):
+                    f = table.decode(fam, keys[i], values[i])
+                    if not selected.matches(f):
+                        continue
+                    if pinned_only and not _is_pinned(f, tunnels):
+                        continue
+                    if limit is not None and done["shown"] >= limit:
+                        done["limited"] = True
+                        break
+                    done["shown"] += 1
+                    yield _conn_row(s, f, tunnels, now)
+
+    return Stream({}, rows(), lambda: dict(done))
 
 
 @dataclass(frozen=True)
 class FlowSummary:
-    flows: int  # every flow in the table
+    flows: int  # every flow in the table, as the last sweep left it
     held: int  # pinned: TCP flows of a tunnel that is down, held for it (show conn --pinned)
 
 
 def flow_summary(s: Snapshot) -> FlowSummary:
-    """Count the flows and the held ones in one pass over the table: `flowpin status`, the
-    systemd STATUS= line and `show conn` count the same way."""
-    tunnels = _datapath_tunnels(s.table)
-    flows = held = 0
-    for f in s.table.flows():
-        flows += 1
-        held += _is_pinned(f, tunnels)
-    return FlowSummary(flows, held)
+    """The flows and the held ones, from the sweeper's counts (controlplane.flow_counts):
+    `flowpin status`, the systemd STATUS= line and the metrics count the same way."""
+    return FlowSummary(s.counts.total, s.counts.held(_datapath_tunnels(s.table)))
 
 
-def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel], flows: list[Flow],
-                guard: dict[int, tuple[int, int]]) -> dict:
+def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel],
+                guard: dict[int, tuple[int, int]],
+                kicks: dict[int, tuple[int, int]]) -> dict:
     dt = tunnels.get(t.tunnel_id)
     guard_out, guard_in = guard.get(t.tunnel_id, (0, 0))
-    mine = [f for f in flows if f.tunnel_id == t.tunnel_id]
+    counted = s.counts.tunnel(dt, t.tunnel_id)
     gen = dt.generation if dt else 0
-    active = [f for f in mine if f.generation == gen]
-    pinned = [f for f in active if _is_pinned(f, tunnels)]
     child = t.newest()
-    kicked, kicks_limited = s.table.kick_stats(t.tunnel_id)
+    kicked, limited = kicks.get(t.tunnel_id, (0, 0))
     return {
         "id": t.tunnel_id,
         "tunnel": t.name,
@@ -254,12 +265,14 @@ def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel], flows: 
         "child_sas": len(t.children),
         "local_ts": [str(n) for n in t.local_ts],
         "remote_ts": [str(n) for n in t.remote_ts],
-        "flows": len(active),
-        "pinned": len(pinned),
+        "flows": counted.flows,
+        "pinned": counted.held,
+        "flow_bytes_out": counted.bytes_out,
+        "flow_bytes_in": counted.bytes_in,
         "held_packets": dt.held if dt else 0,
         "resume_kick": s.cfg.kick_for(*t.key),
         "kicked": kicked,
-        "kicks_limited": kicks_limited,
+        "kicks_limited": limited,
         "resumed_flows": s.resumed.get(t.tunnel_id, (0, 0))[0],
         "resume_held_flows": s.resumed.get(t.tunnel_id, (0, 0))[1],
         "refused": dt.refused if dt else 0,
@@ -275,14 +288,16 @@ def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel], flows: 
 
 @reads("show-vpn-context")
 def show_vpn_context(s: Snapshot, a: Args) -> dict[str, Any]:
-    """``show vpn-context``: every tunnel, its state in charon and in the data path."""
+    """``show vpn-context``: every tunnel, its state in charon and in the data path; flow
+    counts as of the last sweep (``counted_at``, see controlplane.flow_counts)."""
     tunnels = _datapath_tunnels(s.table)
-    flows = list(s.table.flows())
     guard = s.table.guard_counts()
-    rows = [_tunnel_row(s, t, tunnels, flows, guard)
+    kicks = s.table.kick_counts()
+    rows = [_tunnel_row(s, t, tunnels, guard, kicks)
             for t in sorted(s.tunnels, key=lambda t: t.tunnel_id)]
     return {"charon": "connected" if s.charon_up else "unreachable",
-            "ipsec_backend": s.ipsec_backend, "tunnels": rows}
+            "ipsec_backend": s.ipsec_backend, "tunnels": rows,
+            "counted_at": s.counts.at or None, "counted_age_s": s.counts.age_s()}
 
 
 @reads("show-sysopt")
@@ -303,7 +318,8 @@ def show_counters(s: Snapshot, a: Args) -> dict[str, Any]:
     return {"datapath": table.counters(), "daemon": dict(s.stats),
             "event_to_map_ms": {"count": len(lat), "p50": pct(0.5), "p99": pct(0.99),
                                 "max": round(lat[-1], 3) if lat else None},
-            "flows": table.flow_count(), "flow_table_size": s.cfg.flow_table_size,
+            "flows": s.counts.total, "flows_counted_age_s": s.counts.age_s(),
+            "flow_table_size": s.cfg.flow_table_size,
             "nonvpn": {str(fam): {"flows": table.nonvpn_flows(fam),
                                   "limit": table.nonvpn_limit(fam)} for fam in (4, 6)},
             "uptime_s": round(time.time() - s.started, 1)}
@@ -366,13 +382,13 @@ def clear_conn(d: Control, a: Args) -> dict[str, Any]:
     snap = d.snapshot()
     selected = ConnFilter.parse(snap, a)
     now = snap.now_s()
-    cleared = 0
+    cleared = []
     for f in list(d.table.flows()):
         if selected.matches(f) and d.table.delete_flow(f.key):
-            cleared += 1
-            d.log_removed([RemovedFlow("Flow cleared by admin",
-                                       float(max(0, now - f.created_s)), decoded=f)])
-    return {"cleared": cleared}
+            cleared.append(RemovedFlow("Flow cleared by admin",
+                                       float(max(0, now - f.created_s)), decoded=f))
+    d.log_removed(cleared)
+    return {"cleared": len(cleared)}
 
 
 @changes("reload")

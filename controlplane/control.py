@@ -3,6 +3,11 @@
 A Unix stream socket, mode 0600 and owned by root: only root may look at or change the
 gateway's flows. Request ``{"cmd": "show-conn", "args": {...}}``; answer
 ``{"ok": true, "data": ...}`` or ``{"ok": false, "error": "..."}``.
+
+A command whose answer is a :class:`Stream` (``show conn``) is streamed to a client that
+asks with ``"stream": true``: ``{"ok": true, "stream": true, "data": HEAD}``, then one
+``{"row": ...}`` line per row as it is made, then ``{"end": TAIL}`` (or ``{"error": ...}``
+if it failed midway). Other clients get it gathered into one answer as before.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import os
 import socket
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,30 @@ MAX_HANDLERS = 16
 
 class ControlError(RuntimeError):
     """The daemon could not be reached or refused the request."""
+
+
+@dataclass
+class Stream:
+    """An answer sent as it is made: ``head``, then each of ``rows``, then ``tail()``
+    (called once the rows are spent)."""
+
+    head: dict[str, Any]
+    rows: Iterator[dict[str, Any]]
+    tail: Callable[[], dict[str, Any]]
+    rows_key: str = "connections"  # where the rows go in the gathered answer
+
+
+def gathered(answer: Any) -> Any:
+    """A :class:`Stream` as one object (head, the rows as a list, tail); anything else as
+    it is."""
+    if not isinstance(answer, Stream):
+        return answer
+    rows = list(answer.rows)
+    return {**answer.head, answer.rows_key: rows, **answer.tail()}
+
+
+def _send(wfile: Any, obj: Any) -> None:
+    wfile.write(json.dumps(obj, default=str).encode() + b"\n")
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
@@ -95,11 +125,29 @@ class ControlServer:
                     if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
                         raise ValueError("request must be {\"cmd\": NAME, \"args\": {...}}")
                     data = submit(req["cmd"], req.get("args") or {})
-                    answer = {"ok": True, "data": data}
+                    if isinstance(data, Stream) and req.get("stream"):
+                        self._stream(data)
+                        return
+                    answer = {"ok": True, "data": gathered(data)}
                 except Exception as exc:  # noqa: BLE001 -- every error goes to the client
                     answer = {"ok": False, "error": str(exc)}
                 with contextlib.suppress(OSError):  # the client went away or stalled
-                    self.wfile.write(json.dumps(answer, default=str).encode() + b"\n")
+                    _send(self.wfile, answer)
+
+            def _stream(self, data: Stream) -> None:
+                """Row by row: the daemon holds one batch of rows, never the whole answer.
+                A client that goes away ends the walk (the write fails)."""
+                with contextlib.suppress(OSError):
+                    _send(self.wfile, {"ok": True, "stream": True, "data": data.head})
+                    try:
+                        for row in data.rows:
+                            _send(self.wfile, {"row": row})
+                        tail = {"end": data.tail()}
+                    except OSError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 -- told to the client
+                        tail = {"error": str(exc)}
+                    _send(self.wfile, tail)
 
         p = Path(self.path)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -128,9 +176,7 @@ class ControlServer:
                     os.unlink(self.path)
 
 
-def request(path: str, cmd: str, args: dict[str, Any] | None = None,
-            timeout: float = 15.0) -> Any:
-    """Send one command to the daemon at ``path``; return its data or raise ControlError."""
+def _connect(path: str, timeout: float) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -148,6 +194,13 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None,
         s.close()
         raise ControlError(f"flowpin daemon at {path} did not accept within {timeout:g} s"
                            ) from None
+    return s
+
+
+def request(path: str, cmd: str, args: dict[str, Any] | None = None,
+            timeout: float = 15.0) -> Any:
+    """Send one command to the daemon at ``path``; return its data or raise ControlError."""
+    s = _connect(path, timeout)
     with s:
         try:
             # A daemon that is busy answers and closes before reading: read its answer.
@@ -170,3 +223,40 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None,
     if not answer.get("ok"):
         raise ControlError(answer.get("error", "unknown error"))
     return answer["data"]
+
+
+def request_stream(path: str, cmd: str, args: dict[str, Any] | None = None,
+                   timeout: float = 15.0) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Send one command asking for a stream; yield ``("head", HEAD)``, ``("row", ROW)`` for
+    each row as it arrives, then ``("end", TAIL)``. A command that does not stream yields
+    ``("data", ANSWER)`` alone. Raises ControlError as :func:`request` does."""
+    s = _connect(path, timeout)
+    with s:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(json.dumps({"cmd": cmd, "args": args or {}, "stream": True}).encode()
+                      + b"\n")
+        f = s.makefile("rb")
+        first = True
+        try:
+            for raw in f:
+                msg = json.loads(raw)
+                if first:
+                    first = False
+                    if not msg.get("ok"):
+                        raise ControlError(msg.get("error", "unknown error"))
+                    if not msg.get("stream"):
+                        yield "data", msg["data"]
+                        return
+                    yield "head", msg["data"]
+                elif "row" in msg:
+                    yield "row", msg["row"]
+                elif "end" in msg:
+                    yield "end", msg["end"]
+                    return
+                else:
+                    raise ControlError(msg.get("error", "unknown error"))
+        except TimeoutError:
+            raise ControlError(f"flowpin daemon at {path} did not answer {cmd!r} within "
+                               f"{timeout:g} s") from None
+    raise ControlError(f"flowpin daemon at {path} closed the connection"
+                       + (" midway through the answer" if not first else ""))

@@ -9,9 +9,11 @@ Who writes what:
 - Both take ``lock`` around registry and map writes: one writer at a time, and writes in
   the order of events.
 - Beside them, without the lock: the sweeper thread (expiry and teardown; it re-checks
-  every flow it removes), the reporter thread (counting flows for log lines,
-  reclassify-vpn) and the read-only commands (`show …`, on a snapshot of the registry), so
-  that none of them ever delays an SA event.
+  every flow it removes, and counts the flows it keeps by tunnel: controlplane.flow_counts),
+  the reporter thread (tunnel UP/DOWN lines, reclassify-vpn), the teardown thread (logs
+  the flows the packet path removed, taking the lock once per batch for tunnel names) and
+  the read-only commands (`show …`, on a snapshot of the registry), so that none of them
+  ever delays an SA event.
 
 Safety rules (see docs/fail-closed.md):
 - The WAN guard (bpf/lib/guard.h) on the WAN interface(s) drops any packet of a tunnel's
@@ -53,6 +55,7 @@ from controlplane.config import Config, ConfigError
 from controlplane.control import ControlServer
 from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
 from controlplane.demand import Initiations
+from controlplane.flow_counts import TunnelCounts
 from controlplane.flow_table import FlowTable
 from controlplane.flows import RemovedFlow
 from controlplane.hooks import HookWatch, hooked
@@ -73,6 +76,9 @@ from vici_glue.follower import Disconnected, Follower, Received, Resync
 
 log = logging.getLogger("flowpin")
 STATE_ROOT = Path("/run/flowpin")
+# Lost data-path events are told at most once per this many seconds (they are counted
+# and exported exactly; a line per lost record would itself flood the log).
+LOST_REPORT_INTERVAL = 10.0
 
 
 
@@ -115,6 +121,9 @@ class Daemon:
         self._stop = threading.Event()
         self._sweep_now = threading.Event()
         self._reports: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.Queue()
+        self._teardowns: queue.Queue[list[Any]] = queue.Queue()  # FLOW_REMOVED records
+        self._lost_checked = 0.0
+        self._lost_seen = (0, 0)  # EVENT_LOST, REMOVED_LOST when last told
         self._sweeper_thread: threading.Thread | None = None
         self.lan_label = lan_if_label
         self.control: Any = None
@@ -188,8 +197,13 @@ class Daemon:
              f"{kick if cfg.resume_kick else 'resume kick off'}")
         self._sweeper_thread = threading.Thread(target=self._sweeper_loop, name="sweeper",
                                                 daemon=True)
+        self._sweep_now.set()  # the first counts (flow_counts) at once, not an interval later
         self._sweeper_thread.start()
         threading.Thread(target=self._reporter_loop, name="reporter", daemon=True).start()
+        threading.Thread(target=self._teardown_loop, name="teardowns", daemon=True).start()
+        if self.table is not None:  # what was lost before this daemon is not news
+            c = self.table.counters()
+            self._lost_seen = (c.get("EVENT_LOST", 0), c.get("REMOVED_LOST", 0))
         self.follower = Follower(cfg.vici_socket, _Apply(self)).start()
         self.control = ControlServer(cfg.control_path, self.request).start()
         if cfg.metrics_listen:
@@ -327,7 +341,7 @@ class Daemon:
             ipsec_backend=self.ipsec_backend, started=self.started,
             wan_guarded=tuple(self.wan_guarded), last_problem=self.problems.last,
             resumed=self.resume.totals() if self.resume else {},
-            table=self.table, now_s=self.sweeper.now_s)
+            table=self.table, now_s=self.sweeper.now_s, counts=self.sweeper.counts)
 
     def on_loop(self, fn: Callable[[], Any], what: str = "the request",
                 wait: float = 10.0) -> Any:
@@ -368,6 +382,11 @@ class Daemon:
                 if item is not None:
                     self.handle(item)
                 events = self.table.read_events(0)
+                removed = [ev for ev in events if ev.type == "FLOW_REMOVED"]
+                if removed:  # logged beside the loop, without the lock
+                    self._teardowns.put(removed)
+                    events = [ev for ev in events if ev.type != "FLOW_REMOVED"]
+                self._check_lost(time.monotonic())
                 with self.lock:
                     for ev in events:
                         self.on_datapath_event(ev)
@@ -564,10 +583,12 @@ class Daemon:
                  f"traffic {_ts(tr.tunnel.local_ts)} === {_ts(tr.tunnel.remote_ts)} is "
                  "refused until an id is free and the daemon restarts")
 
-    def _count_flows(self, tunnel_id: int, proto: int | None = None) -> int:
-        assert self.table is not None
-        return sum(1 for f in self.table.flows()
-                   if f.tunnel_id == tunnel_id and (proto is None or f.key.proto == proto))
+    def _counted(self, tunnel_id: int) -> TunnelCounts:
+        """The tunnel's flows as the last sweep counted them (controlplane.flow_counts):
+        a dict read, where decoding the table cost seconds at a million flows."""
+        if self.sweeper is None or self.maps is None:
+            return TunnelCounts()
+        return self.sweeper.counts.tunnel(self.maps.tunnel(tunnel_id), tunnel_id)
 
     # --- reports: counted and logged beside the loop -----------------------------------
     def _later(self, fn: Callable[..., None], *args: Any) -> None:
@@ -595,7 +616,7 @@ class Daemon:
                 self._guard_wan([ifname])
 
     def _report_up(self, tunnel_id: int, text: str, reclassify: Any) -> None:
-        emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"{text}; {self._count_flows(tunnel_id)} "
+        emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"{text}; {self._counted(tunnel_id).flows} "
              "flows resumed")
         if reclassify:
             self._reclassify(*reclassify)
@@ -603,7 +624,7 @@ class Daemon:
     def _report_down(self, tunnel_id: int, text: str, preserve: bool) -> None:
         if preserve:
             emit(Sev.INFO, Msg.TUNNEL_DOWN_PINNED, f"{text}; preserve-vpn-flows: "
-                 f"{self._count_flows(tunnel_id, proto=6)} TCP flows pinned, held until the "
+                 f"{self._counted(tunnel_id).tcp} TCP flows pinned, held until the "
                  "tunnel is back; other flows torn down")
         else:
             emit(Sev.INFO, Msg.TUNNEL_DOWN_TORN, f"{text}; preserve-vpn-flows off: its flows "
@@ -657,18 +678,65 @@ class Daemon:
             self.stats["tunnel_ids_freed"] += len(freed)
 
     def log_removed(self, removed: list[RemovedFlow]) -> None:
+        """Log a batch of teardowns (302014/302016/302021). The lock is taken once per
+        batch, for the tunnel names, never per flow: a teardown of 100,000 flows must not
+        stand between an SA event and the lock."""
+        if not removed:
+            return
+        names = self._tunnel_names({r.tunnel_id for r in removed})
+        lan = self._lan_name()
         for r in removed:
-            self.stats["teardowns_logged"] += 1
-            log.info(teardown_line(r, lan_if=self._lan_name(), tunnel_if=self._tunnel_name(
-                r.tunnel_id)))
+            log.info(teardown_line(r, lan_if=lan, tunnel_if=names[r.tunnel_id]))
+        self.stats["teardowns_logged"] += len(removed)
 
     def _lan_name(self) -> str:
         return self.cfg.lan_interfaces[0] if self.cfg.lan_interfaces else "inside"
 
-    def _tunnel_name(self, tunnel_id: int) -> str:
-        with self.lock:  # the sweeper thread asks too
-            t = self.registry.by_id(tunnel_id)
-        return f"vpn-{t.key[0]}" if t else ("outside" if tunnel_id == 0 else "vpn")
+    def _tunnel_names(self, tunnel_ids: set[int]) -> dict[int, str]:
+        """Interface-like names of tunnels for teardown lines, under the lock once (the
+        sweeper and teardown threads ask too)."""
+        with self.lock:
+            found = {tid: self.registry.by_id(tid) for tid in tunnel_ids}
+        return {tid: f"vpn-{t.key[0]}" if t else ("outside" if tid == 0 else "vpn")
+                for tid, t in found.items()}
+
+    def _teardown_loop(self) -> None:
+        """The teardown thread: logs the flows the packet path removed (FLOW_REMOVED
+        records of the ring), a batch at a time, beside the loop. At tens of thousands a
+        second their log lines would otherwise hold the loop (scrapes, show commands) and,
+        under the lock, every SA event."""
+        while not self._stop.is_set():
+            try:
+                batch = self._teardowns.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                while len(batch) < 4096:
+                    batch += self._teardowns.get_nowait()
+            except queue.Empty:
+                pass
+            try:
+                self.log_removed(removed_from_events(batch))
+            except Exception:  # noqa: BLE001
+                log.exception("%s", line(Sev.ERROR, Msg.DAEMON, "logging teardowns failed"))
+
+    def _check_lost(self, now: float) -> None:
+        """Records the data path could not put in the ring (full): counted by the data path
+        (exported), told here once per interval, not once per record."""
+        if now - self._lost_checked < LOST_REPORT_INTERVAL or self.table is None:
+            return
+        self._lost_checked = now
+        c = self.table.counters()
+        lost, removed = c.get("EVENT_LOST", 0), c.get("REMOVED_LOST", 0)
+        new, new_removed = lost - self._lost_seen[0], removed - self._lost_seen[1]
+        self._lost_seen = (lost, removed)
+        if new > 0:
+            emit(Sev.WARNING, Msg.EVENTS_LOST, f"{new} data-path events lost in the last "
+                 f"{LOST_REPORT_INTERVAL:.0f} s (event ring full), of which {new_removed} "
+                 "removed-flow records: their teardown lines (302014/302016/302021) are "
+                 f"missing; {lost} lost since the data path was loaded "
+                 "(flowpin_datapath_events_lost_total, "
+                 "flowpin_removed_flow_records_lost_total)")
 
     def on_datapath_event(self, ev: Any) -> None:
         """React to one event of the data path's ring (demand, table full, flow removed,
@@ -688,8 +756,8 @@ class Daemon:
                  f"({self.table.nonvpn_limit(fam) if self.table else '?'} IPv{fam} flows, "
                  f"{self.cfg.nonvpn_flow_share}% of the table): new flow {ev.key} passes "
                  "untracked; the rest of the table stays free for VPN flows")
-        elif ev.type == "FLOW_REMOVED":
-            self.log_removed(removed_from_events([ev]))
+        elif ev.type == "FLOW_REMOVED":  # the loop hands these to the teardown thread
+            self._teardowns.put([ev])
         elif ev.type in ("GUARD_OUT", "GUARD_IN"):
             self._report_guard(ev)
 

@@ -61,6 +61,7 @@ class Msg(IntEnum):
     CLEARTEXT_BLOCKED = 752120
     WAN_GUARD = 752121
     NONVPN_BUDGET = 752122
+    EVENTS_LOST = 752123
 
 
 class LastProblem(logging.Handler):

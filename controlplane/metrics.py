@@ -48,6 +48,9 @@ _STATS = {
     "NONVPN_UNTRACKED": ("nonvpn_untracked_packets_total", "Packets of new non-VPN flows "
                          "passed untracked because the non-VPN budget of the table was "
                          "spent."),
+    "REMOVED_LOST": ("removed_flow_records_lost_total", "Of the lost data-path events, the "
+                     "records of flows removed on the packet path: teardowns never logged "
+                     "(752123 tells them once per interval)."),
 }
 # The daemon's counts (Daemon.stats): metric name and what is counted.
 _DAEMON = {
@@ -176,9 +179,15 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         c.add_metric([], dp.get(key, 0))
         yield c
 
-    flows = gauge("flows", "Flows in the flow table now (VPN and non-VPN, both families).")
+    flows = gauge("flows", "Flows in the flow table (VPN and non-VPN, both families) as the "
+                  "last sweep left it.")
     flows.add_metric([], snap.get("flows", 0))
     yield flows
+    if snap.get("flows_counted_age_s") is not None:
+        age = gauge("flows_counted_age_seconds", "Age of the flow counts (flowpin_flows and "
+                    "the per-tunnel flow gauges): time since the sweep that counted them.")
+        age.add_metric([], snap["flows_counted_age_s"])
+        yield age
     cap = gauge("flow_table_capacity", "Flows the IPv4 flow table can hold "
                 "(datapath.flow-table-size).")
     cap.add_metric([], snap.get("flow_table_size", 0))
@@ -197,9 +206,12 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
     tun = ("tunnel", "peer")
     t_up = gauge("tunnel_up", "1 while the tunnel has a CHILD_SA installed.", tun)
     t_flows = gauge("tunnel_flows", "Flows of the tunnel in the flow table (current "
-                    "generation).", tun)
+                    "generation), as of the last sweep.", tun)
     t_pinned = gauge("tunnel_held_flows", "TCP flows held for the tunnel while it is down "
-                     "(preserve-vpn-flows).", tun)
+                     "(preserve-vpn-flows), as of the last sweep.", tun)
+    t_bytes = gauge("tunnel_flow_bytes", "Bytes carried by the tunnel's flows now in the "
+                    "table, by direction (out: from the LAN), as of the last sweep; drops "
+                    "as flows go.", (*tun, "direction"))
     t_held = counter("tunnel_held_packets_total", "Packets of held flows dropped while "
                      "their tunnel was down.", tun)
     t_refused = counter("tunnel_refused_flows_total", "New flows of the tunnel refused "
@@ -230,6 +242,8 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         t_up.add_metric(lv, int(t["state"] == "UP"))
         t_flows.add_metric(lv, t["flows"])
         t_pinned.add_metric(lv, t["pinned"])
+        t_bytes.add_metric([*lv, "out"], t.get("flow_bytes_out", 0))
+        t_bytes.add_metric([*lv, "in"], t.get("flow_bytes_in", 0))
         t_held.add_metric(lv, t["held_packets"])
         t_refused.add_metric(lv, t["refused"])
         t_clear.add_metric([*lv, "out"], t["cleartext_dropped_out"])
@@ -242,8 +256,8 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         t_resume_held.add_metric(lv, t.get("resume_held_flows", 0))
         if t.get("since"):
             t_since.add_metric(lv, t["since"])
-    yield from (t_up, t_flows, t_pinned, t_held, t_refused, t_clear, t_ups, t_downs, t_kicks,
-                t_kicks_limited, t_resumed, t_resume_held, t_since)
+    yield from (t_up, t_flows, t_pinned, t_bytes, t_held, t_refused, t_clear, t_ups, t_downs,
+                t_kicks, t_kicks_limited, t_resumed, t_resume_held, t_since)
 
     stats = dict(snap.get("daemon", {}))
     for key, (name, doc) in _DAEMON.items():

@@ -51,14 +51,22 @@ def vpn_context(data: dict[str, Any], detail: bool = False) -> str:
 
 def conn(data: dict[str, Any]) -> str:
     """``show conn``: a header line, then one line per connection."""
-    lines = [f"{data['in_use']} in use, {data['shown']} shown"]
-    for c in data["connections"]:
-        o, i = c["outside"], c["inside"]
-        lines.append(f"{c['protocol']} {c['tunnel']} {o['address']}:{o['port']} "
-                     f"inside {i['address']}:{i['port']}, idle "
-                     f"{format_duration(c['idle_s'])}, bytes {c['bytes']}, flags {c['flags']}"
-                     + (" (stale)" if c["stale"] else ""))
-    return "\n".join(lines)
+    return "\n".join([conn_summary(data), *(conn_line(c) for c in data["connections"])])
+
+
+def conn_summary(data: dict[str, Any]) -> str:
+    """The count line of ``show conn`` (printed last when the rows are streamed)."""
+    more = " (limit reached: more match; see --limit)" if data.get("limited") else ""
+    return f"{data['in_use']} in use, {data['shown']} shown{more}"
+
+
+def conn_line(c: dict[str, Any]) -> str:
+    """One connection of ``show conn``."""
+    o, i = c["outside"], c["inside"]
+    return (f"{c['protocol']} {c['tunnel']} {o['address']}:{o['port']} "
+            f"inside {i['address']}:{i['port']}, idle "
+            f"{format_duration(c['idle_s'])}, bytes {c['bytes']}, flags {c['flags']}"
+            + (" (stale)" if c["stale"] else ""))
 
 
 def sysopt(data: dict[str, Any]) -> str:

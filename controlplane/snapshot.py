@@ -3,18 +3,20 @@ loop in microseconds and read afterwards in the command's own thread, so that ``
 over a million flows never holds up an SA event.
 
 The maps are not copied: ``table`` is the live handle (reads beside the writers are safe,
-each entry is read whole), ``now_s`` the data path's clock.
+each entry is read whole), ``now_s`` the data path's clock, ``counts`` the sweeper's
+per-tunnel flow counts (a reference: the sweeper replaces them whole).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane import sysopt
 from controlplane.config import Config
 from controlplane.demand import Demand
+from controlplane.flow_counts import FlowCounts
 from controlplane.flow_table import FlowTable
 from controlplane.tunnel import Tunnel, TunnelKey
 
@@ -36,9 +38,14 @@ class Snapshot:
     resumed: Mapping[int, tuple[int, int]]  # tunnel id -> (resumed, held) over its outages
     table: FlowTable
     now_s: Callable[[], int]
+    counts: FlowCounts = field(default_factory=FlowCounts)  # per tunnel, as of the last sweep
+
+    def __post_init__(self) -> None:
+        # show conn asks for each flow's tunnel: a dict, not a walk of 1,000 tunnels a flow
+        object.__setattr__(self, "_by_id", {t.tunnel_id: t for t in self.tunnels})
 
     def by_id(self, tunnel_id: int) -> Tunnel | None:
-        return next((t for t in self.tunnels if t.tunnel_id == tunnel_id), None)
+        return self._by_id.get(tunnel_id)  # type: ignore[attr-defined, no-any-return]
 
     def tunnel_named(self, name: str) -> Tunnel:
         """The tunnel an admin names: ``conn/child``, ``conn`` or its id."""

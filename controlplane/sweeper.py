@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable
 
 from controlplane.durations import Timeouts
+from controlplane.flow_counts import FlowCounts, merge_tunnel_zero
 from controlplane.flow_table import FlowTable
 from controlplane.flow_types import ACCT_BYTES_BITS, Side
 from controlplane.flows import RemovedFlow
@@ -45,6 +46,7 @@ _NEVER_WRITTEN = (0, False, False)  # an array slot never written: generation 0,
 FLOW_VALUE_SCALARS = ("generation", "tunnel_id", "side[0]", "side[1]", "seq[0]", "seq[1]",
                       "ack[0]", "ack[1]", "created_s", "last_s", "acct[0]", "acct[1]")
 _FIN, _RST, _SYN, _ACK, _PICKUP = Side.FIN, Side.RST, Side.SYN, Side.ACK, Side.PICKUP
+_LAN, _OPENER = int(Side.LAN), int(Side.OPENER)
 
 
 def idle_reason(proto: int, s0: int, s1: int, idle: float, t: Timeouts,
@@ -76,6 +78,7 @@ class Sweeper:
         self.table = table
         self.timeouts = timeouts or Timeouts()
         self.last_stats: dict[str, int] = {}
+        self.counts = FlowCounts()  # per tunnel, as the last sweep left the table
         leaf, key4, key6 = table.flows4.Leaf, table.flows4.Key, table.flows6.Key
         self.value_layout = layout(leaf)
         if self.value_layout.names != FLOW_VALUE_SCALARS:
@@ -107,6 +110,10 @@ class Sweeper:
         removed: list[RemovedFlow] = []
         stats = {"scanned": 0, "candidates": 0, "removed": 0, "kept_changed": 0}
         t = self.timeouts
+        # (tunnel id, generation) -> [flows, tcp, bytes out, bytes in] of the flows kept
+        counts: dict[tuple[int, int], list[int]] = {}
+        mask = (1 << ACCT_BYTES_BITS) - 1
+        started, at = time.perf_counter(), time.time()
         for fam in (4, 6):
             counted = self.table.nonvpn_counted(fam)  # before the read: see sync_nonvpn
             raw = self.table.read_raw(fam)
@@ -136,20 +143,38 @@ class Sweeper:
                 why = idle_reason(proto, s0, s1, now - last, t, one_way)
                 if why:
                     cands.append((i, why))
+                    continue
+                # kept: counted for its tunnel (flow_counts.py), inline for speed
+                c = counts.get((tid, gen))
+                if c is None:
+                    c = counts[(tid, gen)] = [0, 0, 0, 0]
+                c[0] += 1
+                c[1] += proto == 6
+                if s0 & _LAN or (not s1 & _LAN and s0 & _OPENER):
+                    c[2] += b0 & mask
+                    c[3] += b1 & mask
+                else:
+                    c[2] += b1 & mask
+                    c[3] += b0 & mask
             stats["candidates"] += len(cands)
-            gone = self._remove(fam, raw, cands, now, stats)
+            gone = self._remove(fam, raw, cands, now, stats, counts)
             removed.extend(gone)
             tid_bytes = self.tunnel_id_span
             zero = bytes(tid_bytes.stop - tid_bytes.start)
             swept = sum(1 for r in gone if r.raw and r.raw[3][tid_bytes] == zero)  # tunnel 0
             self.table.sync_nonvpn(fam, counted, nonvpn - swept)
         self.last_stats = stats
+        self.counts = FlowCounts(merge_tunnel_zero(counts, tunnels.get(0, _NEVER_WRITTEN)[0]),
+                                 sum(c[0] for c in counts.values()), at,
+                                 time.perf_counter() - started)
         return removed
 
     def _remove(self, fam: int, raw: object, cands: list[tuple[int, str]], now: int,
-                stats: dict[str, int]) -> list[RemovedFlow]:
+                stats: dict[str, int],
+                counts: dict[tuple[int, int], list[int]]) -> list[RemovedFlow]:
         """Re-check each candidate against the map (a packet may have refreshed or
-        replaced it since the batch read) and batch-delete the unchanged ones."""
+        replaced it since the batch read) and batch-delete the unchanged ones; a candidate
+        kept is added to ``counts`` (as read)."""
         from bcc.libbcc import lib
 
         if not cands:
@@ -174,6 +199,14 @@ class Sweeper:
             bind, times = self.binding_span, self.times_span
             if vb[bind] != old[bind] or vb[times] != old[times]:
                 stats["kept_changed"] += 1
+                gen, tid, s0, *_rest, b0, b1 = self.value_layout.struct.unpack(old)
+                c = counts.setdefault((tid, gen), [0, 0, 0, 0])
+                c[0] += 1
+                c[1] += kb[self.proto_offset[fam]] == 6
+                lan0 = s0 & _LAN or (not _rest[0] & _LAN and s0 & _OPENER)
+                mask = (1 << ACCT_BYTES_BITS) - 1
+                c[2] += (b0 if lan0 else b1) & mask
+                c[3] += (b1 if lan0 else b0) & mask
                 continue
             dels[n * ksz:(n + 1) * ksz] = kb
             n += 1

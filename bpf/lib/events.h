@@ -6,7 +6,8 @@
  * check-then-store of the timestamp is not atomic: two CPUs may both emit within one
  * interval. That is accepted (at most one extra event per CPU per interval) to avoid a
  * cmpxchg that bcc's default target does not emit. Removed-flow records are never
- * rate-limited: each is one flow for the logs. A full ring buffer is counted.
+ * rate-limited: each is one flow for the logs. A full ring buffer is counted (removed-flow
+ * records apart as well: the daemon logs their loss once per interval).
  */
 #ifndef FLOWPIN_EVENTS_H
 #define FLOWPIN_EVENTS_H
@@ -58,6 +59,9 @@ static __always_inline void fp_event_emit(__u32 type, __u16 tunnel_id, const str
 	e = fp_events.ringbuf_reserve(sizeof(struct fp_event));
 	if (!e) {
 		fp_count_stat(FP_S_EVENT_LOST);
+		/* the one loss an admin misses line by line: a teardown never logged */
+		if (type == FP_EV_FLOW_REMOVED)
+			fp_count_stat(FP_S_REMOVED_LOST);
 		return;
 	}
 	__event_fill(e, type, tunnel_id, p, k, now_ns);

@@ -63,7 +63,7 @@ FP_MAP("lru_hash", struct fp_flow_key6, __u64, fp_kick_last6, FP_KICK_FLOWS_MAX,
 BPF_ARRAY(fp_clock_sample, struct fp_clock_sample, 1);
 
 /* What user space must act on: demand for a down tunnel, map full, flows removed. */
-BPF_RINGBUF_OUTPUT(fp_events, 64);
+BPF_RINGBUF_OUTPUT(fp_events, FP_EVENT_RING_PAGES);
 
 /* Never used by the programs: exports struct fp_event's layout to user space (ctypes). */
 BPF_ARRAY(fp_event_layout, struct fp_event, 1);
