@@ -104,7 +104,7 @@ def test_counts_follow_the_table(swept: Any, net: Net, desc: str, steps: Any, fl
 def test_a_teardown_reads_as_no_flows_before_any_sweep(swept: Any) -> None:
     """Counts are kept by generation: a new generation has none, at once."""
     t = swept.table
-    run_steps(swept, handshake(NET4) + _udp(NET4))
+    run_steps(swept, [bump()] + handshake(NET4) + _udp(NET4))  # flows of generation 1
     swept.sweeper.sweep()
     assert swept.sweeper.counts.tunnel(t.tunnel(TUN), TUN).flows == 2
     run_steps(swept, [bump()])

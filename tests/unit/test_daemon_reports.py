@@ -1,0 +1,113 @@
+"""What the daemon logs beside the SA events, without root: teardowns take the lock once
+per batch (never per flow), tunnel DOWN/UP lines read the sweeper's counts, and lost
+data-path events are told once per interval. The data path is the in-memory TunnelMaps;
+its counters are a dict."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from controlplane import daemon as daemon_mod
+from controlplane.config import Config
+from controlplane.daemon import Daemon
+from controlplane.flow_counts import FlowCounts
+from controlplane.flows import Flow, FlowKey, RemovedFlow
+from tests.fixtures.replay import conns, follower_items
+from tests.unit.fake_maps import FakeTunnelMaps
+from vici_glue.follower import Resync
+
+SITE = 1
+
+
+class CountingLock:
+    """The daemon's lock, counting how often it is taken."""
+
+    def __init__(self) -> None:
+        self.inner = threading.RLock()
+        self.taken = 0
+
+    def __enter__(self) -> None:
+        self.inner.acquire()
+        self.taken += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.release()
+
+
+def gateway(tmp_path: Path) -> tuple[Daemon, FakeTunnelMaps]:
+    d = Daemon(Config(instance="unit", preserve_vpn_flows=True, reclassify_vpn=False),
+               state_dir=tmp_path)
+    maps = FakeTunnelMaps()
+    d.use_maps(maps)
+    d.handle(Resync(conns(), []))
+    return d, maps
+
+
+def removed(n: int, tunnel_id: int = SITE) -> list[RemovedFlow]:
+    a, b = ipaddress.ip_address("10.1.0.5"), ipaddress.ip_address("10.2.0.9")
+    return [RemovedFlow("Tunnel has been torn down", 1.0, decoded=Flow(
+        FlowKey(6, (a, b), (1000 + i, 80)), tunnel_id, 0, (32 | 16, 0), (0, 0), (0, 0), 0, 1,
+        (1, 1), (60, 60))) for i in range(n)]
+
+
+def test_a_batch_of_teardowns_takes_the_lock_once(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    d, _ = gateway(tmp_path)
+    d.lock = CountingLock()  # type: ignore[assignment]
+    with caplog.at_level(logging.INFO, logger="flowpin"):
+        d.log_removed(removed(1000) + removed(5, tunnel_id=0))
+    assert d.lock.taken == 1  # type: ignore[attr-defined]
+    lines = [r.getMessage() for r in caplog.records if "302014" in r.getMessage()]
+    assert len(lines) == 1005 and d.stats["teardowns_logged"] == 1005
+    assert "outside:10.2.0.9/80" in lines[-1] or "outside:10.1.0.5" in lines[-1]
+
+
+def test_down_and_up_lines_count_from_the_sweep(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    d, maps = gateway(tmp_path)
+    d.sweeper = SimpleNamespace(counts=FlowCounts({(SITE, 0): [7, 4, 0, 0]}, 7, at=1.0))  # type: ignore[assignment]
+    d._later = lambda fn, *args: fn(*args)  # type: ignore[method-assign]  # no thread
+    with caplog.at_level(logging.INFO, logger="flowpin"):
+        for name in ("up", "charon-restart"):
+            for item in follower_items(name):
+                d.handle(item)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "4 TCP flows pinned" in text
+    assert "7 flows resumed" in text
+
+
+class Counters:
+    """The data path's per-CPU counters as FlowTable.counters() sums them."""
+
+    def __init__(self) -> None:
+        self.c = {"EVENT_LOST": 0, "REMOVED_LOST": 0}
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.c)
+
+
+def test_lost_events_are_told_once_per_interval(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    d, _ = gateway(tmp_path)
+    d.table = Counters()  # type: ignore[assignment]
+    every = daemon_mod.LOST_REPORT_INTERVAL
+    with caplog.at_level(logging.INFO, logger="flowpin"):
+        d._check_lost(every)  # nothing lost yet: nothing told
+        d.table.c.update(EVENT_LOST=3000, REMOVED_LOST=2900)  # type: ignore[attr-defined]
+        for i in range(200):  # the loop asks every 50 ms, records go on being lost
+            d.table.c["EVENT_LOST"] += i % 2  # type: ignore[attr-defined]
+            d._check_lost(every + 0.05 * (i + 1))
+        d._check_lost(3 * every)  # nothing new since
+    told = [r.getMessage() for r in caplog.records if "752123" in r.getMessage()]
+    assert len(told) == 1, told
+    assert "3100 data-path events lost" in told[0] and "2900 removed-flow records" in told[0]
+    d.table.c["EVENT_LOST"] += 10  # type: ignore[attr-defined]
+    d._check_lost(4 * every)
+    told = [r.getMessage() for r in caplog.records if "752123" in r.getMessage()]
+    assert len(told) == 2 and "10 data-path events lost" in told[1] and " 0 removed" in told[1]
