@@ -11,6 +11,7 @@ flag). Counters are per-CPU and summed here.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import ipaddress
@@ -96,6 +97,7 @@ class FlowTable:
         # selectors that point to it refuse their traffic (counted in its fp_tunnel_stats).
         self.refuse_id: int = self.tunnels_map.max_entries - 1
         self._compiled: dict[int, list[Selector]] = {}
+        self._written: dict[int, dict[IPNetwork, tuple[Selector, ...]]] = {}  # see _compile
         # bulk decoders, from bcc's ctypes of the compiled C (see layout.py)
         self._tunnel_word = layout(self.tunnels_map.Leaf)
         self._tunnel_stats = layout(self.tunnel_stats_map.Leaf)
@@ -328,6 +330,32 @@ class FlowTable:
             return list(self._compiled[family])
         return [s for s in self.selectors() if s.local.version == family]
 
+    @staticmethod
+    def _sel_key(trie: Any, family: int, r: IPNetwork) -> Any:
+        k = trie.Key()
+        k.prefixlen = r.prefixlen
+        if family == 4:
+            k.remote = to_words(r.network_address)[0]
+        else:
+            for i, w in enumerate(to_words(r.network_address)):
+                k.remote[i] = w
+        return k
+
+    @staticmethod
+    def _sel_leaf(trie: Any, family: int, cover: list[Selector]) -> Any:
+        v = trie.Leaf()
+        for i, s in enumerate(cover):
+            slot = v.slot[i]
+            if family == 4:
+                slot.local = to_words(s.local.network_address)[0]
+            else:
+                for j, w in enumerate(to_words(s.local.network_address)):
+                    slot.local[j] = w
+            slot.local_plen = s.local.prefixlen
+            slot.remote_plen = s.remote.prefixlen
+            slot.tunnel_id = s.tunnel_id
+        return v
+
     def _compile(self, family: int, pairs: list[Selector]) -> list[Overflow]:
         """Rewrite the trie of ``family`` so that each remote prefix R lists the pairs
         whose remote prefix covers R, most specific remote then local first (ties keep
@@ -350,30 +378,24 @@ class FlowTable:
         if overflows:  # never configured, but make sure: the refusing id is DOWN
             self.set_tunnel(self.refuse_id, up=False, preserve=False)
         self._compiled[family] = list(pairs)
+        # What this object last wrote (None: unknown, e.g. pinned by a predecessor): only
+        # the entries that changed are written and only the gone ones deleted, without a
+        # walk of the trie. Forgotten if a write fails, so the next compile starts afresh.
+        prev = self._written.pop(family, None)
         for r, cover in entries.items():
-            k = trie.Key()
-            k.prefixlen = r.prefixlen
-            v = trie.Leaf()
-            if family == 4:
-                k.remote = to_words(r.network_address)[0]
-            else:
-                for i, w in enumerate(to_words(r.network_address)):
-                    k.remote[i] = w
-            for i, s in enumerate(cover):
-                slot = v.slot[i]
-                if family == 4:
-                    slot.local = to_words(s.local.network_address)[0]
-                else:
-                    for j, w in enumerate(to_words(s.local.network_address)):
-                        slot.local[j] = w
-                slot.local_plen = s.local.prefixlen
-                slot.remote_plen = s.remote.prefixlen
-                slot.tunnel_id = s.tunnel_id
-            trie[k] = v
-        for k in list(trie.keys()):
-            fam_addr = from_words([k.remote] if family == 4 else k.remote, family)
-            if ipaddress.ip_network((fam_addr, k.prefixlen)) not in entries:
-                del trie[k]
+            if prev is not None and prev.get(r) == tuple(cover):
+                continue
+            trie[self._sel_key(trie, family, r)] = self._sel_leaf(trie, family, cover)
+        if prev is not None:
+            for r in prev.keys() - entries.keys():
+                with contextlib.suppress(KeyError):
+                    del trie[self._sel_key(trie, family, r)]
+        else:
+            for k in list(trie.keys()):
+                fam_addr = from_words([k.remote] if family == 4 else k.remote, family)
+                if ipaddress.ip_network((fam_addr, k.prefixlen)) not in entries:
+                    del trie[k]
+        self._written[family] = {r: tuple(c) for r, c in entries.items()}
         return overflows
 
     # -- flows -------------------------------------------------------------------------

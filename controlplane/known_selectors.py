@@ -38,5 +38,5 @@ class KnownSelectors:
                  "remote": [str(n) for n in t.remote_ts]} for t in tunnels]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
+        tmp.write_text(json.dumps(data, separators=(",", ":")))  # 1,000 tunnels on every change
         tmp.replace(self.path)

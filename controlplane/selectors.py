@@ -103,8 +103,17 @@ def plan(pairs: list[Selector], refuse_id: int,
     slot refuses the local prefix covering all the others, pointing at ``refuse_id``."""
     entries: dict[IPNetwork, list[Selector]] = {}
     overflows = []
-    for r in sorted({s.remote for s in pairs}, key=lambda n: (n.prefixlen, n.network_address)):
-        cover = [s for s in pairs if r.subnet_of(s.remote)]  # type: ignore[arg-type]
+    # The pairs by remote prefix (in the order of ``pairs``): the pairs covering R are those
+    # of R's supernets, one per prefix length in use -- a few dict lookups per R, where
+    # testing every pair against every R cost 2 s for 1,000 tunnels.
+    by_remote: dict[IPNetwork, list[Selector]] = {}
+    for s in pairs:
+        by_remote.setdefault(s.remote, []).append(s)
+    plens = sorted({n.prefixlen for n in by_remote})
+    for r in sorted(by_remote, key=lambda n: (n.prefixlen, n.network_address)):
+        cover = [s for p in plens if p <= r.prefixlen
+                 for s in by_remote.get(r.supernet(new_prefix=p), ())]
+        # stable: pairs tied on both lengths share one remote, and keep their order
         cover.sort(key=lambda s: (-s.remote.prefixlen, -s.local.prefixlen))
         if len(cover) > slots:
             cover = coalesce(cover, slots)
