@@ -48,7 +48,7 @@ def part_commands(rounds: int, seconds: int, quick: bool, tunnel_rounds: int = 8
         "datapath": py + ["bench.datapath", "--json"]
         + (["--repeat", "10000"] if quick else []),
         "control": py + ["bench.control", "--json"]
-        + (["--flaps", "2", "--tunnels", "100"] if quick else []),
+        + (["--flaps", "2", "--tunnels", "100", "--flows", "100000"] if quick else []),
     }
 
 
@@ -296,6 +296,33 @@ def markdown(res: dict[str, Any]) -> str:
                    f"events) | {_num(e.get('p50'))} / {_num(e.get('p99'))} / "
                    f"{_num(e.get('max'))} |")
         out.append(f"| resync of 1000 tunnels | {_num(ctl.get('resync_ms_1k_tunnels'))} |\n")
+        scale = ctl.get("at_scale")
+        if scale:
+            flows, tunnels = _num(scale.get("flows")), _num(scale.get("tunnels"))
+            td = scale.get("event_to_map_during_teardown_ms") or {}
+            out.append(f"At {flows} flows over {tunnels} tunnels (a daemon on a private data "
+                       "path; the flows written with batch updates):\n")
+            out.append("| figure | measured |")
+            out.append("|---|---|")
+            out.append(f"| metrics scrape over HTTP (ms) | {_num(scale.get('scrape_ms'))} |")
+            out.append(f"| `show vpn-context` (ms) | {_num(scale.get('show_vpn_context_ms'))} |")
+            out.append(f"| daemon RSS growth during 4 concurrent scrapes (MB) | "
+                       f"{_num(scale.get('rss_growth_mb_4_scrapes'))} |")
+            out.append(f"| SA event → map write while {_num(scale.get('teardown_logged'))} "
+                       f"torn-down flows are swept and logged, p50 / p99 / max (ms, "
+                       f"{_num(td.get('samples'))} events) | {_num(td.get('p50'))} / "
+                       f"{_num(td.get('p99'))} / {_num(td.get('max'))} |")
+            out.append(f"| sweep that counts the flows (s) / its RSS growth (MB) | "
+                       f"{_num(scale.get('sweep_s'))} / "
+                       f"{_num(scale.get('sweep_rss_growth_mb'))} |\n")
+        tg = ctl.get("targets") or {}
+        if tg and all(isinstance(v, dict) for v in tg.values()):
+            out.append("| target | at most | measured | met |")
+            out.append("|---|---|---|---|")
+            for name, t in tg.items():
+                out.append(f"| {name} | {_num(t.get('max'))} | {_num(t.get('got'))} | "
+                           f"{_ok(t.get('met'))} |")
+            out.append("")
     if res.get("errors"):
         out.append("## Errors\n")
         for k, v in res["errors"].items():
