@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -104,7 +106,10 @@ class Gateway:
         self.dp: Any = None
         self.progs: dict[str, tuple[Any, int]] = {}  # diagnostic contender -> (bcc, fd)
         self.checks: dict[str, Any] = {"nftables_conntrack_entries": 0,
-                                       "flowpin_verdicts": {}, "tc_floor_flows": 0}
+                                       "flowpin_verdicts": {}, "tc_floor_flows": 0,
+                                       "flowpin_removed_records_logged": 0}
+        self._drain: threading.Thread | None = None
+        self._drain_stop = threading.Event()
 
     def load_flowpin(self) -> None:
         from controlplane.datapath import Datapath, DatapathConfig
@@ -115,6 +120,24 @@ class Gateway:
         t = self.dp.table
         t.add_selector(TUNNEL, tp.CLIENT_NET, tp.SERVER_NET)
         t.set_tunnel(TUNNEL, up=True, preserve=True)
+        # The daemon's side of the event ring, as on a gateway: every removed-flow record
+        # read and turned into its teardown line (to a null log). Without a reader the
+        # ring fills and every record after it is lost (EVENT_LOST in the thousands).
+        self._drain = threading.Thread(target=self._drain_events, name="ring", daemon=True)
+        self._drain.start()
+
+    def _drain_events(self) -> None:
+        from controlplane.messages import teardown_line
+        from controlplane.sweeper import removed_from_events
+
+        null = logging.getLogger("fpbench.teardowns")
+        null.propagate = False
+        null.addHandler(logging.NullHandler())
+        while not self._drain_stop.is_set():
+            removed = removed_from_events(self.dp.table.read_events(100))
+            for r in removed:
+                null.info(teardown_line(r))
+            self.checks["flowpin_removed_records_logged"] += len(removed)
 
     def load_bench_prog(self, contender: str) -> None:
         from bench.progs import compile_bench_prog
@@ -181,6 +204,9 @@ class Gateway:
                     v[k] = v.get(k, 0) + n
 
     def close(self) -> None:
+        self._drain_stop.set()
+        if self._drain is not None:
+            self._drain.join(5)
         if self.dp is not None:
             self.dp.detach()
             self.dp.close()
@@ -478,6 +504,9 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             "the same round's plain run (robust to the machine drifting between rounds)",
             "each round starts with an empty table: conntrack flushed (gateway namespace), "
             "flowpin's flows cleared",
+            "flowpin runs with its event ring read as the daemon reads it (every removed-flow "
+            "record turned into its teardown line): checks.flowpin_removed_records_logged, "
+            "and EVENT_LOST / REMOVED_LOST in checks.flowpin_verdicts if any were lost",
             "tc_empty (with --with-tc-empty): clsact on the same veth with an empty "
             "SCHED_CLS program on ingress and egress: the price of the TC hook itself, "
             "which any TC eBPF filter pays before doing any work",

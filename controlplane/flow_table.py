@@ -453,13 +453,30 @@ class FlowTable:
         return out
 
     @staticmethod
-    def decode(family: int, k: Any, v: Any) -> Flow:
-        """A Flow from a raw key and value (ctypes from bcc)."""
+    def decode_key(family: int, k: Any) -> FlowKey:
+        """A FlowKey from a raw key (ctypes from bcc)."""
         if family == 4:
             a = (from_words([k.addr[0]], 4), from_words([k.addr[1]], 4))
         else:
             a = (from_words(k.addr[0].w, 6), from_words(k.addr[1].w, 6))
-        return decode_value(FlowKey(k.proto, a, (port(k.port[0]), port(k.port[1]))), v)
+        return FlowKey(k.proto, a, (port(k.port[0]), port(k.port[1])))
+
+    @classmethod
+    def decode(cls, family: int, k: Any, v: Any) -> Flow:
+        """A Flow from a raw key and value (ctypes from bcc)."""
+        return decode_value(cls.decode_key(family, k), v)
+
+    def tunnel_ids_of(self, family: int, values: Any, count: int) -> list[int]:
+        """The tunnel id of each of the first ``count`` raw values (a :meth:`chunks`
+        array), read straight from the bytes: no object per flow."""
+        t = self.flow_map(family).Leaf
+        off, vsz = t.tunnel_id.offset, ctypes.sizeof(t)
+        assert t.tunnel_id.size == 2, "tunnel_id is a __u16 in flow_types.h"
+        mv = memoryview(values).cast("B")[: count * vsz]
+        lo, hi = bytes(mv[off::vsz]), bytes(mv[off + 1::vsz])
+        if sys.byteorder == "big":
+            lo, hi = hi, lo
+        return [a | b << 8 for a, b in zip(lo, hi, strict=True)]
 
     def decode_raw(self, family: int, key: bytes, value: bytes) -> Flow:
         """A Flow from the bytes of a key and a value of ``family``'s map."""
