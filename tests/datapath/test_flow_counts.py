@@ -145,3 +145,16 @@ def test_nonvpn_flows_count_over_every_generation_of_tunnel_zero(swept: Any) -> 
     run_steps(swept, _nonvpn(NET4) + [bump(0)])
     swept.sweeper.sweep()
     assert swept.sweeper.counts.tunnel(t.tunnel(0), 0).flows == 1
+
+
+def test_tcp_activity_of_one_tunnel_reads_the_raw_table(dp: Any) -> None:
+    """The resume report's count: the tunnel's TCP flows, and those forwarded since UP."""
+    t = dp.table
+    n = NET4
+    run_steps(dp, handshake(n) + _udp(n) + _nonvpn(n) + [advance(10)])
+    since = t.config().now_ns // 10**9 - 5
+    run_steps(dp, handshake(n, sport=40001))
+    assert t.tcp_activity(TUN, since) == (2, 1)
+    assert t.tcp_activity(TUN + 1, since) == (0, 0)
+    flows = [f for f in t.flows() if f.tunnel_id == TUN and f.key.proto == 6]
+    assert (len(flows), sum(f.last_s >= since for f in flows)) == (2, 1)  # decoded: same
