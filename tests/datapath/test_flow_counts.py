@@ -119,20 +119,20 @@ def test_a_flow_refreshed_during_the_sweep_is_still_counted(swept: Any) -> None:
     n = NET4
     run_steps(swept, handshake(n) + [advance(3600)])
     sw = swept.sweeper
-    orig = sw.table.read_raw
+    orig = sw.table.chunks
 
-    def read_then_packet(fam: int, chunk: int = 65536) -> Any:
-        raw = orig(fam, chunk)
-        if fam == 4:
-            run_steps(swept, [out(tr.tcp(n.c, n.s, 40000, 80, "A", seq=1, ack=1),
-                                  "PASS_FLOW")])
-        return raw
+    def read_then_packet(fam: int, chunk: int = 4096) -> Any:
+        for batch in orig(fam, chunk):
+            if fam == 4:  # after the read, before the sweeper's re-check
+                run_steps(swept, [out(tr.tcp(n.c, n.s, 40000, 80, "A", seq=1, ack=1),
+                                     "PASS_FLOW")])
+            yield batch
 
-    sw.table.read_raw = read_then_packet  # type: ignore[method-assign]
+    sw.table.chunks = read_then_packet  # type: ignore[method-assign]
     try:
         assert sw.sweep() == []
     finally:
-        del sw.table.read_raw
+        del sw.table.chunks
     assert sw.last_stats["kept_changed"] == 1
     c = sw.counts.tunnel(swept.table.tunnel(TUN), TUN)
     assert (c.flows, c.tcp) == (1, 1)

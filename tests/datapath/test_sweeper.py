@@ -160,21 +160,21 @@ def test_packet_refresh_between_read_and_delete_keeps_the_flow(dp: Any) -> None:
     n = NET4
     run_steps(dp, handshake(n) + [advance(3600)])
     sw = Sweeper(dp.table)
-    orig = sw.table.read_raw
+    orig = sw.table.chunks
 
-    def read_then_packet(fam: int, chunk: int = 65536) -> Any:
-        raw = orig(fam, chunk)
-        if fam == 4:
-            run_steps(dp, [out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1, ack=1),
-                               "PASS_FLOW")])
-        return raw
+    def read_then_packet(fam: int, chunk: int = 4096) -> Any:
+        for batch in orig(fam, chunk):
+            if fam == 4:  # after the read, before the sweeper's re-check
+                run_steps(dp, [out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1, ack=1),
+                                     "PASS_FLOW")])
+            yield batch
 
-    sw.table.read_raw = read_then_packet  # type: ignore[method-assign]
+    sw.table.chunks = read_then_packet  # type: ignore[method-assign]
     try:
         assert sw.sweep() == []
         assert sw.last_stats["kept_changed"] == 1
     finally:
-        del sw.table.read_raw
+        del sw.table.chunks
 
 
 def test_flows_removed_on_the_packet_path_are_reported(dp: Any) -> None:
