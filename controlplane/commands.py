@@ -13,6 +13,7 @@ Each returns plain JSON-able data; :mod:`controlplane.show` renders it as the AS
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import time
@@ -239,6 +240,13 @@ def flow_summary(s: Snapshot) -> FlowSummary:
     return FlowSummary(s.counts.total, s.counts.held(_datapath_tunnels(s.table)))
 
 
+@functools.lru_cache(maxsize=16384)
+def _net(n: Any) -> str:
+    """A selector's text (cached: a scrape of 1,000 tunnels formatted 4,000 of them, a
+    fifth of its time)."""
+    return str(n)
+
+
 def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel],
                 guard: dict[int, tuple[int, int]],
                 kicks: dict[int, tuple[int, int]]) -> dict:
@@ -263,8 +271,8 @@ def _tunnel_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel],
         "spi_in": child.spi_in if child else "",
         "spi_out": child.spi_out if child else "",
         "child_sas": len(t.children),
-        "local_ts": [str(n) for n in t.local_ts],
-        "remote_ts": [str(n) for n in t.remote_ts],
+        "local_ts": [_net(n) for n in t.local_ts],
+        "remote_ts": [_net(n) for n in t.remote_ts],
         "flows": counted.flows,
         "pinned": counted.held,
         "flow_bytes_out": counted.bytes_out,
