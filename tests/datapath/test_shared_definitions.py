@@ -137,8 +137,9 @@ def test_header_compiles_with_its_own_defaults() -> None:
 
     src = bpf_source()
     # the edits below must hit, or this compiles the loader's text and proves nothing
-    assert "BPF_RINGBUF_OUTPUT(fp_events, 64);" in src and "FP_FLOWS4_MAX, 0)" in src
-    src = src.replace("BPF_RINGBUF_OUTPUT(fp_events, 64);", "BPF_RINGBUF_OUTPUT(fp_events, 1);")
+    ring = "BPF_RINGBUF_OUTPUT(fp_events, FP_EVENT_RING_PAGES);"
+    assert ring in src and "FP_FLOWS4_MAX, 0)" in src
+    src = src.replace(ring, "BPF_RINGBUF_OUTPUT(fp_events, 1);")
     b = bcc.BPF(text=src.replace("FP_FLOWS4_MAX, 0)", "1024, 0)").encode())
     assert b[b"fp_flows6"].max_entries == ft.CONST["FP_FLOWS6_MAX"]
     b.cleanup()
