@@ -304,7 +304,8 @@ def markdown(res: dict[str, Any]) -> str:
                        "path; the flows written with batch updates):\n")
             out.append("| figure | measured |")
             out.append("|---|---|")
-            out.append(f"| metrics scrape over HTTP (ms) | {_num(scale.get('scrape_ms'))} |")
+            out.append(f"| metrics scrape over HTTP (ms; {_num(scale.get('scrape_samples'))} "
+                       f"samples) | {_num(scale.get('scrape_ms'))} |")
             out.append(f"| `show vpn-context` (ms) | {_num(scale.get('show_vpn_context_ms'))} |")
             out.append(f"| daemon RSS growth during 4 concurrent scrapes (MB) | "
                        f"{_num(scale.get('rss_growth_mb_4_scrapes'))} |")
