@@ -110,6 +110,7 @@ def status(data: dict[str, Any]) -> str:
         f"tunnels:  {t['up']} of {t['total']} up",
         f"flows:    {data['flows']} of {data['flow_table_size']}, {data['held']} held",
         f"hooks:    {hooks}",
+        f"attach:   {data['attach']['probe'] or data['attach']['mode']}",
         "last problem: " + (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last['at']))}"
                             f" {last['line']}" if last else "none"),
     ]

@@ -36,6 +36,10 @@ class Snapshot:
     resumed: Mapping[int, tuple[int, int]]  # tunnel id -> (resumed, held) over its outages
     table: FlowTable
     now_s: Callable[[], int]
+    attach: str = "clsact"  # the data path's attach mode: "tcx" or "clsact"
+    attach_why: str = ""  # the probe's answer, as the start log says it
+    # (interface, hook) -> a new fd of flowpin's tcx link there (tcx mode), else None
+    link_fd: Callable[[str, str], int | None] | None = None
 
     def by_id(self, tunnel_id: int) -> Tunnel | None:
         return next((t for t in self.tunnels if t.tunnel_id == tunnel_id), None)
