@@ -21,7 +21,7 @@ from pyroute2 import IPRoute, netns
 from controlplane.datapath import Datapath, DatapathConfig, DatapathError
 from controlplane.hooks import HookWatch
 from lab import attach
-from tests.datapath import hook_witness
+from lab import hooks as hook_witness
 
 pytestmark = pytest.mark.bpf
 

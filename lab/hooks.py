@@ -1,4 +1,5 @@
-"""Independent witnesses of flowpin's TC hooks, and another tool that removes them.
+"""Independent witnesses of flowpin's TC hooks, and another tool that removes them (the
+test rig's, for the data path and lab tests in either attach mode).
 
 clsact: ``tc`` lists the filters and deletes them. tcx: the kernel's own list of the
 programs on a hook (BPF_PROG_QUERY on the interface, not flowpin's pins or link info) and
