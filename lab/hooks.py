@@ -26,7 +26,10 @@ def hook_progs(ns: str, dev: str, mode: str | None = None) -> dict[str, list[str
         for hook in HOOKS:
             r = subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev,
                                 hook], capture_output=True, text=True, timeout=10)
-            out[hook] = [w for w in r.stdout.split() if w.startswith("fp_")]
+            # "... handle 0x1 fp_outbound direct-action not_in_hw id 7 name fp_outbound ..."
+            words = r.stdout.split()
+            out[hook] = [w for w, after in zip(words, words[1:], strict=False)
+                         if after == "direct-action"]
         return out
 
     def query() -> dict[str, list[str]]:
