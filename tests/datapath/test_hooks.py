@@ -49,7 +49,14 @@ def wait_attached(ns: str, since: float, repaired: list[Any], timeout: float = 5
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(tc_filters(ns, "v0").values()):
-            done = [r[-1] for r in repaired if r[0] != "error" and r[-1] >= since]
+            # the witness may see them before the watcher's callback has run (it runs
+            # once the attach has returned)
+            settle = time.monotonic() + 1.0
+            while True:
+                done = [r[-1] for r in repaired if r[0] != "error" and r[-1] >= since]
+                if done or time.monotonic() > settle:
+                    break
+                time.sleep(0.01)
             assert done, "filters back, but not by the watcher"
             return done[0] - since
         time.sleep(0.02)
