@@ -152,6 +152,8 @@ class LanFilters:
         names = dict(EXPECTED["lan"])  # parent -> the program the loader puts there
         with IPRoute(netns=self.ns) as ipr:
             idx = ipr.link_lookup(ifname=self.ifname)[0]
+            with contextlib.suppress(Exception):  # EEXIST; a tcx daemon made none
+                ipr.tc("add", "clsact", idx)
             for parent, fd in self.fds.items():
                 replace_filter(ipr, idx, parent, fd, names[parent])
         for hook in HOOK_OF.values():  # no tcx link beside the filters
