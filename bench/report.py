@@ -555,7 +555,9 @@ def main(argv: list[str]) -> int:
         if a.only and name not in a.only:
             continue
         print(f"flowpin bench all: {name} ...", file=sys.stderr, flush=True)
-        parts[name] = run_part(name, argv_, timeout=900)
+        # each attach mode adds its TC contenders to the forward and tunnel rounds
+        scale = len(a.attach) if name in ("forward", "tunnel") else 1
+        parts[name] = run_part(name, argv_, timeout=900 * scale)
         if "error" in parts[name]:
             print(f"flowpin bench all: {name} failed: {parts[name]['error']}",
                   file=sys.stderr)
