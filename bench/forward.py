@@ -9,13 +9,20 @@ cleartext (no IPsec: crypto would drown the difference). The gateway forwards; t
 - ``nftables``: an ``inet`` table, forward hook, policy drop: ``ct state
   established,related accept``, ``ct state invalid drop``, new TCP SYN accept, new UDP
   accept, ICMP accept; netfilter conntrack does the tracking;
-- ``flowpin``: its data path (TC clsact, both directions) on the gateway's client-facing
-  veth, the client/server subnets a selector of tunnel 1, tunnel 1 UP;
+- ``flowpin``: its data path (both TC directions) on the gateway's client-facing veth, the
+  client/server subnets a selector of tunnel 1, tunnel 1 UP;
 - ``tc_empty`` (diagnostic, ``--with-tc-empty``): the same TC hooks running an empty
   program, so flowpin's cost splits into the hook's and its own;
 - ``tc_floor`` (diagnostic, ``--with-tc-floor``): the same TC hooks running
   ``bench/bpf/floor.c``, the least any TC flow table does (parse, one lookup of the 5-tuple in
   a preallocated hash, one atomic add): the floor of flowpin's design on this machine.
+
+The TC contenders (flowpin, tc_empty, tc_floor) are attached the same way, tcx links or
+clsact filters (``--attach``, default: what the data path's probe picks here). ``--attach
+tcx,clsact`` runs both side by side in the same rounds, against the same plain baseline:
+the first mode keeps the plain names (``flowpin``), the others get theirs as a suffix
+(``flowpin_clsact``, ``tc_empty_clsact``), and ``targets_by_attach`` checks the targets per
+mode.
 
 Three measures, each alternating the contenders (A B C A B C ...) for ``--rounds`` rounds
 of ``--seconds`` each; every contender starts each round with an empty flow table
@@ -36,6 +43,7 @@ Prints ONE JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -46,6 +54,7 @@ import threading
 import time
 from typing import Any
 
+from bench import attach as attach_opt
 from bench import topo as tp
 from bench.common import alternate, machine, print_result, ratio, summary
 from lab import netns, nft
@@ -60,6 +69,11 @@ TUNNEL = 1
 NFT_TABLE = "fpbench"
 IPERF_PORT, UDP_PORT, CPS_PORT = 5201, 9, 5300
 CPS_CLIENTS = 1
+TC_BASES = ("flowpin",) + tuple(BENCH_PROGS)  # the contenders that sit on a TC hook
+# flowpin's targets against plain forwarding (paired ratios) and nftables, per attach mode
+TARGETS = {"tput": 0.99, "pps": 0.97, "cps": 0.98}
+
+tc_name = attach_opt.name
 LOADGEN = [sys.executable, "-m", "bench.loadgen"]
 
 
@@ -102,24 +116,35 @@ def _conntrack_count() -> int:
 class Gateway:
     """Applies and removes the contenders on the benchmark gateway."""
 
-    def __init__(self) -> None:
-        self.dp: Any = None
+    def __init__(self, modes: tuple[str, ...] = ("clsact",)) -> None:
+        self.modes = modes  # resolved attach modes ("tcx", "clsact"), the primary first
+        self.dps: dict[str, Any] = {}  # attach mode -> flowpin's data path
         self.progs: dict[str, tuple[Any, int]] = {}  # diagnostic contender -> (bcc, fd)
+        self.links: list[int] = []  # the diagnostic programs' tcx links while applied
+        # contender -> (what it is, how it is attached)
+        self.kinds: dict[str, tuple[str, str]] = {
+            tc_name(b, m, modes[0]): (b, m) for m in modes for b in TC_BASES}
         self.checks: dict[str, Any] = {"nftables_conntrack_entries": 0,
                                        "flowpin_verdicts": {}, "tc_floor_flows": 0,
                                        "flowpin_removed_records_logged": 0}
         self._drain: threading.Thread | None = None
         self._drain_stop = threading.Event()
 
+    @property
+    def dp(self) -> Any:
+        """flowpin's data path of the primary attach mode."""
+        return self.dps.get(self.modes[0])
+
     def load_flowpin(self) -> None:
         from controlplane.datapath import Datapath, DatapathConfig
 
-        self.dp = Datapath(DatapathConfig(instance="bench-fwd", pin=False,
-                                          flows4_max=1 << 20, flows6_max=1024,
-                                          tunnels_max=64, pickup_s=0)).load()
-        t = self.dp.table
-        t.add_selector(TUNNEL, tp.CLIENT_NET, tp.SERVER_NET)
-        t.set_tunnel(TUNNEL, up=True, preserve=True)
+        for mode in self.modes:  # one per mode: each is its own contender, own flows
+            dp = Datapath(DatapathConfig(instance=f"bench-fwd-{mode}", pin=False,
+                                         flows4_max=1 << 20, flows6_max=1024,
+                                         tunnels_max=64, pickup_s=0, attach=mode)).load()
+            dp.table.add_selector(TUNNEL, tp.CLIENT_NET, tp.SERVER_NET)
+            dp.table.set_tunnel(TUNNEL, up=True, preserve=True)
+            self.dps[mode] = dp
         # The daemon's side of the event ring, as on a gateway: every removed-flow record
         # read and turned into its teardown line (to a null log). Without a reader the
         # ring fills and every record after it is lost (EVENT_LOST in the thousands).
@@ -134,10 +159,11 @@ class Gateway:
         null.propagate = False
         null.addHandler(logging.NullHandler())
         while not self._drain_stop.is_set():
-            removed = removed_from_events(self.dp.table.read_events(100))
-            for r in removed:
-                null.info(teardown_line(r))
-            self.checks["flowpin_removed_records_logged"] += len(removed)
+            for dp in list(self.dps.values()):
+                removed = removed_from_events(dp.table.read_events(100))
+                for r in removed:
+                    null.info(teardown_line(r))
+                self.checks["flowpin_removed_records_logged"] += len(removed)
 
     def load_bench_prog(self, contender: str) -> None:
         from bench.progs import compile_bench_prog
@@ -145,17 +171,28 @@ class Gateway:
         self.progs[contender] = compile_bench_prog(*BENCH_PROGS[contender])
 
     def prog_fd(self, contender: str) -> int:
-        return self.dp.prog_fd() if contender == "flowpin" else self.progs[contender][1]
+        base, mode = self.kinds[contender]
+        return self.dps[mode].prog_fd() if base == "flowpin" else self.progs[base][1]
 
     @staticmethod
     def _del_clsact() -> None:
         """No qdisc left behind: ``plain`` must not pay for an empty clsact."""
         from pyroute2 import IPRoute
 
-        with IPRoute(netns=tp.GW) as ipr:
+        with IPRoute(netns=tp.GW) as ipr, contextlib.suppress(Exception):  # tcx: none
             ipr.tc("del", "clsact", ipr.link_lookup(ifname=tp.GW_LAN_IF)[0])
 
-    def _bench_filters(self, contender: str) -> None:
+    def _bench_filters(self, base: str, mode: str) -> None:
+        from controlplane import libbpf, tcx
+
+        fd = self.progs[base][1]
+        if mode == "tcx":  # the same hooks as flowpin's tcx links, unpinned
+            def attach() -> list[int]:
+                index = tcx.ifindex(tp.GW_LAN_IF)
+                return [libbpf.link_create(fd, index, t) for t in tcx.HOOKS.values()]
+
+            self.links = tcx.in_netns(tp.GW, attach)
+            return
         from pyroute2 import IPRoute
 
         from controlplane.datapath import PARENT_EGRESS, PARENT_INGRESS
@@ -164,40 +201,53 @@ class Gateway:
             idx = ipr.link_lookup(ifname=tp.GW_LAN_IF)[0]
             ipr.tc("add", "clsact", idx)
             for parent in (PARENT_INGRESS, PARENT_EGRESS):
-                ipr.tc("add-filter", "bpf", idx, handle=1, fd=self.progs[contender][1],
-                       name=BENCH_PROGS[contender][1],
+                ipr.tc("add-filter", "bpf", idx, handle=1, fd=fd,
+                       name=BENCH_PROGS[base][1],
                        parent=parent, prio=1, classid=1, direct_action=True)
+
+    def _del_links(self) -> None:
+        from controlplane import libbpf
+
+        for fd in self.links:
+            libbpf.link_detach(fd)
+            os.close(fd)
+        self.links = []
 
     def apply(self, contender: str) -> None:
         netns.call(tp.GW, _conntrack_flush)
+        base, mode = self.kinds.get(contender, (contender, ""))
         if contender == "nftables":
             err = nft.apply_in(tp.GW, nft_ruleset())
             if err:
                 raise BenchError(f"nftables: {err}")
-        elif contender == "flowpin":
-            self.dp.table.clear_flows()
-            self.dp.table.reset_counters()
-            self.dp.attach(tp.GW_LAN_IF, netns=tp.GW)
-        elif contender in BENCH_PROGS:
-            if contender == TC_FLOOR:
-                self.progs[contender][0]["floor_flows"].clear()
-            self._bench_filters(contender)
+        elif base == "flowpin":
+            dp = self.dps[mode]
+            dp.table.clear_flows()
+            dp.table.reset_counters()
+            dp.attach(tp.GW_LAN_IF, netns=tp.GW)
+        elif base in BENCH_PROGS:
+            if base == TC_FLOOR:
+                self.progs[base][0]["floor_flows"].clear()
+            self._bench_filters(base, mode)
 
     def remove(self, contender: str) -> None:
+        base, mode = self.kinds.get(contender, (contender, ""))
         if contender == "nftables":
             n = netns.call(tp.GW, _conntrack_count)
             self.checks["nftables_conntrack_entries"] = max(
                 n, self.checks["nftables_conntrack_entries"])
             nft.apply_in(tp.GW, [f"delete table inet {NFT_TABLE}"])
-        elif contender in BENCH_PROGS:
+        elif base in BENCH_PROGS:
+            self._del_links()
             self._del_clsact()
-            if contender == TC_FLOOR:  # the floor really tracked the flows it saw
-                n = len(self.progs[contender][0]["floor_flows"].items())
+            if base == TC_FLOOR:  # the floor really tracked the flows it saw
+                n = len(self.progs[base][0]["floor_flows"].items())
                 self.checks["tc_floor_flows"] = max(n, self.checks["tc_floor_flows"])
-        elif contender == "flowpin":
-            self.dp.detach()
+        elif base == "flowpin":
+            dp = self.dps[mode]
+            dp.detach()
             self._del_clsact()
-            c = self.dp.table.counters()
+            c = dp.table.counters()
             v = self.checks["flowpin_verdicts"]
             for k, n in c.items():
                 if n:
@@ -207,10 +257,12 @@ class Gateway:
         self._drain_stop.set()
         if self._drain is not None:
             self._drain.join(5)
-        if self.dp is not None:
-            self.dp.detach()
-            self.dp.close()
-            self.dp = None
+            self._drain = None
+        self._del_links()
+        for dp in self.dps.values():
+            dp.detach()
+            dp.close()
+        self.dps = {}
         for b, _fd in self.progs.values():
             b.cleanup()
         self.progs = {}
@@ -362,7 +414,7 @@ def _port_open(ns: str, port: int) -> bool:
     return bool(netns.call(ns, probe, port))
 
 
-def prog_costs(gw: Gateway, r: Runner, diagnostics: tuple[str, ...]) -> dict[str, Any]:
+def prog_costs(gw: Gateway, r: Runner, tc_contenders: tuple[str, ...]) -> dict[str, Any]:
     """One more 64-byte run per TC contender with run statistics on (BPF_ENABLE_STATS):
     the kernel's own account of the time spent in the program per packet. The accounting
     itself costs (two clock reads per run), and it is the same in every program, so
@@ -370,7 +422,7 @@ def prog_costs(gw: Gateway, r: Runner, diagnostics: tuple[str, ...]) -> dict[str
     rounds (it slows them)."""
     from controlplane.libbpf import enable_run_stats
 
-    fds = {c: gw.prog_fd(c) for c in ("flowpin",) + diagnostics}
+    fds = {c: gw.prog_fd(c) for c in tc_contenders}
     out: dict[str, Any] = {}
     stats_fd = enable_run_stats()
     try:
@@ -386,19 +438,52 @@ def prog_costs(gw: Gateway, r: Runner, diagnostics: tuple[str, ...]) -> dict[str
             out[c] = round((t1 - t0) / (n1 - n0), 1) if n1 > n0 else None
     finally:
         os.close(stats_fd)
-    if out.get("flowpin") is not None and out.get(TC_EMPTY) is not None:
-        out["flowpin_own"] = round(out["flowpin"] - out[TC_EMPTY], 1)
+    for mode in gw.modes:
+        fp, empty = (out.get(tc_name(b, mode, gw.modes[0])) for b in ("flowpin", TC_EMPTY))
+        if fp is not None and empty is not None:
+            out[tc_name("flowpin_own", mode, gw.modes[0])] = round(fp - empty, 1)
     return out
 
 
+def targets_for(name: str, ratios: dict[str, Any], paired: dict[str, float]) -> dict[str, Any]:
+    """flowpin's targets for the contender ``name`` (flowpin in one attach mode): at least
+    TARGETS × plain (paired ratios: each round against its own plain run) and ahead of
+    nftables (ratios of medians)."""
+    def ok(v: Any, floor: float) -> bool | None:
+        return None if v is None else bool(v >= floor)
+
+    def ahead(v: Any) -> bool | None:
+        return None if v is None else bool(v > 1.0)
+
+    long = {"tput": "tput_gbps", "pps": "pps", "cps": "cps"}
+    met: dict[str, bool | None] = {}
+    measured: dict[str, Any] = {}
+    for short, floor in TARGETS.items():
+        p = paired.get(f"{name}_vs_plain_{long[short]}")
+        measured[f"{short}_vs_plain_paired"] = p
+        met[f"{short}_vs_plain"] = ok(p, floor)
+        n = ratios.get(f"{name}_vs_nft_{short}")
+        measured[f"{short}_vs_nft"] = n
+        met[f"{short}_ahead_of_nft"] = ahead(n)
+    return {"min_vs_plain_paired": dict(TARGETS), "measured": measured, "met": met}
+
+
 def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
-        diagnostics: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``diagnostics``: extra TC contenders from :data:`BENCH_PROGS` (tc_empty, tc_floor)."""
+        diagnostics: tuple[str, ...] = (), attach: tuple[str, ...] = ("auto",)
+        ) -> dict[str, Any]:
+    """``diagnostics``: extra TC contenders from :data:`BENCH_PROGS` (tc_empty, tc_floor).
+    ``attach``: the attach modes of the TC contenders (auto, tcx, clsact), side by side."""
     if os.geteuid() != 0:
         raise BenchError("the forwarding benchmark needs root (namespaces, eBPF, nftables)")
-    gw = Gateway()
+    try:
+        modes = attach_opt.resolve(attach)
+    except OSError as exc:
+        raise BenchError(str(exc)) from exc
+    gw = Gateway(modes)
     diagnostics = tuple(c for c in BENCH_PROGS if c in diagnostics)
-    order = CONTENDERS + diagnostics
+    tc_contenders = tuple(tc_name(b, m, modes[0]) for m in modes
+                          for b in ("flowpin",) + diagnostics)
+    order = ("plain", "nftables") + tc_contenders
     results: dict[str, dict[str, Any]] = {c: {} for c in order}
     paired: dict[str, float] = {}
     prog_ns: dict[str, Any] = {}
@@ -428,7 +513,7 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
                         paired[f"{c}_vs_plain_{m}"] = round(statistics.median(
                             a / b for a, b in zip(per[c], per["plain"], strict=True) if b), 3)
             if "pps" in measures:
-                prog_ns = prog_costs(gw, r, diagnostics)
+                prog_ns = prog_costs(gw, r, tc_contenders)
             gw.checks["unsettled_connections"] = r.unsettled[:20]
     finally:
         gw.close()
@@ -445,10 +530,15 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
         "nft_vs_plain_pps": ratio(med["nftables"]["pps"], med["plain"]["pps"]),
         "nft_vs_plain_cps": ratio(med["nftables"]["cps"], med["plain"]["cps"]),
     }
-    for c in diagnostics:
+    for c in tc_contenders:
+        if c == "flowpin":
+            continue
         for m, short in (("tput_gbps", "tput"), ("pps", "pps"), ("cps", "cps")):
             ratios[f"{c}_vs_plain_{short}"] = ratio(
                 results[c].get(m, {}).get("median"), med["plain"][m])
+            if gw.kinds[c][0] == "flowpin":
+                ratios[f"{c}_vs_nft_{short}"] = ratio(
+                    results[c].get(m, {}).get("median"), med["nftables"][m])
 
     pps_plain = results["plain"].get("pps", {}).get("median")
     per_packet = {
@@ -458,18 +548,23 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
         "prog_ns_bpf_stats": prog_ns,
     }
 
+    # The primary attach mode's targets, in the shape results.json has always had
+    # (ratios of medians; the paired figures are in targets_by_attach)
     def ok(cond: Any) -> bool | None:
         return None if cond is None else bool(cond)
 
     rt = ratios
     targets = {
-        "flowpin_vs_plain_tput_min": 0.95,
-        "flowpin_vs_plain_pps_min": 0.95,
+        "flowpin_vs_plain_tput_min": TARGETS["tput"],
+        "flowpin_vs_plain_pps_min": TARGETS["pps"],
+        "flowpin_vs_plain_cps_min": TARGETS["cps"],
         "met": {
             "tput_vs_plain": ok(rt["flowpin_vs_plain_tput"] is not None
-                                and rt["flowpin_vs_plain_tput"] >= 0.95),
+                                and rt["flowpin_vs_plain_tput"] >= TARGETS["tput"]),
             "pps_vs_plain": ok(rt["flowpin_vs_plain_pps"] is not None
-                               and rt["flowpin_vs_plain_pps"] >= 0.95),
+                               and rt["flowpin_vs_plain_pps"] >= TARGETS["pps"]),
+            "cps_vs_plain": ok(rt["flowpin_vs_plain_cps"] is not None
+                               and rt["flowpin_vs_plain_cps"] >= TARGETS["cps"]),
             "tput_ahead_of_nft": ok(rt["flowpin_vs_nft_tput"] is not None
                                     and rt["flowpin_vs_nft_tput"] > 1.0),
             "pps_ahead_of_nft": ok(rt["flowpin_vs_nft_pps"] is not None
@@ -478,14 +573,18 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
                                    and rt["flowpin_vs_nft_cps"] > 1.0),
         },
     }
+    by_attach = {m: targets_for(tc_name("flowpin", m, modes[0]), ratios, paired)
+                 for m in modes}
     return {
         "forward": results,
         "ratios": ratios,
         "paired_ratios": paired,
         "per_packet": per_packet,
         "targets": targets,
+        "targets_by_attach": by_attach,
         "checks": gw.checks,
         "config": {"rounds": rounds, "seconds": seconds, "order": list(order),
+                   "attach": list(modes), "attach_asked": list(attach),
                    "measures": list(measures), "cps_clients": CPS_CLIENTS,
                    "load_cpu": tp.cpus()[0], "server_cpu": tp.cpus()[1],
                    "udp_payload": 18, "frame_bytes": 64, "nft_ruleset": nft_ruleset()},
@@ -507,9 +606,15 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             "flowpin runs with its event ring read as the daemon reads it (every removed-flow "
             "record turned into its teardown line): checks.flowpin_removed_records_logged, "
             "and EVENT_LOST / REMOVED_LOST in checks.flowpin_verdicts if any were lost",
-            "tc_empty (with --with-tc-empty): clsact on the same veth with an empty "
+            "tc_empty (with --with-tc-empty): the same TC hooks on the same veth (tcx links "
+            "or clsact filters, as flowpin's in that attach mode) with an empty "
             "SCHED_CLS program on ingress and egress: the price of the TC hook itself, "
             "which any TC eBPF filter pays before doing any work",
+            "config.attach: the attach modes measured, the first with the plain names "
+            "(flowpin, tc_empty, tc_floor), the others suffixed (flowpin_clsact ...), all "
+            "in the same rounds against the same plain runs; targets_by_attach checks "
+            "flowpin's targets per mode (paired ratios vs plain: tput >= 0.99, pps >= 0.97, "
+            "cps >= 0.98; ratios of medians vs nftables > 1)",
             "tc_floor (with --with-tc-floor): the same hooks running bench/bpf/floor.c, the least "
             "any TC flow table does per packet (parse Ethernet/IPv4/ports, one lookup of the "
             "5-tuple in a preallocated 1M-entry hash with flowpin's key and value types, "
@@ -540,6 +645,7 @@ def main(argv: list[str]) -> int:
                     "flow table does (bench/bpf/floor.c: parse, one hash lookup, one atomic add)")
     ap.add_argument("--measure", action="append", choices=MEASURES,
                     help="only this measure (repeatable; default all)")
+    attach_opt.add_option(ap)
     a = ap.parse_args(argv)
     if a.rounds < 1 or a.seconds < 1:
         ap.error("--rounds and --seconds must be >= 1")
@@ -547,7 +653,7 @@ def main(argv: list[str]) -> int:
     diagnostics = ((TC_EMPTY,) if a.with_tc_empty else ()) + (
         (TC_FLOOR,) if a.with_tc_floor else ())
     return print_result(lambda: run(a.rounds, a.seconds, tuple(a.measure or MEASURES),
-                                    diagnostics))
+                                    diagnostics, a.attach))
 
 
 if __name__ == "__main__":

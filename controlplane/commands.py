@@ -352,7 +352,7 @@ def status(s: Snapshot, a: Args) -> dict[str, Any]:
     hooks = []
     with IPRoute() as ipr:
         for ifname, role in hooked(s.cfg.lan_interfaces, s.wan_guarded):
-            missing = missing_filters(ipr, ifname, role)
+            missing = missing_filters(ipr, ifname, role, s.link_fd)
             hooks.append({"interface": ifname, "role": role, "attached": not missing,
                           "missing": missing})
     last = s.last_problem
@@ -365,6 +365,7 @@ def status(s: Snapshot, a: Args) -> dict[str, Any]:
             "flows": summary.flows, "held": summary.held,
             "flow_table_size": s.cfg.flow_table_size,
             "lan_interfaces": list(s.cfg.lan_interfaces), "wan_guard": list(s.wan_guarded),
+            "attach": {"mode": s.attach, "probe": s.attach_why},
             "hooks": hooks,
             "last_problem": {"at": last[0], "line": last[1]} if last else None}
 

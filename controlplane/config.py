@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.durations import Timeouts, parse_duration
+from controlplane.tcx import ATTACH_MODES
 
 EXAMPLE = Path(__file__).with_name("flowpin.example.toml")
 # What the packaged /etc/flowpin/flowpin.toml puts where an admin must choose (an interface
@@ -57,6 +58,7 @@ class Config:
     wan_interfaces: tuple[str, ...] | None = None  # None: found from the routing table
     forget_unconfigured_after: float = 600.0
     hooks_watch_interval: float = 0.5  # 0: off
+    attach: str = "auto"  # TC hooks: tcx links where the kernel has them, else clsact
     flow_table_size: int = 1 << 20
     nonvpn_flow_share: int = 50  # percent of the flow table non-VPN flows may take
     pickup_window: float = 30.0
@@ -115,6 +117,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "wan-interfaces": ("wan_interfaces", "strlist"),
         "forget-unconfigured-after": ("forget_unconfigured_after", "duration"),
         "hooks-watch-interval": ("hooks_watch_interval", "duration"),
+        "attach": ("attach", "attach"),
         "flow-table-size": ("flow_table_size", "size"),
         "nonvpn-flow-share": ("nonvpn_flow_share", "percent"),
         "pickup-window": ("pickup_window", "duration"),
@@ -225,6 +228,10 @@ def _convert(kind: str, value: Any) -> Any:
     if kind == "percent":
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
             raise ValueError("must be an integer percentage from 1 to 100")
+        return value
+    if kind == "attach":
+        if value not in ATTACH_MODES:
+            raise ValueError(f"must be one of {', '.join(ATTACH_MODES)}")
         return value
     if kind == "level":
         if value not in LEVELS:

@@ -165,7 +165,7 @@ class Daemon:
         dpc = DatapathConfig(instance=cfg.instance, flows4_max=cfg.flow_table_size,
                              flows6_max=max(1024, cfg.flow_table_size // 4),
                              pickup_s=int(cfg.pickup_window),
-                             nonvpn_percent=cfg.nonvpn_flow_share)
+                             nonvpn_percent=cfg.nonvpn_flow_share, attach=cfg.attach)
         # Before the compile, which takes seconds and may fail: until charon has been
         # heard no tunnel is known to be up, and the programs of the last run are still
         # attached. Hold, never pass as if up.
@@ -191,7 +191,7 @@ class Daemon:
                         else wan.default_route_interfaces())
         self._watch_hooks()
         emit(Sev.INFO, Msg.DAEMON, f"data path {cfg.instance} attached to "
-             f"{', '.join(cfg.lan_interfaces)}; WAN guard on "
+             f"{', '.join(cfg.lan_interfaces)} with {self._attach_report()}; WAN guard on "
              f"{', '.join(self.wan_guarded) or 'no interface'}; "
              f"{self.table.flow_count()} flows in the "
              f"table; preserve-vpn-flows {'on' if self.preserve_for(('', '')) else 'off'}; "
@@ -211,6 +211,20 @@ class Daemon:
             from controlplane.metrics import MetricsServer
 
             self.metrics = MetricsServer(cfg.metrics_listen, self.metrics_snapshot).start()
+
+    def _attach_report(self) -> str:
+        """``tcx links (auto: the kernel has tcx), 4 updated in place``: the attach mode,
+        why, and what the attach did to hooks a previous run left (updated in place, or
+        created)."""
+        assert self.dp is not None and self.dp.probe is not None
+        done: dict[str, int] = {}
+        for what in self.dp.last_attach.values():
+            done[what] = done.get(what, 0) + 1
+        what = "tcx links" if self.dp.mode == "tcx" else "clsact filters"
+        how = ", ".join(f"{n} {w}" + (" in place" if w in ("updated", "replaced") else "")
+                        for w, n in sorted(done.items()))
+        return f"{what} ({self.dp.probe.why()})" + (
+            f", {how}" if how else "")
 
     def _guard_wan(self, ifnames: Any) -> None:
         """Attach the WAN guard on each of ``ifnames`` not guarded yet (LAN interfaces are
@@ -241,9 +255,13 @@ class Daemon:
         def repaired(ifname: str, role: str, missing: list[str], ms: float) -> None:
             self.stats["hooks_reattached"] += 1
             what = "WAN guard" if role == "wan" else "LAN"
+            if self.dp is not None and self.dp.mode == "tcx":
+                kind, cause = "link", "link detached or defunct: interface re-created"
+            else:
+                kind, cause = "filter", "clsact deleted or interface re-created"
             emit(Sev.WARNING, Msg.HOOK_REATTACHED, f"interface {ifname} had lost flowpin's "
-                 f"{what} {' and '.join(missing)} filter{'s' if len(missing) > 1 else ''} "
-                 f"(clsact deleted or interface re-created): re-attached in {ms:.0f} ms")
+                 f"{what} {' and '.join(missing)} {kind}{'s' if len(missing) > 1 else ''} "
+                 f"({cause}): re-attached in {ms:.0f} ms")
 
         def failed(ifname: str, text: str) -> None:
             self.stats["hook_errors"] += 1
@@ -342,7 +360,14 @@ class Daemon:
             ipsec_backend=self.ipsec_backend, started=self.started,
             wan_guarded=tuple(self.wan_guarded), last_problem=self.problems.last,
             resumed=self.resume.totals() if self.resume else {},
-            table=self.table, now_s=self.sweeper.now_s, counts=self.sweeper.counts)
+            table=self.table, now_s=self.sweeper.now_s, counts=self.sweeper.counts,
+            attach=self.dp.mode if self.dp else "clsact",
+            attach_why=self.dp.probe.describe() if self.dp and self.dp.probe else "",
+            link_fd=self._link_fd if self.dp and self.dp.mode == "tcx" else None)
+
+    def _link_fd(self, ifname: str, hook: str) -> int | None:
+        assert self.dp is not None
+        return self.dp.link_fd(ifname, None, hook)
 
     def on_loop(self, fn: Callable[[], Any], what: str = "the request",
                 wait: float = 10.0) -> Any:
@@ -815,7 +840,7 @@ class Daemon:
                  f"configuration unchanged: {exc}")
             raise
         fixed = ("instance", "vici_socket", "control_socket", "lan_interfaces",
-                 "flow_table_size", "metrics_listen")
+                 "flow_table_size", "metrics_listen", "attach")
         changed = [f for f in fixed if getattr(new, f) != getattr(self.cfg, f)]
         if changed:
             emit(Sev.WARNING, Msg.CONFIG_LOADED, f"{', '.join(changed)} changed: takes "

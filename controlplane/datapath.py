@@ -1,4 +1,5 @@
-"""Loader of the flowpin data path: compile with bcc, attach with pyroute2, reattach, detach.
+"""Loader of the flowpin data path: compile with bcc, attach (tcx links or clsact filters),
+reattach, detach.
 
 The C lives in the ``flowpin_bpf`` package (the ``bpf/`` folder). bcc only rewrites map
 calls (``fp_flows4.lookup(...)``) in the file it is given, not in headers it includes, so the
@@ -7,9 +8,14 @@ headers are left to clang.
 
 Maps are pinned in bpffs under ``/sys/fs/bpf/flowpin/<instance>/``. A loader that starts
 while pins exist reuses them (bcc ``BPF_TABLE_PINNED``), so a restart keeps every flow; the
-TC filters are *replaced* in place (same parent, priority and handle), so there is no
-window in which packets pass unfiltered. Filters left behind by a killed loader keep
-working on the pinned maps until then.
+hooks are *replaced* in place, so there is no window in which packets pass unfiltered.
+Hooks left behind by a killed loader keep working on the pinned maps until then.
+
+Two attach modes, chosen by a probe (``DatapathConfig.attach``: auto, tcx, clsact): tcx
+links (Linux 6.6+, see :mod:`controlplane.tcx`), pinned beside the maps and updated in place
+with BPF_F_REPLACE; or a clsact qdisc with cls_bpf filters (pyroute2) where the kernel has no
+tcx, replaced in place at the same parent, priority and handle. Switching modes attaches the
+new hooks first and removes the old ones after, so the interface is never without one.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from controlplane import libbpf
+from controlplane import libbpf, tcx
 from controlplane.flow_table import FlowTable
 from controlplane.flow_types import STAT_MAX, TUNNEL_DOWN, TUNNEL_WORD
 from controlplane.libbpf import prog_test_run
@@ -45,6 +51,7 @@ PROG_CLOCK = "fp_clock_probe"  # test-run only: samples (jiffies, CLOCK_MONOTONI
 HZ_CANDIDATES = (100, 250, 300, 1000)
 PARENT_INGRESS = "ffff:fff2"
 PARENT_EGRESS = "ffff:fff3"
+HOOK_OF = {PARENT_INGRESS: "ingress", PARENT_EGRESS: "egress"}  # clsact parent -> tcx hook
 FILTER_PRIO = 1
 ARPHRD_ETHER = 1  # if_arp.h: Ethernet link headers (veth, VLAN, bridge, bond, NICs)
 FILTER_HANDLE = 1
@@ -93,6 +100,7 @@ class DatapathConfig:
     pickup_s: int = 60
     event_interval_ms: int = 1000
     nonvpn_percent: int = 50
+    attach: str = "auto"  # tcx.ATTACH_MODES: auto (tcx where the kernel has it), tcx, clsact
     pin: bool = True
     cflags: list[str] = field(default_factory=list)
 
@@ -104,6 +112,9 @@ class DatapathConfig:
             raise ValueError("map sizes must be positive (and tunnels_max >= 2)")
         if not 1 <= self.nonvpn_percent <= 100:
             raise ValueError("nonvpn_percent must be 1-100 (100: no budget)")
+        if self.attach not in tcx.ATTACH_MODES:
+            raise ValueError(f"attach mode {self.attach!r}: one of "
+                             f"{', '.join(tcx.ATTACH_MODES)}")
 
     def nonvpn_limit(self, family: int) -> int:
         """Most non-VPN flows tracked per family (0 = no budget): the rest of the table
@@ -220,6 +231,12 @@ class Datapath:
         self._table: FlowTable | None = None
         self.attached: list[tuple[str, str | None]] = []
         self.reused_pins = False
+        self.probe: tcx.Probe | None = None
+        # tcx links held by fd (unpinned data paths: they live as long as this object),
+        # by (interface, netns, hook)
+        self._links: dict[tuple[str, str | None, str], int] = {}
+        # what the last attach did on each hook ("created", "updated", "kept", "replaced")
+        self.last_attach: dict[tuple[str, str], str] = {}
 
     # -- compile -----------------------------------------------------------------------
     def load(self) -> Datapath:
@@ -230,6 +247,10 @@ class Datapath:
             raise DatapathError("loading eBPF programs needs root")
         bcc = _require_bcc()
         cfg = self.config
+        try:
+            self.probe = tcx.probe(cfg.attach)
+        except OSError as exc:
+            raise DatapathError(str(exc)) from exc
         if cfg.pin:
             ensure_bpffs()
             check_layout(cfg.pin_dir)
@@ -290,6 +311,13 @@ class Datapath:
             raise DatapathError("data path not loaded: call load() first")
         return self._table
 
+    @property
+    def mode(self) -> str:
+        """The attach mode in use: "tcx" or "clsact" (probed at load)."""
+        if self.probe is None:
+            raise DatapathError("data path not loaded: call load() first")
+        return self.probe.mode
+
     def prog_fd(self, name: str = PROG_OUTBOUND) -> int:
         """File descriptor of a loaded program (for BPF_PROG_TEST_RUN)."""
         self.load()
@@ -343,6 +371,12 @@ class Datapath:
                                     f"type {link_type}): flowpin's hooks need one; an "
                                     "L3 device (tun, WireGuard, ...) is refused rather than "
                                     "left unfiltered")
+            if self.mode == "tcx":
+                for prog, parent in progs:
+                    self._attach_link(ifname, netns, HOOK_OF[parent], self._fds[prog])
+                # a clsact install switched to tcx: its filters go once the links are on
+                _del_filters(ipr, idx, ifname)
+                return
             try:
                 ipr.tc("add", "clsact", idx)
             except Exception as exc:  # EEXIST: clsact already there (ours or another's)
@@ -350,6 +384,70 @@ class Datapath:
                     raise DatapathError(f"adding clsact on {ifname}: {exc}") from exc
             for prog, parent in progs:
                 replace_filter(ipr, idx, parent, self._fds[prog], prog)
+                self.last_attach[(ifname, HOOK_OF[parent])] = "replaced"
+        # a tcx install switched to clsact: its links go once the filters are on
+        self._detach_links(ifname, netns)
+
+    def link_pin(self, ifname: str, hook: str) -> Path:
+        """Where the tcx link of ``ifname``'s ``hook`` is pinned."""
+        return self.config.pin_dir / tcx.pin_name(ifname, hook)
+
+    def link_fd(self, ifname: str, netns: str | None, hook: str) -> int | None:
+        """A new fd of flowpin's tcx link on ``ifname``'s ``hook`` (pinned, or held by
+        this object); None when there is none. The caller closes it."""
+        held = self._links.get((ifname, netns, hook))
+        if held is not None:
+            return os.dup(held)
+        path = self.link_pin(ifname, hook)
+        if self.config.pin and path.exists():
+            return libbpf.obj_get(str(path))
+        return None
+
+    def _attach_link(self, ifname: str, netns: str | None, hook: str, prog_fd: int) -> None:
+        old = self.link_fd(ifname, netns, hook)
+        try:
+            def attach() -> tuple[int, str]:
+                index = tcx.ifindex(ifname)
+                if not index:
+                    raise DatapathError(f"interface {ifname!r} not found")
+                return tcx.attach(prog_fd, index, hook, old)
+
+            fd, done = tcx.in_netns(netns, attach)
+        except OSError as exc:
+            if old is not None:
+                os.close(old)
+            raise DatapathError(f"tcx {hook} on {ifname}: {exc}") from exc
+        self.last_attach[(ifname, hook)] = done
+        if fd == old:
+            os.close(fd)
+            return
+        # a new link: pinned (over a defunct one, or one of an interface that had this
+        # name) before the old one is let go
+        if self.config.pin:
+            tcx.pin(fd, self.link_pin(ifname, hook))
+            os.close(fd)
+        else:
+            prev = self._links.pop((ifname, netns, hook), None)
+            if prev is not None:
+                os.close(prev)
+            self._links[(ifname, netns, hook)] = fd
+        if old is not None:
+            os.close(old)
+
+    def _detach_links(self, ifname: str, netns: str | None) -> None:
+        """Take flowpin's tcx links off ``ifname`` and drop their pins."""
+        for hook in tcx.HOOKS:
+            fd = self._links.pop((ifname, netns, hook), None)
+            if fd is None and self.config.pin:
+                path = self.link_pin(ifname, hook)
+                if path.exists():
+                    fd = libbpf.obj_get(str(path))
+                    path.unlink()
+            if fd is not None:
+                try:
+                    tcx.detach(fd)
+                finally:
+                    os.close(fd)
 
     def detach(self, ifname: str | None = None, netns: str | None = None,
                purge: bool = False) -> None:
@@ -360,6 +458,7 @@ class Datapath:
             if name is None:
                 continue
             detach_interface(name, ns)
+            self._detach_links(name, ns)
             if (name, ns) in self.attached:
                 self.attached.remove((name, ns))
         if purge:
@@ -370,7 +469,11 @@ class Datapath:
         purge_pins(self.config.instance)
 
     def close(self) -> None:
-        """Release programs and map fds (filters and pins stay)."""
+        """Release programs and map fds (filters and pins stay; so do tcx links if pinned:
+        an unpinned data path's links go with it)."""
+        for fd in self._links.values():
+            os.close(fd)
+        self._links.clear()
         if self._bpf is not None:
             self._bpf.cleanup()
         self._bpf = None
@@ -382,15 +485,18 @@ def detach_interface(ifname: str, netns: str | None = None) -> None:
     """Remove flowpin's two filters from ``ifname``; missing filters are not an error."""
     with Datapath._iproute(netns) as ipr:
         links = ipr.link_lookup(ifname=ifname)
-        if not links:
-            return
-        for parent in (PARENT_INGRESS, PARENT_EGRESS):
-            try:
-                ipr.tc("del-filter", "bpf", links[0], handle=FILTER_HANDLE, parent=parent,
-                       prio=FILTER_PRIO)
-            except Exception as exc:  # ENOENT / EINVAL: nothing there
-                if getattr(exc, "code", None) not in (errno.ENOENT, errno.EINVAL):
-                    raise DatapathError(f"removing filter from {ifname}: {exc}") from exc
+        if links:
+            _del_filters(ipr, links[0], ifname)
+
+
+def _del_filters(ipr: Any, index: int, ifname: str) -> None:
+    for parent in (PARENT_INGRESS, PARENT_EGRESS):
+        try:
+            ipr.tc("del-filter", "bpf", index, handle=FILTER_HANDLE, parent=parent,
+                   prio=FILTER_PRIO)
+        except Exception as exc:  # ENOENT / EINVAL: nothing there
+            if getattr(exc, "code", None) not in (errno.ENOENT, errno.EINVAL):
+                raise DatapathError(f"removing filter from {ifname}: {exc}") from exc
 
 
 def _open_pinned(path: Path) -> int:
@@ -466,11 +572,20 @@ def drop_outgrown_counters(pin_dir: Path) -> bool:
 
 
 def purge_pins(instance: str) -> None:
+    """Remove the pin directory of ``instance``: its maps, and its tcx links, which are
+    detached first (a link also held by an fd elsewhere would stay on its hook)."""
     if not _INSTANCE.match(instance):
         raise DatapathError(f"refusing to purge instance {instance!r}: not an instance name")
     d = PIN_ROOT / instance
-    if d.is_dir():
-        shutil.rmtree(d)
+    if not d.is_dir():
+        return
+    for path in d.glob(f"{tcx.LINK_PREFIX}*"):
+        fd = libbpf.obj_get(str(path))
+        try:
+            tcx.detach(fd)
+        finally:
+            os.close(fd)
+    shutil.rmtree(d)
 
 
 def layout_id(texts: Iterable[str] | None = None) -> int:

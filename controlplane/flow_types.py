@@ -55,10 +55,22 @@ CF_NO_RECLASSIFY: int = CONST["FP_CF_NO_RECLASSIFY"]
 NV_COUNT4: int = CONST["FP_NV_COUNT4"]
 NV_OFFSET4: int = CONST["FP_NV_OFFSET4"]
 NV_LIMIT4: int = CONST["FP_NV_LIMIT4"]
+TC_ACT_UNSPEC = -1  # pkt_cls.h; on a tcx hook the same value is TCX_NEXT (bpf.h)
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
+# The passes on traffic that is not flowpin's own: the programs after it decide (verdict.h).
+NOT_OURS = frozenset(CONST[f"FP_R_PASS_{n}"] for n in ("NONVPN", "UNTRACKED", "NOT_IP",
+                                                       "NOTRACK_FULL"))
 
 
 def reason_passes(reason: int) -> bool:
     """PASS_* reasons come before DROP_* ones (verdict.h relies on the same order)."""
     return reason < CONST["FP_R_DROP_NO_CONN"]
+
+
+def reason_retval(reason: int) -> int:
+    """The TC verdict the data path returns for ``reason`` (verdict.h): SHOT for drops,
+    UNSPEC (TCX_NEXT) for traffic that is not flowpin's, OK for its own tunnel traffic."""
+    if not reason_passes(reason):
+        return TC_ACT_SHOT
+    return TC_ACT_UNSPEC if reason in NOT_OURS else TC_ACT_OK

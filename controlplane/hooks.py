@@ -1,4 +1,9 @@
-"""Watching the data path's TC hooks: filters that are lost are attached again.
+"""Watching the data path's TC hooks: hooks that are lost are attached again.
+
+A hook is a tcx link or a clsact filter, per the data path's attach mode (see
+:mod:`controlplane.datapath`). A tcx link is lost when it is defunct (its interface was
+deleted: the kernel detached it), detached by another tool, or gone from the pin directory;
+a clsact filter when the qdisc or the filter is deleted.
 
 Another tool may delete the clsact qdisc of a LAN or WAN interface (``tc qdisc del dev lan0
 clsact``), or the interface may be deleted and created again (a VLAN or bridge rebuilt by
@@ -21,6 +26,7 @@ hold tunnel traffic back (the WAN guard while the LAN filters are missing).
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 import time
@@ -28,9 +34,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane import tcx
 from controlplane.datapath import (
     FILTER_HANDLE,
     FILTER_PRIO,
+    HOOK_OF,
     PARENT_EGRESS,
     PARENT_INGRESS,
     PROG_INBOUND,
@@ -102,14 +110,42 @@ def flowpin_filters(ipr: Any, index: int) -> list[Filter]:
     return out
 
 
-def missing_filters(ipr: Any, ifname: str, role: Role = "lan") -> list[str]:
-    """What of flowpin's hooks of ``role`` on ``ifname`` is missing: [] when both filters
+# (interface, hook) -> a new fd of flowpin's tcx link there, or None (Datapath.link_fd)
+LinkSource = Callable[[str, str], "int | None"]
+
+
+def flowpin_links(index: int, ifname: str, links: LinkSource) -> list[Filter]:
+    """flowpin's live tcx links on the interface ``index`` (named ``ifname``), as filters
+    (parent, program name, id): a link that is defunct or on another interface (one that
+    had this name before) is not listed."""
+    out = []
+    for parent, hook in HOOK_OF.items():
+        fd = links(ifname, hook)
+        if fd is None:
+            continue
+        try:
+            h = tcx.read(fd)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        if not h.link.defunct and h.link.ifindex == index:
+            out.append(Filter(parent, h.prog_name, h.link.prog_id))
+    return out
+
+
+def missing_filters(ipr: Any, ifname: str, role: Role = "lan",
+                    links: LinkSource | None = None) -> list[str]:
+    """What of flowpin's hooks of ``role`` on ``ifname`` is missing: [] when both hooks
     are there, ["interface"] when the interface does not exist, else the missing hooks.
-    Filters are matched by the name the loader gives them."""
-    links = ipr.link_lookup(ifname=ifname)
-    if not links:
+    With ``links`` (tcx mode) the hooks are flowpin's links, else its clsact filters;
+    either is matched by the name of the program it runs."""
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
         return ["interface"]
-    present = {(f.parent, f.prog) for f in flowpin_filters(ipr, links[0])}
+    hooks = (flowpin_links(found[0], ifname, links) if links is not None
+             else flowpin_filters(ipr, found[0]))
+    present = {(f.parent, f.prog) for f in hooks}
     return ["ingress" if parent == PARENT_INGRESS else "egress"
             for parent, prog in EXPECTED[role] if (parent, prog) not in present]
 
@@ -150,7 +186,7 @@ class HookWatch:
         """One pass over the interfaces (the thread calls it every ``interval``)."""
         self.checks += 1
         for ifname, role in self.interfaces():
-            missing = missing_filters(ipr, ifname, role)
+            missing = missing_filters(ipr, ifname, role, self._links())
             if not missing:
                 self._errors.pop(ifname, None)
                 continue
@@ -168,6 +204,11 @@ class HookWatch:
             self._errors.pop(ifname, None)
             self.reattached += 1
             self.on_reattach(ifname, role, missing, (time.monotonic() - t0) * 1000)
+
+    def _links(self) -> LinkSource | None:
+        if self.dp.mode != "tcx":
+            return None
+        return lambda ifname, hook: self.dp.link_fd(ifname, self.netns, hook)
 
     def _error(self, ifname: str, text: str) -> None:
         if self._errors.get(ifname) != text:

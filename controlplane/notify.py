@@ -97,7 +97,8 @@ class ServiceNotifier:
 
 
 def status_line(d: Any) -> str:
-    """``charon connected (kernel-libipsec); 3 of 4 tunnels up; 120 flows, 12 held``.
+    """``charon connected (kernel-libipsec); 3 of 4 tunnels up; 120 flows, 12 held; tcx
+    hooks`` (the data path's attach mode last).
 
     Held flows are the TCP flows pinned for a tunnel that is down (preserve-vpn-flows):
     they are counted from the flow table, so this runs beside the loop, never in it."""
@@ -111,7 +112,8 @@ def status_line(d: Any) -> str:
     summary = flow_summary(snap)
     flows, held = summary.flows, summary.held
     up = sum(1 for t in snap.tunnels if t.state == "UP")
-    return f"{charon}; {up} of {len(snap.tunnels)} tunnels up; {flows} flows, {held} held"
+    return (f"{charon}; {up} of {len(snap.tunnels)} tunnels up; {flows} flows, {held} held; "
+            f"{snap.attach} hooks")
 
 
 class StatusReporter:

@@ -110,6 +110,7 @@ def status(data: dict[str, Any]) -> str:
                                              else "MISSING " + "+".join(h["missing"]))
         for h in data["hooks"]) or "none"
     last = data.get("last_problem")
+    attach = data.get("attach") or {}
     lines = [
         f"flowpin {data['version']}, instance {data['instance']}, pid {data['pid']}, "
         f"up {format_duration(data['uptime_s'])}",
@@ -118,6 +119,7 @@ def status(data: dict[str, Any]) -> str:
         f"tunnels:  {t['up']} of {t['total']} up",
         f"flows:    {data['flows']} of {data['flow_table_size']}, {data['held']} held",
         f"hooks:    {hooks}",
+        f"attach:   {attach.get('probe') or attach.get('mode', 'unknown')}",
         "last problem: " + (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last['at']))}"
                             f" {last['line']}" if last else "none"),
     ]

@@ -39,6 +39,10 @@ class Snapshot:
     table: FlowTable
     now_s: Callable[[], int]
     counts: FlowCounts = field(default_factory=FlowCounts)  # per tunnel, as of the last sweep
+    attach: str = "clsact"  # the data path's attach mode: "tcx" or "clsact"
+    attach_why: str = ""  # the probe's answer, as the start log says it
+    # (interface, hook) -> a new fd of flowpin's tcx link there (tcx mode), else None
+    link_fd: Callable[[str, str], int | None] | None = None
 
     def __post_init__(self) -> None:
         # show conn asks for each flow's tunnel: a dict, not a walk of 1,000 tunnels a flow

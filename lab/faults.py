@@ -35,7 +35,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from lab import topology
+from lab import hooks, topology
 from lab.capture import GatewayCapture
 from lab.flap import FlapResult, flap
 from lab.lab import Lab, LabError, conn_for
@@ -194,11 +194,12 @@ def _unguarded(ctx: Context) -> None:
     default route out of the WAN in clear."""
     lab = ctx.lab
     lab.kill_daemon(BO_GW, signal.SIGKILL)
-    r = lab.exec(BO_GW, ["tc", "filter", "del", "dev", topology.WAN_IF, "egress"],
-                 capture_output=True, text=True)
-    if r.returncode:
-        raise FaultError(f"tc filter del: {r.stderr.strip()}")
-    ctx.note("flowpin daemon on bo-gw SIGKILLed, its WAN guard (wan0 egress) deleted by tc")
+    try:
+        hooks.remove(lab.ns(BO_GW), topology.WAN_IF, "egress")
+    except subprocess.CalledProcessError as exc:
+        raise FaultError(f"removing the WAN guard: {exc.stderr or exc}") from exc
+    ctx.note("flowpin daemon on bo-gw SIGKILLed, its WAN guard (wan0 egress) removed by "
+             "another tool (tc, or bpftool for a tcx link)")
     ctx.flap("child", 3.0)
     lab.start_daemon(BO_GW)
     ctx.note("flowpin daemon on bo-gw started again (the guard with it)")
@@ -206,11 +207,12 @@ def _unguarded(ctx: Context) -> None:
 
 def _clsact_deleted(ctx: Context) -> None:
     ctx.restart_daemons = {BO_GW}
-    r = ctx.lab.exec(BO_GW, ["tc", "qdisc", "del", "dev", topology.LAN_IF, "clsact"],
-                     capture_output=True, text=True)
-    if r.returncode:
-        raise FaultError(f"tc qdisc del: {r.stderr.strip()}")
-    ctx.note("clsact (and flowpin's filters) deleted on bo-gw lan0 by tc")
+    try:
+        hooks.remove(ctx.lab.ns(BO_GW), topology.LAN_IF)
+    except subprocess.CalledProcessError as exc:
+        raise FaultError(f"removing the LAN hooks: {exc.stderr or exc}") from exc
+    ctx.note("flowpin's hooks removed on bo-gw lan0 by another tool (tc qdisc del of "
+             "clsact, or bpftool link detach)")
     time.sleep(1.0)
     ctx.flap("child", 3.0)
 

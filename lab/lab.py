@@ -22,8 +22,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from lab import attach, netns, preflight, topology
 from lab import backend as backend_probe
-from lab import netns, preflight, topology
 from lab.charon import Charon, CharonError
 from lab.charon import binary as charon_binary
 from lab.preflight import PreflightError
@@ -267,6 +267,7 @@ class Lab:
             f"flow-table-size = {int(opts.get('flow_table_size', 65536))}",
             f"pickup-window = {int(opts.get('pickup_window', 30))}",
             f"hooks-watch-interval = {float(opts.get('hooks_watch_interval', 0.5))}",
+            f"attach = {json.dumps(opts.get('attach') or attach.mode())}",
             "sweep-interval = 0.5",
             "[demand]",
             f"initiate = {str(opts.get('initiate', True)).lower()}",

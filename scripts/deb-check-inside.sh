@@ -27,7 +27,30 @@ trap 'finish; exit $?' EXIT
 # (a function: not for what runs in the background, where $! would be a subshell's pid and
 # a kill would leave the process itself running; those call nsenter themselves)
 in_ns() { nsenter --net="/run/netns/$NS" "$@"; }
-filters() { in_ns tc filter show dev "$1" "$2" 2>/dev/null; }
+# flowpin's hooks on DEV HOOK: clsact filters as tc lists them, and the programs on the tcx
+# hook (the daemon's attach mode on a kernel with tcx), as the kernel lists them when asked
+# through libbpf with ctypes (Debian 12's bpftool and tc predate tcx). 46/47: BPF_TCX_INGRESS
+# and BPF_TCX_EGRESS (linux/bpf.h); a program's name is at offset 64 of bpf_prog_info.
+tcx_progs() {
+    in_ns python3 - "$1" "$2" 2>/dev/null <<'PY'
+import ctypes, socket, sys
+lib = ctypes.CDLL("libbpf.so.1")
+class Query(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("query_flags", ctypes.c_uint32),
+                ("attach_flags", ctypes.c_uint32), ("prog_ids", ctypes.POINTER(ctypes.c_uint32)),
+                ("prog_cnt", ctypes.c_uint32), ("prog_attach_flags", ctypes.c_void_p)]
+ids = (ctypes.c_uint32 * 64)()
+q = Query(sz=ctypes.sizeof(Query), prog_ids=ids, prog_cnt=64)
+hook = {"ingress": 46, "egress": 47}[sys.argv[2]]
+if lib.bpf_prog_query_opts(socket.if_nametoindex(sys.argv[1]), hook, ctypes.byref(q)):
+    sys.exit(0)
+for prog_id in ids[:q.prog_cnt]:
+    info, size = (ctypes.c_uint8 * 80)(), ctypes.c_uint32(80)
+    lib.bpf_obj_get_info_by_fd(lib.bpf_prog_get_fd_by_id(prog_id), info, ctypes.byref(size))
+    print(bytes(info[64:80]).split(b"\0")[0].decode())
+PY
+}
+filters() { in_ns tc filter show dev "$1" "$2" 2>/dev/null; tcx_progs "$1" "$2"; }
 # (tc's output in a variable first: with pipefail, grep -q leaving early would fail the
 # pipeline with tc's SIGPIPE, and a negated check would pass for the wrong reason)
 attached() {

@@ -229,3 +229,32 @@ def test_control_at_scale_figures_and_targets_are_rendered() -> None:
     assert "| scrape_ms | 50 | 96 | ✘ missed |" in md  # a target missed is said so
     assert "| resync_ms_1k_tunnels | 100 | 140.2 | ✘ missed |" in md
     assert "| event_to_map_during_teardown_p99_ms | 5 | 4 | ✔ met |" in md
+
+
+def test_attach_modes_side_by_side() -> None:
+    """--attach tcx,clsact: both flowpins in the forwarding table, the targets per mode,
+    and the tunnel's overhead per mode."""
+    fwd = {**FAKE_PARTS["forward"],
+           "forward": {**FAKE_PARTS["forward"]["forward"],
+                       "flowpin_clsact": {"pps": _s(260e3, 255e3, 265e3)}},
+           "targets_by_attach": {
+               "tcx": {"min_vs_plain_paired": {"tput": 0.99, "pps": 0.97, "cps": 0.98},
+                       "measured": {"pps_vs_plain_paired": 0.975, "pps_vs_nft": 1.2},
+                       "met": {"pps_vs_plain": True, "pps_ahead_of_nft": True}},
+               "clsact": {"min_vs_plain_paired": {"tput": 0.99, "pps": 0.97, "cps": 0.98},
+                          "measured": {"pps_vs_plain_paired": 0.94, "pps_vs_nft": 1.1},
+                          "met": {"pps_vs_plain": False, "pps_ahead_of_nft": True}}}}
+    tun = {**FAKE_PARTS["tunnel"],
+           "tunnel": {**FAKE_PARTS["tunnel"]["tunnel"],
+                      "flowpin_clsact": {"tput_mbps": _s(490, 470, 510)},
+                      "by_attach": {"tcx": {"overhead_pct": 0.99, "overhead_pct_paired": 1.1,
+                                            "met": True},
+                                    "clsact": {"overhead_pct": 2.9, "overhead_pct_paired": 3.1,
+                                               "met": False}}},
+           "config": {"rounds": 3, "seconds": 1, "attach": ["tcx", "clsact"]}}
+    md = report.markdown(report.assemble({**FAKE_PARTS, "forward": fwd, "tunnel": tun}, "x"))
+    assert "| flowpin_clsact |" in md
+    assert "| target | tcx | clsact |" in md
+    assert "| ≥ 0.97× plain, packets/s (paired) | 0.975× ✔ met | 0.94× ✘ missed |" in md
+    assert "| with flowpin's data path (clsact) | **490**" in md
+    assert "| clsact | 2.9 % | 3.1 % | ✘ missed |" in md

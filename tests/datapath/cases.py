@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.flow_table import FlowTable
-from controlplane.flow_types import TC_ACT_OK, TC_ACT_SHOT, reason_passes
+from controlplane.flow_types import reason_retval
 from controlplane.flows import Flow
 from controlplane.libbpf import prog_test_run
 from lab import packets as tr
@@ -211,7 +211,8 @@ def run_steps(dp: Any, steps: list[Step]) -> None:
             moved = {k: after[k] - before[k] for k in after
                      if after[k] != before[k] and k in _REASONS}
             assert moved == {st.reason: 1}, f"{where}: expected {st.reason}, counters {moved}"
-            want = TC_ACT_OK if reason_passes(_REASONS[st.reason]) else TC_ACT_SHOT
+            # the kernel reports the program's int as a u32: TC_ACT_UNSPEC (-1) as 2**32-1
+            want = reason_retval(_REASONS[st.reason]) & 0xFFFFFFFF
             assert res.retval == want, f"{where}: retval {res.retval} for {st.reason}"
         elif isinstance(st, Act):
             st.fn(t)

@@ -12,13 +12,14 @@ import sys
 import time
 
 from controlplane.datapath import Datapath, DatapathConfig
+from lab import attach
 
 VETH_CONFIG = {"flows4_max": 4096, "flows6_max": 4096, "tunnels_max": 64, "pickup_s": 0}
 
 
 def main(argv: list[str]) -> int:
     instance, netns, ifname = argv
-    dp = Datapath(DatapathConfig(instance=instance, **VETH_CONFIG)).load()  # type: ignore[arg-type]
+    dp = Datapath(DatapathConfig(instance=instance, attach=attach.mode(), **VETH_CONFIG)).load()  # type: ignore[arg-type]
     dp.attach(ifname, netns=netns)
     stop = False
 

@@ -1,8 +1,10 @@
-"""Lost TC filters are attached again within a second; L3 devices are refused at attach.
+"""Lost TC hooks are attached again within a second; L3 devices are refused at attach.
 
-The data path is attached to a veth in a namespace of its own; ``tc`` (iproute2) is the
-independent actor that deletes the clsact qdisc or a filter, and the witness that reads the
-filters back. The interface is also deleted and created again.
+The data path is attached to a veth in a namespace of its own, in the suite's attach mode
+(FLOWPIN_TEST_ATTACH). Another tool removes the hooks -- ``tc`` deletes the clsact qdisc or
+a filter; ``bpftool`` detaches a tcx link -- and an independent witness reads them back
+(``tc``; the kernel's list of programs on the tcx hook): see hook_witness. The interface is
+also deleted and created again (a tcx link goes defunct).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pyroute2 import IPRoute, netns
 
 from controlplane.datapath import Datapath, DatapathConfig, DatapathError
 from controlplane.hooks import HookWatch
+from lab import attach
+from lab import hooks as hook_witness
 
 pytestmark = pytest.mark.bpf
 
@@ -25,17 +29,10 @@ PREFIX = "fptest-hk-"
 
 
 def tc_filters(ns: str, dev: str) -> dict[str, bool]:
-    """Which of flowpin's filters ``tc`` lists on ``dev`` (the independent witness)."""
-    out = {}
-    for hook, prog in (("ingress", "fp_outbound"), ("egress", "fp_inbound")):
-        r = subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev,
-                            hook], capture_output=True, text=True, timeout=10)
-        out[hook] = f"{prog} direct-action" in r.stdout
-    return out
-
-
-def tc(ns: str, *args: str) -> None:
-    subprocess.run(["ip", "netns", "exec", ns, "tc", *args], check=True, timeout=10)
+    """Which of flowpin's LAN hooks the independent witness finds on ``dev``."""
+    progs = hook_witness.hook_progs(ns, dev)
+    return {hook: prog in progs[hook]
+            for hook, prog in (("ingress", "fp_outbound"), ("egress", "fp_inbound"))}
 
 
 def make_veth(ns: str) -> None:
@@ -52,7 +49,14 @@ def wait_attached(ns: str, since: float, repaired: list[Any], timeout: float = 5
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(tc_filters(ns, "v0").values()):
-            done = [r[-1] for r in repaired if r[0] != "error" and r[-1] >= since]
+            # the witness may see them before the watcher's callback has run (it runs
+            # once the attach has returned)
+            settle = time.monotonic() + 1.0
+            while True:
+                done = [r[-1] for r in repaired if r[0] != "error" and r[-1] >= since]
+                if done or time.monotonic() > settle:
+                    break
+                time.sleep(0.01)
             assert done, "filters back, but not by the watcher"
             return done[0] - since
         time.sleep(0.02)
@@ -62,7 +66,8 @@ def wait_attached(ns: str, since: float, repaired: list[Any], timeout: float = 5
 @pytest.fixture(scope="module")
 def small_dp() -> Iterator[Datapath]:
     dp = Datapath(DatapathConfig(instance="fptest-hooks", pin=False, flows4_max=64,
-                                 flows6_max=64, tunnels_max=8)).load()
+                                 flows6_max=64, tunnels_max=8,
+                                 attach=attach.mode())).load()
     yield dp
     dp.close()
 
@@ -90,13 +95,13 @@ def hooked(small_dp: Datapath) -> Iterator[tuple[str, Datapath, HookWatch, list[
         netns.remove(ns)
 
 
-def test_clsact_deleted_by_another_tool_is_repaired_within_a_second(hooked: Any) -> None:
+def test_hooks_removed_by_another_tool_are_repaired_within_a_second(hooked: Any) -> None:
     ns, _dp, watch, repaired = hooked
     assert all(tc_filters(ns, "v0").values())
     time.sleep(0.6)
     assert watch.checks >= 1 and repaired == []  # nothing to repair: nothing done
     t0 = time.monotonic()
-    tc(ns, "qdisc", "del", "dev", "v0", "clsact")
+    hook_witness.remove(ns, "v0")
     assert not any(tc_filters(ns, "v0").values())
     assert wait_attached(ns, t0, repaired) < 1.0
     assert repaired[0][:3] == ("v0", "lan", ["ingress", "egress"]) and watch.reattached == 1
@@ -105,7 +110,7 @@ def test_clsact_deleted_by_another_tool_is_repaired_within_a_second(hooked: Any)
 def test_one_filter_deleted_is_repaired(hooked: Any) -> None:
     ns, _dp, watch, repaired = hooked
     t0 = time.monotonic()
-    tc(ns, "filter", "del", "dev", "v0", "egress")
+    hook_witness.remove(ns, "v0", "egress")
     assert wait_attached(ns, t0, repaired) < 1.0
     assert repaired[0][:3] == ("v0", "lan", ["egress"])
 
@@ -153,16 +158,14 @@ def test_the_wan_guard_is_watched_too(small_dp: Datapath) -> None:
         time.sleep(0.6)
         assert repaired == []
         t0 = time.monotonic()
-        tc(ns, "qdisc", "del", "dev", "v0", "clsact")
+        hook_witness.remove(ns, "v0")
         deadline = time.monotonic() + 5
         while not repaired and time.monotonic() < deadline:
             time.sleep(0.02)
         assert repaired and repaired[0][:3] == ("v0", "wan", ["egress", "ingress"])
         assert repaired[0][-1] - t0 < 1.0
         for hook, prog in (("egress", "fp_wan_out"), ("ingress", "fp_wan_in")):
-            r = subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", "v0",
-                                hook], capture_output=True, text=True, timeout=10)
-            assert f"{prog} direct-action" in r.stdout, r.stdout
+            assert hook_witness.has(ns, "v0", hook, prog), hook_witness.hook_progs(ns, "v0")
     finally:
         if watch:
             watch.stop()

@@ -160,7 +160,7 @@ def test_random_mutations_always_get_a_defined_verdict(dp: Any) -> None:
             f[pos] = rnd.randrange(256)
         f = f[: rnd.randint(54, len(f))]
         res = prog_test_run(rnd.choice(fds), bytes(f))
-        assert res.retval in (0, 2)
+        assert res.retval in (0, 2, 0xFFFFFFFF)  # OK, SHOT, UNSPEC (TCX_NEXT)
         runs += 1
     after = sum(t.counters()[r] for r in _reason_names())
     assert after - before == runs

@@ -24,6 +24,7 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from controlplane.datapath import Datapath, DatapathConfig, detach_interface, purge_pins
+from lab import attach, hooks
 from tests.datapath.loader_proc import VETH_CONFIG
 
 pytestmark = pytest.mark.bpf
@@ -154,16 +155,21 @@ def _tc_filters(ns: str, dev: str) -> str:
 
 def test_attach_puts_one_filter_on_each_hook_and_detach_removes_them(
         topo: dict[str, str]) -> None:
-    dp = Datapath(DatapathConfig(instance=topo["instance"], **VETH_CONFIG)).load()  # type: ignore[arg-type]
+    dp = Datapath(DatapathConfig(instance=topo["instance"], attach=attach.mode(),
+                                **VETH_CONFIG)).load()  # type: ignore[arg-type]
     try:
         dp.attach("g0", netns=topo["g"])
         dp.attach("g0", netns=topo["g"])  # idempotent: replaced, not duplicated
-        shown = _tc_filters(topo["g"], "g0")
-        lines = [ln for ln in shown.splitlines() if "handle" in ln]
-        assert len(lines) == 2, shown
-        assert "fp_outbound" in lines[0] and "fp_inbound" in lines[1], shown
-        assert "direct-action" in shown
+        assert hooks.hook_progs(topo["g"], "g0") == {"ingress": ["fp_outbound"],
+                                                     "egress": ["fp_inbound"]}
+        if dp.mode == "clsact":
+            shown = _tc_filters(topo["g"], "g0")
+            lines = [ln for ln in shown.splitlines() if "handle" in ln]
+            assert len(lines) == 2, shown
+            assert "fp_outbound" in lines[0] and "fp_inbound" in lines[1], shown
+            assert "direct-action" in shown
         dp.detach()
+        assert hooks.hook_progs(topo["g"], "g0") == {"ingress": [], "egress": []}
         assert _tc_filters(topo["g"], "g0") == ""
         dp.detach("g0", topo["g"])  # nothing to remove: not an error
         with pytest.raises(Exception, match="not found"):
@@ -179,7 +185,8 @@ def test_stream_is_held_while_down_survives_a_loader_kill_and_resumes(
     try:
         assert loader.start() is False  # fresh pins
         # the control plane's own handle on the same pinned maps
-        ctl = Datapath(DatapathConfig(instance=topo["instance"], **VETH_CONFIG)).load()  # type: ignore[arg-type]
+        ctl = Datapath(DatapathConfig(instance=topo["instance"], attach=attach.mode(),
+                                **VETH_CONFIG)).load()  # type: ignore[arg-type]
         assert ctl.reused_pins
         t = ctl.table
         t.add_selector(TUN, "10.1.0.0/16", "10.2.0.0/16")

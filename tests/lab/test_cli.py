@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from lab import attach, hooks
 from lab.lab import Lab
 
 pytestmark = pytest.mark.lab
@@ -126,8 +127,11 @@ def test_status_at_a_glance(lab: Lab) -> None:
         ("lan0", "lan", True), ("wan0", "wan", True)}
     text = fp(lab, "status").stdout
     assert "tunnels:  1 of 1 up" in text and "lan0 (lan) attached" in text
+    # the attach mode the probe chose, and why (the suite's: FLOWPIN_TEST_ATTACH)
+    assert st["attach"]["mode"] == attach.resolved()
+    assert f"attach:   {attach.resolved()} (" in text
     # the hooks are asked of the kernel at each status: a lost filter shows at once
-    assert lab.exec("bo-gw", ["tc", "filter", "del", "dev", "lan0", "ingress"]).returncode == 0
+    hooks.remove(lab.ns("bo-gw"), "lan0", "ingress")
     st = as_json(lab, "status")
     lan = next(h for h in st["hooks"] if h["interface"] == "lan0")
     # the hooks watch may already have put it back (it looks twice a second)

@@ -1,8 +1,9 @@
 """The LAN hooks of a real flowpin daemon, removed by another actor, come back within 1 s.
 
 The tunnel is down (terminated on bo-gw, no initiation on demand) with a TCP transfer held.
-Another tool then deletes bo-gw's clsact qdisc on lan0 (``tc qdisc del``), or lan0 is
-deleted and created again. ``tc`` is the witness that the filters are back within a
+Another tool then removes bo-gw's hooks on lan0 (``tc qdisc del`` of the clsact qdisc;
+``bpftool link detach`` of the tcx links: see lab.hooks), or lan0 is deleted and created
+again. ``tc`` or the kernel's tcx query is the witness that the hooks are back within a
 second, and a capture of what bo-gw sends on its WAN (``tcpdump -Q out``) is the witness
 that no packet of bo-client's traffic to the far LAN leaves in clear once they are: a flow
 held for the tunnel stays held after the re-attach, and the transfer completes byte-exact
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import topology
+from lab import hooks, topology
 from lab.capture import classify
 from lab.lab import Lab
 from lab.traffic import Transfer
@@ -43,13 +44,9 @@ wait_for = partial(_wait_for, interval=0.02)
 
 
 def filters_back(lab: Lab) -> bool:
-    """Both of flowpin's filters on bo-gw's lan0, as `tc` lists them."""
-    for hook, prog in (("ingress", "fp_outbound"), ("egress", "fp_inbound")):
-        r = lab.exec(GW, ["tc", "filter", "show", "dev", topology.LAN_IF, hook],
-                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        if f"{prog} direct-action" not in r.stdout:
-            return False
-    return True
+    """Both of flowpin's hooks on bo-gw's lan0, as the witness lists them."""
+    return all(hooks.has(lab.ns(GW), topology.LAN_IF, hook, prog)
+               for hook, prog in (("ingress", "fp_outbound"), ("egress", "fp_inbound")))
 
 
 def take_tunnel_down(lab: Lab) -> None:
@@ -96,7 +93,7 @@ def reattach_lines(lab: Lab) -> list[str]:
     return [ln for ln in lab.daemon_log(GW).read_text().splitlines() if "-752116:" in ln]
 
 
-def test_clsact_deleted_by_another_tool(hlab: Lab) -> None:
+def test_hooks_removed_by_another_tool(hlab: Lab) -> None:
     lab = hlab
     before = len(reattach_lines(lab))
     tr = Transfer(lab, SERVER4, 2 << 20, rate=300_000, port=6101, timeout=90)
@@ -110,7 +107,7 @@ def test_clsact_deleted_by_another_tool(hlab: Lab) -> None:
     try:
         time.sleep(0.5)
         t_del, t0 = time.time(), time.monotonic()
-        lab.exec(GW, ["tc", "qdisc", "del", "dev", topology.LAN_IF, "clsact"], check=True)
+        hooks.remove(lab.ns(GW), topology.LAN_IF)
         wait_for(lambda: filters_back(lab), 3, "the filters back")
         back_s = time.monotonic() - t0
         time.sleep(2.0)  # the held flow's retransmissions and the pings, filtered again

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import topology
+from lab import attach, topology
 from lab.flap import flap, wan_block
 from lab.lab import Lab
 from lab.traffic import Transfer
@@ -94,6 +94,12 @@ def test_daemon_sigkilled_during_outage_resumes_held_flow(plab: Lab) -> None:
         pinned = wait_for(lambda: plab.ask("bo-gw", "show-conn", {"pinned": True})[
             "connections"], 10, "the pinned flow after the restart")
         assert any(c["protocol"] == "TCP" for c in pinned)
+        # the new daemon replaced the killed one's hooks in place, none created afresh
+        # (tcx: its pinned links updated; clsact: its filters replaced)
+        started = [ln for ln in plab.daemon_log("bo-gw").read_text().splitlines()
+                   if "attached to lan0 with" in ln][-1]
+        done = "updated in place" if attach.resolved() == "tcx" else "replaced in place"
+        assert done in started and "created" not in started, started
     finally:
         wan_block(plab, "bo-gw", False)
     plab.bring_up("bo-gw")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from controlplane.notify import STATUS_INTERVAL
-from lab import topology
+from lab import hooks, topology
 from lab.flap import flap
 from lab.lab import Lab
 
@@ -50,9 +50,7 @@ class Notifications:
             if msg.get("READY") == "1" and not any("READY" in m for m in self.got):
                 # The first READY: what the data path holds right now.
                 msg["seen_ctx"] = self.lab.ask(GW, "show-vpn-context")
-                msg["seen_tc"] = self.lab.exec(
-                    GW, ["tc", "filter", "show", "dev", topology.LAN_IF, "ingress"],
-                    stdout=subprocess.PIPE, text=True).stdout
+                msg["seen_hooks"] = hooks.hook_progs(self.lab.ns(GW), topology.LAN_IF)
             self.got.append(msg)
 
     def wait(self, pred: Any, timeout: float, what: str) -> dict[str, Any]:
@@ -85,7 +83,7 @@ def test_ready_reload_status_watchdog_stop(lab: Lab, tmp_path: Path) -> None:
         assert [m for m in note.got if "READY" in m or "STATUS" in m][0] is ready
         (t,) = ready["seen_ctx"]["tunnels"]
         assert (t["tunnel"], t["state"], t["datapath_state"]) == ("site/lan", "UP", "UP")
-        assert " bpf " in ready["seen_tc"] and "direct-action" in ready["seen_tc"]
+        assert ready["seen_hooks"] == {"ingress": ["fp_outbound"], "egress": ["fp_inbound"]}
         backend = lab.meta()["backend"]
         assert ready["STATUS"].startswith(f"charon connected ({backend}); 1 of 1 tunnels up; ")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.datapath import hold_pinned_tunnels
-from lab import topology
+from lab import hooks, topology
 from lab.capture import GatewayCapture
 from lab.flap import flap
 from lab.lab import Lab
@@ -91,7 +91,7 @@ def test_flap_with_the_daemon_alive_leaks_nothing_and_says_what_it_dropped(
 def test_without_the_guard_the_witness_sees_the_leak(plab: Lab, tmp_path: Path) -> None:
     """Control: the same fault with the guard removed by another tool leaks in clear."""
     plab.kill_daemon("bo-gw", signal.SIGKILL)
-    plab.exec("bo-gw", ["tc", "filter", "del", "dev", topology.WAN_IF, "egress"])
+    hooks.remove(plab.ns("bo-gw"), topology.WAN_IF, "egress")
     try:
         sent, leaks = stream_through_flap(plab, tmp_path / "unguarded.pcap")
     finally:

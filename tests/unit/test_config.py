@@ -25,6 +25,8 @@ def test_overrides() -> None:
                 '[[tunnel]]\nconn = "other"\ninitiate-on-demand = false\n')
     assert cfg.timeouts.conn == 90
     assert parse("[datapath]\nnonvpn-flow-share = 100\n").nonvpn_flow_share == 100
+    assert parse("").attach == "auto"
+    assert parse('[datapath]\nattach = "clsact"\n').attach == "clsact"
     assert cfg.preserve_for("site", "lan") is False
     assert cfg.preserve_for("site", "voice") is True
     assert cfg.initiate_for("other", "x") is False and cfg.initiate_for("site", "lan") is True
@@ -39,6 +41,7 @@ BROKEN = [
     ("[bogus]\nx = 1\n", 1, "bogus", "unknown section"),
     ("[datapath]\nflow-table-size = 3\n", 2, "datapath.flow-table-size", "integer"),
     ("[datapath]\nnonvpn-flow-share = 0\n", 2, "datapath.nonvpn-flow-share", "1 to 100"),
+    ('[datapath]\nattach = "xdp"\n', 2, "datapath.attach", "auto, tcx, clsact"),
     ("[sysopt\npreserve-vpn-flows = true\n", 1, "", "not valid TOML"),
     ("[[tunnel]]\nconn = \"a\"\n[[tunnel]]\nchild = \"b\"\nfoo = 1\n", 5, "tunnel[1].foo",
      "unknown key"),
