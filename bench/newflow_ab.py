@@ -90,7 +90,7 @@ def _load(text: str) -> tuple[Any, int, FlowTable]:
     # the loader's own steps (Datapath.load), on this text instead of the installed one
     dp._bpf = bcc.BPF(text=text.encode(), cflags=dpm._cflags(cfg))
     fd = dp._bpf.load_func(b"fp_outbound", bcc.BPF.SCHED_CLS).fd
-    t = FlowTable(dp._bpf)
+    t = dp._table = FlowTable(dp._bpf)
     t.update_config(pickup_s=0, event_interval_ms=cfg.event_interval_ms)
     for fam in (4, 6):
         t.set_nonvpn_limit(fam, cfg.nonvpn_limit(fam))
