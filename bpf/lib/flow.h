@@ -3,8 +3,8 @@
  * flow.h - canonical flow key, lookup, create and delete.
  *
  * Both directions of a flow map to one key (endpoint 0 = the lower (address, port)),
- * so every packet costs exactly one hash lookup. The key is zero-filled first because
- * its padding is hashed.
+ * so every packet costs one hash lookup (a SYN: one insert instead, see __open_first in
+ * policy.h). The key is zero-filled first because its padding is hashed.
  */
 #ifndef FLOWPIN_FLOW_H
 #define FLOWPIN_FLOW_H

@@ -305,6 +305,47 @@ static __always_inline int __no_flow(struct fp_ctx *c, struct fp_flow_value *sta
 	return fp_verdict(FP_R_DROP_NO_CONN);
 }
 
+/**
+ * __open_first - a connection request (SYN) on the general path would look the flow up,
+ * miss, classify and insert: the insert (BPF_NOEXIST) checks for an entry itself, so for
+ * a SYN the lookup that would miss (one kernel call and hash) is left out and the insert
+ * goes first. Only when it can succeed with no question left: the tunnel the selectors
+ * name is up (tunnel 0: its non-VPN budget has room). Anything else returns -1 and the
+ * packet takes the general path, judged as before: an entry already there (-EEXIST: a
+ * retransmitted SYN, a closed flow reopened, a stale, held or reclassified flow), a table
+ * full (reported there), a tunnel down (refused and demanded there). A successful insert
+ * means no entry existed, exactly the case where the general path would have created
+ * this same flow (see __no_flow: same generation order, same value). The price moves to
+ * a SYN that finds its flow: one trie lookup and one failed insert more.
+ * Returns the verdict's reason, -1 for the general path (a reason, not a TC verdict: the
+ * caller counts it, and -1 is a TC verdict too).
+ */
+static __always_inline int __open_first(struct fp_ctx *c)
+{
+	struct fp_tunnel *t0 = fp_tunnel_get(0);
+	__u32 gen0 = t0 ? t0->generation : 0;	/* before the selectors, as in __no_flow */
+	struct fp_flow_value v;
+	struct fp_tunnel *t;
+	__u16 tid;
+
+	asm volatile("" ::: "memory");
+	tid = __classify(c);
+	t = fp_tunnel_get(tid);
+	if (tid) {
+		if (!t || t->state != FP_TUNNEL_UP)
+			return -1;
+		gen0 = t->generation;
+	} else if (!__nonvpn_room(c->p.family)) {
+		return -1;
+	}
+	fp_flow_init(&v, &c->p, c->k.side, c->dir == FP_DIR_OUT, 0, tid, gen0, c->now_s);
+	if (fp_flow_store(&c->p, &c->k, &v, 0))
+		return -1;
+	if (tid == 0)
+		__nonvpn_add(c->p.family, 1);
+	return tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN;
+}
+
 /* __not_ok - the verdict for a packet that is not a tracked tuple (see enum fp_parse). */
 static __always_inline int __not_ok(struct fp_ctx *c, int ret)
 {
@@ -358,6 +399,11 @@ static __always_inline int fp_handle(struct __sk_buff *skb, __u8 dir)
 	}
 #endif
 	fp_flow_key_build(&c.p, &c.k);
+	if (fp_tcp_is_syn(&c.p)) {
+		ret = __open_first(&c);
+		if (ret >= 0)
+			return fp_verdict(ret);
+	}
 	v = fp_flow_lookup(&c.p, &c.k);
 	if (fp_unlikely(!v))
 		return __no_flow(&c, 0, cfg);

@@ -89,3 +89,28 @@ def test_conntrack_spread_hits_its_filled_entries_and_cleans_up() -> None:
     assert res["hash_buckets"] >= 3000 and res["raised_for_run"] == {}
     assert {k: (proc / k).read_text() for k in limits} == limits
     assert not netns.exists(ct_spread.NS)
+
+
+@pytest.mark.bpf
+def test_new_flows_are_taken_beside_the_kernel_insert() -> None:
+    """Every run of each round created its flow (new_flows raises otherwise), both
+    streams have one figure per round, the target's two figures are the rounds' medians,
+    and the process gets its CPU affinity back."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root (loads the data path)", pytrace=False)
+    import statistics
+
+    from lab import packets as tr
+
+    syn = tr.tcp(bd.CLIENT, bd.SERVER, bd.CPORT, bd.SPORT, "S", seq=1, ack=1, size=64)
+    ack = tr.tcp(bd.CLIENT, bd.SERVER, bd.CPORT, bd.SPORT, "A", seq=1, ack=1, size=64)
+    cpus = os.sched_getaffinity(0)
+    res = bd.new_flows(syn, ack, 4000, rounds=3, chunks=4)
+    assert os.sched_getaffinity(0) == cpus
+    assert (res["rounds"], res["chunks"], res["runs"]) == (3, 4, 4000)
+    runs = res["per_round"]
+    assert set(runs) == {"new_flow", "insert"} and all(len(v) == 3 for v in runs.values())
+    assert res["new_flow_ns"] == statistics.median(runs["new_flow"]) > 0
+    assert res["insert_ns"] == statistics.median(runs["insert"]) > 0
+    assert res["new_minus_insert_ns"] == statistics.median(
+        [n - i for n, i in zip(runs["new_flow"], runs["insert"], strict=True)])

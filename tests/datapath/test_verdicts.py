@@ -101,6 +101,21 @@ CASES = [
              FlowIs(**_cs(n), attrs={"tcp_state": "SYN_SENT", "pkts": (1, 0),
                                      "created_s": BASE_CLOCK_S + 5}),
          ]),
+    Case("a retransmitted SYN is accounted on its flow, not created again",
+         lambda n: [
+             out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "S", seq=1000), "PASS_NEW"),
+             advance(3),
+             out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "S", seq=1000), "PASS_FLOW"),
+             inb(tr.tcp(n.s, n.c, S_PORT, C_PORT, "S", seq=7), "PASS_FLOW"),
+             FlowIs(**_cs(n), attrs={"pkts": (2, 1), "created_s": BASE_CLOCK_S,
+                                     "last_s": BASE_CLOCK_S + 3, "opener_is_a": True}),
+         ]),
+    Case("a SYN on a held flow is held, not a new flow",
+         lambda n: handshake(n) + [
+             down(),
+             out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "S", seq=1), "DROP_HELD"),
+             FlowIs(**_cs(n), attrs={"pkts": (2, 1), "tcp_state": "ESTABLISHED"}),
+         ]),
     Case("TCP without SYN and no flow is dropped as no-connection, both directions",
          lambda n: [
              out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1, ack=1), "DROP_NO_CONN"),

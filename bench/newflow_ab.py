@@ -1,0 +1,182 @@
+"""Paired A/B of the data path's new-flow cost: ``python -m bench.newflow_ab [--base REV]``.
+
+Builds of the data path (this checkout's, and ``bpf/`` of a git revision; with
+``--breakdown``, copies of the base with one step of the new-flow path taken out) are run
+side by side with the kernel's own insert (``bench/bpf/calibrate.c``), as
+:func:`bench.datapath.new_flows` runs the one build: each round on fresh tables (a
+cleared table hands out its elements in the order they were freed, which costs the insert
+far more than a fresh one), ``--runs`` SYNs per build with ``-DFP_BENCH_VARY_KEY`` (each
+creates a flow) in interleaved slices, one CPU. Prints ONE JSON object: per-round means
+and, for each build, the median of its within-round differences to the base and to the
+kernel insert. A step taken out changes what the program does: those builds are for the
+breakdown only (``noinsert`` leaves its table empty, so its lookup pays the bucket miss
+the insert otherwise pays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.datapath import FLOWS_MAX, TUN, _frame
+from bench.progs import compile_empty, source
+from controlplane import datapath as dpm
+from controlplane.flow_table import FlowTable
+from controlplane.libbpf import prog_test_run
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
+ROOT = Path(__file__).resolve().parent.parent
+# one step of the new-flow path taken out each (text of policy.h, replacement)
+STEPS = {
+    "nolpm": ("\ttid = __classify(c);\n\tt = fp_tunnel_get(tid);",
+              "\ttid = 1;\n\tt = fp_tunnel_get(tid);"),
+    "nolookup": ("v = fp_flow_lookup(&c.p, &c.k);\n\tif (fp_unlikely(!v))",
+                 "v = 0;\n\tif (fp_unlikely(!v))"),
+    "noinsert": ("err = fp_flow_store(&c->p, &c->k, &v, stale != 0);", "err = 0;"),
+    "nocount": ("fp_count_stat(reason);\n\treturn reason <", "return reason <"),
+}
+
+
+def expand(root: Path, entry: str = "flowpin.c") -> str:
+    """The C of ``root/entry`` with quoted includes expanded once each (as bpf_source)."""
+    seen: set[Path] = set()
+
+    def ex(path: Path) -> str:
+        out = []
+        for line in path.read_text().splitlines():
+            m = _INCLUDE.match(line)
+            if not m:
+                out.append(line)
+                continue
+            cand = (path.parent / m.group(1)).resolve()
+            if not cand.exists():
+                cand = (root / m.group(1)).resolve()
+            if cand not in seen:
+                seen.add(cand)
+                out.append(ex(cand))
+        return "\n".join(out)
+
+    return ex(root / entry)
+
+
+def tree_of(rev: str, into: Path) -> Path:
+    """``bpf/`` of git revision ``rev`` of this checkout, written under ``into``."""
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "bpf"], check=True,
+                         capture_output=True).stdout
+    # the "data" filter where this Python has it (3.11.4+); git's own output either way
+    kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(into, **kw)
+    return into / "bpf"
+
+
+def _load(text: str) -> tuple[Any, int, FlowTable]:
+    import bcc
+
+    cfg = dpm.DatapathConfig(instance="bench-ab", pin=False, flows4_max=FLOWS_MAX,
+                             flows6_max=1024, tunnels_max=64, pickup_s=0,
+                             cflags=["-DFP_BENCH_VARY_KEY"])
+    dp = dpm.Datapath(cfg)
+    # the loader's own steps (Datapath.load), on this text instead of the installed one
+    dp._bpf = bcc.BPF(text=text.encode(), cflags=dpm._cflags(cfg))
+    fd = dp._bpf.load_func(b"fp_outbound", bcc.BPF.SCHED_CLS).fd
+    t = dp._table = FlowTable(dp._bpf)
+    t.update_config(pickup_s=0, event_interval_ms=cfg.event_interval_ms)
+    for fam in (4, 6):
+        t.set_nonvpn_limit(fam, cfg.nonvpn_limit(fam))
+    dp.calibrate_clock()
+    t.add_selector(TUN, "10.0.0.0/8", "10.0.0.0/8")
+    t.set_tunnel(TUN, up=True, preserve=True)
+    return dp, fd, t
+
+
+def run(texts: dict[str, str], rounds: int, runs: int, chunks: int) -> dict[str, Any]:
+    import bcc
+
+    syn, ack = _frame("S"), _frame("A")
+    b_empty, fd_empty = compile_empty()
+    per = runs // chunks
+    names = list(texts)
+    res: dict[str, list[float]] = {k: [] for k in ["empty", "insert", *names]}
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})  # the key counters are per CPU
+    try:
+        for r in range(rounds):
+            res["empty"].append(min(prog_test_run(fd_empty, ack, per).duration_ns
+                                    for _ in range(3)))
+            cal = bcc.BPF(text=source("calibrate.c").encode())
+            progs = {"insert": (cal.load_func(b"cal_insert", bcc.BPF.SCHED_CLS).fd, ack, None)}
+            dps = []
+            for name in names:
+                dp, fd, t = _load(texts[name])
+                dps.append(dp)
+                progs[name] = (fd, syn, t)
+            order = list(progs)
+            total = dict.fromkeys(order, 0)
+            for c in range(chunks):
+                k = (c + r) % len(order)
+                for name in order[k:] + order[:k]:
+                    fd, frame, _ = progs[name]
+                    total[name] += prog_test_run(fd, frame, per).duration_ns
+            for name in order:
+                res[name].append(round(total[name] / chunks, 1))
+                t = progs[name][2]
+                made = t.counters()["PASS_NEW"] if t is not None else None
+                if made is not None and made != per * chunks and "nocount" not in name:
+                    raise RuntimeError(f"{name}: created {made} flows, not {per * chunks}")
+            for dp in dps:
+                dp.close()
+            cal.cleanup()
+            print(r, {k: v[-1] for k, v in res.items()}, file=sys.stderr, flush=True)
+    finally:
+        os.sched_setaffinity(0, cpus)
+        b_empty.cleanup()
+
+    def paired(a: str, b: str) -> dict[str, Any]:
+        d = [round(x - y, 1) for x, y in zip(res[a], res[b], strict=True)]
+        return {"median_ns": round(statistics.median(d), 1), "rounds": d}
+
+    base = names[0]
+    return {"rounds": rounds, "runs": per * chunks, "chunks": chunks, "per_round": res,
+            "above_insert": {n: paired(n, "insert") for n in names},
+            f"vs_{base}": {n: paired(n, base) for n in names[1:]},
+            "above_empty": {n: paired(n, "empty") for n in ["insert", *names]}}
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.newflow_ab", description=__doc__)
+    ap.add_argument("--base", default="main", help="git revision of the base build")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--runs", type=int, default=1_000_000,
+                    help="new flows per build per round (the table has 1M entries)")
+    ap.add_argument("--chunks", type=int, default=10)
+    ap.add_argument("--breakdown", action="store_true",
+                    help="add base builds with one step of the new-flow path taken out")
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print(json.dumps({"error": "needs root"}))
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        base = expand(tree_of(a.base, Path(tmp)))
+    texts = {"base": base, "this": expand(ROOT / "bpf")}
+    if a.breakdown:
+        for step, (old, new) in STEPS.items():
+            if old not in base:
+                raise SystemExit(f"{step}: its text is not in the base build")
+            texts[f"base_{step}"] = base.replace(old, new)
+    print(json.dumps(run(texts, a.rounds, a.runs, a.chunks), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
