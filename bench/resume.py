@@ -42,8 +42,13 @@ def measure(lab: Lab, outage: float, how: str, port: int,
     rate = 100_000
     size = int(rate * (outage + 150))  # still sending when the flow resumes
     to, reverse = CASES[case]
-    tr = Transfer(lab, to, size, rate=rate, port=port, timeout=outage + 200, reverse=reverse)
+    # Gated: the outage starts only once the connection is up and data flows (starting
+    # Python takes seconds in an emulated VM: a flow not yet open is not held, it is refused).
+    tr = Transfer(lab, to, size, rate=rate, port=port, timeout=outage + 200, reverse=reverse,
+                  gated=True)
     try:
+        tr.connected()
+        tr.go()
         time.sleep(2.0)
         res = flap(lab, how, outage)
         up_wall = max(t["since"] for gw in lab.flowpin_gateways()

@@ -41,10 +41,12 @@ main() {
     # states the rate it reached and its control run (the guard removed) must still show
     # the witness a leak. A KVM guest keeps the suite's own requirement.
     # The resume test's 100 paced transfers (20 kB/s each on this host) likewise: an
-    # emulated gateway forwards a few hundred segments a second, so each sends 2 kB/s.
+    # emulated gateway forwards a few hundred segments a second, and starts a Python
+    # process in seconds: 5 transfers each way, 2 kB/s each.
     if [ "${FLOWPIN_VM_ACCEL:-}" = tcg ]; then
         export FLOWPIN_FAULTS_MIN_PPS=${FLOWPIN_FAULTS_MIN_PPS:-1000}
         export FLOWPIN_RESUME_RATE=${FLOWPIN_RESUME_RATE:-2000}
+        export FLOWPIN_RESUME_FLOWS=${FLOWPIN_RESUME_FLOWS:-5}
     fi
     export PATH="$REPO/.venv/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     export PYTHONDONTWRITEBYTECODE=1
