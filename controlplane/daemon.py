@@ -79,6 +79,8 @@ STATE_ROOT = Path("/run/flowpin")
 # Lost data-path events are told at most once per this many seconds (they are counted
 # and exported exactly; a line per lost record would itself flood the log).
 LOST_REPORT_INTERVAL = 10.0
+# The longest a background thread waits for an SA event being applied (see give_way).
+GIVE_WAY_MAX_S = 0.1
 
 
 
@@ -95,6 +97,14 @@ class Daemon:
         # One writer at a time: the loop and the follower thread (which applies SA events
         # itself, the moment it reads them) take this lock around registry and map writes.
         self.lock = threading.RLock()
+        # SA events first: set while no SA event (or resync, or charon lost) is being
+        # applied. The threads beside the loop that run for seconds at scale (sweeper,
+        # teardown logging) wait on it at short intervals, so that an event's map writes
+        # do not queue for the GIL behind them after each syscall.
+        self.no_event_pending = threading.Event()
+        self.no_event_pending.set()
+        self._events_applying = 0
+        self._events_applying_lock = threading.Lock()
         self.ids = TunnelIds(self.state_dir / "tunnels.json")
         self.registry = TunnelRegistry(self.ids, grace=cfg.forget_unconfigured_after)
         self.known = KnownSelectors(self.state_dir / "selectors.json")
@@ -266,7 +276,7 @@ class Daemon:
         tests hand in a private one)."""
         self.dp = dp
         self.table = dp.table
-        self.sweeper = Sweeper(dp.table, self.cfg.timeouts)
+        self.sweeper = Sweeper(dp.table, self.cfg.timeouts, give_way=self.give_way)
         self.resume = resume.ResumeReport(dp.table)
         self.use_maps(dp.table)
 
@@ -403,10 +413,28 @@ class Daemon:
     def handle(self, item: Received | Resync | Disconnected | _Call) -> None:
         """Apply one thing that happened: what the follower read from charon (an SA event,
         a resync, charon gone), or a call :meth:`on_loop` queued. Takes the lock."""
-        with self.lock:
-            self._handle(item)
-            if isinstance(item, Resync | Disconnected):
-                self.charon_heard.set()
+        urgent = not isinstance(item, _Call)
+        if urgent:
+            with self._events_applying_lock:
+                self._events_applying += 1
+                self.no_event_pending.clear()
+        try:
+            with self.lock:
+                self._handle(item)
+                if isinstance(item, Resync | Disconnected):
+                    self.charon_heard.set()
+        finally:
+            if urgent:
+                with self._events_applying_lock:
+                    self._events_applying -= 1
+                    if not self._events_applying:
+                        self.no_event_pending.set()
+
+    def give_way(self) -> None:
+        """Called often by the threads beside the loop: while an SA event is being applied,
+        wait until it is written (bounded: a stuck event never stops a sweep for long)."""
+        if not self.no_event_pending.is_set():
+            self.no_event_pending.wait(GIVE_WAY_MAX_S)
 
     def _handle(self, item: Received | Resync | Disconnected | _Call) -> None:
         if isinstance(item, Received):
@@ -693,7 +721,10 @@ class Daemon:
             return
         names = self._tunnel_names({r.tunnel_id for r in removed})
         lan = self._lan_name()
+        idle = self.no_event_pending
         for r in removed:
+            if not idle.is_set():  # an SA event first (see give_way)
+                idle.wait(GIVE_WAY_MAX_S)
             log.info(teardown_line(r, lan_if=lan, tunnel_if=names[r.tunnel_id]))
         self.stats["teardowns_logged"] += len(removed)
 
