@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from pyroute2 import IPRoute
 
 from controlplane import protocols, sysopt, version
+from controlplane.addresses import net_text
 from controlplane.config import Config
 from controlplane.control import Stream
 from controlplane.flow_table import FlowTable
@@ -239,23 +240,7 @@ def flow_summary(s: Snapshot) -> FlowSummary:
     return FlowSummary(s.counts.total, s.counts.held(_datapath_tunnels(s.table)))
 
 
-_NET_TEXTS: dict[int, tuple[Any, str]] = {}
-
-
-def _net(n: Any) -> str:
-    """A selector's text, cached by the network object's identity (the registry keeps the
-    same objects while a tunnel's selectors stand): ``show vpn-context`` of 1,000 tunnels
-    formats 4,000 of them, and even a cache keyed by value spent milliseconds in
-    ``ipaddress``'s Python-level ``__hash__``. The entry holds the object, so its id is not
-    reused while cached."""
-    hit = _NET_TEXTS.get(id(n))
-    if hit is not None and hit[0] is n:
-        return hit[1]
-    if len(_NET_TEXTS) >= 16384:
-        _NET_TEXTS.clear()
-    text = str(n)
-    _NET_TEXTS[id(n)] = (n, text)
-    return text
+_net = net_text  # the selectors' texts, cached (controlplane.addresses)
 
 
 def _metric_row(s: Snapshot, t: Any, tunnels: dict[int, DatapathTunnel],

@@ -51,6 +51,7 @@ from typing import Any
 
 from controlplane import commands, protocols, reclassify, resume, sysopt, wan
 from controlplane import config as config_mod
+from controlplane.addresses import net_repr, net_text
 from controlplane.config import Config, ConfigError
 from controlplane.control import ControlServer
 from controlplane.datapath import Datapath, DatapathConfig, hold_pinned_tunnels
@@ -449,7 +450,9 @@ class Daemon:
                      f"{sum(len(s.children) for s in item.sas)} CHILD_SAs installed")
             self.ipsec_backend = item.backend
             self.charon_up = True
-            self.apply_transitions(self.registry.resync(item.conns, item.sas), item.received)
+            with self.ids.batch():  # the ids saved once, before any map write
+                transitions = self.registry.resync(item.conns, item.sas)
+            self.apply_transitions(transitions, item.received)
         elif isinstance(item, Disconnected):
             self.stats["disconnects"] += 1
             if self.charon_up or not self.stats["resyncs"]:
@@ -596,7 +599,7 @@ class Daemon:
             # Sorted by id: when a remote prefix has more pairs than the data path holds,
             # the longest-configured tunnels keep their slots (see selectors.plan).
             overflows = self.maps.replace_selectors(
-                sorted(want, key=lambda s: (s.tunnel_id, str(s))))
+                sorted(want, key=_selector_order))
             self._selectors = want
             self.known.save(self.registry.tunnels.values())
             for o in overflows:
@@ -903,8 +906,15 @@ class _Apply:
                                      "event (the daemon goes on; please report)"))
 
 
+def _selector_order(s: Selector) -> tuple[int, str, str]:
+    """The order the selectors are compiled in: by tunnel id, then as ``str(s)`` of the
+    dataclass (its repr: local, then remote), with the networks' reprs cached (a resync
+    of 1,000 tunnels sorted 2,000 selectors by their text: a tenth of its time)."""
+    return (s.tunnel_id, net_repr(s.local), net_repr(s.remote))
+
+
 def _ts(nets: Any) -> str:
-    return ",".join(str(n) for n in nets) or "-"
+    return ",".join(map(net_text, nets)) or "-"
 
 
 def setup_logging(cfg: Config) -> None:
