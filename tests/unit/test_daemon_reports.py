@@ -111,3 +111,31 @@ def test_lost_events_are_told_once_per_interval(tmp_path: Path,
     d._check_lost(4 * every)
     told = [r.getMessage() for r in caplog.records if "752123" in r.getMessage()]
     assert len(told) == 2 and "10 data-path events lost" in told[1] and " 0 removed" in told[1]
+
+
+def test_teardown_logging_gives_way_while_an_sa_event_is_applied(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """While handle() applies an SA event, the teardown lines wait (and go on after): the
+    event's map writes do not queue for the GIL behind thousands of log lines."""
+    d, maps = gateway(tmp_path)
+    seen: list[bool] = []  # the flag as each map write of an SA event saw it
+    write = maps.set_tunnel
+
+    def watched(*args: object, **kw: object) -> None:
+        seen.append(d.no_event_pending.is_set())
+        write(*args, **kw)  # type: ignore[arg-type]
+
+    maps.set_tunnel = watched  # type: ignore[method-assign]
+    for item in follower_items("up"):
+        d.handle(item)
+    assert seen and not any(seen)  # cleared around every write of the event
+    assert d.no_event_pending.is_set()  # and set again once it is applied
+    d.no_event_pending.clear()  # an event being applied, as handle() does
+    with caplog.at_level(logging.INFO, logger="flowpin"):
+        t = threading.Thread(target=d.log_removed, args=(removed(3),))
+        t.start()
+        t.join(0.05)
+        assert t.is_alive() and d.stats["teardowns_logged"] == 0
+        d.no_event_pending.set()  # the event is written
+        t.join(5)
+    assert d.stats["teardowns_logged"] == 3
