@@ -104,8 +104,7 @@ class Daemon:
         # do not queue for the GIL behind them after each syscall.
         self.no_event_pending = threading.Event()
         self.no_event_pending.set()
-        self._events_applying = 0
-        self._events_applying_lock = threading.Lock()
+        self._events_applying = 0  # under the lock
         self.ids = TunnelIds(self.state_dir / "tunnels.json")
         self.registry = TunnelRegistry(self.ids, grace=cfg.forget_unconfigured_after)
         self.known = KnownSelectors(self.state_dir / "selectors.json")
@@ -415,18 +414,19 @@ class Daemon:
         """Apply one thing that happened: what the follower read from charon (an SA event,
         a resync, charon gone), or a call :meth:`on_loop` queued. Takes the lock."""
         urgent = not isinstance(item, _Call)
-        if urgent:
-            with self._events_applying_lock:
+        with self.lock:
+            # Cleared only while this thread holds the lock: a thread that waits in
+            # give_way never holds it (a change command logging its teardowns on the loop,
+            # under the lock, would otherwise wait for an event that waits for the lock).
+            if urgent:
                 self._events_applying += 1
                 self.no_event_pending.clear()
-        try:
-            with self.lock:
+            try:
                 self._handle(item)
                 if isinstance(item, Resync | Disconnected):
                     self.charon_heard.set()
-        finally:
-            if urgent:
-                with self._events_applying_lock:
+            finally:
+                if urgent:
                     self._events_applying -= 1
                     if not self._events_applying:
                         self.no_event_pending.set()

@@ -139,3 +139,20 @@ def test_teardown_logging_gives_way_while_an_sa_event_is_applied(
         d.no_event_pending.set()  # the event is written
         t.join(5)
     assert d.stats["teardowns_logged"] == 3
+
+
+def test_an_event_waiting_for_the_lock_never_makes_its_holder_give_way(
+        tmp_path: Path) -> None:
+    """A change command logs its teardowns on the loop, under the lock: an SA event that
+    waits for that lock must not make it wait in turn (each line would wait its bound)."""
+    d, _ = gateway(tmp_path)
+    items = list(follower_items("up"))
+    with d.lock:
+        t = threading.Thread(target=lambda: [d.handle(i) for i in items])
+        t.start()
+        t.join(0.05)
+        assert t.is_alive()  # the event waits for the lock ...
+        assert d.no_event_pending.is_set()  # ... without asking the holder to give way
+        d.log_removed(removed(3))
+    t.join(5)
+    assert not t.is_alive() and d.stats["teardowns_logged"] == 3
