@@ -105,6 +105,8 @@ class Daemon:
         self.no_event_pending = threading.Event()
         self.no_event_pending.set()
         self._events_applying = 0  # under the lock
+        self._event_seq = 0  # events flagged so far (under the lock)
+        self._gave_up_on = -1  # the event a give_way waited for in vain (see give_way)
         self.ids = TunnelIds(self.state_dir / "tunnels.json")
         self.registry = TunnelRegistry(self.ids, grace=cfg.forget_unconfigured_after)
         self.known = KnownSelectors(self.state_dir / "selectors.json")
@@ -420,6 +422,7 @@ class Daemon:
             # under the lock, would otherwise wait for an event that waits for the lock).
             if urgent:
                 self._events_applying += 1
+                self._event_seq += 1
                 self.no_event_pending.clear()
             try:
                 self._handle(item)
@@ -434,8 +437,13 @@ class Daemon:
     def give_way(self) -> None:
         """Called often by the threads beside the loop: while an SA event is being applied,
         wait until it is written (bounded: a stuck event never stops a sweep for long)."""
-        if not self.no_event_pending.is_set():
-            self.no_event_pending.wait(GIVE_WAY_MAX_S)
+        if self.no_event_pending.is_set():
+            return
+        seq = self._event_seq
+        if seq == self._gave_up_on:
+            return  # waited for this one already: an event that slow is not held up by us
+        if not self.no_event_pending.wait(GIVE_WAY_MAX_S):
+            self._gave_up_on = seq
 
     def _handle(self, item: Received | Resync | Disconnected | _Call) -> None:
         if isinstance(item, Received):
@@ -726,8 +734,8 @@ class Daemon:
         lan = self._lan_name()
         idle = self.no_event_pending
         for r in removed:
-            if not idle.is_set():  # an SA event first (see give_way)
-                idle.wait(GIVE_WAY_MAX_S)
+            if not idle.is_set():  # an SA event first
+                self.give_way()
             log.info(teardown_line(r, lan_if=lan, tunnel_if=names[r.tunnel_id]))
         self.stats["teardowns_logged"] += len(removed)
 

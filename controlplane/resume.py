@@ -64,7 +64,12 @@ class ResumeReport:
         # flowpin_tunnel_resumed_flows_total and flowpin_tunnel_resume_held_flows_total.
         self._totals: dict[int, tuple[int, int]] = {}
         self._timers: set[threading.Timer] = set()
+        # _lock guards the timers and totals, held only briefly: up() runs on the SA
+        # event's path, under the daemon lock, and must never wait for a report's read
+        # of the whole table (a second of CPU at a million flows). _reading is held
+        # while a report reads the maps, so that stop() waits for it.
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
         self._stopped = False
 
     def down(self, tunnel_id: int) -> None:
@@ -90,6 +95,8 @@ class ResumeReport:
             timers, self._timers = self._timers, set()
         for timer in timers:
             timer.cancel()
+        with self._reading:  # a report reading now is done before the maps close
+            pass
 
     def totals(self) -> dict[int, tuple[int, int]]:
         """(resumed, held) of each tunnel, summed over its reported outages (a copy)."""
@@ -111,14 +118,15 @@ class ResumeReport:
         return resumed, held, kicked
 
     def _report(self, tunnel_id: int, name: str, up_s: int) -> None:
-        with self._lock:
-            self._timers = {t for t in self._timers if t.is_alive()}
-            if self._stopped:
-                return
-            # counted under the lock, so stop() waits for a report being read
+        with self._reading:  # stop() waits for a report being read
+            with self._lock:
+                self._timers = {t for t in self._timers if t.is_alive()}
+                if self._stopped:
+                    return
             resumed, held, kicked = self.counts(tunnel_id, up_s)
-            r0, h0 = self._totals.get(tunnel_id, (0, 0))
-            self._totals[tunnel_id] = (r0 + resumed, h0 + held)
+            with self._lock:
+                r0, h0 = self._totals.get(tunnel_id, (0, 0))
+                self._totals[tunnel_id] = (r0 + resumed, h0 + held)
         self._kicked_at_down.pop(tunnel_id, None)
         emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"Tunnel {name}: resumed {resumed} of {held} "
              f"held flows within {REPORT_AFTER_S:.0f} s of UP, kicked {kicked}")

@@ -156,3 +156,23 @@ def test_an_event_waiting_for_the_lock_never_makes_its_holder_give_way(
         d.log_removed(removed(3))
     t.join(5)
     assert not t.is_alive() and d.stats["teardowns_logged"] == 3
+
+
+def test_an_event_that_outlasts_the_bound_is_waited_for_once(tmp_path: Path) -> None:
+    """An SA event still applied after give_way's bound (a resync, a write stuck) holds
+    the teardown lines up once, not once per line."""
+    d, _ = gateway(tmp_path)
+
+    class NeverDone:
+        waits = 0
+
+        def is_set(self) -> bool:
+            return False
+
+        def wait(self, timeout: float) -> bool:
+            NeverDone.waits += 1
+            return False
+
+    d.no_event_pending = NeverDone()  # type: ignore[assignment]
+    d.log_removed(removed(50))
+    assert NeverDone.waits == 1 and d.stats["teardowns_logged"] == 50
