@@ -279,7 +279,7 @@ class Daemon:
         self.dp = dp
         self.table = dp.table
         self.sweeper = Sweeper(dp.table, self.cfg.timeouts, give_way=self.give_way)
-        self.resume = resume.ResumeReport(dp.table)
+        self.resume = resume.ResumeReport(dp.table, give_way=self.give_way)
         self.use_maps(dp.table)
 
     def use_maps(self, maps: TunnelMaps) -> None:

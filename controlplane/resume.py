@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from controlplane.messages import Msg, Sev, emit
@@ -57,8 +58,11 @@ class ResumeReport:
     """Per tunnel: the kick counter at DOWN, and after UP the line
     "Tunnel T UP: resumed N of H held flows within 5 s, kicked M during the outage"."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, give_way: Callable[[], None] | None = None) -> None:
         self.table = table
+        # a report reads the whole table, a batch at a time: SA events first (safe: an
+        # event never waits for _reading, the only lock held while reading)
+        self.give_way = give_way
         self._kicked_at_down: dict[int, int] = {}
         # tunnel id -> (resumed, held) summed over the reports of its outages: the metrics'
         # flowpin_tunnel_resumed_flows_total and flowpin_tunnel_resume_held_flows_total.
@@ -113,7 +117,7 @@ class ResumeReport:
         """(resumed, held, kicked) of the tunnel's last outage: held = its TCP flows,
         resumed = those that forwarded a packet since ``up_s``."""
         # raw bytes, not decoded flows: a million of those cost seconds per tunnel
-        held, resumed = self.table.tcp_activity(tunnel_id, up_s)
+        held, resumed = self.table.tcp_activity(tunnel_id, up_s, self.give_way)
         kicked = self.table.kick_stats(tunnel_id)[0] - self._kicked_at_down.get(tunnel_id, 0)
         return resumed, held, kicked
 
