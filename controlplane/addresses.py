@@ -12,6 +12,33 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_TEXTS: dict[int, tuple[object, str, str]] = {}
+
+
+def _texts(n: IPNetwork) -> tuple[object, str, str]:
+    """(n, str(n), repr(n)), cached by the network object's identity: the registry keeps the
+    same objects while a tunnel's selectors stand, and a resync or a ``show vpn-context``
+    of 1,000 tunnels formats 4,000 of them (milliseconds in ``ipaddress``, whose
+    Python-level ``__hash__`` made even a cache keyed by value cost as much). The entry
+    holds the object, so its id cannot be reused while it is cached."""
+    hit = _TEXTS.get(id(n))
+    if hit is None or hit[0] is not n:
+        if len(_TEXTS) >= 65536:
+            _TEXTS.clear()
+        hit = _TEXTS[id(n)] = (n, str(n), repr(n))
+    return hit
+
+
+def net_text(n: IPNetwork) -> str:
+    """``str(n)``, cached (see _texts)."""
+    return _texts(n)[1]
+
+
+def net_repr(n: IPNetwork) -> str:
+    """``repr(n)``, cached (see _texts)."""
+    return _texts(n)[2]
+
+
 def to_words(addr: IPAddress) -> list[int]:
     """Native-endian u32 words whose memory is the address in network order."""
     b = addr.packed

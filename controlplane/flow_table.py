@@ -476,9 +476,11 @@ class FlowTable:
         words = memoryview(values).cast("B")[: count * vsz].cast("H")
         return words[off // 2::vsz // 2].tolist()
 
-    def tcp_activity(self, tunnel_id: int, since_s: int) -> tuple[int, int]:
+    def tcp_activity(self, tunnel_id: int, since_s: int,
+                     give_way: Callable[[], None] | None = None) -> tuple[int, int]:
         """(TCP flows of ``tunnel_id``, those of them forwarded at or after ``since_s``):
-        the table walked a batch at a time, only that tunnel's flows unpacked."""
+        the table walked a batch at a time, only that tunnel's flows unpacked;
+        ``give_way`` called before each batch (the daemon's pause for SA events)."""
         total = active = 0
         for fam in (4, 6):
             m = self.flow_map(fam)
@@ -488,6 +490,8 @@ class FlowTable:
             off = m.Leaf.tunnel_id.offset
             want = tunnel_id.to_bytes(2, sys.byteorder)
             for keys, values, n in self.chunks(fam, 65536):
+                if give_way is not None:
+                    give_way()
                 kb = memoryview(keys).cast("B")
                 vb = memoryview(values).cast("B")
                 # the ids as one bytes object, 2 bytes a flow: found by bytes.find (C),

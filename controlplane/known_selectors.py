@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from controlplane.addresses import net_text
 from controlplane.tunnel import TunnelKey
 
 
@@ -34,8 +35,8 @@ class KnownSelectors:
         return out
 
     def save(self, tunnels: Any) -> None:
-        data = [{"conn": t.key[0], "child": t.key[1], "local": [str(n) for n in t.local_ts],
-                 "remote": [str(n) for n in t.remote_ts]} for t in tunnels]
+        data = [{"conn": t.key[0], "child": t.key[1], "local": [net_text(n) for n in t.local_ts],
+                 "remote": [net_text(n) for n in t.remote_ts]} for t in tunnels]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, separators=(",", ":")))  # 1,000 tunnels on every change

@@ -30,6 +30,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.samples import Sample
 
 from controlplane import version
 
@@ -237,25 +238,38 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
                             "reports: resumed/held is the share that moved again.", tun)
     t_since = gauge("tunnel_state_since_seconds", "When the tunnel last changed state (Unix "
                     "time).", tun)
+    # Every per-tunnel family filled in one pass over the tunnels, each sample made as the
+    # library's own add_metric makes it (prometheus_client.samples.Sample), but with one
+    # label dict per tunnel (and direction) shared by its ~16 samples: a scrape of 1,000
+    # tunnels built 16,000 dicts for 3,000 distinct label sets. The library only reads them.
+    def sink(fam: Metric) -> tuple[Callable[[Sample], None], str]:
+        return fam.samples.append, fam.name + ("_total" if fam.type == "counter" else "")
+
+    (up_, n_up), (fl_, n_fl), (pi_, n_pi), (by_, n_by), (he_, n_he), (re_, n_re), \
+        (cl_, n_cl), (us_, n_us), (ds_, n_ds), (ki_, n_ki), (kl_, n_kl), (rs_, n_rs), \
+        (rh_, n_rh), (si_, n_si) = map(sink, (
+            t_up, t_flows, t_pinned, t_bytes, t_held, t_refused, t_clear, t_ups, t_downs,
+            t_kicks, t_kicks_limited, t_resumed, t_resume_held, t_since))
     for t in snap.get("tunnels", []):
-        lv = [str(t["tunnel"]), str(t.get("peer") or "")]
-        t_up.add_metric(lv, int(t["state"] == "UP"))
-        t_flows.add_metric(lv, t["flows"])
-        t_pinned.add_metric(lv, t["pinned"])
-        t_bytes.add_metric([*lv, "out"], t.get("flow_bytes_out", 0))
-        t_bytes.add_metric([*lv, "in"], t.get("flow_bytes_in", 0))
-        t_held.add_metric(lv, t["held_packets"])
-        t_refused.add_metric(lv, t["refused"])
-        t_clear.add_metric([*lv, "out"], t["cleartext_dropped_out"])
-        t_clear.add_metric([*lv, "in"], t["cleartext_dropped_in"])
-        t_ups.add_metric(lv, t.get("ups", 0))
-        t_downs.add_metric(lv, t.get("downs", 0))
-        t_kicks.add_metric(lv, t.get("kicked", 0))
-        t_kicks_limited.add_metric(lv, t.get("kicks_limited", 0))
-        t_resumed.add_metric(lv, t.get("resumed_flows", 0))
-        t_resume_held.add_metric(lv, t.get("resume_held_flows", 0))
+        lv = {"tunnel": str(t["tunnel"]), "peer": str(t.get("peer") or "")}
+        out_, in_ = {**lv, "direction": "out"}, {**lv, "direction": "in"}
+        up_(Sample(n_up, lv, int(t["state"] == "UP"), None))
+        fl_(Sample(n_fl, lv, t["flows"], None))
+        pi_(Sample(n_pi, lv, t["pinned"], None))
+        by_(Sample(n_by, out_, t.get("flow_bytes_out", 0), None))
+        by_(Sample(n_by, in_, t.get("flow_bytes_in", 0), None))
+        he_(Sample(n_he, lv, t["held_packets"], None))
+        re_(Sample(n_re, lv, t["refused"], None))
+        cl_(Sample(n_cl, out_, t["cleartext_dropped_out"], None))
+        cl_(Sample(n_cl, in_, t["cleartext_dropped_in"], None))
+        us_(Sample(n_us, lv, t.get("ups", 0), None))
+        ds_(Sample(n_ds, lv, t.get("downs", 0), None))
+        ki_(Sample(n_ki, lv, t.get("kicked", 0), None))
+        kl_(Sample(n_kl, lv, t.get("kicks_limited", 0), None))
+        rs_(Sample(n_rs, lv, t.get("resumed_flows", 0), None))
+        rh_(Sample(n_rh, lv, t.get("resume_held_flows", 0), None))
         if t.get("since"):
-            t_since.add_metric(lv, t["since"])
+            si_(Sample(n_si, lv, t["since"], None))
     yield from (t_up, t_flows, t_pinned, t_bytes, t_held, t_refused, t_clear, t_ups, t_downs,
                 t_kicks, t_kicks_limited, t_resumed, t_resume_held, t_since)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from controlplane.messages import Msg, Sev, emit
@@ -57,14 +58,22 @@ class ResumeReport:
     """Per tunnel: the kick counter at DOWN, and after UP the line
     "Tunnel T UP: resumed N of H held flows within 5 s, kicked M during the outage"."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, give_way: Callable[[], None] | None = None) -> None:
         self.table = table
+        # a report reads the whole table, a batch at a time: SA events first (safe: an
+        # event never waits for _reading, the only lock held while reading)
+        self.give_way = give_way
         self._kicked_at_down: dict[int, int] = {}
         # tunnel id -> (resumed, held) summed over the reports of its outages: the metrics'
         # flowpin_tunnel_resumed_flows_total and flowpin_tunnel_resume_held_flows_total.
         self._totals: dict[int, tuple[int, int]] = {}
         self._timers: set[threading.Timer] = set()
+        # _lock guards the timers and totals, held only briefly: up() runs on the SA
+        # event's path, under the daemon lock, and must never wait for a report's read
+        # of the whole table (a second of CPU at a million flows). _reading is held
+        # while a report reads the maps, so that stop() waits for it.
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
         self._stopped = False
 
     def down(self, tunnel_id: int) -> None:
@@ -90,6 +99,8 @@ class ResumeReport:
             timers, self._timers = self._timers, set()
         for timer in timers:
             timer.cancel()
+        with self._reading:  # a report reading now is done before the maps close
+            pass
 
     def totals(self) -> dict[int, tuple[int, int]]:
         """(resumed, held) of each tunnel, summed over its reported outages (a copy)."""
@@ -106,19 +117,20 @@ class ResumeReport:
         """(resumed, held, kicked) of the tunnel's last outage: held = its TCP flows,
         resumed = those that forwarded a packet since ``up_s``."""
         # raw bytes, not decoded flows: a million of those cost seconds per tunnel
-        held, resumed = self.table.tcp_activity(tunnel_id, up_s)
+        held, resumed = self.table.tcp_activity(tunnel_id, up_s, self.give_way)
         kicked = self.table.kick_stats(tunnel_id)[0] - self._kicked_at_down.get(tunnel_id, 0)
         return resumed, held, kicked
 
     def _report(self, tunnel_id: int, name: str, up_s: int) -> None:
-        with self._lock:
-            self._timers = {t for t in self._timers if t.is_alive()}
-            if self._stopped:
-                return
-            # counted under the lock, so stop() waits for a report being read
+        with self._reading:  # stop() waits for a report being read
+            with self._lock:
+                self._timers = {t for t in self._timers if t.is_alive()}
+                if self._stopped:
+                    return
             resumed, held, kicked = self.counts(tunnel_id, up_s)
-            r0, h0 = self._totals.get(tunnel_id, (0, 0))
-            self._totals[tunnel_id] = (r0 + resumed, h0 + held)
+            with self._lock:
+                r0, h0 = self._totals.get(tunnel_id, (0, 0))
+                self._totals[tunnel_id] = (r0 + resumed, h0 + held)
         self._kicked_at_down.pop(tunnel_id, None)
         emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"Tunnel {name}: resumed {resumed} of {held} "
              f"held flows within {REPORT_AFTER_S:.0f} s of UP, kicked {kicked}")

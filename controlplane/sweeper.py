@@ -30,7 +30,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from controlplane.durations import Timeouts
 from controlplane.flow_counts import FlowCounts, merge_tunnel_zero
@@ -76,8 +76,11 @@ def idle_reason(proto: int, s0: int, s1: int, idle: float, t: Timeouts,
 class Sweeper:
     """Sweeps one data path's flow maps. ``sweep()`` returns what it removed."""
 
-    def __init__(self, table: FlowTable, timeouts: Timeouts | None = None) -> None:
+    def __init__(self, table: FlowTable, timeouts: Timeouts | None = None,
+                 give_way: Callable[[], None] | None = None) -> None:
         self.table = table
+        # called every few hundred flows: the daemon's pause while an SA event is applied
+        self.give_way = give_way or (lambda: None)
         self.timeouts = timeouts or Timeouts()
         self.last_stats: dict[str, int] = {}
         self.counts = FlowCounts()  # per tunnel, as the last sweep left the table
@@ -130,8 +133,11 @@ class Sweeper:
                 kbuf = memoryview(raw.keys).cast("B")[: n * ksz]
                 poff = self.proto_offset[fam]
                 cands: list[tuple[int, str]] = []
+                give_way = self.give_way
                 for i, (gen, tid, s0, s1, _q0, _q1, _a0, _a1, _c, last, b0, b1) in enumerate(
                         self.value_layout.struct.iter_unpack(vbuf)):
+                    if not i & 511:
+                        give_way()
                     tun = tunnels.get(tid, _NEVER_WRITTEN)
                     proto = kbuf[i * ksz + poff]
                     if tid == 0:
@@ -193,7 +199,9 @@ class Sweeper:
         cur_p = ctypes.addressof(cur)
         fd = table.map_fd
         n = 0
-        for i, why in cands:
+        for j, (i, why) in enumerate(cands):
+            if not j & 255:
+                self.give_way()
             kb = bytes(kbuf[i * ksz:(i + 1) * ksz])
             if lib.bpf_lookup_elem(fd, kb, cur_p) != 0:
                 continue  # already gone (the packet path removed it)

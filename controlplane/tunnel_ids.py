@@ -14,7 +14,9 @@ daemon logs and counts it instead of failing the whole batch of tunnels.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 TunnelKey = tuple[str, str]  # (connection, child), as in controlplane.tunnel
@@ -26,6 +28,8 @@ class TunnelIds:
         self.refuse_id = refuse_id
         self.ids: dict[str, int] = {}
         self.retired: set[int] = set()
+        self._deferred = 0  # inside batch(): saved once at its end
+        self._dirty = False
         try:
             doc = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):
@@ -73,7 +77,25 @@ class TunnelIds:
         self._save()
         return freed
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Ids handed out inside are saved once, when the block ends (also on an error):
+        a resync finding 1,000 new tunnels wrote the whole file after each, a second of
+        JSON. The caller writes no map with these ids before the block has ended, so a
+        daemon that dies never leaves an id in the data path that the file lacks."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            if not self._deferred and self._dirty:
+                self._save()
+
     def _save(self) -> None:
+        if self._deferred:
+            self._dirty = True
+            return
+        self._dirty = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"ids": self.ids, "retired": sorted(self.retired)},

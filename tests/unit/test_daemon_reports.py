@@ -111,3 +111,68 @@ def test_lost_events_are_told_once_per_interval(tmp_path: Path,
     d._check_lost(4 * every)
     told = [r.getMessage() for r in caplog.records if "752123" in r.getMessage()]
     assert len(told) == 2 and "10 data-path events lost" in told[1] and " 0 removed" in told[1]
+
+
+def test_teardown_logging_gives_way_while_an_sa_event_is_applied(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """While handle() applies an SA event, the teardown lines wait (and go on after): the
+    event's map writes do not queue for the GIL behind thousands of log lines."""
+    d, maps = gateway(tmp_path)
+    seen: list[bool] = []  # the flag as each map write of an SA event saw it
+    write = maps.set_tunnel
+
+    def watched(*args: object, **kw: object) -> None:
+        seen.append(d.no_event_pending.is_set())
+        write(*args, **kw)  # type: ignore[arg-type]
+
+    maps.set_tunnel = watched  # type: ignore[method-assign]
+    for item in follower_items("up"):
+        d.handle(item)
+    assert seen and not any(seen)  # cleared around every write of the event
+    assert d.no_event_pending.is_set()  # and set again once it is applied
+    d.no_event_pending.clear()  # an event being applied, as handle() does
+    with caplog.at_level(logging.INFO, logger="flowpin"):
+        t = threading.Thread(target=d.log_removed, args=(removed(3),))
+        t.start()
+        t.join(0.05)
+        assert t.is_alive() and d.stats["teardowns_logged"] == 0
+        d.no_event_pending.set()  # the event is written
+        t.join(5)
+    assert d.stats["teardowns_logged"] == 3
+
+
+def test_an_event_waiting_for_the_lock_never_makes_its_holder_give_way(
+        tmp_path: Path) -> None:
+    """A change command logs its teardowns on the loop, under the lock: an SA event that
+    waits for that lock must not make it wait in turn (each line would wait its bound)."""
+    d, _ = gateway(tmp_path)
+    items = list(follower_items("up"))
+    with d.lock:
+        t = threading.Thread(target=lambda: [d.handle(i) for i in items])
+        t.start()
+        t.join(0.05)
+        assert t.is_alive()  # the event waits for the lock ...
+        assert d.no_event_pending.is_set()  # ... without asking the holder to give way
+        d.log_removed(removed(3))
+    t.join(5)
+    assert not t.is_alive() and d.stats["teardowns_logged"] == 3
+
+
+def test_an_event_that_outlasts_the_bound_is_waited_for_once(tmp_path: Path) -> None:
+    """An SA event still applied after give_way's bound (a resync, a write stuck) holds
+    the teardown lines up once, not once per line."""
+    d, _ = gateway(tmp_path)
+
+    class NeverDone:
+        waits = 0
+
+        def is_set(self) -> bool:
+            return False
+
+        def wait(self, timeout: float) -> bool:
+            NeverDone.waits += 1
+            return False
+
+    d.no_event_pending = NeverDone()  # type: ignore[assignment]
+    d.log_removed(removed(50))
+    assert NeverDone.waits == 1 and d.stats["teardowns_logged"] == 50

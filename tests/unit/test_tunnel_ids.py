@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from controlplane.tunnel_ids import TunnelIds
 
 
@@ -41,3 +43,21 @@ def test_first_format_still_reads(tmp_path: Path) -> None:
     path.write_text(json.dumps({"site/lan": 1, "other/lan": 2}))
     ids = TunnelIds(path)
     assert ids(("other", "lan")) == 2 and ids(("new", "lan")) == 3
+
+
+def test_a_batch_saves_its_ids_once_at_its_end(tmp_path: Path) -> None:
+    path = tmp_path / "tunnels.json"
+    ids = TunnelIds(path)
+    with ids.batch():
+        got = [ids((f"site{i}", "lan")) for i in range(3)]
+        assert not path.exists()  # nothing written while the batch runs
+    assert TunnelIds(path).ids == {f"site{i}/lan": got[i] for i in range(3)}
+
+
+def test_a_batch_that_fails_still_saves_what_it_handed_out(tmp_path: Path) -> None:
+    path = tmp_path / "tunnels.json"
+    ids = TunnelIds(path)
+    with pytest.raises(RuntimeError), ids.batch():
+        ids(("a", "lan"))
+        raise RuntimeError("resync failed half way")
+    assert TunnelIds(path).ids == {"a/lan": 1}
