@@ -357,7 +357,8 @@ class Runner:
             self.t.procs.remove(p)
             j = json.loads(out)
             if j["failed"]:
-                raise BenchError(f"{j['failed']} short connections failed")
+                raise BenchError(f"{j['failed']} short connections failed "
+                                 f"({j.get('errors')})")
             total += j["connections"] / j["seconds"]
         return total
 
@@ -498,11 +499,13 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             fns = {"tput_gbps": r.tput, "pps": r.pps, "cps": r.cps_run}
             digits = {"tput_gbps": 3, "pps": 0, "cps": 1}
             for m in measures:
-                def one(c: str, _round: int, fn: Any = fns[m]) -> float:
+                def one(c: str, _round: int, fn: Any = fns[m], what: str = m) -> float:
                     r.settle()
                     gw.apply(c)
                     try:
                         return float(fn())
+                    except BenchError as exc:
+                        raise BenchError(f"{c}, {what}: {exc}") from None
                     finally:
                         gw.remove(c)
 

@@ -113,6 +113,7 @@ _LINGER0 = struct.pack("ii", 1, 0)
 
 def cps_client(to: str, port: int, seconds: float) -> dict[str, Any]:
     ok = failed = 0
+    errors: dict[str, int] = {}  # errno name -> count: why connections failed
     addr = (to, port)
     t0 = time.monotonic()
     deadline = t0 + seconds
@@ -125,14 +126,16 @@ def cps_client(to: str, port: int, seconds: float) -> dict[str, Any]:
             try:
                 s.connect(addr)
                 ok += 1
-            except OSError:
+            except OSError as exc:
                 failed += 1
+                name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+                errors[name] = errors.get(name, 0) + 1
             s.close()
         if time.monotonic() >= deadline:
             break
     elapsed = time.monotonic() - t0
-    return {"connections": ok, "failed": failed, "seconds": round(elapsed, 4),
-            "cps": round(ok / elapsed, 1)}
+    return {"connections": ok, "failed": failed, "errors": errors,
+            "seconds": round(elapsed, 4), "cps": round(ok / elapsed, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

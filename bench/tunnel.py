@@ -118,6 +118,10 @@ class LanFilters:
 
     def off(self) -> None:
         detach_interface(self.ifname, self.ns)
+        self._detach_links()
+
+    def _detach_links(self) -> None:
+        """Detach the pinned tcx links of this interface, if any."""
         for hook in HOOK_OF.values():
             path = self.pins / tcx.pin_name(self.ifname, hook)
             if path.exists():
@@ -156,14 +160,7 @@ class LanFilters:
                 ipr.tc("add", "clsact", idx)
             for parent, fd in self.fds.items():
                 replace_filter(ipr, idx, parent, fd, names[parent])
-        for hook in HOOK_OF.values():  # no tcx link beside the filters
-            path = self.pins / tcx.pin_name(self.ifname, hook)
-            if path.exists():
-                fd = libbpf.obj_get(str(path))
-                try:
-                    tcx.detach(fd)
-                finally:
-                    os.close(fd)
+        self._detach_links()  # no tcx link beside the filters
 
     def attached(self, mode: str = "clsact") -> bool:
         return _filter_prog_ids(self.ns, self.ifname,
