@@ -60,6 +60,7 @@ from bench.common import alternate, machine, print_result, ratio, summary
 from lab import netns, nft
 
 CONTENDERS = ("plain", "nftables", "flowpin")
+SERVER_LIFE_S = 24 * 3600  # the UDP sink and the connection server: longer than any run
 TC_EMPTY = "tc_empty"  # diagnostic: the TC hook with an empty program (--with-tc-empty)
 TC_FLOOR = "tc_floor"  # diagnostic: the least a TC flow table does (--with-tc-floor)
 # diagnostic contender -> (bpf/ source, function)
@@ -308,10 +309,16 @@ class Runner:
         sc = self.server_cpu
         self.iperf = self.t.popen(tp.SERVER, ["iperf3", "-s", "-p", str(IPERF_PORT)], cpu=sc,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.sink = self.t.popen(tp.SERVER, LOADGEN + ["udp-sink", "--port", str(UDP_PORT)],
+        # The servers live as long as the run (the topology kills them at the end): their
+        # own default of 600 s ended the connection server in the middle of a run of two
+        # attach modes, and every connection after it was refused.
+        life = ["--seconds", str(SERVER_LIFE_S)]
+        self.sink = self.t.popen(tp.SERVER, LOADGEN + ["udp-sink", "--port", str(UDP_PORT)]
+                                 + life,
                                  cpu=sc, stdout=subprocess.PIPE, text=True)
         _wait_ready(self.sink, "UDP sink")
-        self.cps = self.t.popen(tp.SERVER, LOADGEN + ["cps-server", "--port", str(CPS_PORT)],
+        self.cps = self.t.popen(tp.SERVER, LOADGEN + ["cps-server", "--port", str(CPS_PORT)]
+                                + life,
                                 cpu=sc, stdout=subprocess.PIPE, text=True)
         _wait_ready(self.cps, "connection server")
         deadline = time.monotonic() + 5
