@@ -118,3 +118,28 @@ def print_result(run: Callable[[], dict[str, Any]]) -> int:
         return 1
     print(json.dumps(out, indent=2 if sys.stdout.isatty() else None))
     return 0
+
+
+# route_to_nowhere: the sender's address, and a gateway whose MAC nobody owns.
+NOWHERE_SRC, NOWHERE_GW, NOWHERE_GW_MAC = "10.95.0.1", "10.95.0.2", "02:00:5e:00:00:02"
+
+
+def route_to_nowhere(net: str, veth: str) -> None:
+    """In the current (benchmark) namespace: ``net`` routed out of a new veth pair
+    ``{veth}0``/``{veth}1`` to a gateway whose MAC nobody owns, so the peer drops the frames
+    (other host), nothing answers and nothing comes back; unreplied UDP conntrack entries
+    kept 10 minutes (longer than any benchmark). For filling conntrack with entries."""
+    from pyroute2 import IPRoute
+
+    Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout").write_text("600")
+    with IPRoute() as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        ipr.link("add", ifname=f"{veth}0", kind="veth", peer=f"{veth}1")
+        idx = ipr.link_lookup(ifname=f"{veth}0")[0]
+        ipr.link("set", index=ipr.link_lookup(ifname=f"{veth}1")[0], state="up")
+        ipr.link("set", index=idx, state="up")
+        ipr.addr("add", index=idx, address=NOWHERE_SRC, prefixlen=24)
+        ipr.neigh("add", dst=NOWHERE_GW, lladdr=NOWHERE_GW_MAC, ifindex=idx,
+                  state=0x80)  # NUD_PERMANENT
+        addr, plen = net.split("/")
+        ipr.route("add", dst=addr, dst_len=int(plen), gateway=NOWHERE_GW)

@@ -38,12 +38,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import NOWHERE_SRC, route_to_nowhere
 from bench.loadgen import _IoVec, _libc, _MMsgHdr
 from lab import netns
 
 NS = "fpbench-ct"  # a benchmark namespace: created and removed under bench.topo.BenchLock
 NET = "10.64.0.0/10"  # 4M addresses, routed to a gateway that drops them
-SRC, GW_ADDR, GW_MAC = "10.95.0.1", "10.95.0.2", "02:00:5e:00:00:02"
+SRC = NOWHERE_SRC
 SPORT, DPORT = 40000, 53
 NFT_TABLE = "fpbench_ct"
 BATCH = 1024
@@ -54,20 +55,7 @@ _MMSG = struct.Struct("<QI4xQQQQi4xI4x")  # struct mmsghdr, x86_64
 def _setup() -> None:
     """In the namespace: NET routed out of a veth to nowhere; unreplied UDP entries kept
     10 minutes (longer than the benchmark)."""
-    from pyroute2 import IPRoute
-
-    (_PROC / "nf_conntrack_udp_timeout").write_text("600")
-    with IPRoute() as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        ipr.link("add", ifname="fpct0", kind="veth", peer="fpct1")
-        idx = ipr.link_lookup(ifname="fpct0")[0]
-        ipr.link("set", index=ipr.link_lookup(ifname="fpct1")[0], state="up")
-        ipr.link("set", index=idx, state="up")
-        ipr.addr("add", index=idx, address=SRC, prefixlen=24)
-        ipr.neigh("add", dst=GW_ADDR, lladdr=GW_MAC, ifindex=idx, state=0x80)  # PERMANENT
-        addr, plen = NET.split("/")
-        ipr.route("add", dst=addr, dst_len=int(plen), gateway=GW_ADDR)
-
+    route_to_nowhere(NET, "fpct")
 
 def _nft(*cmds: str) -> Any:
     import nftables

@@ -76,22 +76,10 @@ def _ct_setup(net: str) -> str:
     """In the namespace: ``net`` routed out of a veth to nowhere, conntrack used by nftables,
     unreplied UDP entries kept 10 minutes. Returns '' or an error."""
     import nftables
-    from pyroute2 import IPRoute
 
-    Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout").write_text("600")
-    with IPRoute() as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        ipr.link("add", ifname="fpmem0", kind="veth", peer="fpmem1")
-        idx = ipr.link_lookup(ifname="fpmem0")[0]
-        ipr.link("set", index=ipr.link_lookup(ifname="fpmem1")[0], state="up")
-        ipr.link("set", index=idx, state="up")
-        ipr.addr("add", index=idx, address="10.95.0.1", prefixlen=24)
-        # a gateway whose MAC nobody owns: the peer drops the frames (other host), so
-        # nothing answers and nothing comes back
-        ipr.neigh("add", dst="10.95.0.2", lladdr="02:00:5e:00:00:02", ifindex=idx,
-                  state=0x80)  # NUD_PERMANENT
-        addr, plen = net.split("/")
-        ipr.route("add", dst=addr, dst_len=int(plen), gateway="10.95.0.2")
+    from bench.common import route_to_nowhere
+
+    route_to_nowhere(net, "fpmem")
     nft = nftables.Nftables()
     for cmd in (f"add table inet {NFT_TABLE}",
                 f"add chain inet {NFT_TABLE} out {{ type filter hook output priority 0; }}",
