@@ -69,7 +69,7 @@ class Config:
     log_file: str = ""  # empty: stdout (journald under systemd)
     metrics_listen: str = ""  # e.g. "127.0.0.1:9477"; empty: off
     resume_kick: bool = True  # answer held segments with an ICMP unreachable (kick.h)
-    kick_interval: float = 0.2  # at most one kick per flow per interval
+    kick_interval: float = 0.1  # at most one kick per flow per interval
     kick_budget: int = 1000  # at most this many kicks per second in all
     tunnels: tuple[TunnelOverride, ...] = ()
 

@@ -185,6 +185,10 @@ class FlowTable:
         s = self.kick_stats_map[self._tkey(tunnel_id)]
         return int(s.kicked), int(s.limited)
 
+    def kick_repairs(self, tunnel_id: int) -> int:
+        """Of the tunnel's kicks, the second answers that undid a lost revert (kick.h)."""
+        return int(self.kick_stats_map[self._tkey(tunnel_id)].repaired)
+
     def kick_counts(self) -> dict[int, tuple[int, int]]:
         """(kicked, limited) by tunnel id, tunnels without kicks left out: one batch read
         of the array (``show vpn-context`` of 1,000 tunnels read it one entry at a time)."""

@@ -63,7 +63,8 @@ class ResumeReport:
         # a report reads the whole table, a batch at a time: SA events first (safe: an
         # event never waits for _reading, the only lock held while reading)
         self.give_way = give_way
-        self._kicked_at_down: dict[int, int] = {}
+        # tunnel id -> (kicked, repairs) at its DOWN: the report counts this outage's
+        self._kicked_at_down: dict[int, tuple[int, int]] = {}
         # tunnel id -> (resumed, held) summed over the reports of its outages: the metrics'
         # flowpin_tunnel_resumed_flows_total and flowpin_tunnel_resume_held_flows_total.
         self._totals: dict[int, tuple[int, int]] = {}
@@ -77,7 +78,8 @@ class ResumeReport:
         self._stopped = False
 
     def down(self, tunnel_id: int) -> None:
-        self._kicked_at_down[tunnel_id] = self.table.kick_stats(tunnel_id)[0]
+        self._kicked_at_down[tunnel_id] = (self.table.kick_stats(tunnel_id)[0],
+                                           self.table.kick_repairs(tunnel_id))
 
     def up(self, tunnel_id: int, name: str) -> None:
         if tunnel_id not in self._kicked_at_down:
@@ -118,7 +120,8 @@ class ResumeReport:
         resumed = those that forwarded a packet since ``up_s``."""
         # raw bytes, not decoded flows: a million of those cost seconds per tunnel
         held, resumed = self.table.tcp_activity(tunnel_id, up_s, self.give_way)
-        kicked = self.table.kick_stats(tunnel_id)[0] - self._kicked_at_down.get(tunnel_id, 0)
+        kicked = self.table.kick_stats(tunnel_id)[0] - self._kicked_at_down.get(tunnel_id,
+                                                                                (0, 0))[0]
         return resumed, held, kicked
 
     def _report(self, tunnel_id: int, name: str, up_s: int) -> None:
@@ -128,9 +131,12 @@ class ResumeReport:
                 if self._stopped:
                     return
             resumed, held, kicked = self.counts(tunnel_id, up_s)
+            repairs = self.table.kick_repairs(tunnel_id) - self._kicked_at_down.get(
+                tunnel_id, (0, 0))[1]
             with self._lock:
                 r0, h0 = self._totals.get(tunnel_id, (0, 0))
                 self._totals[tunnel_id] = (r0 + resumed, h0 + held)
         self._kicked_at_down.pop(tunnel_id, None)
         emit(Sev.INFO, Msg.TUNNEL_UP_RESUMED, f"Tunnel {name}: resumed {resumed} of {held} "
-             f"held flows within {REPORT_AFTER_S:.0f} s of UP, kicked {kicked}")
+             f"held flows within {REPORT_AFTER_S:.0f} s of UP, kicked {kicked} "
+             f"({repairs} repairs)")

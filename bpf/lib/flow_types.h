@@ -51,7 +51,7 @@
 #define FP_SIZEOF_EVENT 104
 #define FP_SIZEOF_GUARD_STATS 32
 #define FP_SIZEOF_KICK_CONFIG 32
-#define FP_SIZEOF_KICK_STATS 16
+#define FP_SIZEOF_KICK_STATS 24
 
 /* Hook direction: which TC hook of the LAN-facing interface saw the packet. */
 enum fp_dir {
@@ -256,6 +256,17 @@ struct fp_kick_config {
 struct fp_kick_stats {
 	__u64 kicked;		/* ICMP unreachables sent to LAN senders of held flows */
 	__u64 limited;		/* held segments not answered: per-flow interval or budget */
+	__u64 repaired;		/* of kicked: second ICMPs undoing a lost revert (kick.h) */
+};
+
+/*
+ * struct fp_kick_state - one held flow's kick history (fp_kick_last4/6, LRU): when it was
+ * last answered and the shortest gap seen between two answers, which is its sender's base
+ * retransmission timeout while the outage lasts.
+ */
+struct fp_kick_state {
+	__u64 last_ns;		/* when this flow was last kicked */
+	__u64 gap_ns;		/* shortest gap between two kicks of this outage, 0 = none yet */
 };
 
 /* struct fp_kick_budget - the global per-second kick budget (array of one entry). */

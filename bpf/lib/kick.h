@@ -20,9 +20,24 @@
  * (the senders of held flows are on the LAN); segments with IPv4 options or IPv6
  * extension headers, or frames with an in-band VLAN tag, are dropped unanswered.
  *
- * Bounded: at most one kick per flow per interval (fp_kick_last*, LRU), and at most
- * budget kicks per second in all (fp_kick_budget). The check-then-store of both is not
- * atomic: CPUs racing may each send one more, as events.h accepts for its rate limits.
+ * A revert can be lost: tcp_v4_err/tcp_v6_err ignore the ICMP while the sender's socket is
+ * owned by its application (TcpExtLockDroppedIcmps; e.g. the retransmission timer ran
+ * deferred from release_sock and our answer came back before the owner let go). One lost
+ * revert doubles that flow's timer for the rest of the outage, and the next kick only undoes
+ * the doubling of its own retransmission: the sender then waits twice the base RTO (or
+ * more, after more losses) once the tunnel is back. So each flow keeps the shortest gap
+ * between its kicks (its base RTO while the outage lasts); a retransmission that comes
+ * more than 1.5 gaps after the previous one shows a doubling that was not undone, and is
+ * answered twice (a clone of the answer, bpf_clone_redirect): the second ICMP reverts the
+ * doubling that was lost. A second ICMP with nothing left to revert is ignored by the
+ * sender (icsk_backoff is 0). A gap of FP_KICK_FORGET_NS or more starts a new history
+ * (another outage).
+ *
+ * Bounded: at most one answer per flow per interval (fp_kick_last*, LRU), and at most
+ * budget ICMPs per second in all (fp_kick_budget; a repair counts two). The interval is
+ * kept well under the kernel's minimum RTO (200 ms; default 100 ms), so timing jitter
+ * never costs a retransmission its answer. The check-then-store of both is not atomic:
+ * CPUs racing may each send one more, as events.h accepts for its rate limits.
  *
  * Checksums: the new headers' checksums are computed here in full. A frame that arrived
  * with CHECKSUM_PARTIAL (a veth from a local sender) keeps that state: the receiver then
@@ -47,21 +62,37 @@ static __always_inline __u16 __csum_fold(__u32 csum)
 	return ~csum & 0xffff;
 }
 
-/* __kick_allowed - the per-flow interval and the global budget allow one more kick now. */
+/* A gap this long between two kicks of a flow belongs to another outage: start anew. */
+#define FP_KICK_FORGET_NS (10ULL * FP_NSEC_PER_SEC)
+
+/*
+ * __kick_allowed - how many ICMPs to answer the held segment with: 0 (the per-flow interval
+ * or the global budget says no), 1, or 2 when the flow's gap shows a lost revert (above).
+ */
 static __always_inline int __kick_allowed(const struct fp_pkt *p, const struct fp_keys *k,
 					  const struct fp_kick_config *kc, __u64 now_ns)
 {
 	__u64 interval = (__u64)kc->interval_ms * 1000000ULL;
+	struct fp_kick_state *st, next = { .last_ns = now_ns };
 	struct fp_kick_budget *b;
 	__u32 zero = 0;
-	__u64 *last;
+	int n = 1;
 
 	if (p->family == 4)
-		last = fp_kick_last4.lookup((struct fp_flow_key4 *)&k->k4);
+		st = fp_kick_last4.lookup((struct fp_flow_key4 *)&k->k4);
 	else
-		last = fp_kick_last6.lookup((struct fp_flow_key6 *)&k->k6);
-	if (last && now_ns - *last < interval)
-		return 0;
+		st = fp_kick_last6.lookup((struct fp_flow_key6 *)&k->k6);
+	if (st) {
+		__u64 gap = now_ns - st->last_ns;
+
+		if (gap < interval)
+			return 0;
+		if (gap < FP_KICK_FORGET_NS) {
+			next.gap_ns = st->gap_ns && st->gap_ns < gap ? st->gap_ns : gap;
+			if (st->gap_ns && gap * 2 > st->gap_ns * 3)
+				n = 2;
+		}
+	}
 	b = fp_kick_budget.lookup(&zero);
 	if (!b)
 		return 0;
@@ -71,12 +102,14 @@ static __always_inline int __kick_allowed(const struct fp_pkt *p, const struct f
 	}
 	if (b->used >= kc->budget)
 		return 0;
-	__sync_fetch_and_add(&b->used, 1);
+	if (b->used + n > kc->budget)
+		n = 1;
+	__sync_fetch_and_add(&b->used, n);
 	if (p->family == 4)
-		fp_kick_last4.update((struct fp_flow_key4 *)&k->k4, &now_ns);
+		fp_kick_last4.update((struct fp_flow_key4 *)&k->k4, &next);
 	else
-		fp_kick_last6.update((struct fp_flow_key6 *)&k->k6, &now_ns);
-	return 1;
+		fp_kick_last6.update((struct fp_flow_key6 *)&k->k6, &next);
+	return n;
 }
 
 /* __kick4 - rewrite @skb into an ICMP host unreachable to its sender; 0 on success. */
@@ -165,19 +198,25 @@ static __always_inline int fp_kick(struct __sk_buff *skb, const struct fp_pkt *p
 	struct fp_kick_config *kc;
 	struct fp_kick_stats *st;
 	__u32 zero = 0, id = tid;
-	int err;
+	int err, n;
 
 	kc = fp_kick_config.lookup(&zero);
 	st = fp_kick_stats.lookup(&id);
 	if (!kc || !st || !__kick_src_set(kc, p->family))
 		return 0;
-	if (!__kick_allowed(p, k, kc, now_ns)) {
+	n = __kick_allowed(p, k, kc, now_ns);
+	if (!n) {
 		__sync_fetch_and_add(&st->limited, 1);
 		return 0;
 	}
 	err = p->family == 4 ? __kick4(skb, kc) : __kick6(skb, kc);
 	if (err)
 		return 0;
+	/* the repair's second ICMP: a copy of the answer, sent now */
+	if (n > 1 && bpf_clone_redirect(skb, skb->ifindex, 0) == 0) {
+		__sync_fetch_and_add(&st->kicked, 1);
+		__sync_fetch_and_add(&st->repaired, 1);
+	}
 	__sync_fetch_and_add(&st->kicked, 1);
 	return bpf_redirect(skb->ifindex, 0);
 }

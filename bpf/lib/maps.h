@@ -52,12 +52,13 @@ FP_MAP("array", __u32, struct fp_kick_budget, fp_kick_budget, 1, 0);
 /* The kick: counters by tunnel id; the data path writes. */
 FP_MAP("array", __u32, struct fp_kick_stats, fp_kick_stats, FP_TUNNELS_MAX, 0);
 /*
- * The kick: when each flow was last kicked (ns), for the per-flow interval. LRU on
- * purpose: this is rate-limit state, not a flow; an evicted entry costs at most one early
- * kick, and the global budget still bounds them all.
+ * The kick: when each flow was last kicked and its shortest gap between kicks, for the
+ * per-flow interval and the repair of a lost revert (kick.h). LRU on purpose: this is
+ * rate-limit state, not a flow; an evicted entry costs at most one early kick, and the
+ * global budget still bounds them all.
  */
-FP_MAP("lru_hash", struct fp_flow_key4, __u64, fp_kick_last4, FP_KICK_FLOWS_MAX, 0);
-FP_MAP("lru_hash", struct fp_flow_key6, __u64, fp_kick_last6, FP_KICK_FLOWS_MAX, 0);
+FP_MAP("lru_hash", struct fp_flow_key4, struct fp_kick_state, fp_kick_last4, FP_KICK_FLOWS_MAX, 0);
+FP_MAP("lru_hash", struct fp_flow_key6, struct fp_kick_state, fp_kick_last6, FP_KICK_FLOWS_MAX, 0);
 
 /* Loader only: fp_clock_probe stores one (jiffies, CLOCK_MONOTONIC) sample here. */
 BPF_ARRAY(fp_clock_sample, struct fp_clock_sample, 1);

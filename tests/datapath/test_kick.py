@@ -116,6 +116,27 @@ def test_per_flow_interval(dp: Any, n: Net) -> None:
     assert t.kick_stats(TUN) == (2, 1)
 
 
+def test_a_lost_revert_is_repaired_with_a_second_answer(dp: Any, n: Net) -> None:
+    """A sender whose timer doubled without being reverted (it ignored an answer: its socket
+    was owned by its application) retransmits after twice its usual gap: that segment is
+    answered twice, so the doubling that was lost is undone too. Gaps as usual get one
+    answer; a gap of another outage (10 s or more) starts a new history."""
+    t: FlowTable = dp.table
+    _kick_setup(t, interval_ms=100)
+    _held_flow(dp, n)
+    now = t.config().now_ns
+    rto = 220_000_000
+    seen = []
+    for at in (0, rto, 2 * rto, 4 * rto, 5 * rto, 5 * rto + 12_000_000_000,
+               6 * rto + 12_000_000_000):
+        t.set_clock(now + at)
+        before = t.kick_stats(TUN)[0]
+        assert _run(dp, "out", _segment(n)).retval == TC_ACT_REDIRECT
+        seen.append(t.kick_stats(TUN)[0] - before)
+    assert seen == [1, 1, 1, 2, 1, 1, 1], "two answers only after a doubled gap"
+    assert t.kick_repairs(TUN) == 1
+
+
 def test_global_budget(dp: Any, n: Net) -> None:
     t: FlowTable = dp.table
     _kick_setup(t, budget=2)
