@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,6 @@ from controlplane import datapath as dpm
 from controlplane.flow_table import FlowTable
 from controlplane.libbpf import prog_test_run
 
-_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 ROOT = Path(__file__).resolve().parent.parent
 # one step of the new-flow path taken out each (text of policy.h, replacement)
 STEPS = {
@@ -48,25 +46,9 @@ STEPS = {
 
 
 def expand(root: Path, entry: str = "flowpin.c") -> str:
-    """The C of ``root/entry`` with quoted includes expanded once each (as bpf_source)."""
-    seen: set[Path] = set()
-
-    def ex(path: Path) -> str:
-        out = []
-        for line in path.read_text().splitlines():
-            m = _INCLUDE.match(line)
-            if not m:
-                out.append(line)
-                continue
-            cand = (path.parent / m.group(1)).resolve()
-            if not cand.exists():
-                cand = (root / m.group(1)).resolve()
-            if cand not in seen:
-                seen.add(cand)
-                out.append(ex(cand))
-        return "\n".join(out)
-
-    return ex(root / entry)
+    """The C of ``root/entry`` with quoted includes expanded once each (the loader's own
+    expansion, on another revision's tree)."""
+    return dpm.bpf_source(entry, root=root)
 
 
 def tree_of(rev: str, into: Path) -> Path:

@@ -129,13 +129,18 @@ class DatapathConfig:
         return PIN_ROOT / self.instance
 
 
-def bpf_source(entry: str = ENTRY, package: str = "flowpin_bpf") -> str:
+def bpf_source(entry: str = ENTRY, package: str = "flowpin_bpf",
+               root: Traversable | None = None) -> str:
     """The C of ``entry`` (in ``package``) with the project's quoted includes expanded (each
     once). Includes are looked up beside the including file, then at ``package``'s root, then
     in the data path's own ``flowpin_bpf``: programs outside it (the benchmarks') share its
-    headers that way."""
-    root = files(package)
-    roots = [root] if package == "flowpin_bpf" else [root, files("flowpin_bpf")]
+    headers that way. ``root``: read that folder (a ``bpf/`` tree of another revision, say)
+    instead of the package, alone."""
+    if root is None:
+        root = files(package)
+        roots = [root] if package == "flowpin_bpf" else [root, files("flowpin_bpf")]
+    else:
+        roots = [root]
     seen: set[str] = set()
 
     def expand(node: Traversable, rel: str) -> str:
