@@ -93,6 +93,10 @@ def topo() -> Iterator[dict[str, str]]:
                 lo = ipr.link_lookup(ifname="lo")[0]
                 ipr.link("set", index=lo, state="up")
         _in_ns(ns["g"], _sysctl, "net/ipv4/ip_forward", "1")
+        # IPv4 only: without IPv6 the gateway sends nothing of its own on g1 but ARP (its
+        # router solicitations and MLD reports, seconds after link-up, would land in the
+        # witnesses' counts of what leaves toward the server)
+        _in_ns(ns["g"], _sysctl, "net/ipv6/conf/all/disable_ipv6", "1")
         yield {**ns, "instance": instance}
     finally:
         with contextlib.suppress(Exception):  # namespace may be gone already
