@@ -104,7 +104,8 @@ def test_held_flow_resumes_fast_with_the_kick_and_stock_without(rlab: Lab) -> No
     assert any("752101" in ln and "resumed" in ln and "kicked" in ln for ln in lines)
 
 
-_SS_TIMER = re.compile(r"timer:\(on,([\d.]+)(ms|sec|min),(\d+)\)")
+# ss prints a timer as [Nmin][S(.|sec)][MMMms]: "220ms", "1.234ms" (1.234 s), "57sec", "1min5sec"
+_SS_TIMER = re.compile(r"timer:\(on,(?:(\d+)min)?(?:(\d+)(?:\.|sec))?(?:(\d+)ms)?,(\d+)\)")
 _SS_PORTS = re.compile(r"\S+:(\d+)\s+\S+:(\d+)")
 
 
@@ -121,8 +122,8 @@ def _retransmit_timers(lab: Lab, node: str, ports: range) -> dict[int, tuple[flo
             continue
         port = next((int(p) for p in pm.groups() if int(p) in ports), None)
         if port is not None:
-            unit = {"ms": 0.001, "sec": 1.0, "min": 60.0}[tm.group(2)]
-            out[port] = (float(tm.group(1)) * unit, int(tm.group(3)))
+            mins, secs, ms = (int(g or 0) for g in tm.group(1, 2, 3))
+            out[port] = (mins * 60 + secs + ms / 1000, int(tm.group(4)))
     return out
 
 
