@@ -251,26 +251,30 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         (rh_, n_rh), (si_, n_si) = map(sink, (
             t_up, t_flows, t_pinned, t_bytes, t_held, t_refused, t_clear, t_ups, t_downs,
             t_kicks, t_kicks_limited, t_resumed, t_resume_held, t_since))
+    # Sample is a namedtuple; tuple.__new__ makes one as its own generated __new__ does,
+    # without a Python-level call per sample (16,000 a scrape at 1,000 tunnels).
+    new = tuple.__new__
     for t in snap.get("tunnels", []):
-        lv = {"tunnel": str(t["tunnel"]), "peer": str(t.get("peer") or "")}
+        g = t.get
+        lv = {"tunnel": str(t["tunnel"]), "peer": str(g("peer") or "")}
         out_, in_ = {**lv, "direction": "out"}, {**lv, "direction": "in"}
-        up_(Sample(n_up, lv, int(t["state"] == "UP"), None))
-        fl_(Sample(n_fl, lv, t["flows"], None))
-        pi_(Sample(n_pi, lv, t["pinned"], None))
-        by_(Sample(n_by, out_, t.get("flow_bytes_out", 0), None))
-        by_(Sample(n_by, in_, t.get("flow_bytes_in", 0), None))
-        he_(Sample(n_he, lv, t["held_packets"], None))
-        re_(Sample(n_re, lv, t["refused"], None))
-        cl_(Sample(n_cl, out_, t["cleartext_dropped_out"], None))
-        cl_(Sample(n_cl, in_, t["cleartext_dropped_in"], None))
-        us_(Sample(n_us, lv, t.get("ups", 0), None))
-        ds_(Sample(n_ds, lv, t.get("downs", 0), None))
-        ki_(Sample(n_ki, lv, t.get("kicked", 0), None))
-        kl_(Sample(n_kl, lv, t.get("kicks_limited", 0), None))
-        rs_(Sample(n_rs, lv, t.get("resumed_flows", 0), None))
-        rh_(Sample(n_rh, lv, t.get("resume_held_flows", 0), None))
-        if t.get("since"):
-            si_(Sample(n_si, lv, t["since"], None))
+        up_(new(Sample, (n_up, lv, int(t["state"] == "UP"), None, None)))
+        fl_(new(Sample, (n_fl, lv, t["flows"], None, None)))
+        pi_(new(Sample, (n_pi, lv, t["pinned"], None, None)))
+        by_(new(Sample, (n_by, out_, g("flow_bytes_out", 0), None, None)))
+        by_(new(Sample, (n_by, in_, g("flow_bytes_in", 0), None, None)))
+        he_(new(Sample, (n_he, lv, t["held_packets"], None, None)))
+        re_(new(Sample, (n_re, lv, t["refused"], None, None)))
+        cl_(new(Sample, (n_cl, out_, t["cleartext_dropped_out"], None, None)))
+        cl_(new(Sample, (n_cl, in_, t["cleartext_dropped_in"], None, None)))
+        us_(new(Sample, (n_us, lv, g("ups", 0), None, None)))
+        ds_(new(Sample, (n_ds, lv, g("downs", 0), None, None)))
+        ki_(new(Sample, (n_ki, lv, g("kicked", 0), None, None)))
+        kl_(new(Sample, (n_kl, lv, g("kicks_limited", 0), None, None)))
+        rs_(new(Sample, (n_rs, lv, g("resumed_flows", 0), None, None)))
+        rh_(new(Sample, (n_rh, lv, g("resume_held_flows", 0), None, None)))
+        if g("since"):
+            si_(new(Sample, (n_si, lv, t["since"], None, None)))
     yield from (t_up, t_flows, t_pinned, t_bytes, t_held, t_refused, t_clear, t_ups, t_downs,
                 t_kicks, t_kicks_limited, t_resumed, t_resume_held, t_since)
 
