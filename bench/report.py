@@ -364,6 +364,9 @@ def markdown(res: dict[str, Any]) -> str:
             out.append("|---|---|")
             out.append(f"| metrics scrape over HTTP (ms; {_num(scale.get('scrape_samples'))} "
                        f"samples) | {_num(scale.get('scrape_ms'))} |")
+            if scale.get("scrape_shared_ms") is not None:
+                out.append(f"| a scrape within a second of another: its answer shared (ms) | "
+                           f"{_num(scale.get('scrape_shared_ms'))} |")
             out.append(f"| `show vpn-context` (ms) | {_num(scale.get('show_vpn_context_ms'))} |")
             out.append(f"| daemon RSS growth during 4 concurrent scrapes (MB) | "
                        f"{_num(scale.get('rss_growth_mb_4_scrapes'))} |")

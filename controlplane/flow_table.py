@@ -98,6 +98,7 @@ class FlowTable:
         self.refuse_id: int = self.tunnels_map.max_entries - 1
         self._compiled: dict[int, list[Selector]] = {}
         self._written: dict[int, dict[IPNetwork, tuple[Selector, ...]]] = {}  # see _compile
+        self._trie_batch: bool | None = None  # LPM batch updates work (None: not tried)
         # bulk decoders, from bcc's ctypes of the compiled C (see layout.py)
         self._tunnel_word = layout(self.tunnels_map.Leaf)
         self._tunnel_stats = layout(self.tunnel_stats_map.Leaf)
@@ -386,10 +387,9 @@ class FlowTable:
         # the entries that changed are written and only the gone ones deleted, without a
         # walk of the trie. Forgotten if a write fails, so the next compile starts afresh.
         prev = self._written.pop(family, None)
-        for r, cover in entries.items():
-            if prev is not None and prev.get(r) == tuple(cover):
-                continue
-            trie[self._sel_key(trie, family, r)] = self._sel_leaf(trie, family, cover)
+        changed = [(r, cover) for r, cover in entries.items()
+                   if prev is None or prev.get(r) != tuple(cover)]
+        self._write_entries(trie, family, changed)
         if prev is not None:
             for r in prev.keys() - entries.keys():
                 with contextlib.suppress(KeyError):
@@ -401,6 +401,32 @@ class FlowTable:
                     del trie[k]
         self._written[family] = {r: tuple(c) for r, c in entries.items()}
         return overflows
+
+    def _write_entries(self, trie: Any, family: int,
+                       entries: list[tuple[IPNetwork, list[Selector]]]) -> None:
+        """Write trie entries in one batch update where the kernel takes one for LPM tries
+        (a resync of 1,000 tunnels wrote 2,000 entries one syscall each: a third of its
+        time), else one at a time. A failed batch may have written a part: the entries
+        are then all written again one by one (each write replaces its entry whole)."""
+        if not entries:
+            return
+        if len(entries) > 1 and self._trie_batch is not False:
+            keys = (trie.Key * len(entries))()
+            values = (trie.Leaf * len(entries))()
+            for i, (r, cover) in enumerate(entries):
+                keys[i] = self._sel_key(trie, family, r)
+                values[i] = self._sel_leaf(trie, family, cover)
+            try:  # only the syscall: bcc raises a bare Exception for its failure
+                trie.items_update_batch(keys, values)
+                self._trie_batch = True
+                return
+            except Exception:  # noqa: BLE001
+                # never worked: a kernel without LPM batch updates, not asked again; a
+                # real failure (no memory) fails the writes below too, and is raised there
+                if self._trie_batch is None:
+                    self._trie_batch = False
+        for r, cover in entries:
+            trie[self._sel_key(trie, family, r)] = self._sel_leaf(trie, family, cover)
 
     # -- flows -------------------------------------------------------------------------
     def flow_map(self, family: int) -> Any:

@@ -15,6 +15,7 @@ import bisect
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,26 +251,30 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         (rh_, n_rh), (si_, n_si) = map(sink, (
             t_up, t_flows, t_pinned, t_bytes, t_held, t_refused, t_clear, t_ups, t_downs,
             t_kicks, t_kicks_limited, t_resumed, t_resume_held, t_since))
+    # Sample is a namedtuple; tuple.__new__ makes one as its own generated __new__ does,
+    # without a Python-level call per sample (16,000 a scrape at 1,000 tunnels).
+    new = tuple.__new__
     for t in snap.get("tunnels", []):
-        lv = {"tunnel": str(t["tunnel"]), "peer": str(t.get("peer") or "")}
+        g = t.get
+        lv = {"tunnel": str(t["tunnel"]), "peer": str(g("peer") or "")}
         out_, in_ = {**lv, "direction": "out"}, {**lv, "direction": "in"}
-        up_(Sample(n_up, lv, int(t["state"] == "UP"), None))
-        fl_(Sample(n_fl, lv, t["flows"], None))
-        pi_(Sample(n_pi, lv, t["pinned"], None))
-        by_(Sample(n_by, out_, t.get("flow_bytes_out", 0), None))
-        by_(Sample(n_by, in_, t.get("flow_bytes_in", 0), None))
-        he_(Sample(n_he, lv, t["held_packets"], None))
-        re_(Sample(n_re, lv, t["refused"], None))
-        cl_(Sample(n_cl, out_, t["cleartext_dropped_out"], None))
-        cl_(Sample(n_cl, in_, t["cleartext_dropped_in"], None))
-        us_(Sample(n_us, lv, t.get("ups", 0), None))
-        ds_(Sample(n_ds, lv, t.get("downs", 0), None))
-        ki_(Sample(n_ki, lv, t.get("kicked", 0), None))
-        kl_(Sample(n_kl, lv, t.get("kicks_limited", 0), None))
-        rs_(Sample(n_rs, lv, t.get("resumed_flows", 0), None))
-        rh_(Sample(n_rh, lv, t.get("resume_held_flows", 0), None))
-        if t.get("since"):
-            si_(Sample(n_si, lv, t["since"], None))
+        up_(new(Sample, (n_up, lv, int(t["state"] == "UP"), None, None)))
+        fl_(new(Sample, (n_fl, lv, t["flows"], None, None)))
+        pi_(new(Sample, (n_pi, lv, t["pinned"], None, None)))
+        by_(new(Sample, (n_by, out_, g("flow_bytes_out", 0), None, None)))
+        by_(new(Sample, (n_by, in_, g("flow_bytes_in", 0), None, None)))
+        he_(new(Sample, (n_he, lv, t["held_packets"], None, None)))
+        re_(new(Sample, (n_re, lv, t["refused"], None, None)))
+        cl_(new(Sample, (n_cl, out_, t["cleartext_dropped_out"], None, None)))
+        cl_(new(Sample, (n_cl, in_, t["cleartext_dropped_in"], None, None)))
+        us_(new(Sample, (n_us, lv, g("ups", 0), None, None)))
+        ds_(new(Sample, (n_ds, lv, g("downs", 0), None, None)))
+        ki_(new(Sample, (n_ki, lv, g("kicked", 0), None, None)))
+        kl_(new(Sample, (n_kl, lv, g("kicks_limited", 0), None, None)))
+        rs_(new(Sample, (n_rs, lv, g("resumed_flows", 0), None, None)))
+        rh_(new(Sample, (n_rh, lv, g("resume_held_flows", 0), None, None)))
+        if g("since"):
+            si_(new(Sample, (n_si, lv, t["since"], None, None)))
     yield from (t_up, t_flows, t_pinned, t_bytes, t_held, t_refused, t_clear, t_ups, t_downs,
                 t_kicks, t_kicks_limited, t_resumed, t_resume_held, t_since)
 
@@ -320,10 +325,54 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
+# A scrape's answer is served again, as it was, to scrapes asking the same within this
+# many seconds. At 1,000 tunnels an answer holds ~16,000 per-tunnel samples, and
+# prometheus_client alone takes 30-70 ms of CPU to format them; a second Prometheus (an HA
+# pair), a federation or an admin's curl at the same moment would each pay it again and
+# hold another copy (the concurrent-scrape memory figure). One second is below any scrape
+# interval and below the freshness of the flow counts (a sweep every second).
+SCRAPE_MAX_AGE_S = 1.0
+
+
+class _SharedScrapes:
+    """WSGI middleware around prometheus_client's app: one render per request kind (format,
+    compression, name filter) per SCRAPE_MAX_AGE_S, shared by the scrapes that arrive
+    meanwhile -- those arriving during the render wait for it rather than render too.
+    The bytes are the library's, untouched."""
+
+    def __init__(self, app: Callable[..., Any], max_age: float = SCRAPE_MAX_AGE_S) -> None:
+        self.app = app
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._answers: dict[tuple[Any, ...], tuple[float, str, list[Any], bytes]] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        key = tuple(environ.get(k) for k in ("PATH_INFO", "QUERY_STRING", "HTTP_ACCEPT",
+                                             "HTTP_ACCEPT_ENCODING"))
+        with self._lock:
+            now = time.monotonic()
+            hit = self._answers.get(key)
+            if hit is None or now - hit[0] > self.max_age:
+                got: list[Any] = []
+
+                def keep(status: str, headers: list[Any], *_exc: Any) -> None:
+                    got[:] = [status, headers]
+
+                body = b"".join(self.app(environ, keep))
+                if len(self._answers) >= 16:  # request kinds are few; odd ones not kept
+                    self._answers.clear()
+                hit = self._answers[key] = (time.monotonic(), got[0], got[1], body)
+        _at, status, headers, body = hit
+        start_response(status, list(headers))
+        return [body]
+
+
 class MetricsServer:
-    def __init__(self, listen: str, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, listen: str, snapshot: Callable[[], dict[str, Any]],
+                 max_age: float = SCRAPE_MAX_AGE_S) -> None:
         self.addr = parse_listen(listen)
         self.registry = registry(snapshot)
+        self.max_age = max_age
         self._srv: ThreadingWSGIServer | None = None
 
     def start(self) -> MetricsServer:
@@ -333,8 +382,8 @@ class MetricsServer:
         class Server(ThreadingWSGIServer):
             address_family = family
 
-        self._srv = make_server(host, port, make_wsgi_app(self.registry), Server,
-                                handler_class=_Quiet)
+        app = _SharedScrapes(make_wsgi_app(self.registry), self.max_age)
+        self._srv = make_server(host, port, app, Server, handler_class=_Quiet)
         threading.Thread(target=self._srv.serve_forever, name="metrics", daemon=True).start()
         return self
 

@@ -5,7 +5,7 @@ out in the data path's LPM tries (each remote prefix lists the pairs that cover 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controlplane.addresses import IPNetwork
 from controlplane.flow_types import SEL_SLOTS
@@ -16,6 +16,15 @@ class Selector:
     local: IPNetwork
     remote: IPNetwork
     tunnel_id: int
+    # Hashed once, as the dataclass would hash it: ipaddress hashes a network in Python,
+    # and a resync of 1,000 tunnels hashes its 2,000 selectors in a set, then a dict.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.local, self.remote, self.tunnel_id)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ class TunnelIds:
         self.retired: set[int] = set()
         self._deferred = 0  # inside batch(): saved once at its end
         self._dirty = False
+        self._used: set[int] | None = None  # see __call__
+        self._low = 1
         try:
             doc = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):
@@ -51,11 +53,17 @@ class TunnelIds:
         if name in self.ids and 0 < self.ids[name] < self.refuse_id:
             self.retired.discard(self.ids[name])
             return self.ids[name]
-        used = set(self.ids.values())
-        new = next((i for i in range(1, self.refuse_id) if i not in used), None)
+        # The ids in use and the lowest id that may be free, kept between calls: a resync
+        # finding 1,000 new tunnels built the set and scanned from 1 for each (quadratic).
+        if self._used is None:
+            self._used, self._low = set(self.ids.values()), 1
+        used = self._used
+        new = next((i for i in range(self._low, self.refuse_id) if i not in used), None)
         if new is None:
             return self.refuse_id  # not stored: a later call tries again
         self.ids[name] = new
+        used.add(new)
+        self._low = new + 1
         self._save()
         return new
 
@@ -73,6 +81,7 @@ class TunnelIds:
         if not freed:
             return []
         self.ids = {n: i for n, i in self.ids.items() if i not in freed}
+        self._used = None  # rebuilt at the next call, from 1
         self.retired -= set(freed)
         self._save()
         return freed

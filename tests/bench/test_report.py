@@ -214,7 +214,7 @@ def test_control_at_scale_figures_and_targets_are_rendered() -> None:
     ctl = {"event_to_map_ms": {"p50": 0.4, "p99": 2.1, "max": 3.0, "samples": 80},
            "resync_ms_1k_tunnels": 140.2,
            "at_scale": {"flows": 1_000_000, "tunnels": 1000, "scrape_ms": 96.0,
-                        "scrape_samples": 16_000,
+                        "scrape_samples": 16_000, "scrape_shared_ms": 2.5,
                         "show_vpn_context_ms": 31.5, "rss_growth_mb_4_scrapes": 12.0,
                         "teardown_logged": 100_000, "sweep_s": 2.5,
                         "sweep_rss_growth_mb": 64.0,
@@ -226,6 +226,7 @@ def test_control_at_scale_figures_and_targets_are_rendered() -> None:
     md = report.markdown(report.assemble({**FAKE_PARTS, "control": ctl}, "x"))
     assert "At 1,000,000 flows over 1,000 tunnels" in md
     assert "| metrics scrape over HTTP (ms; 16,000 samples) | 96 |" in md
+    assert "| a scrape within a second of another: its answer shared (ms) | 2.5 |" in md
     assert "| scrape_ms | 50 | 96 | ✘ missed |" in md  # a target missed is said so
     assert "| resync_ms_1k_tunnels | 100 | 140.2 | ✘ missed |" in md
     assert "| event_to_map_during_teardown_p99_ms | 5 | 4 | ✔ met |" in md

@@ -145,3 +145,26 @@ def test_add_selector_beyond_the_slots_does_not_raise(dp: Any) -> None:
     # Tunnel 1's pairs are all still there (the add did not abort the compile).
     assert {(str(s.local), str(s.remote)) for s in t.selectors() if s.tunnel_id == TUN} >= {
         (NETS[4].local, NETS[4].remote), (NETS[4].local3, NETS[4].remote3)}
+
+
+@pytest.mark.parametrize("batch_works", [True, False], ids=["batch", "no-batch"])
+def test_trie_entries_written_in_one_batch_or_one_by_one(dp: Any, monkeypatch: Any,
+                                                         batch_works: bool) -> None:
+    """A compile of many remote prefixes writes the trie in one batch update; on a kernel
+    that refuses batch updates of LPM tries it writes them one by one, and does not ask
+    again. Either way every pair classifies its traffic."""
+    t = dp.table
+    if not batch_works:
+        def refuse(*_a: Any) -> None:
+            raise Exception("BPF_MAP_UPDATE_BATCH has failed: Invalid argument")
+
+        monkeypatch.setattr(t, "_trie_batch", None)
+        for trie in (t.sel4, t.sel6):
+            monkeypatch.setattr(trie, "items_update_batch", refuse)
+    sels = [Selector(ipaddress.ip_network(f"10.8.{i}.0/24"),
+                     ipaddress.ip_network(f"10.9.{i}.0/24"), TUN) for i in range(20)]
+    t.replace_selectors(sels)
+    assert t._trie_batch is batch_works
+    assert sorted(t.selectors(), key=str) == sorted(sels, key=str)
+    run_steps(dp, [out(tr.udp("10.8.7.5", "10.9.7.9", 5000, 53), "PASS_NEW"),
+                   out(tr.udp("10.8.7.5", "10.9.8.9", 5000, 53), "PASS_NONVPN")])

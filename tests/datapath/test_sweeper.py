@@ -186,3 +186,26 @@ def test_flows_removed_on_the_packet_path_are_reported(dp: Any) -> None:
                                       "DROP_STALE")])
     [r] = removed_from_events(dp.table.read_events())
     assert r.reason == TORN_DOWN and r.duration_s == 7 and r.packets == (2, 1)
+
+
+@pytest.mark.parametrize("net", [NET4, NET6], ids=["v4", "v6"])
+def test_removed_flows_are_handed_on_a_batch_at_a_time_once_deleted(
+        dp: Any, net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``on_removed`` (the daemon logs there), a sweep hands its removed flows on in
+    batches of REMOVED_BATCH, each after its flows are gone from the map, and keeps no
+    list of its own (a big teardown must not pile up for the garbage collector)."""
+    from controlplane import sweeper as sweeper_mod
+
+    monkeypatch.setattr(sweeper_mod, "REMOVED_BATCH", 2)
+    t = dp.table
+    run_steps(dp, [out(tr.udp(net.c, net.s, 5000 + i, 53), "PASS_NEW") for i in range(5)]
+              + [advance(120)])
+    batches: list[tuple[int, int]] = []  # (size, of its flows still in the map)
+
+    def logged(removed: list[Any]) -> None:
+        left = {f.key for f in t.flows(net.family)}
+        batches.append((len(removed), sum(r.flow.key in left for r in removed)))
+
+    assert Sweeper(t, on_removed=logged).sweep() == []
+    assert batches == [(2, 0), (2, 0), (1, 0)]
+    assert t.flow_count() == 0

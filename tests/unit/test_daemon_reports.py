@@ -176,3 +176,26 @@ def test_an_event_that_outlasts_the_bound_is_waited_for_once(tmp_path: Path) -> 
     d.no_event_pending = NeverDone()  # type: ignore[assignment]
     d.log_removed(removed(50))
     assert NeverDone.waits == 1 and d.stats["teardowns_logged"] == 50
+
+
+def test_after_a_resync_the_long_lived_objects_leave_the_collector(tmp_path: Path) -> None:
+    """A resync queues, beside the SA events, the garbage collector's settling: what is
+    alive then is frozen out of its generations and the young generation made larger
+    (full passes walked 70,000 long-lived objects again and again during a big teardown)."""
+    import gc
+
+    threshold = gc.get_threshold()
+    try:
+        d, _maps = gateway(tmp_path)
+        queued = []
+        while not d._reports.empty():
+            queued.append(d._reports.get_nowait())
+        settle = [fn for fn, _args in queued if fn is daemon_mod._settle_gc]
+        assert len(settle) == 1
+        gc.unfreeze()
+        settle[0]()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == daemon_mod.GC_YOUNG_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

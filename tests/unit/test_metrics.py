@@ -5,6 +5,8 @@ snapshot of the shape ``commands.cmd_metrics`` returns, and the listener over HT
 
 from __future__ import annotations
 
+import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -120,5 +122,53 @@ def test_listener_binds_loopback_and_serves_the_snapshot() -> None:
             assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             fams = families(r.read().decode())
         assert "flowpin_tunnel_up" in fams and "process_cpu_seconds" in fams
+    finally:
+        srv.stop()
+
+
+def _scrape(port: int, accept: str | None = None) -> tuple[str, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                 headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.headers["Content-Type"], r.read().decode()
+
+
+def test_scrapes_within_the_max_age_share_one_snapshot_and_later_ones_take_a_new() -> None:
+    taken = []
+
+    def counting() -> dict[str, Any]:
+        taken.append(1)
+        snap = snapshot()
+        snap["flows"] = len(taken)  # which snapshot an answer came from
+        return snap
+
+    srv = MetricsServer(":0", counting, max_age=0.5).start()
+    try:
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(_scrape(srv.port)))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(taken) == 1 and len(answers) == 4 and len(set(answers)) == 1
+        _ctype, again = _scrape(srv.port)
+        assert len(taken) == 1 and again == answers[0][1]
+        time.sleep(0.6)
+        _ctype, later = _scrape(srv.port)
+        assert len(taken) == 2
+        assert samples(families(later)["flowpin_flows"]) == {("flowpin_flows", ()): 2.0}
+    finally:
+        srv.stop()
+
+
+def test_each_format_is_answered_in_its_own_kind() -> None:
+    srv = MetricsServer(":0", snapshot).start()
+    try:
+        om = "application/openmetrics-text; version=0.0.1,text/plain;version=0.0.4;q=0.5"
+        ctype, text = _scrape(srv.port, om)
+        assert ctype.startswith("application/openmetrics-text") and text.endswith("# EOF\n")
+        ctype, text = _scrape(srv.port)
+        assert ctype.startswith("text/plain; version=0.0.4") and "# EOF" not in text
     finally:
         srv.stop()
