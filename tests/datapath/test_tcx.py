@@ -55,6 +55,14 @@ def ns() -> Iterator[str]:
         netns.remove(name)
     netns.create(name)
     try:
+        # IPv4 only: the kernel's own IPv6 packets on a new veth (router solicitations, MLD
+        # reports) would pass flowpin as not its own and land in the other program's count
+        def no_ipv6() -> None:
+            for conf in ("all", "default"):
+                with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
+                    f.write("1")
+
+        tcx.in_netns(name, no_ipv6)
         with IPRoute(netns=name) as ipr:
             ipr.link("add", ifname="v0", kind="veth", peer={"ifname": "v1"})
             for dev in ("v0", "v1"):
