@@ -186,9 +186,11 @@ class FlowTable:
         s = self.kick_stats_map[self._tkey(tunnel_id)]
         return int(s.kicked), int(s.limited)
 
-    def kick_repairs(self, tunnel_id: int) -> int:
-        """Of the tunnel's kicks, the second answers that undid a lost revert (kick.h)."""
-        return int(self.kick_stats_map[self._tkey(tunnel_id)].repaired)
+    def kicks_sent(self, tunnel_id: int) -> tuple[int, int]:
+        """(kicked, repaired) of one tunnel, in one read: ICMPs sent, and of them the second
+        answers that undid a lost revert (kick.h)."""
+        s = self.kick_stats_map[self._tkey(tunnel_id)]
+        return int(s.kicked), int(s.repaired)
 
     def kick_counts(self) -> dict[int, tuple[int, int]]:
         """(kicked, limited) by tunnel id, tunnels without kicks left out: one batch read

@@ -78,8 +78,7 @@ class ResumeReport:
         self._stopped = False
 
     def down(self, tunnel_id: int) -> None:
-        self._kicked_at_down[tunnel_id] = (self.table.kick_stats(tunnel_id)[0],
-                                           self.table.kick_repairs(tunnel_id))
+        self._kicked_at_down[tunnel_id] = self.table.kicks_sent(tunnel_id)
 
     def up(self, tunnel_id: int, name: str) -> None:
         if tunnel_id not in self._kicked_at_down:
@@ -115,14 +114,14 @@ class ResumeReport:
             self._totals.pop(tunnel_id, None)
         self._kicked_at_down.pop(tunnel_id, None)
 
-    def counts(self, tunnel_id: int, up_s: int) -> tuple[int, int, int]:
-        """(resumed, held, kicked) of the tunnel's last outage: held = its TCP flows,
-        resumed = those that forwarded a packet since ``up_s``."""
+    def counts(self, tunnel_id: int, up_s: int) -> tuple[int, int, int, int]:
+        """(resumed, held, kicked, repairs) of the tunnel's last outage: held = its TCP
+        flows, resumed = those that forwarded a packet since ``up_s``."""
         # raw bytes, not decoded flows: a million of those cost seconds per tunnel
         held, resumed = self.table.tcp_activity(tunnel_id, up_s, self.give_way)
-        kicked = self.table.kick_stats(tunnel_id)[0] - self._kicked_at_down.get(tunnel_id,
-                                                                                (0, 0))[0]
-        return resumed, held, kicked
+        kicked, repairs = self.table.kicks_sent(tunnel_id)
+        kicked0, repairs0 = self._kicked_at_down.get(tunnel_id, (0, 0))
+        return resumed, held, kicked - kicked0, repairs - repairs0
 
     def _report(self, tunnel_id: int, name: str, up_s: int) -> None:
         with self._reading:  # stop() waits for a report being read
@@ -130,9 +129,7 @@ class ResumeReport:
                 self._timers = {t for t in self._timers if t.is_alive()}
                 if self._stopped:
                     return
-            resumed, held, kicked = self.counts(tunnel_id, up_s)
-            repairs = self.table.kick_repairs(tunnel_id) - self._kicked_at_down.get(
-                tunnel_id, (0, 0))[1]
+            resumed, held, kicked, repairs = self.counts(tunnel_id, up_s)
             with self._lock:
                 r0, h0 = self._totals.get(tunnel_id, (0, 0))
                 self._totals[tunnel_id] = (r0 + resumed, h0 + held)
