@@ -271,8 +271,10 @@ def run(rounds: int = 5, seconds: int = 3, none_first: bool = False,
         overhead = round((1 - with_fp / without) * 100, 2) if without else None
         paired = [(1 - a / b) * 100 for a, b in zip(per[name], per["none"], strict=True) if b]
         paired_pct = round(statistics.median(paired), 2) if paired else None
-        return {"overhead_pct": overhead, "overhead_pct_paired": paired_pct,
-                "met": None if paired_pct is None else paired_pct <= TARGET_OVERHEAD_PCT}
+        # met: on the medians and paired both, as results.md judges every paired target
+        met = None if paired_pct is None else paired_pct <= TARGET_OVERHEAD_PCT and (
+            overhead is None or overhead <= TARGET_OVERHEAD_PCT)
+        return {"overhead_pct": overhead, "overhead_pct_paired": paired_pct, "met": met}
 
     by_attach = {m: overheads(name) for name, m in mode_of.items()}
     primary = by_attach[modes[0]]
