@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -127,6 +128,51 @@ def _retransmit_timers(lab: Lab, node: str, ports: range) -> dict[int, tuple[flo
     return out
 
 
+class _TimerWatch:
+    """ss in each sender namespace, over and over (one thread each), from shortly before
+    the outage ends until closed. The test takes each namespace's first read that began
+    after UP, however long the lab then took to report UP (an emulated VM: seconds)."""
+
+    SENDERS = (("bo-client", 7300), ("ho-server", 7400))
+
+    def __init__(self, lab: Lab, n: int, start_in: float) -> None:
+        self.lab, self.n, self.start_in = lab, n, start_in
+        # per node: (time the read began, time it ended, {port: (seconds left, retrans)})
+        self.reads: dict[str, list[tuple[float, float, dict[int, tuple[float, int]]]]] = {
+            node: [] for node, _base in self.SENDERS}
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=sender, daemon=True)
+                        for sender in self.SENDERS]
+        for th in self.threads:
+            th.start()
+
+    def _run(self, node: str, base: int) -> None:
+        if self.stop.wait(self.start_in):
+            return
+        while not self.stop.is_set():
+            began = time.time()
+            timers = _retransmit_timers(self.lab, node, range(base, base + self.n))
+            self.reads[node].append((began, time.time(), timers))
+
+    def first_after(self, t: float) -> tuple[float, dict[int, tuple[float, int]]] | None:
+        """Each node's first read begun at or after ``t``, together: (when the later of
+        them ended, their timers). Fire times are reckoned from the end of the reads, so a
+        timer is never taken for earlier than it is."""
+        ends, timers = [], {}
+        for reads in self.reads.values():
+            got = next(((end, tm) for began, end, tm in reads if began >= t), None)
+            if got is None:
+                return None
+            ends.append(got[0])
+            timers.update(got[1])
+        return max(ends), timers
+
+    def close(self) -> None:
+        self.stop.set()
+        for th in self.threads:
+            th.join(timeout=30)
+
+
 def test_held_transfers_resume_byte_exact_after_60s_in_both_directions(rlab: Lab) -> None:
     """The target itself: 50 transfers in each direction (bo-client -> ho-server, whose held
     segments are bo-gw's to kick, and ho-server -> bo-client, ho-gw's), all held through one
@@ -152,20 +198,23 @@ def test_held_transfers_resume_byte_exact_after_60s_in_both_directions(rlab: Lab
                  for to, base, reverse in (("10.2.0.10", 7300, False),
                                            ("10.1.0.10", 7400, True))
                  for i in range(n)]
+    watch = None
     try:
         for tr in transfers:
             tr.connected()
         for tr in transfers:
             tr.go()
         time.sleep(3.0)
+        watch = _TimerWatch(rlab, n, start_in=LONG_OUTAGE_S - 2)
         flap(rlab, "child", LONG_OUTAGE_S)
-        timers_at = time.time()
-        timers = {**_retransmit_timers(rlab, "bo-client", range(7300, 7300 + n)),
-                  **_retransmit_timers(rlab, "ho-server", range(7400, 7400 + n))}
         up_wall = max(t["since"] for gw in rlab.flowpin_gateways()
                       for t in rlab.ask(gw, "show-vpn-context")["tunnels"])
+        time.sleep(2.0)
+        watch.close()
         results = [tr.wait(timeout=600) for tr in transfers]
     finally:
+        if watch is not None:
+            watch.close()
         for tr in transfers:
             tr.kill()
     bad = [i for i, (s, g) in enumerate(results) if g["bytes"] != size
@@ -182,8 +231,12 @@ def test_held_transfers_resume_byte_exact_after_60s_in_both_directions(rlab: Lab
     # again already) send again within 2 s of UP: about one base RTO after UP for most, but a
     # sender whose last two answers before UP were both ignored (the repair undoes one
     # doubling per retransmission) sits at four times its base RTO, seen here at UP + 1.03 -
-    # 1.56 s for 9 of 100 in one run on clsact. Stock TCP after 60 s: 10-60 s. ss must look
-    # within the first second, or it would see nothing held.
+    # 1.56 s for 9 of 100 in one run on clsact. Stock TCP after 60 s: 10-60 s. The first
+    # read after UP must end within the first second, or it would see nothing held (and
+    # after 2 s it could not see a timer late by that bound).
+    first = watch.first_after(up_wall)
+    assert first is not None, "ss did not read the senders' timers after UP"
+    timers_at, timers = first
     assert timers_at - up_wall < TARGET_MS / 1000, f"ss read {timers_at - up_wall:.2f} s after UP"
     held_senders = {p: v for p, v in timers.items() if v[1] > 0}
     late = {p: round(timers_at - up_wall + left, 3) for p, (left, _n) in held_senders.items()
