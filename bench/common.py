@@ -44,6 +44,32 @@ def alternate(contenders: Sequence[str], rounds: int,
     return out
 
 
+def bracketed(slices: list[tuple[bool, float]]) -> list[float]:
+    """Each contender slice of an alternation (``(True, rate)``; ``(False, rate)`` the
+    reference's) against the mean of the reference slices on either side of it: what
+    changes more slowly than a slice (the host's load, the VM's clock, its neighbours)
+    cancels out of each ratio."""
+    out = []
+    for i in range(1, len(slices) - 1):
+        on, rate = slices[i]
+        (b_on, before), (a_on, after) = slices[i - 1], slices[i + 1]
+        if on and not b_on and not a_on and before + after > 0:
+            out.append(rate / ((before + after) / 2))
+    return out
+
+
+def median_ci95(values: list[float], resamples: int = 2000) -> tuple[float, float, float]:
+    """Median of ``values`` and a 95 % bootstrap interval of it (percentiles of the medians
+    of ``resamples`` resamples; a fixed seed, so a results file reproduces its own)."""
+    import random
+
+    rng = random.Random(1)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values)))
+                  for _ in range(resamples))
+    return (statistics.median(values), meds[int(0.025 * resamples)],
+            meds[int(0.975 * resamples) - 1])
+
+
 def _read(path: str) -> str:
     try:
         return Path(path).read_text().strip()

@@ -18,3 +18,18 @@ def test_a_forwarding_target_needs_the_paired_ratio_and_the_medians() -> None:
     assert t["measured"]["tput_vs_plain"] == 0.969
     assert t["measured"]["tput_vs_plain_paired"] == 1.014
     assert t["met"]["tput_ahead_of_nft"] is True
+
+
+def test_sliced_ratios_divide_each_slice_by_the_reference_around_it() -> None:
+    from bench.common import bracketed, median_ci95
+
+    # the machine speeds up by 10 % a slice; the contender costs 5 % of the reference
+    slices = [(i % 2 == 1, 100 * 1.1 ** i * (0.95 if i % 2 else 1.0)) for i in range(9)]
+    r = bracketed(slices)
+    assert len(r) == 4  # slices 1, 3, 5, 7: each between two reference slices
+    # the drift cancels all but its curvature: (1.1^-1 + 1.1) / 2 = 1.0045
+    assert all(abs(x - 0.95 / 1.0045) < 1e-3 for x in r)
+    assert bracketed([(True, 1.0), (False, 1.0), (True, 1.0)]) == []  # no reference around
+    med, lo, hi = median_ci95([0.9, 0.95, 1.0, 0.97, 0.96])
+    assert med == 0.96 and 0.9 <= lo <= med <= hi <= 1.0
+    assert median_ci95([0.9, 0.95, 1.0]) == median_ci95([0.9, 0.95, 1.0])  # reproducible
