@@ -490,8 +490,7 @@ def sliced_pps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_S
                 gw.apply(contender)
                 on = True
             t0, n0 = time.monotonic(), rx()
-            end = t0 + seconds
-            while t0 < end:
+            for _ in range(max(4, round(seconds / slice_s))):  # 4: a pair either way
                 time.sleep(slice_s)
                 t1, n1 = time.monotonic(), rx()
                 slices.append((on, (n1 - n0) / (t1 - t0)))

@@ -211,8 +211,7 @@ def sliced_overhead(lab: Any, filters: list[LanFilters], mode: str, dest: str,
                     f.on(mode)
                 on = True
             t0, n0 = time.monotonic(), rx()
-            end = t0 + seconds
-            while t0 < end:
+            for _ in range(max(4, round(seconds / slice_s))):  # 4: a pair either way
                 time.sleep(slice_s)
                 t1, n1 = time.monotonic(), rx()
                 if p.poll() is not None:

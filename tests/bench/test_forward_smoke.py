@@ -53,13 +53,20 @@ def test_forward_json_shape_and_cleanup() -> None:
     _require()
     p = subprocess.run([sys.executable, "-m", "controlplane.cli", "bench", "forward", "--json",
                         "--rounds", "1", "--seconds", "1", "--with-tc-empty",
-                        "--with-tc-floor"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+                        "--with-tc-floor", "--sliced-seconds", "2"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads(p.stdout)
     assert set(res["forward"]) == {"plain", "nftables", "flowpin", "tc_empty", "tc_floor"}
     for c, measures in res["forward"].items():
+        sliced = measures.pop("pps_sliced", None)
         assert set(measures) == {"tput_gbps", "pps", "cps"}, c
+        if c != "plain":  # every other contender alternated with plain within one flood
+            assert sliced["pairs"] >= 1 and sliced["vs_plain"] > 0, (c, sliced)
+            assert sliced["ci95"][0] <= sliced["vs_plain"] <= sliced["ci95"][1], (c, sliced)
+            assert res["paired_ratios"][f"{c}_vs_plain_pps_sliced"] == sliced["vs_plain"]
+        else:
+            assert sliced is None
         for m, s in measures.items():
             assert set(s) == {"median", "min", "max", "runs"}, (c, m)
             assert len(s["runs"]) == 1 and s["median"] > 0, (c, m, s)

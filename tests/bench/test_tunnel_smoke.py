@@ -35,8 +35,8 @@ def test_tunnel_bench_json_and_cleanup() -> None:
         pytest.fail("tunnel bench prerequisites missing: " + "; ".join(missing)
                     + " -- run `make setup` as root", pytrace=False)
     p = subprocess.run([sys.executable, "-m", "bench.tunnel", "--json",
-                        "--rounds", "2", "--seconds", "1"], cwd=REPO, capture_output=True,
-                       text=True, timeout=600)
+                        "--rounds", "2", "--seconds", "1", "--sliced-seconds", "4"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads(p.stdout)
     tun = res["tunnel"]
@@ -46,6 +46,9 @@ def test_tunnel_bench_json_and_cleanup() -> None:
     assert isinstance(tun["overhead_pct"], float)
     assert isinstance(tun["overhead_pct_paired"], float)
     assert isinstance(tun["met"], bool)
+    sliced = tun["by_attach"][res["config"]["attach"][0]]["sliced"]  # flowpin on and off
+    assert sliced["pairs"] >= 1 and isinstance(sliced["overhead_pct"], float), sliced
+    assert sliced["ci95_pct"][0] <= sliced["overhead_pct"] <= sliced["ci95_pct"][1], sliced
     for gw in ("bo_gw", "ho_gw"):
         passed = res["checks"][f"{gw}_datapath_passed_packets"]
         assert passed["flowpin"] > 0 and passed["none"] == 0, (gw, passed)

@@ -13,7 +13,6 @@ measures the speed): stock TCP takes about 6.5 s here after 20 s, the kick well 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import threading
 import time
@@ -105,38 +104,45 @@ def test_held_flow_resumes_fast_with_the_kick_and_stock_without(rlab: Lab) -> No
     assert any("752101" in ln and "resumed" in ln and "kicked" in ln for ln in lines)
 
 
-# ss prints a timer as [Nmin][S(.|sec)][MMMms]: "220ms", "1.234ms" (1.234 s), "57sec", "1min5sec"
-_SS_TIMER = re.compile(r"timer:\(on,(?:(\d+)min)?(?:(\d+)(?:\.|sec))?(?:(\d+)ms)?,(\d+)\)")
-_SS_PORTS = re.compile(r"\S+:(\d+)\s+\S+:(\d+)")
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of /proc/net/tcp's timer column
 
 
-def _retransmit_timers(lab: Lab, node: str, ports: range) -> dict[int, tuple[float, int]]:
-    """The retransmission timers of ``node``'s TCP sockets to or from ``ports``, read by
-    ss (an independent witness: the kernel's own socket state): port -> (seconds until the
-    timer fires, retransmissions so far)."""
-    r = lab.exec(node, ["ss", "-tno", "state", "established"], stdout=subprocess.PIPE,
-                 text=True, check=True)
+def _retransmit_timers(pid: int, ports: range) -> dict[int, tuple[float, int]]:
+    """The retransmission timers of the established TCP sockets to or from ``ports`` in
+    the network namespace of process ``pid``, as the kernel itself shows them in
+    /proc/PID/net/tcp{,6} (an independent witness: the sockets' own state, what ss prints
+    as timer:(on,...), read without starting a process, which takes seconds in an
+    emulated VM): port -> (seconds until the timer fires, retransmissions so far)."""
     out = {}
-    for line in r.stdout.splitlines():
-        pm, tm = _SS_PORTS.search(line), _SS_TIMER.search(line)
-        if not pm or not tm:
-            continue
-        port = next((int(p) for p in pm.groups() if int(p) in ports), None)
-        if port is not None:
-            mins, secs, ms = (int(g or 0) for g in tm.group(1, 2, 3))
-            out[port] = (mins * 60 + secs + ms / 1000, int(tm.group(4)))
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as fh:
+            next(fh)  # the header
+            for line in fh:
+                # sl local rem st tx:rx tr:when retrnsmt ...
+                f = line.split()
+                if f[3] != "01":  # TCP_ESTABLISHED
+                    continue
+                timer, when = f[5].split(":")
+                if timer != "01":  # ICSK_TIME_RETRANS (and loss probe, reordering): ss's "on"
+                    continue
+                local, remote = (int(a.rsplit(":", 1)[1], 16) for a in f[1:3])
+                port = local if local in ports else remote if remote in ports else None
+                if port is not None:
+                    out[port] = (int(when, 16) / CLK_TCK, int(f[6], 16))
     return out
 
 
 class _TimerWatch:
-    """ss in each sender namespace, over and over (one thread each), from shortly before
-    the outage ends until closed. The test takes each namespace's first read that began
-    after UP, however long the lab then took to report UP (an emulated VM: seconds)."""
+    """The senders' retransmission timers in each sender namespace (through a process
+    parked there), read over and over (one thread each) from shortly before the outage
+    ends until closed. The test takes each namespace's first read that began after UP,
+    however long the lab then took to report UP (an emulated VM: seconds)."""
 
     SENDERS = (("bo-client", 7300), ("ho-server", 7400))
 
     def __init__(self, lab: Lab, n: int, start_in: float) -> None:
-        self.lab, self.n, self.start_in = lab, n, start_in
+        self.n, self.start_in = n, start_in
+        self.parked = {node: lab.popen(node, ["sleep", "3600"]) for node, _b in self.SENDERS}
         # per node: (time the read began, time it ended, {port: (seconds left, retrans)})
         self.reads: dict[str, list[tuple[float, float, dict[int, tuple[float, int]]]]] = {
             node: [] for node, _base in self.SENDERS}
@@ -149,9 +155,10 @@ class _TimerWatch:
     def _run(self, node: str, base: int) -> None:
         if self.stop.wait(self.start_in):
             return
-        while not self.stop.is_set():
+        pid = self.parked[node].pid
+        while not self.stop.wait(0.01):
             began = time.time()
-            timers = _retransmit_timers(self.lab, node, range(base, base + self.n))
+            timers = _retransmit_timers(pid, range(base, base + self.n))
             self.reads[node].append((began, time.time(), timers))
 
     def first_after(self, t: float) -> tuple[float, dict[int, tuple[float, int]]] | None:
@@ -171,6 +178,9 @@ class _TimerWatch:
         self.stop.set()
         for th in self.threads:
             th.join(timeout=30)
+        for p in self.parked.values():
+            p.kill()
+            p.wait()
 
 
 def test_held_transfers_resume_byte_exact_after_60s_in_both_directions(rlab: Lab) -> None:
@@ -227,17 +237,18 @@ def test_held_transfers_resume_byte_exact_after_60s_in_both_directions(rlab: Lab
         f"{sorted(set(range(len(results))) - set(held))}"
     kicks = {gw: [(t["kicked"], t["kicks_limited"]) for t in rlab.ask(gw, "show-vpn-context")[
         "tunnels"]] for gw in rlab.flowpin_gateways()}
-    # Senders still held when ss looked (retransmitting: count > 0; the others had moved
-    # again already) send again within 2 s of UP: about one base RTO after UP for most, but a
-    # sender whose last two answers before UP were both ignored (the repair undoes one
-    # doubling per retransmission) sits at four times its base RTO, seen here at UP + 1.03 -
-    # 1.56 s for 9 of 100 in one run on clsact. Stock TCP after 60 s: 10-60 s. The first
-    # read after UP must end within the first second, or it would see nothing held (and
-    # after 2 s it could not see a timer late by that bound).
+    # Senders still held when their sockets were read (retransmitting: count > 0; the
+    # others had moved again already) send again within 2 s of UP: about one base RTO
+    # after UP for most, but a sender whose last two answers before UP were both ignored
+    # (the repair undoes one doubling per retransmission) sits at four times its base RTO,
+    # seen here at UP + 1.03 - 1.56 s for 9 of 100 in one run on clsact. Stock TCP after
+    # 60 s: 10-60 s. The first read after UP must end within the first second, or it would
+    # see nothing held (and after 2 s it could not see a timer late by that bound).
     first = watch.first_after(up_wall)
-    assert first is not None, "ss did not read the senders' timers after UP"
+    assert first is not None, "the senders' timers were not read after UP"
     timers_at, timers = first
-    assert timers_at - up_wall < TARGET_MS / 1000, f"ss read {timers_at - up_wall:.2f} s after UP"
+    assert timers_at - up_wall < TARGET_MS / 1000, \
+        f"the senders' timers read {timers_at - up_wall:.2f} s after UP"
     held_senders = {p: v for p, v in timers.items() if v[1] > 0}
     late = {p: round(timers_at - up_wall + left, 3) for p, (left, _n) in held_senders.items()
             if (timers_at - up_wall + left) * 1000 > 2 * TARGET_MS}
