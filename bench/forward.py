@@ -34,6 +34,9 @@ of ``--seconds`` each; every contender starts each round with an empty flow tabl
   arrive on the server's interface (forwarded by the gateway);
 - ``cps``: short TCP connections (connect, RST) from one client process to an accept loop.
 
+Then, with ``pps``, one flood per contender alternating it with plain every half second
+(:func:`sliced_pps`): the pairing that decides the packets/s target.
+
 Load generators run on the first CPU, servers on the second (fixed affinity: without it
 runs vary by 2x depending on where the scheduler puts three processes on two cores).
 
@@ -484,7 +487,9 @@ def sliced_pps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_S
             r.settle()
             flood = r.t.popen(tp.CLIENT, LOADGEN + [
                 "udp-flood", "--to", tp.SERVER_IP, "--port", str(UDP_PORT),
-                "--seconds", str(seconds + 2)], cpu=r.load_cpu, stdout=subprocess.DEVNULL)
+                # longer than the slices and the switches between them; stopped after
+                "--seconds", str(2 * seconds + 10)], cpu=r.load_cpu,
+                stdout=subprocess.DEVNULL)
             time.sleep(0.5)  # the sender started (Python, ctypes) and is flooding
             if start_on:
                 gw.apply(contender)
@@ -493,6 +498,8 @@ def sliced_pps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_S
             for _ in range(max(4, round(seconds / slice_s))):  # 4: a pair either way
                 time.sleep(slice_s)
                 t1, n1 = time.monotonic(), rx()
+                if flood.poll() is not None:
+                    raise BenchError(f"{contender}, sliced pps: the flood ended early")
                 slices.append((on, (n1 - n0) / (t1 - t0)))
                 if on:
                     gw.remove(contender)
