@@ -9,6 +9,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +43,35 @@ def alternate(contenders: Sequence[str], rounds: int,
         for c in order:
             out[c].append(run(c, r))
     return out
+
+
+def alternate_slices(seconds: float, slice_s: float, start_on: bool,
+                     read: Callable[[], int], switch: Callable[[bool], None],
+                     alive: Callable[[], None]) -> list[tuple[bool, float]]:
+    """Within one running load: the contender switched on and off (``switch``) every
+    ``slice_s`` for ``seconds`` (4 slices at least: a pair whichever state goes first), a
+    counter of the load's progress (``read``) read at each switch; ``alive`` raises if the
+    load ended. Returns (contender on, counter's rate per second) per slice; the switches
+    fall between two reads, in no slice. The contender is off again on return."""
+    on = False
+    slices: list[tuple[bool, float]] = []
+    try:
+        if start_on:
+            switch(True)
+            on = True
+        for i in range(max(4, round(seconds / slice_s))):
+            if i:
+                switch(not on)
+                on = not on
+            t0, n0 = time.monotonic(), read()
+            time.sleep(slice_s)
+            t1, n1 = time.monotonic(), read()
+            alive()
+            slices.append((on, (n1 - n0) / (t1 - t0)))
+    finally:
+        if on:
+            switch(False)
+    return slices
 
 
 def bracketed(slices: list[tuple[bool, float]]) -> list[float]:

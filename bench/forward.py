@@ -59,7 +59,16 @@ from typing import Any
 
 from bench import attach as attach_opt
 from bench import topo as tp
-from bench.common import alternate, bracketed, machine, median_ci95, print_result, ratio, summary
+from bench.common import (
+    alternate,
+    alternate_slices,
+    bracketed,
+    machine,
+    median_ci95,
+    print_result,
+    ratio,
+    summary,
+)
 from lab import netns, nft
 
 CONTENDERS = ("plain", "nftables", "flowpin")
@@ -474,8 +483,6 @@ def sliced_pps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_S
     cpu_before = os.sched_getaffinity(0)
     if r.server_cpu is not None:
         os.sched_setaffinity(0, {r.server_cpu})
-    on = False
-    slices: list[tuple[bool, float]] = []
     flood = None
     try:
         with IPRoute(netns=tp.SERVER) as ipr:
@@ -484,6 +491,13 @@ def sliced_pps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_S
             def rx() -> int:
                 return int(ipr.get_links(idx)[0].get("IFLA_STATS64")["rx_packets"])
 
+            def switch(on: bool) -> None:
+                gw.apply(contender) if on else gw.remove(contender)
+
+            def alive() -> None:
+                if flood is not None and flood.poll() is not None:
+                    raise BenchError(f"{contender}, sliced pps: the flood ended early")
+
             r.settle()
             flood = r.t.popen(tp.CLIENT, LOADGEN + [
                 "udp-flood", "--to", tp.SERVER_IP, "--port", str(UDP_PORT),
@@ -491,25 +505,8 @@ def sliced_pps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_S
                 "--seconds", str(2 * seconds + 10)], cpu=r.load_cpu,
                 stdout=subprocess.DEVNULL)
             time.sleep(0.5)  # the sender started (Python, ctypes) and is flooding
-            if start_on:
-                gw.apply(contender)
-                on = True
-            t0, n0 = time.monotonic(), rx()
-            for _ in range(max(4, round(seconds / slice_s))):  # 4: a pair either way
-                time.sleep(slice_s)
-                t1, n1 = time.monotonic(), rx()
-                if flood.poll() is not None:
-                    raise BenchError(f"{contender}, sliced pps: the flood ended early")
-                slices.append((on, (n1 - n0) / (t1 - t0)))
-                if on:
-                    gw.remove(contender)
-                else:
-                    gw.apply(contender)
-                on = not on
-                t0, n0 = time.monotonic(), rx()
+            slices = alternate_slices(seconds, slice_s, start_on, rx, switch, alive)
     finally:
-        if on:
-            gw.remove(contender)
         if flood is not None:
             r.t.stop(flood)
             with contextlib.suppress(ValueError):

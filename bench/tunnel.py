@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import attach as attach_opt
-from bench.common import alternate, bracketed, machine, median_ci95, print_result, summary
+from bench import common
+from bench.common import alternate, machine, print_result, summary
 from controlplane import libbpf, tcx
 from controlplane.datapath import (
     HOOK_OF,
@@ -188,50 +189,44 @@ def sliced_overhead(lab: Any, filters: list[LanFilters], mode: str, dest: str,
     throughput alone wanders by ±7 % here; a second apart both see the same machine."""
     from pyroute2 import IPRoute
 
-    on = False
-    slices: list[tuple[bool, float]] = []
-    total = 2 * seconds + OMIT_S + 10  # longer than the slices and the switches; killed after
+    # longer than the slices and the switches between them; killed after
+    total = 2 * seconds + OMIT_S + 10
     p = lab.popen(topology.CLIENT, ["iperf3", "-c", dest, "-p", str(IPERF_PORT),
                                     "-t", str(total)],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def switch(on: bool) -> None:
+        for f in filters:
+            f.on(mode) if on else f.off()
+
+    def alive() -> None:
+        if p.poll() is not None:
+            raise TunnelBenchError("iperf3 ended before the sliced run did")
+
     try:
         if cpu is not None:
             pin(p.pid, cpu[topology.CLIENT])
-        for f in filters:
-            f.off()
+        switch(False)
         with IPRoute(netns=lab.ns(topology.SERVER)) as ipr:
             server_if = next(ln.b_if for ln in topology.LINKS if ln.b == topology.SERVER)
             idx = ipr.link_lookup(ifname=server_if)[0]
 
-            def rx() -> int:
-                return int(ipr.get_links(idx)[0].get("IFLA_STATS64")["rx_bytes"])
+            def rx_bits() -> int:
+                return 8 * int(ipr.get_links(idx)[0].get("IFLA_STATS64")["rx_bytes"])
 
             time.sleep(OMIT_S + 0.5)  # past slow start
-            if start_on:
-                for f in filters:
-                    f.on(mode)
-                on = True
-            t0, n0 = time.monotonic(), rx()
-            for _ in range(max(4, round(seconds / slice_s))):  # 4: a pair either way
-                time.sleep(slice_s)
-                t1, n1 = time.monotonic(), rx()
-                if p.poll() is not None:
-                    raise TunnelBenchError("iperf3 ended before the sliced run did")
-                slices.append((on, (n1 - n0) * 8 / (t1 - t0) / 1e6))
-                for f in filters:
-                    f.off() if on else f.on(mode)
-                on = not on
-                t0, n0 = time.monotonic(), rx()
+            slices = [(on, bps / 1e6) for on, bps in
+                      common.alternate_slices(seconds, slice_s, start_on, rx_bits, switch,
+                                              alive)]
     finally:
         if p.poll() is None:
             p.kill()
         p.wait()
-        for f in filters:
-            f.on(mode)
-    ratios = bracketed(slices)
+        switch(True)  # as the lab was
+    ratios = common.bracketed(slices)
     if not ratios:
         raise TunnelBenchError("sliced run: no slice with flowpin between two without")
-    med, lo, hi = median_ci95(ratios)
+    med, lo, hi = common.median_ci95(ratios)
     return {"overhead_pct": round((1 - med) * 100, 2),
             "ci95_pct": [round((1 - hi) * 100, 2), round((1 - lo) * 100, 2)],
             "pairs": len(ratios), "slice_s": slice_s, "seconds": seconds,

@@ -33,3 +33,38 @@ def test_sliced_ratios_divide_each_slice_by_the_reference_around_it() -> None:
     med, lo, hi = median_ci95([0.9, 0.95, 1.0, 0.97, 0.96])
     assert med == 0.96 and 0.9 <= lo <= med <= hi <= 1.0
     assert median_ci95([0.9, 0.95, 1.0]) == median_ci95([0.9, 0.95, 1.0])  # reproducible
+
+
+def test_alternate_slices_switch_between_reads_and_end_off() -> None:
+    """The switches fall between two reads (in no slice), the state alternates from the one
+    asked for, and the contender is off on return, also when the load dies."""
+    import pytest
+
+    from bench.common import alternate_slices
+
+    log: list[str] = []
+    count = [0]
+
+    def read() -> int:
+        log.append("read")
+        count[0] += 1000
+        return count[0]
+
+    def switch(on: bool) -> None:
+        log.append("on" if on else "off")
+
+    slices = alternate_slices(0.04, 0.01, True, read, switch, lambda: None)
+    assert [on for on, _rate in slices] == [True, False, True, False]
+    assert all(rate > 0 for _on, rate in slices)
+    # each slice is two reads with nothing between them; the switches come between slices
+    assert log == ["on", "read", "read", "off", "read", "read", "on", "read", "read",
+                   "off", "read", "read"]
+
+    log.clear()
+
+    def dead() -> None:
+        raise RuntimeError("load ended")
+
+    with pytest.raises(RuntimeError):
+        alternate_slices(0.04, 0.01, True, read, switch, dead)
+    assert log[-1] == "off"  # switched off on the way out
