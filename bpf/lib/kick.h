@@ -64,13 +64,44 @@ static __always_inline __u16 __csum_fold(__u32 csum)
 
 /* A gap this long between two kicks of a flow belongs to another outage: start anew. */
 #define FP_KICK_FORGET_NS (10ULL * FP_NSEC_PER_SEC)
+/* At most this many ICMPs answer one held segment (the first of an outage: see below). */
+#define FP_KICK_BURST_MAX 8
+
+/*
+ * __kick_burst - ICMPs for the first held segment of an outage from a flow that had been
+ * silent for @silent_s seconds (since it last passed). A sender that saw no answer for a
+ * while -- a DPD outage: until dead-peer detection deletes the SA its retransmissions go
+ * into the tunnel and are lost unanswered -- is several doublings deep by the time its
+ * segment is first held, and one answer undoes only one of them. Its gap since the
+ * previous retransmission is base RTO << (backoff - 1), base RTO >= 200 ms, so it is at
+ * most 1 + log2(silence / 200 ms) doublings deep; the second-granular silence is rounded
+ * up, since an answer with nothing left to revert is ignored by the sender (icsk_backoff
+ * 0). A silence under 2 s: one answer, as always.
+ */
+static __always_inline int __kick_burst(__u32 silent_s)
+{
+	__u32 x = (silent_s + 1) * 5;	/* (silence + the second's rounding) / 200 ms */
+	int n = 1, i;
+
+	if (silent_s < 2)
+		return 1;
+#pragma unroll
+	for (i = 0; i < FP_KICK_BURST_MAX - 1; i++) {
+		if (x > 1) {
+			x >>= 1;
+			n++;
+		}
+	}
+	return n;
+}
 
 /*
  * __kick_allowed - how many ICMPs to answer the held segment with: 0 (the per-flow interval
  * or the global budget says no), 1, or 2 when the flow's gap shows a lost revert (above).
  */
 static __always_inline int __kick_allowed(const struct fp_pkt *p, const struct fp_keys *k,
-					  const struct fp_kick_config *kc, __u64 now_ns)
+					  const struct fp_kick_config *kc, __u64 now_ns,
+					  __u32 silent_s)
 {
 	__u64 interval = (__u64)kc->interval_ms * 1000000ULL;
 	struct fp_kick_state *st, next = { .last_ns = now_ns };
@@ -91,7 +122,11 @@ static __always_inline int __kick_allowed(const struct fp_pkt *p, const struct f
 			next.gap_ns = st->gap_ns && st->gap_ns < gap ? st->gap_ns : gap;
 			if (st->gap_ns && gap * 2 > st->gap_ns * 3)
 				n = 2;
+		} else {
+			n = __kick_burst(silent_s);	/* the first of another outage */
 		}
+	} else {
+		n = __kick_burst(silent_s);		/* the first of this outage */
 	}
 	b = fp_kick_budget.lookup(&zero);
 	if (!b)
@@ -103,7 +138,7 @@ static __always_inline int __kick_allowed(const struct fp_pkt *p, const struct f
 	if (b->used >= kc->budget)
 		return 0;
 	if (b->used + n > kc->budget)
-		n = 1;
+		n = kc->budget - b->used;
 	__sync_fetch_and_add(&b->used, n);
 	if (p->family == 4)
 		fp_kick_last4.update((struct fp_flow_key4 *)&k->k4, &next);
@@ -193,18 +228,19 @@ static __always_inline int __kick_src_set(const struct fp_kick_config *kc, __u8 
  * 0 when it was left alone (the caller drops it). Counts kicked/limited per tunnel.
  */
 static __always_inline int fp_kick(struct __sk_buff *skb, const struct fp_pkt *p,
-				   const struct fp_keys *k, __u16 tid, __u64 now_ns)
+				   const struct fp_keys *k, __u16 tid, __u64 now_ns,
+				   __u32 silent_s)
 {
 	struct fp_kick_config *kc;
 	struct fp_kick_stats *st;
 	__u32 zero = 0, id = tid;
-	int err, n;
+	int err, n, i;
 
 	kc = fp_kick_config.lookup(&zero);
 	st = fp_kick_stats.lookup(&id);
 	if (!kc || !st || !__kick_src_set(kc, p->family))
 		return 0;
-	n = __kick_allowed(p, k, kc, now_ns);
+	n = __kick_allowed(p, k, kc, now_ns, silent_s);
 	if (!n) {
 		__sync_fetch_and_add(&st->limited, 1);
 		return 0;
@@ -212,10 +248,13 @@ static __always_inline int fp_kick(struct __sk_buff *skb, const struct fp_pkt *p
 	err = p->family == 4 ? __kick4(skb, kc) : __kick6(skb, kc);
 	if (err)
 		return 0;
-	/* the repair's second ICMP: a copy of the answer, sent now */
-	if (n > 1 && bpf_clone_redirect(skb, skb->ifindex, 0) == 0) {
-		__sync_fetch_and_add(&st->kicked, 1);
-		__sync_fetch_and_add(&st->repaired, 1);
+	/* the repair's second ICMP, or the burst's others: copies of the answer, sent now */
+#pragma unroll
+	for (i = 1; i < FP_KICK_BURST_MAX; i++) {
+		if (i < n && bpf_clone_redirect(skb, skb->ifindex, 0) == 0) {
+			__sync_fetch_and_add(&st->kicked, 1);
+			__sync_fetch_and_add(&st->repaired, 1);
+		}
 	}
 	__sync_fetch_and_add(&st->kicked, 1);
 	return bpf_redirect(skb->ifindex, 0);

@@ -231,7 +231,8 @@ static __always_inline int __on_flow(struct fp_ctx *c, struct fp_flow_value *v,
 
 		if (c->dir == FP_DIR_OUT && (t->flags & FP_TF_KICK) &&
 		    !(c->p.tcp_flags & FP_TCP_RST) && !fp_flow_closed(v))
-			kicked = fp_kick(c->skb, &c->p, &c->k, v->tunnel_id, c->now_ns);
+			kicked = fp_kick(c->skb, &c->p, &c->k, v->tunnel_id, c->now_ns,
+					 c->now_s > v->last_s ? c->now_s - v->last_s : 0);
 		ret = __refuse(c, v->tunnel_id, FP_R_DROP_HELD);
 		return kicked ? kicked : ret;
 	}

@@ -120,7 +120,8 @@ def test_a_lost_revert_is_repaired_with_a_second_answer(dp: Any, n: Net) -> None
     """A sender whose timer doubled without being reverted (it ignored an answer: its socket
     was owned by its application) retransmits after twice its usual gap: that segment is
     answered twice, so the doubling that was lost is undone too. Gaps as usual get one
-    answer; a gap of another outage (10 s or more) starts a new history."""
+    answer; a gap of another outage (10 s or more) starts a new history, whose first
+    answer is a burst (the flow had been silent for 13 s: see the next test)."""
     t: FlowTable = dp.table
     _kick_setup(t, interval_ms=100)
     _held_flow(dp, n)
@@ -133,8 +134,39 @@ def test_a_lost_revert_is_repaired_with_a_second_answer(dp: Any, n: Net) -> None
         before = t.kick_stats(TUN)[0]
         assert _run(dp, "out", _segment(n)).retval == TC_ACT_REDIRECT
         seen.append(t.kick_stats(TUN)[0] - before)
-    assert seen == [1, 1, 1, 2, 1, 1, 1], "two answers only after a doubled gap"
-    assert t.kicks_sent(TUN)[1] == 1
+    assert seen == [1, 1, 1, 2, 1, 7, 1], "two answers only after a doubled gap"
+    assert t.kicks_sent(TUN)[1] == 1 + 6
+
+
+@pytest.mark.parametrize(("silent_s", "answers"), [(0, 1), (1, 1), (2, 4), (6, 6), (13, 7),
+                                                   (60, 8)])
+def test_the_first_held_segment_after_a_silence_undoes_every_doubling(
+        dp: Any, n: Net, silent_s: int, answers: int) -> None:
+    """A DPD outage: until dead-peer detection deletes the SA, the sender's retransmissions
+    go into the tunnel and are lost unanswered, so when its first segment is held it is
+    several doublings deep. That segment is answered with one ICMP per doubling its silence
+    can hold (base RTO >= 200 ms: 1 + log2(silence / 200 ms), the second rounded up, at
+    most 8); a silence under 2 s gets one answer. Every later segment of the outage is
+    answered as before."""
+    t: FlowTable = dp.table
+    _kick_setup(t, interval_ms=100)
+    _held_flow(dp, n)  # the flow last passed now
+    now = t.config().now_ns
+    t.set_clock(now + silent_s * 1_000_000_000)
+    assert _run(dp, "out", _segment(n)).retval == TC_ACT_REDIRECT
+    assert t.kicks_sent(TUN) == (answers, answers - 1)
+    t.set_clock(now + silent_s * 1_000_000_000 + 220_000_000)
+    assert _run(dp, "out", _segment(n)).retval == TC_ACT_REDIRECT
+    assert t.kicks_sent(TUN) == (answers + 1, answers - 1), "then one answer each"
+
+
+def test_a_burst_stays_within_the_budget(dp: Any, n: Net) -> None:
+    t: FlowTable = dp.table
+    _kick_setup(t, interval_ms=100, budget=3)
+    _held_flow(dp, n)
+    t.set_clock(t.config().now_ns + 60 * 1_000_000_000)
+    assert _run(dp, "out", _segment(n)).retval == TC_ACT_REDIRECT
+    assert t.kicks_sent(TUN) == (3, 2), "the budget's 3, not the silence's 8"
 
 
 def test_global_budget(dp: Any, n: Net) -> None:
