@@ -187,8 +187,9 @@ class FlowTable:
         return int(s.kicked), int(s.limited)
 
     def kicks_sent(self, tunnel_id: int) -> tuple[int, int]:
-        """(kicked, repaired) of one tunnel, in one read: ICMPs sent, and of them the second
-        answers that undid a lost revert (kick.h)."""
+        """(kicked, repaired) of one tunnel, in one read: ICMPs sent, and of them the extra
+        answers (a second one undoing a lost revert, or the burst answering the first held
+        segment after a silence: kick.h)."""
         s = self.kick_stats_map[self._tkey(tunnel_id)]
         return int(s.kicked), int(s.repaired)
 

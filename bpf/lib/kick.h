@@ -33,8 +33,12 @@
  * sender (icsk_backoff is 0). A gap of FP_KICK_FORGET_NS or more starts a new history
  * (another outage).
  *
- * Bounded: at most one answer per flow per interval (fp_kick_last*, LRU), and at most
- * budget ICMPs per second in all (fp_kick_budget; a repair counts two). The interval is
+ * The first held segment of an outage can come from a sender that is already several
+ * doublings deep (a DPD outage: see __kick_burst); it is answered with as many ICMPs as
+ * its silence can hold doublings.
+ *
+ * Bounded: at most one answer (or burst) per flow per interval (fp_kick_last*, LRU), and at
+ * most budget ICMPs per second in all (fp_kick_budget; each ICMP counts). The interval is
  * kept well under the kernel's minimum RTO (200 ms; default 100 ms), so timing jitter
  * never costs a retransmission its answer. The check-then-store of both is not atomic:
  * CPUs racing may each send one more, as events.h accepts for its rate limits.
