@@ -101,7 +101,9 @@ static __always_inline int __kick_burst(__u32 silent_s)
 
 /*
  * __kick_allowed - how many ICMPs to answer the held segment with: 0 (the per-flow interval
- * or the global budget says no), 1, or 2 when the flow's gap shows a lost revert (above).
+ * or the global budget says no); for the first of an outage (no kick within
+ * FP_KICK_FORGET_NS) the burst its silence calls for; after that 1, or 2 when the flow's
+ * gap shows a lost revert (above). Cut to what is left of the budget.
  */
 static __always_inline int __kick_allowed(const struct fp_pkt *p, const struct fp_keys *k,
 					  const struct fp_kick_config *kc, __u64 now_ns,
@@ -111,7 +113,7 @@ static __always_inline int __kick_allowed(const struct fp_pkt *p, const struct f
 	struct fp_kick_state *st, next = { .last_ns = now_ns };
 	struct fp_kick_budget *b;
 	__u32 zero = 0;
-	int n = 1;
+	int n = __kick_burst(silent_s);	/* unless a kick of this outage came before */
 
 	if (p->family == 4)
 		st = fp_kick_last4.lookup((struct fp_flow_key4 *)&k->k4);
@@ -124,13 +126,8 @@ static __always_inline int __kick_allowed(const struct fp_pkt *p, const struct f
 			return 0;
 		if (gap < FP_KICK_FORGET_NS) {
 			next.gap_ns = st->gap_ns && st->gap_ns < gap ? st->gap_ns : gap;
-			if (st->gap_ns && gap * 2 > st->gap_ns * 3)
-				n = 2;
-		} else {
-			n = __kick_burst(silent_s);	/* the first of another outage */
+			n = st->gap_ns && gap * 2 > st->gap_ns * 3 ? 2 : 1;
 		}
-	} else {
-		n = __kick_burst(silent_s);		/* the first of this outage */
 	}
 	b = fp_kick_budget.lookup(&zero);
 	if (!b)
