@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from vici_glue.events import ChildConfig, ChildSA, IkeSA, IPNetwork, SAEvent
@@ -55,6 +55,15 @@ class Tunnel:
     @property
     def name(self) -> str:
         return f"{self.key[0]}/{self.key[1]}"
+
+    def copy(self) -> Tunnel:
+        """A copy that shares nothing the registry changes in place (its children). Not
+        ``dataclasses.replace`` (which runs __init__ again) nor ``copy.copy`` (the pickle
+        protocol): a scrape copies every tunnel, 4 ms at 1,000 tunnels either way."""
+        c = object.__new__(Tunnel)
+        c.__dict__.update(self.__dict__)
+        c.children = dict(self.children)
+        return c
 
     def newest(self) -> ChildSA | None:
         if not self.children:
@@ -108,7 +117,7 @@ class TunnelRegistry:
     def copy_tunnels(self) -> tuple[Tunnel, ...]:
         """Copies of every tunnel, for a reader in another thread (the registry goes on
         changing them in place)."""
-        return tuple(replace(t, children=dict(t.children)) for t in self.tunnels.values())
+        return tuple(t.copy() for t in self.tunnels.values())
 
     def _tunnel(self, key: TunnelKey, configured: bool) -> tuple[Tunnel, list[Transition]]:
         t = self.tunnels.get(key)
