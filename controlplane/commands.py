@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -329,17 +329,31 @@ def show_sysopt(s: Snapshot, a: Args) -> dict[str, Any]:
     return sysopt.shown(s.cfg, s.sysopt)
 
 
+def latency_since(recent: Sequence[float], total: int, after: Any) -> Sequence[float]:
+    """Of the ``recent`` event-to-map samples (the last of ``total`` measured), those of
+    the events after the first ``after`` (None: all of them)."""
+    if after is None:
+        return recent
+    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        raise ValueError(f"after: an event count (an integer >= 0), not {after!r}")
+    return recent[len(recent) - min(len(recent), max(0, total - after)):]
+
+
 @reads("show-counters")
 def show_counters(s: Snapshot, a: Args) -> dict[str, Any]:
-    """``show counters``: packets by verdict, the daemon's counts, event-to-map latency."""
-    lat = sorted(s.latency_ms)
+    """``show counters``: packets by verdict, the daemon's counts, event-to-map latency
+    (of the last 10,000 events; with ``after`` = an earlier answer's ``total``, of the
+    events since that answer only: what a benchmark's own events took)."""
+    total = int(s.latency_histogram["count"])
+    lat = sorted(latency_since(s.latency_ms, total, a.get("after")))
 
     def pct(p: float) -> float | None:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else None
 
     table = s.table
     return {"datapath": table.counters(), "daemon": dict(s.stats),
-            "event_to_map_ms": {"count": len(lat), "p50": pct(0.5), "p99": pct(0.99),
+            "event_to_map_ms": {"count": len(lat), "total": total, "p50": pct(0.5),
+                                "p99": pct(0.99),
                                 "max": round(lat[-1], 3) if lat else None},
             "flows": s.counts.total, "flows_counted_age_s": s.counts.age_s(),
             "flow_table_size": s.cfg.flow_table_size,

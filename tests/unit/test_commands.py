@@ -33,3 +33,14 @@ def test_unknown_and_twice_registered_commands_are_refused() -> None:
         commands.lookup("show-everything")
     with pytest.raises(RuntimeError, match="registered twice"):
         commands.reads("status")(lambda s, a: {})
+
+
+def test_event_to_map_figures_can_cover_only_the_events_after_an_earlier_answer() -> None:
+    recent = (5.0, 1.0, 2.0, 3.0)  # the last 4 of 10 events measured
+    assert commands.latency_since(recent, 10, None) == recent
+    assert commands.latency_since(recent, 10, 8) == (2.0, 3.0)
+    assert commands.latency_since(recent, 10, 10) == ()
+    assert commands.latency_since(recent, 10, 0) == recent  # older ones were not kept
+    for bad in (-1, "3", True, 1.5):
+        with pytest.raises(ValueError, match="after: an event count"):
+            commands.latency_since(recent, 10, bad)
