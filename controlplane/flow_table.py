@@ -727,10 +727,9 @@ class FlowTable:
         if not self._ring_open:
             self.bpf[b"fp_events"].open_ring_buffer(self._on_event)
             self._ring_open = True
-        if timeout_ms:
+        if timeout_ms:  # then what came without a wakeup (removed-flow records) too
             self.bpf.ring_buffer_poll(timeout_ms)
-        else:
-            self.bpf.ring_buffer_consume()
+        self.bpf.ring_buffer_consume()
         out, self._pending = self._pending, []
         return out
 

@@ -67,7 +67,15 @@ static __always_inline void fp_event_emit(__u32 type, __u16 tunnel_id, const str
 	__event_fill(e, type, tunnel_id, p, k, now_ns);
 	if (flow)
 		__builtin_memcpy(&e->flow, flow, sizeof(*flow));
-	fp_events.ringbuf_submit(e, 0);
+	/*
+	 * A removed-flow record wakes nobody: the daemon reads the ring on its loop's tick
+	 * (every 50 ms) and never sleeps on it. A wakeup is an irq_work, a self-IPI, every
+	 * time the reader has caught up, that is per record at a steady rate: on a VM an
+	 * exit each. Measured (bench forward's sliced connections/s, flowpin against plain):
+	 * 0.85-0.88x with the wakeups, 0.92-0.95x without. The rare, rate-limited events
+	 * keep theirs.
+	 */
+	fp_events.ringbuf_submit(e, type == FP_EV_FLOW_REMOVED ? BPF_RB_NO_WAKEUP : 0);
 }
 
 #endif
