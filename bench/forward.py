@@ -35,7 +35,8 @@ of ``--seconds`` each; every contender starts each round with an empty flow tabl
 - ``cps``: short TCP connections (connect, RST) from one client process to an accept loop.
 
 Then, with ``pps``, one flood per contender alternating it with plain every half second
-(:func:`sliced_pps`): the pairing that decides the packets/s target.
+(:func:`sliced_pps`): the pairing that decides the packets/s target; with ``cps``, the same
+for each TC contender within one client's run of short connections (:func:`sliced_cps`).
 
 Load generators run on the first CPU, servers on the second (fixed affinity: without it
 runs vary by 2x depending on where the scheduler puts three processes on two cores).
@@ -55,6 +56,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench import attach as attach_opt
@@ -242,6 +244,22 @@ class Gateway:
             if base == TC_FLOOR:
                 self.progs[base][0]["floor_flows"].clear()
             self._bench_filters(base, mode)
+
+    def hooks(self, contender: str, on: bool) -> None:
+        """A TC contender's hooks attached or detached, its flows and counters left as
+        they are: a switch in a sliced run must not cost a table's worth of deletes (see
+        sliced_cps)."""
+        base, mode = self.kinds[contender]
+        if on and base == "flowpin":
+            self.dps[mode].attach(tp.GW_LAN_IF, netns=tp.GW)
+        elif on:
+            self._bench_filters(base, mode)
+        else:
+            if base == "flowpin":
+                self.dps[mode].detach()
+            else:
+                self._del_links()
+            self._del_clsact()
 
     def remove(self, contender: str) -> None:
         base, mode = self.kinds.get(contender, (contender, ""))
@@ -469,6 +487,47 @@ SLICE_S = 0.5  # the sliced measure's alternation: plain and one contender, with
 SLICED_SECONDS = 30  # one flood per contender
 
 
+def _alternate_on_server_cpu(r: Runner, what: str, start_load: Callable[[], Any],
+                             read: Callable[[], int], switch: Callable[[bool], None],
+                             seconds: float, slice_s: float,
+                             start_on: bool) -> list[tuple[bool, float]]:
+    """One load (``start_load``: its process) running through ``seconds`` of slices of
+    plain and a contender (:func:`alternate_slices`); this process on the server's CPU,
+    off the load CPU, while it switches and reads."""
+    cpu_before = os.sched_getaffinity(0)
+    if r.server_cpu is not None:
+        os.sched_setaffinity(0, {r.server_cpu})
+    load = None
+
+    def alive() -> None:
+        if load is not None and load.poll() is not None:
+            raise BenchError(f"{what}: the load ended early")
+
+    try:
+        r.settle()
+        load = start_load()
+        time.sleep(0.5)  # the load started (Python, ctypes) and is running
+        return alternate_slices(seconds, slice_s, start_on, read, switch, alive)
+    finally:
+        if load is not None:
+            r.t.stop(load)
+            with contextlib.suppress(ValueError):
+                r.t.procs.remove(load)
+        os.sched_setaffinity(0, cpu_before)
+
+
+def _sliced_figures(what: str, slices: list[tuple[bool, float]], unit: str,
+                    seconds: float, slice_s: float) -> dict[str, Any]:
+    ratios = bracketed(slices)
+    if not ratios:
+        raise BenchError(f"{what}: no slice between two plain ones")
+    med, lo, hi = median_ci95(ratios)
+    return {"vs_plain": round(med, 3), "ci95": [round(lo, 3), round(hi, 3)],
+            "pairs": len(ratios), "slice_s": slice_s, "seconds": seconds,
+            f"plain_{unit}_median": round(statistics.median(p for o, p in slices if not o)),
+            f"{unit}_median": round(statistics.median(p for o, p in slices if o))}
+
+
 def sliced_pps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_SECONDS,
                slice_s: float = SLICE_S, start_on: bool = False) -> dict[str, Any]:
     """64-byte packets/s of ``contender`` against plain, alternating every ``slice_s``
@@ -477,49 +536,73 @@ def sliced_pps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_S
     the switch itself falls between two reads, in no slice. A round-based ratio pairs runs
     tens of seconds apart, and on a shared VM plain alone wanders by ±10 % from one 3 s run
     to the next (results.json's runs); half a second apart, the pair sees the same
-    machine. This process does the switching on the server's CPU, off the load CPU."""
+    machine. The switching runs on the server's CPU, off the load CPU."""
     from pyroute2 import IPRoute
 
-    cpu_before = os.sched_getaffinity(0)
-    if r.server_cpu is not None:
-        os.sched_setaffinity(0, {r.server_cpu})
-    flood = None
-    try:
-        with IPRoute(netns=tp.SERVER) as ipr:
-            idx = ipr.link_lookup(ifname="s0")[0]
+    with IPRoute(netns=tp.SERVER) as ipr:
+        idx = ipr.link_lookup(ifname="s0")[0]
 
-            def rx() -> int:
-                return int(ipr.get_links(idx)[0].get("IFLA_STATS64")["rx_packets"])
+        def rx() -> int:
+            return int(ipr.get_links(idx)[0].get("IFLA_STATS64")["rx_packets"])
 
-            def switch(on: bool) -> None:
-                gw.apply(contender) if on else gw.remove(contender)
-
-            def alive() -> None:
-                if flood is not None and flood.poll() is not None:
-                    raise BenchError(f"{contender}, sliced pps: the flood ended early")
-
-            r.settle()
-            flood = r.t.popen(tp.CLIENT, LOADGEN + [
+        slices = _alternate_on_server_cpu(
+            r, f"{contender}, sliced pps",
+            lambda: r.t.popen(tp.CLIENT, LOADGEN + [
                 "udp-flood", "--to", tp.SERVER_IP, "--port", str(UDP_PORT),
                 # longer than the slices and the switches between them; stopped after
                 "--seconds", str(2 * seconds + 10)], cpu=r.load_cpu,
-                stdout=subprocess.DEVNULL)
-            time.sleep(0.5)  # the sender started (Python, ctypes) and is flooding
-            slices = alternate_slices(seconds, slice_s, start_on, rx, switch, alive)
+                stdout=subprocess.DEVNULL),
+            rx, lambda on: gw.apply(contender) if on else gw.remove(contender),
+            seconds, slice_s, start_on)
+    return _sliced_figures(f"{contender}, sliced pps", slices, "pps", seconds, slice_s)
+
+
+def _passive_opens(pid: int) -> int:
+    """TCP connections the namespace of ``pid`` accepted (handshake completed:
+    PassiveOpens of its TCP MIB, /proc/PID/net/snmp)."""
+    with open(f"/proc/{pid}/net/snmp") as fh:
+        names, values = [ln.split() for ln in fh if ln.startswith("Tcp:")][:2]
+    return int(values[names.index("PassiveOpens")])
+
+
+def sliced_cps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_SECONDS,
+               slice_s: float = SLICE_S, start_on: bool = False) -> dict[str, Any]:
+    """Short TCP connections/s of ``contender`` against plain, as :func:`sliced_pps` does
+    for packets: one client connecting through ``seconds`` of alternating slices, the
+    server namespace's accepted connections (PassiveOpens) read at each switch.
+
+    The contender is applied once and only its hooks are switched: its flows stay (a
+    table of 15,000 new flows a slice, emptied at each switch, took seconds). The one
+    connection in flight at a switch to flowpin began under plain: its SYN-ACK finds no
+    flow. flowpin is switched on as a gateway attaching it meets the connections already
+    open, with a pick-up window (1 s from each attach): without it that SYN-ACK is
+    refused and the client waits a second for the server's retransmission, a stall that
+    a slice cannot tell from a cost."""
+    base, mode = gw.kinds[contender]
+    dp = gw.dps.get(mode) if base == "flowpin" else None
+
+    def switch(on: bool) -> None:
+        if on and dp is not None:
+            dp.table.update_config(pickup_s=1,
+                                   attach_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+        gw.hooks(contender, on)
+
+    gw.apply(contender)
+    gw.hooks(contender, False)
+    try:
+        slices = _alternate_on_server_cpu(
+            r, f"{contender}, sliced cps",
+            lambda: r.t.popen(tp.CLIENT, LOADGEN + [
+                "cps-client", "--to", tp.SERVER_IP, "--port", str(CPS_PORT),
+                "--seconds", str(2 * seconds + 10)], cpu=r.load_cpu,
+                stdout=subprocess.DEVNULL),
+            lambda: _passive_opens(r.cps.pid), switch, seconds, slice_s, start_on)
     finally:
-        if flood is not None:
-            r.t.stop(flood)
-            with contextlib.suppress(ValueError):
-                r.t.procs.remove(flood)
-        os.sched_setaffinity(0, cpu_before)
-    ratios = bracketed(slices)
-    if not ratios:
-        raise BenchError(f"{contender}, sliced pps: no slice between two plain ones")
-    med, lo, hi = median_ci95(ratios)
-    return {"vs_plain": round(med, 3), "ci95": [round(lo, 3), round(hi, 3)],
-            "pairs": len(ratios), "slice_s": slice_s, "seconds": seconds,
-            "plain_pps_median": round(statistics.median(p for o, p in slices if not o)),
-            "pps_median": round(statistics.median(p for o, p in slices if o))}
+        if dp is not None:  # as the rounds have it: no pick-up
+            dp.table.update_config(pickup_s=0, attach_ns=0)
+        gw.hooks(contender, True)  # applied as it was, for remove()
+        gw.remove(contender)
+    return _sliced_figures(f"{contender}, sliced cps", slices, "cps", seconds, slice_s)
 
 
 def targets_for(name: str, ratios: dict[str, Any], paired: dict[str, float]) -> dict[str, Any]:
@@ -578,7 +661,6 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
     results: dict[str, dict[str, Any]] = {c: {} for c in order}
     paired: dict[str, float] = {}
     prog_ns: dict[str, Any] = {}
-    sliced: dict[str, Any] = {}
     started = time.monotonic()
     try:
         with tp.Topology() as t:
@@ -608,13 +690,17 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
                             a / b for a, b in zip(per[c], per["plain"], strict=True) if b), 3)
             if "pps" in measures:
                 prog_ns = prog_costs(gw, r, tc_contenders)
-            if "pps" in measures and sliced_seconds > 0:
-                # every other contender starts its alternation applied: neither state
-                # always goes first
-                for i, c in enumerate(order[1:]):
-                    sliced[c] = sliced_pps(gw, r, c, sliced_seconds, start_on=bool(i % 2))
-                    results[c]["pps_sliced"] = sliced[c]
-                    paired[f"{c}_vs_plain_pps_sliced"] = sliced[c]["vs_plain"]
+            # every other contender starts its alternation applied: neither state always
+            # goes first. Packets/s: every contender; connections/s: the TC ones (an
+            # nftables ruleset applied mid-way finds the connection in flight invalid)
+            for m, fn, contenders in (("pps", sliced_pps, order[1:]),
+                                      ("cps", sliced_cps, tc_contenders)):
+                if m not in measures or sliced_seconds <= 0:
+                    continue
+                for i, c in enumerate(contenders):
+                    got = fn(gw, r, c, sliced_seconds, start_on=bool(i % 2))
+                    results[c][f"{m}_sliced"] = got
+                    paired[f"{c}_vs_plain_{m}_sliced"] = got["vs_plain"]
             gw.checks["unsettled_connections"] = r.unsettled[:20]
     finally:
         gw.close()
@@ -718,6 +804,12 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             "over the contender's slices of its rate / the mean of the two plain slices "
             "around it, ci95 = a bootstrap 95 % interval of that median. Where it is "
             "measured it decides the packets/s target (paired_ratios *_pps_sliced)",
+            "cps_sliced (each TC contender, after pps_sliced): the same within one "
+            "client's run of short connections, the server namespace's PassiveOpens read "
+            "at each switch; the contender applied once and its hooks switched (flows "
+            "stay), flowpin with a 1 s pick-up window from each attach so that the one "
+            "connection in flight at a switch is not refused. It decides the "
+            "connections/s target (paired_ratios *_cps_sliced)",
         ],
     }
 

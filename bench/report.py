@@ -201,30 +201,40 @@ def _attach_targets(res: dict[str, Any]) -> list[str]:
 
 
 def _sliced_table(res: dict[str, Any]) -> list[str]:
-    """Packets/s of every contender against plain, alternating every half second within
-    one flood (bench.forward.sliced_pps): the ratio, its 95 % interval, and what that
-    ratio means in ns per packet against plain's own cost in the same floods."""
+    """Packets/s and connections/s of each contender measured so against plain,
+    alternating every half second within one load (bench.forward.sliced_pps, sliced_cps):
+    the ratio, its 95 % interval, and what that ratio means in ns per packet (µs per
+    connection) against plain's own cost in the same load."""
     fwd = res.get("forward", {})
-    rows = {c: v["pps_sliced"] for c, v in fwd.items() if v.get("pps_sliced")}
-    if not rows:
-        return []
     fc = res.get("config", {}).get("forward", {})
-    out = ["### Packets/s against plain, half a second apart (sliced)\n",
-           f"One flood of {_num(fc.get('sliced_seconds'))} s per contender; the gateway "
-           f"switches between plain and the contender every {_num(fc.get('slice_s'))} s "
-           "and each of the contender's slices is divided by the mean of the plain slices "
-           "around it. Round-based runs pair figures tens of seconds apart, across which "
-           "plain alone wanders by ±10 % on this machine; half a second apart both see the "
-           "same machine. ns added = 1 s / plain's rate in the same flood × (1 / ratio − 1).\n",
-           "| contender | × plain (median) | 95 % interval | pairs | ns added per packet |",
-           "|---|---|---|---|---|"]
-    for c, v in rows.items():
-        ratio, plain = v.get("vs_plain"), v.get("plain_pps_median")
-        added = round(1e9 / plain * (1 / ratio - 1), 1) if ratio and plain else None
-        ci = v.get("ci95") or [None, None]
-        out.append(f"| {c} | **{_num(ratio)}** | {_num(ci[0])}–{_num(ci[1])} | "
-                   f"{v.get('pairs')} | {_num(added)} |")
-    out.append("")
+    out: list[str] = []
+    for measure, title, load, unit, per in (
+            ("pps", "Packets/s", "One flood", "ns added per packet", 1e9),
+            ("cps", "Connections/s", "One client opening short connections (the server "
+             "namespace's accepted connections read at each switch; the contender applied "
+             "once, its hooks switched, flowpin with a 1 s pick-up window from each attach)",
+             "µs added per connection", 1e6)):
+        rows = {c: v[f"{measure}_sliced"] for c, v in fwd.items()
+                if v.get(f"{measure}_sliced")}
+        if not rows:
+            continue
+        out += [f"### {title} against plain, half a second apart (sliced)\n",
+                f"{load} of {_num(fc.get('sliced_seconds'))} s per contender; the gateway "
+                f"switches between plain and the contender every {_num(fc.get('slice_s'))} "
+                "s and each of the contender's slices is divided by the mean of the plain "
+                "slices around it. Round-based runs pair figures tens of seconds apart, "
+                "across which plain alone wanders by ±10 % on this machine; half a second "
+                f"apart both see the same machine. {unit} = 1 s / plain's rate in the same "
+                "load × (1 / ratio − 1).\n",
+                f"| contender | × plain (median) | 95 % interval | pairs | {unit} |",
+                "|---|---|---|---|---|"]
+        for c, v in rows.items():
+            ratio, plain = v.get("vs_plain"), v.get(f"plain_{measure}_median")
+            added = round(per / plain * (1 / ratio - 1), 1) if ratio and plain else None
+            ci = v.get("ci95") or [None, None]
+            out.append(f"| {c} | **{_num(ratio)}** | {_num(ci[0])}–{_num(ci[1])} | "
+                       f"{v.get('pairs')} | {_num(added)} |")
+        out.append("")
     return out
 
 
@@ -288,15 +298,17 @@ def markdown(res: dict[str, Any]) -> str:
             verdict = _ok(met.get(mk), paired_ok)
             sliced = pr.get(f"{paired_key}_sliced") if paired_key else None
             if sliced is not None:
-                ci = fwd.get("flowpin", {}).get("pps_sliced", {}).get("ci95") or [None, None]
+                measure = str(paired_key).removeprefix("flowpin_vs_plain_")
+                ci = (fwd.get("flowpin", {}).get(f"{measure}_sliced", {}).get("ci95")
+                      or [None, None])
                 shown += f"; sliced² **{_num(sliced)}** ({_num(ci[0])}–{_num(ci[1])})"
                 verdict = _ok(_at_least(sliced, ft.get(floor_key)))
             out.append(f"| {label} | {shown} | {verdict} |")
         out.append("\n¹ paired: median over rounds of the ratio to the same round's plain run.")
         if any(k.endswith("_sliced") for k in pr):
             out.append("² sliced: plain and flowpin alternating every half second within one "
-                       "flood (below); where it is measured it decides the packets/s target, "
-                       "the round-based figures beside it are noisier pairings of the same "
+                       "load (below); where it is measured it decides the target, the "
+                       "round-based figures beside it are noisier pairings of the same "
                        "thing.")
         out.append("")
         out += _attach_targets(res)

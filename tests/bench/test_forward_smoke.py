@@ -59,14 +59,18 @@ def test_forward_json_shape_and_cleanup() -> None:
     res = json.loads(p.stdout)
     assert set(res["forward"]) == {"plain", "nftables", "flowpin", "tc_empty", "tc_floor"}
     for c, measures in res["forward"].items():
-        sliced = measures.pop("pps_sliced", None)
+        sliced = {m: measures.pop(f"{m}_sliced", None) for m in ("pps", "cps")}
         assert set(measures) == {"tput_gbps", "pps", "cps"}, c
-        if c != "plain":  # every other contender alternated with plain within one flood
-            assert sliced["pairs"] >= 1 and sliced["vs_plain"] > 0, (c, sliced)
-            assert sliced["ci95"][0] <= sliced["vs_plain"] <= sliced["ci95"][1], (c, sliced)
-            assert res["paired_ratios"][f"{c}_vs_plain_pps_sliced"] == sliced["vs_plain"]
-        else:
-            assert sliced is None
+        # packets/s: every contender alternated with plain within one flood; connections/s:
+        # the TC ones within one client's run
+        for m, s in sliced.items():
+            if c == "plain" or (m == "cps" and c == "nftables"):
+                assert s is None, (c, m)
+                continue
+            assert s["pairs"] >= 1 and s["vs_plain"] > 0, (c, m, s)
+            assert s["ci95"][0] <= s["vs_plain"] <= s["ci95"][1], (c, m, s)
+            assert s[f"{m}_median"] > 0 and s[f"plain_{m}_median"] > 0, (c, m, s)
+            assert res["paired_ratios"][f"{c}_vs_plain_{m}_sliced"] == s["vs_plain"]
         for m, s in measures.items():
             assert set(s) == {"median", "min", "max", "runs"}, (c, m)
             assert len(s["runs"]) == 1 and s["median"] > 0, (c, m, s)

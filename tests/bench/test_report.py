@@ -274,10 +274,15 @@ def test_sliced_figures_decide_where_measured() -> None:
                        "flowpin": {**FAKE_PARTS["forward"]["forward"]["flowpin"],
                                    "pps_sliced": {"vs_plain": 0.962, "ci95": [0.955, 0.968],
                                                   "pairs": 29, "plain_pps_median": 400000,
-                                                  "pps_median": 385000}}},
+                                                  "pps_median": 385000},
+                                   "cps_sliced": {"vs_plain": 0.985, "ci95": [0.981, 0.99],
+                                                  "pairs": 29, "plain_cps_median": 20000,
+                                                  "cps_median": 19700}}},
            "paired_ratios": {**FAKE_PARTS["forward"].get("paired_ratios", {}),
-                             "flowpin_vs_plain_pps_sliced": 0.962},
-           "targets": {**FAKE_PARTS["forward"]["targets"], "flowpin_vs_plain_pps_min": 0.97},
+                             "flowpin_vs_plain_pps_sliced": 0.962,
+                             "flowpin_vs_plain_cps_sliced": 0.985},
+           "targets": {**FAKE_PARTS["forward"]["targets"], "flowpin_vs_plain_pps_min": 0.97,
+                       "flowpin_vs_plain_cps_min": 0.98},
            "config": {**FAKE_PARTS["forward"].get("config", {}), "sliced_seconds": 30,
                       "slice_s": 0.5}}
     tun = {**FAKE_PARTS["tunnel"],
@@ -292,5 +297,9 @@ def test_sliced_figures_decide_where_measured() -> None:
     # 1 s / 400k = 2500 ns; × (1 / 0.962 - 1) = 98.8 ns
     assert "| flowpin | **0.962** | 0.955–0.968 | 29 | 98.8 |" in md
     assert "sliced² **0.962** (0.955–0.968) | ✘ missed |" in md  # the sliced figure decides
+    assert "### Connections/s against plain, half a second apart (sliced)" in md
+    # 1 s / 20k = 50 µs; × (1 / 0.985 - 1) = 0.76 µs
+    assert "| flowpin | **0.985** | 0.981–0.99 | 29 | 0.8 |" in md
+    assert "sliced² **0.985** (0.981–0.99) | ✔ met |" in md  # its own interval, its verdict
     assert "(sliced): **1.2 %** (95 % interval 0.4 to 1.9 %; target ≤ 2 %: ✔ met)" in md
     assert "| tcx | 5 % | 4 % | 1.2 % (0.4 to 1.9 %) | ✔ met |" in md
