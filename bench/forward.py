@@ -488,32 +488,34 @@ SLICE_S = 0.5  # the sliced measure's alternation: plain and one contender, with
 SLICED_SECONDS = 30  # one flood per contender
 
 
-def _alternate_on_server_cpu(r: Runner, what: str, start_load: Callable[[], Any],
+def _alternate_on_server_cpu(r: Runner, what: str, load: list[str],
                              read: Callable[[], int], switch: Callable[[bool], None],
                              seconds: float, slice_s: float,
                              start_on: bool) -> list[tuple[bool, float]]:
-    """One load (``start_load``: its process) running through ``seconds`` of slices of
-    plain and a contender (:func:`alternate_slices`); this process on the server's CPU,
-    off the load CPU, while it switches and reads."""
+    """One load (``load``: a loadgen command, on the load CPU) running through ``seconds``
+    of slices of plain and a contender (:func:`alternate_slices`); this process on the
+    server's CPU, off the load CPU, while it switches and reads."""
     cpu_before = os.sched_getaffinity(0)
     if r.server_cpu is not None:
         os.sched_setaffinity(0, {r.server_cpu})
-    load = None
+    proc = None
 
     def alive() -> None:
-        if load is not None and load.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise BenchError(f"{what}: the load ended early")
 
     try:
         r.settle()
-        load = start_load()
+        # longer than the slices and the switches between them; stopped after
+        proc = r.t.popen(tp.CLIENT, LOADGEN + load + ["--seconds", str(2 * seconds + 10)],
+                         cpu=r.load_cpu, stdout=subprocess.DEVNULL)
         time.sleep(0.5)  # the load started (Python, ctypes) and is running
         return alternate_slices(seconds, slice_s, start_on, read, switch, alive)
     finally:
-        if load is not None:
-            r.t.stop(load)
+        if proc is not None:
+            r.t.stop(proc)
             with contextlib.suppress(ValueError):
-                r.t.procs.remove(load)
+                r.t.procs.remove(proc)
         os.sched_setaffinity(0, cpu_before)
 
 
@@ -548,12 +550,8 @@ def sliced_pps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_S
 
         slices = _alternate_on_server_cpu(
             r, f"{contender}, sliced pps",
-            lambda: r.t.popen(tp.CLIENT, LOADGEN + [
-                "udp-flood", "--to", tp.SERVER_IP, "--port", str(UDP_PORT),
-                # longer than the slices and the switches between them; stopped after
-                "--seconds", str(2 * seconds + 10)], cpu=r.load_cpu,
-                stdout=subprocess.DEVNULL),
-            rx, lambda on: gw.apply(contender) if on else gw.remove(contender),
+            ["udp-flood", "--to", tp.SERVER_IP, "--port", str(UDP_PORT)], rx,
+            lambda on: gw.apply(contender) if on else gw.remove(contender),
             seconds, slice_s, start_on)
     return _sliced_figures(f"{contender}, sliced pps", slices, "pps", seconds, slice_s)
 
@@ -593,10 +591,7 @@ def sliced_cps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_S
     try:
         slices = _alternate_on_server_cpu(
             r, f"{contender}, sliced cps",
-            lambda: r.t.popen(tp.CLIENT, LOADGEN + [
-                "cps-client", "--to", tp.SERVER_IP, "--port", str(CPS_PORT),
-                "--seconds", str(2 * seconds + 10)], cpu=r.load_cpu,
-                stdout=subprocess.DEVNULL),
+            ["cps-client", "--to", tp.SERVER_IP, "--port", str(CPS_PORT)],
             lambda: _passive_opens(r.cps.pid), switch, seconds, slice_s, start_on)
     finally:
         if dp is not None:  # as the rounds have it: no pick-up
