@@ -6,20 +6,19 @@ labels and formats its value each time, ~3-6 µs a sample on a gateway's CPU. At
 tunnels a scrape holds ~16,000 per-tunnel samples whose ~3,000 distinct label sets are
 shared (one dict per tunnel and direction, metrics.families), so that is 50-100 ms of a
 scrape spent formatting the same label strings again and again. Here a label set is
-formatted once per scrape, keyed by its dict, and each distinct integer value once.
+formatted once per scrape (``LabelSets``), and each distinct integer value once.
 
 What is written is the library's, byte for byte (tests/unit/test_exposition.py renders the
-same registry both ways, in both formats): the library still writes every family's HELP,
-TYPE and UNIT lines and every family that is not a plain gauge or counter (histograms,
-infos, samples with timestamps, exemplars or OpenMetrics suffixes); only the sample lines
-of plain gauges and counters are written here, with the library's own value formatting
-(floatToGoString) and label escaping. The format is the library's choice for the request
+same registry both ways, in both formats): the library still writes every family's HELP
+and TYPE lines and every family but the per-tunnel ones (``ColumnFamily``: plain gauges and
+counters, no timestamps, exemplars or OpenMetrics suffixes); only their sample lines are
+written here, with the library's own value formatting (floatToGoString) and label
+escaping. The format is the library's choice for the request
 (``choose_encoder``: OpenMetrics when the scraper asks for it, else text 0.0.4).
 """
 
 from __future__ import annotations
 
-import copy
 import gzip
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -43,16 +42,6 @@ class _One:
 
     def collect(self) -> Iterator[Metric]:
         yield self.metric
-
-
-def _sample_name(metric: Metric) -> str | None:
-    """The one sample name of a plain family (a counter's ends in ``_total``); None for
-    the other types."""
-    if metric.type == "counter":
-        return metric.name + "_total"
-    if metric.type == "gauge":
-        return metric.name
-    return None
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -123,47 +112,19 @@ def _library(encoder: Callable[[Any], bytes], metric: Metric, openmetrics: bool)
     return text.removesuffix(_OM_EOF) if openmetrics else text
 
 
-def _sample_lines(metric: Metric, label_strs: dict[int, str], keep: list[dict[str, str]],
-                  values: dict[int, str]) -> list[str] | None:
-    """The sample lines of a plain family -- a gauge or counter whose samples carry no
-    timestamp, exemplar or OpenMetrics suffix (``_created``): one line each,
-    ``name{labels} value``, the same in both formats -- or None for any other family."""
-    name = _sample_name(metric)
-    if name is None:
-        return None
-    lines = []
-    for s in metric.samples:
-        if s.name != name or s.timestamp is not None or s.exemplar is not None:
-            return None
-        lbl = label_strs.get(id(s.labels))
-        if lbl is None:
-            lbl = label_strs[id(s.labels)] = _labels(s.labels)
-            keep.append(s.labels)
-        lines.append(f"{name}{lbl} {_value(s.value, values)}\n")
-    return lines
-
-
 def encode(metrics: Iterable[Metric], encoder: Callable[[Any], bytes],
            openmetrics: bool) -> bytes:
     """The exposition of ``metrics`` in the format of ``encoder`` (one of the library's
     two, as ``choose_encoder`` gave it), as that encoder writes it."""
     out: list[str] = []
-    label_strs: dict[int, str] = {}  # id(labels dict) -> its string; the dicts outlive it
-    keep: list[dict[str, str]] = []  # ... because they are held here until the end
     values: dict[int, str] = {}
     for metric in metrics:
-        if isinstance(metric, ColumnFamily):
-            lines: list[str] | None = metric.lines(values)
-            header = Metric(metric.name, metric.documentation, metric.type)
-        else:
-            lines = _sample_lines(metric, label_strs, keep, values)
-            if lines is None:
-                out.append(_library(encoder, metric, openmetrics))
-                continue
-            header = copy.copy(metric)
-            header.samples = []
+        if not isinstance(metric, ColumnFamily):  # a few samples: the library's own
+            out.append(_library(encoder, metric, openmetrics))
+            continue
+        header = Metric(metric.name, metric.documentation, metric.type)
         out.append(_library(encoder, header, openmetrics))
-        out.extend(lines)
+        out.extend(metric.lines(values))
     if openmetrics:
         out.append(_OM_EOF)
     return "".join(out).encode("utf-8")
