@@ -687,11 +687,10 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             if "pps" in measures:
                 prog_ns = prog_costs(gw, r, tc_contenders)
             # every other contender starts its alternation applied: neither state always
-            # goes first. Packets/s: every contender; connections/s: the TC ones (an
-            # nftables ruleset applied mid-way finds the connection in flight invalid)
-            # (connections/s on tcx links only: switching a clsact qdisc's hooks stalled
-            # every connection, plain slices or the contender's, at 0-1,000 a second
-            # against 13,000: not understood yet, and no pairing)
+            # goes first. Packets/s: every contender. Connections/s: the TC ones on tcx
+            # links (an nftables ruleset applied mid-way finds the connection in flight
+            # invalid; switching a clsact qdisc's hooks stalled every connection, plain
+            # slices too, at 0-1,000 a second against 13,000: not understood yet)
             cps_sliced = tuple(c for c in tc_contenders if gw.kinds[c][1] == "tcx")
             for m, fn, contenders in (("pps", sliced_pps, order[1:]),
                                       ("cps", sliced_cps, cps_sliced)):
