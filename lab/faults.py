@@ -682,8 +682,8 @@ def heal(lab: Lab, restart_daemons: set[str] | None = None) -> None:
     for gw in lab.flowpin_gateways():
         if gw in (restart_daemons or set()) and lab.daemon_pid(gw):
             lab.kill_daemon(gw, signal.SIGTERM)
-        if not lab.daemon_pid(gw):
-            lab.start_daemon(gw)
+    # at once: each start is mostly bcc's compile, and the two run side by side
+    lab.start_daemons([gw for gw in lab.flowpin_gateways() if not lab.daemon_pid(gw)])
     lab.bring_up(BO_GW, timeout=60)
 
 

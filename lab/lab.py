@@ -382,14 +382,19 @@ class Lab:
 
         return request(self.daemon_socket(gw), cmd, args)
 
-    def wait_daemon_sees_up(self, gw: str, timeout: float = 10.0) -> None:
+    def wait_daemon_sees_up(self, gw: str, timeout: float = 10.0,
+                            tunnel: str = f"{CONN}/{CHILD}") -> None:
+        """Return once flowpin on ``gw`` reports ``tunnel`` (the lab's own) UP. Other
+        tunnels may be DOWN on purpose: one removed from charon is kept DOWN with its
+        selectors for a while after a daemon restart (log 752113), which is not the lab
+        failing to come back."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ctx = self.ask(gw, "show-vpn-context")
-            if ctx["tunnels"] and all(t["state"] == "UP" for t in ctx["tunnels"]):
+            if any(t["tunnel"] == tunnel and t["state"] == "UP" for t in ctx["tunnels"]):
                 return
             time.sleep(0.05)
-        raise LabError(f"flowpin on {gw} did not see the tunnel up:\n"
+        raise LabError(f"flowpin on {gw} did not see {tunnel} up:\n"
                        f"{self.daemon_log_tail(gw)}")
 
     # --- VICI ---------------------------------------------------------------------------
