@@ -60,7 +60,8 @@ def serve(bind: str, port: int, timeout: float) -> dict[str, Any]:
                 digest.update(data)
                 total += len(data)
             return {"bytes": total, "sha256": digest.hexdigest(), "peer": peer[0],
-                    "seconds": round(time.monotonic() - start, 3), "gaps": gaps}
+                    "seconds": round(time.monotonic() - start, 3), "gaps": gaps,
+                    "last_byte": round(last, 4)}
 
 
 def send(to: str, port: int, nbytes: int, rate: float, seed: int,

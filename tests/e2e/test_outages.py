@@ -4,6 +4,7 @@ preserved."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -17,6 +18,12 @@ from lab.lab import Lab
 from lab.traffic import Transfer
 
 pytestmark = pytest.mark.lab
+
+# How long each transfer of the many-flaps test lasts (paced), and at what rate: longer
+# than its 10 flaps take, which the test checks (~35 s here). An emulated VM
+# (tests/xfrm/guest.sh under TCG) flaps far slower and forwards far less: longer, slower.
+MANY_FLAPS_TRANSFER_S = float(os.environ.get("FLOWPIN_FLAPS_TRANSFER_S", "52"))
+MANY_FLAPS_RATE = int(os.environ.get("FLOWPIN_FLAPS_RATE", "40000"))
 
 UDP_SENDER = """
 import socket, sys, time
@@ -114,8 +121,10 @@ def test_udp_is_not_preserved(plab: Lab) -> None:
 
 
 def test_many_flows_through_many_flaps(plab: Lab) -> None:
-    """50 concurrent long transfers through 10 consecutive flaps of mixed kinds."""
-    n, size, rate = 50, 3 << 20, 40_000
+    """50 concurrent long transfers through 10 consecutive flaps of mixed kinds, every
+    one still sending when the last flap is over (its last byte arrives after it)."""
+    n, rate = 50, MANY_FLAPS_RATE
+    size = int(rate * MANY_FLAPS_TRANSFER_S)
     # timeout: an idle guard, not a measure -- each server waits for its client's first
     # byte until all 50 are connected, which took over 4 minutes in a TCG VM.
     transfers = [Transfer(plab, "10.2.0.10", size, rate=rate, port=7100 + i, seed=i,
@@ -143,9 +152,11 @@ def test_many_flows_through_many_flaps(plab: Lab) -> None:
              "child", "ike", "dpd"]
     try:
         time.sleep(2)
+        flaps_start = time.time()
         for how in kinds:
             flap(plab, how, 1.0)
             time.sleep(1.0)
+        flaps_over = time.time()
         results = [tr.wait(timeout=900) for tr in transfers]
     finally:
         stop.set()
@@ -154,4 +165,9 @@ def test_many_flows_through_many_flaps(plab: Lab) -> None:
     bad = [(i, s, g) for i, (s, g) in enumerate(results)
            if g["bytes"] != size or g["sha256"] != s["sha256"]]
     assert bad == []
+    # a transfer that ended before the last flap would prove nothing about it
+    early = [i for i, (_s, g) in enumerate(results) if g["last_byte"] <= flaps_over]
+    print(f"10 flaps in {flaps_over - flaps_start:.1f} s; last bytes "
+          f"{min(g['last_byte'] for _s, g in results) - flaps_over:.1f} s or more after")
+    assert early == [], f"transfers over before the last flap was: {early}"
     assert pinned_max >= n, f"only {pinned_max} flows seen pinned"

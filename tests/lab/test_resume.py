@@ -202,7 +202,9 @@ def test_held_transfers_resume_byte_exact_after_60s_in_both_directions(rlab: Lab
 
     set_kick(rlab, True)
     n, rate = RESUME_FLOWS, RESUME_RATE
-    size = int(rate * (LONG_OUTAGE_S + 20))
+    # paced with catch-up: at UP each sender has the outage's backlog to send, then 5 s more
+    # (what is measured happens within 3 s of UP)
+    size = int(rate * (LONG_OUTAGE_S + 8))
     transfers = [Transfer(rlab, to, size, rate=rate, port=base + i, seed=i, timeout=600,
                           gated=True, reverse=reverse)
                  for to, base, reverse in (("10.2.0.10", 7300, False),

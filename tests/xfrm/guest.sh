@@ -42,11 +42,15 @@ main() {
     # the witness a leak. A KVM guest keeps the suite's own requirement.
     # The resume test's 100 paced transfers (20 kB/s each on this host) likewise: an
     # emulated gateway forwards a few hundred segments a second, and starts a Python
-    # process in seconds: 5 transfers each way, 2 kB/s each.
+    # process in seconds: 5 transfers each way, 2 kB/s each. The many-flaps test's
+    # transfers must outlast its 10 flaps (~35 s here, minutes there): 10 minutes each
+    # at 5 kB/s (3 MB, what each sent before).
     if [ "${FLOWPIN_VM_ACCEL:-}" = tcg ]; then
         export FLOWPIN_FAULTS_MIN_PPS=${FLOWPIN_FAULTS_MIN_PPS:-1000}
         export FLOWPIN_RESUME_RATE=${FLOWPIN_RESUME_RATE:-2000}
         export FLOWPIN_RESUME_FLOWS=${FLOWPIN_RESUME_FLOWS:-5}
+        export FLOWPIN_FLAPS_TRANSFER_S=${FLOWPIN_FLAPS_TRANSFER_S:-600}
+        export FLOWPIN_FLAPS_RATE=${FLOWPIN_FLAPS_RATE:-5000}
     fi
     export PATH="$REPO/.venv/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     export PYTHONDONTWRITEBYTECODE=1
