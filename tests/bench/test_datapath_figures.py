@@ -105,11 +105,11 @@ def test_new_flows_are_taken_beside_the_kernel_insert() -> None:
     syn = tr.tcp(bd.CLIENT, bd.SERVER, bd.CPORT, bd.SPORT, "S", seq=1, ack=1, size=64)
     ack = tr.tcp(bd.CLIENT, bd.SERVER, bd.CPORT, bd.SPORT, "A", seq=1, ack=1, size=64)
     cpus = os.sched_getaffinity(0)
-    res = bd.new_flows(syn, ack, 4000, rounds=3, chunks=4)
+    res = bd.new_flows(syn, ack, 4000, rounds=2, chunks=4)  # each round compiles: 2 do
     assert os.sched_getaffinity(0) == cpus
-    assert (res["rounds"], res["chunks"], res["runs"]) == (3, 4, 4000)
+    assert (res["rounds"], res["chunks"], res["runs"]) == (2, 4, 4000)
     runs = res["per_round"]
-    assert set(runs) == {"new_flow", "insert"} and all(len(v) == 3 for v in runs.values())
+    assert set(runs) == {"new_flow", "insert"} and all(len(v) == 2 for v in runs.values())
     assert res["new_flow_ns"] == statistics.median(runs["new_flow"]) > 0
     assert res["insert_ns"] == statistics.median(runs["insert"]) > 0
     assert res["new_minus_insert_ns"] == statistics.median(

@@ -134,10 +134,14 @@ def test_missing_charon_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_peer_plain_recorded() -> None:
+    """A one-sided lab: flowpin on bo-gw only, ho-gw a plain strongSwan (that flowpin on
+    one side alone preserves a download through an outage: tests/e2e/test_story.py)."""
     require_lab_prerequisites()
     lab = Lab(unique_lab_name("plain"))
     try:
         lab.up(peer="plain")
         assert lab.status()["peer"] == "plain"
+        assert lab.flowpin_gateways() == [topology.BO_GW]
+        assert lab.daemon_pid("ho-gw") is None
     finally:
         lab.down()

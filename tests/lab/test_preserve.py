@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from lab import attach, topology
+from lab import attach
 from lab.flap import flap, wan_block
 from lab.lab import Lab
 from lab.traffic import Transfer
-from tests.conftest import lab_up, wait_for
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -170,14 +170,3 @@ def test_no_cleartext_on_the_wan_while_down(plab: Lab) -> None:
     sent, got = tr.wait(timeout=150)
     assert got["sha256"] == sent["sha256"]
     assert cap.summary.leaks == [], cap.summary.as_dict()
-
-
-def test_one_sided_deployment_preserves() -> None:
-    """flowpin on bo-gw only, ho-gw a plain strongSwan: enabling it on our side suffices."""
-    with lab_up("plain", peer="plain", preserve=True) as lab:
-        assert lab.flowpin_gateways() == [topology.BO_GW]
-        assert lab.daemon_pid("ho-gw") is None
-        tr = start_transfer(lab)
-        flap(lab, "dpd", 2.0)
-        sent, got = tr.wait(timeout=150)
-        assert got["bytes"] == sent["bytes"] and got["sha256"] == sent["sha256"]
