@@ -61,7 +61,7 @@ def serve(bind: str, port: int, timeout: float) -> dict[str, Any]:
                 total += len(data)
             return {"bytes": total, "sha256": digest.hexdigest(), "peer": peer[0],
                     "seconds": round(time.monotonic() - start, 3), "gaps": gaps,
-                    "last_byte": round(last, 4)}
+                    "ended": round(last, 4)}  # wall clock of the end of the stream (EOF)
 
 
 def send(to: str, port: int, nbytes: int, rate: float, seed: int,
