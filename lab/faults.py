@@ -203,12 +203,12 @@ def _unguarded(ctx: Context) -> None:
 
 
 def _hooks_repaired(ctx: Context) -> None:
-    """The running daemon put its hooks back by itself (it watches them): checked, not
-    papered over with a restart."""
-    hooks = ctx.lab.ask(BO_GW, "status")["hooks"]
-    missing = [f"{h['interface']} {', '.join(h['missing'])}" for h in hooks if not h["attached"]]
-    ctx.note("flowpin's hooks on bo-gw: " + ("; ".join(missing) + " missing" if missing
-                                              else "all attached again"))
+    """The running daemon put its hooks back by itself (it watches them): seen by the
+    independent witness (tc, or the kernel's list of tcx programs), not papered over with
+    a restart."""
+    missing = hooks.lan_missing(ctx.lab.ns(BO_GW), topology.LAN_IF)
+    ctx.note(f"flowpin's hooks on bo-gw {topology.LAN_IF}: "
+             + (f"{', '.join(missing)} missing" if missing else "both attached again"))
     ctx.checks["the running daemon re-attached its hooks"] = not missing
 
 

@@ -13,6 +13,8 @@ import os
 import subprocess
 
 from controlplane import libbpf, tcx
+from controlplane.datapath import HOOK_OF
+from controlplane.hooks import EXPECTED
 from lab import attach
 
 HOOKS = ("ingress", "egress")
@@ -51,6 +53,14 @@ def hook_progs(ns: str, dev: str, mode: str | None = None) -> dict[str, list[str
 
 def has(ns: str, dev: str, hook: str, prog: str) -> bool:
     return prog in hook_progs(ns, dev)[hook]
+
+
+def lan_missing(ns: str, dev: str) -> list[str]:
+    """The hooks of LAN interface ``dev`` that do not run flowpin's program for them
+    (``controlplane.hooks.EXPECTED``), as the witness lists them (empty: both are there)."""
+    on = hook_progs(ns, dev)
+    return [HOOK_OF[parent] for parent, prog in EXPECTED["lan"]
+            if prog not in on[HOOK_OF[parent]]]
 
 
 def tcx_progs(ns: str, dev: str) -> dict[str, list[str]]:
