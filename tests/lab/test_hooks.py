@@ -119,8 +119,11 @@ def test_hooks_removed_by_another_tool(hlab: Lab) -> None:
     assert back_s < 2.0, back_s
     late = [(round(ts - t_del, 3), d) for ts, d in leaks if ts > t_del + 1.0]
     assert late == [], late[:10]
-    lines = reattach_lines(lab)
-    assert len(lines) == before + 1 and "interface lan0 had lost" in lines[-1], lines
+    # One line for both hooks, or one each: the other tool takes them one at a time (two
+    # bpftool runs under tcx), and a watch tick may fall between the two.
+    new = reattach_lines(lab)[before:]
+    assert 1 <= len(new) <= 2 and all("interface lan0 had lost" in ln for ln in new), new
+    assert all(any(h in ln for ln in new) for h in ("ingress", "egress")), new
     assert lab.ask(GW, "metrics")["daemon"]["hooks_reattached"] >= 1
     # The held flow was held through it all: it resumes byte-exact when the tunnel is back.
     lab.bring_up(GW)
