@@ -59,6 +59,7 @@ class Config:
     forget_unconfigured_after: float = 600.0
     hooks_watch_interval: float = 0.5  # 0: off
     attach: str = "auto"  # TC hooks: tcx links where the kernel has them, else clsact
+    btf: bool = True  # compile the programs with BTF (type and line info for bpftool)
     flow_table_size: int = 1 << 20
     nonvpn_flow_share: int = 50  # percent of the flow table non-VPN flows may take
     pickup_window: float = 30.0
@@ -118,6 +119,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "forget-unconfigured-after": ("forget_unconfigured_after", "duration"),
         "hooks-watch-interval": ("hooks_watch_interval", "duration"),
         "attach": ("attach", "attach"),
+        "btf": ("btf", "bool"),
         "flow-table-size": ("flow_table_size", "size"),
         "nonvpn-flow-share": ("nonvpn_flow_share", "percent"),
         "pickup-window": ("pickup_window", "duration"),

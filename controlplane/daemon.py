@@ -181,7 +181,8 @@ class Daemon:
         dpc = DatapathConfig(instance=cfg.instance, flows4_max=cfg.flow_table_size,
                              flows6_max=max(1024, cfg.flow_table_size // 4),
                              pickup_s=int(cfg.pickup_window),
-                             nonvpn_percent=cfg.nonvpn_flow_share, attach=cfg.attach)
+                             nonvpn_percent=cfg.nonvpn_flow_share, attach=cfg.attach,
+                             btf=cfg.btf)
         # Before the compile, which takes seconds and may fail: until charon has been
         # heard no tunnel is known to be up, and the programs of the last run are still
         # attached. Hold, never pass as if up.
@@ -888,7 +889,7 @@ class Daemon:
                  f"configuration unchanged: {exc}")
             raise
         fixed = ("instance", "vici_socket", "control_socket", "lan_interfaces",
-                 "flow_table_size", "metrics_listen", "attach")
+                 "flow_table_size", "metrics_listen", "attach", "btf")
         changed = [f for f in fixed if getattr(new, f) != getattr(self.cfg, f)]
         if changed:
             emit(Sev.WARNING, Msg.CONFIG_LOADED, f"{', '.join(changed)} changed: takes "

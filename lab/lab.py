@@ -33,6 +33,9 @@ from vici_glue.conns import SiteToSite
 
 STATE_ROOT = Path(os.environ.get("FLOWPIN_LAB_STATE", "/run/flowpin/lab"))
 PSK = "flowpin-lab-psk-not-a-secret"
+# "1": the lab's daemons compile their programs without BTF (datapath.btf = false): the
+# test suite sets it (tests/conftest.py); the demo and the benchmarks build as shipped.
+NO_BTF_ENV = "FLOWPIN_LAB_NO_BTF"
 PEER_MODES = ("flowpin", "plain")
 
 
@@ -268,6 +271,7 @@ class Lab:
             f"pickup-window = {int(opts.get('pickup_window', 30))}",
             f"hooks-watch-interval = {float(opts.get('hooks_watch_interval', 0.5))}",
             f"attach = {json.dumps(opts.get('attach') or attach.mode())}",
+            f"btf = {'false' if os.environ.get(NO_BTF_ENV) == '1' else 'true'}",
             "sweep-interval = 0.5",
             "[demand]",
             f"initiate = {str(opts.get('initiate', True)).lower()}",

@@ -21,6 +21,10 @@ import pytest
 
 _counter = itertools.count()
 
+# The suite's data paths and lab daemons compile without BTF: the same instructions
+# (tests/datapath/test_btf.py), ~20 % less of the compile that most of the suite's time is.
+os.environ.setdefault("FLOWPIN_LAB_NO_BTF", "1")
+
 
 def require_lab_prerequisites() -> None:
     missing = []

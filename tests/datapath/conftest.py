@@ -55,7 +55,8 @@ def make_datapath(**kw: object) -> object:
 
     cfg = DatapathConfig(**{"instance": "fptest-dp", "pin": False, "flows4_max": 4096,
                             "flows6_max": 4096, "tunnels_max": 64, "pickup_s": 0,
-                            "event_interval_ms": 1000, "attach": attach.mode(), **kw})  # type: ignore[arg-type]
+                            "event_interval_ms": 1000, "attach": attach.mode(),
+                            "btf": False, **kw})  # type: ignore[arg-type]
     return Datapath(cfg).load()
 
 

@@ -50,7 +50,8 @@ def sa(name: str, uid: int, ts: Any) -> IkeSA:
 def small_dp() -> Iterator[Datapath]:
     """A private data path with 4 tunnel slots: id 0 (non-VPN), 1 and 2, 3 (refusing)."""
     dp = Datapath(DatapathConfig(instance="fptest-batches", pin=False, flows4_max=1024,
-                                 flows6_max=1024, tunnels_max=4, pickup_s=0)).load()
+                                 flows6_max=1024, tunnels_max=4, pickup_s=0,
+                                 btf=False)).load()
     yield dp
     dp.close()
 

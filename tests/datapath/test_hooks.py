@@ -66,7 +66,7 @@ def wait_attached(ns: str, since: float, repaired: list[Any], timeout: float = 5
 @pytest.fixture(scope="module")
 def small_dp() -> Iterator[Datapath]:
     dp = Datapath(DatapathConfig(instance="fptest-hooks", pin=False, flows4_max=64,
-                                 flows6_max=64, tunnels_max=8,
+                                 flows6_max=64, tunnels_max=8, btf=False,
                                  attach=attach.mode())).load()
     yield dp
     dp.close()

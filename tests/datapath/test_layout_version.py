@@ -70,7 +70,8 @@ def _pin_layout(pin_dir: Path, value: int) -> None:
 
 def test_maps_of_another_layout_are_refused_and_left_alone() -> None:
     instance = f"fptest-layout{os.getpid()}"
-    cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8)
+    cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8,
+                         btf=False)
     try:
         dp = Datapath(cfg).load()
         dp.table.set_tunnel(1, up=True, preserve=True)
@@ -112,7 +113,8 @@ def test_maps_of_another_layout_are_refused_and_left_alone() -> None:
 def test_maps_from_before_layout_ids_are_refused() -> None:
     """A pin directory with maps but no layout pin: made by a flowpin without layout ids."""
     instance = f"fptest-nolayout{os.getpid()}"
-    cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8)
+    cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8,
+                         btf=False)
     try:
         Datapath(cfg).load().close()
         (cfg.pin_dir / LAYOUT_PIN).unlink()

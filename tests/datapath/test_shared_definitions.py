@@ -157,7 +157,8 @@ def test_a_counters_pin_of_an_older_build_is_replaced() -> None:
     from controlplane.flow_types import STAT_MAX
 
     instance = f"fptest-pins{os.getpid()}"
-    cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8)
+    cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8,
+                         btf=False)
     try:
         check_layout(cfg.pin_dir)  # pins of this layout: only the counters' size differs
         lib.bcc_create_map.argtypes = [ctypes.c_int, ctypes.c_char_p] + [ctypes.c_int] * 4
@@ -187,7 +188,8 @@ def test_pinned_maps_are_the_fp_maps_user_space_names() -> None:
     from controlplane.datapath import LAYOUT_PIN, MAP_NAMES, Datapath, DatapathConfig, purge_pins
 
     instance = f"fptest-names{os.getpid()}"
-    cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8)
+    cfg = DatapathConfig(instance=instance, flows4_max=64, flows6_max=64, tunnels_max=8,
+                         btf=False)
     try:
         dp = Datapath(cfg).load()
         try:

@@ -40,7 +40,7 @@ PREFIX = "fptest-tcx-"
 TUN = 1
 LOCAL, REMOTE = "10.1.0.5", "10.2.0.9"
 MARK_PORT = 4242  # the destination port of the frames the witness counts
-SMALL = {"flows4_max": 256, "flows6_max": 64, "tunnels_max": 8, "pickup_s": 0}
+SMALL = {"flows4_max": 256, "flows6_max": 64, "tunnels_max": 8, "pickup_s": 0, "btf": False}
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:
