@@ -4,7 +4,8 @@ implement it in memory to follow the daemon's transitions without root or a kern
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -35,6 +36,12 @@ class TunnelMaps(Protocol):
     def set_tunnel(self, tunnel_id: int, *, up: bool | None = None,
                    generation: int | None = None, preserve: bool | None = None) -> None:
         """Set a tunnel's control word in one write; None keeps a field's value."""
+
+    @contextlib.contextmanager
+    def tunnel_writes(self) -> Iterator[None]:
+        """The control words set inside are written together when it ends (reads inside
+        see them at once)."""
+        yield
 
     def bump_generation(self, tunnel_id: int) -> int:
         """Tear down every flow of the tunnel in one write; returns the new generation."""

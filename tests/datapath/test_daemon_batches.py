@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 
 from controlplane.config import Config
 from controlplane.datapath import Datapath, DatapathConfig
+from controlplane.flow_types import TF_KICK, TF_PRESERVE, TUNNEL_UP
 from lab import packets as tr
 from tests.datapath.cases import out, run_steps
 from vici_glue.events import ChildConfig, ChildSA, IkeSA
@@ -214,3 +216,47 @@ def test_one_failing_transition_does_not_stop_the_others(daemon: Any, small_dp: 
                                              [sa("site", 1, SITE), sa("six", 2, SIX)]))
     assert t.tunnel(2).up
     assert "Tunnel site/lan: applying 'configured' failed" in caplog.text
+
+
+def test_a_batch_of_tunnel_words_lands_at_its_end(small_dp: Datapath,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The words a resync or charon's loss writes go in one batch at its end: this thread
+    sees them at once, the map (what the data path reads) only then; another thread reads
+    the map, and what it writes meanwhile is not undone by the batch."""
+    t = small_dp.table
+    t.tunnels_map[t._tkey(1)] = t.tunnels_map.Leaf()
+
+    def raw(tid: int) -> Any:  # the map itself
+        return t.tunnels_map[t._tkey(tid)]
+
+    gen2 = raw(2).generation
+    other: dict[str, Any] = {}
+
+    def another_thread() -> None:
+        other["sees_up"] = t.tunnel(1).up
+        t.set_tunnel(2, preserve=True)
+
+    with t.tunnel_writes():
+        t.set_tunnel(1, up=True, preserve=True)
+        t.set_kick(1, True)
+        gen = t.bump_generation(2)
+        assert gen == gen2 + 1
+        assert t.tunnel(1).up and t.kick_enabled(1) and t.tunnel(2).generation == gen
+        assert t.tunnel_words()[1] == (0, True, True)
+        assert raw(1).state != TUNNEL_UP and raw(2).generation == gen2
+        th = threading.Thread(target=another_thread)
+        th.start()
+        th.join()
+        assert other["sees_up"] is False and raw(2).flags & TF_PRESERVE
+    assert raw(1).state == TUNNEL_UP and raw(1).flags & TF_PRESERVE and raw(1).flags & TF_KICK
+    assert raw(2).generation == gen and raw(2).flags & TF_PRESERVE
+
+    # A batch write the kernel refuses is made one word at a time.
+    def refused(*_a: Any) -> None:
+        raise Exception("BPF_MAP_UPDATE_BATCH has failed: injected")  # noqa: TRY002 -- bcc's
+
+    monkeypatch.setattr(t.tunnels_map, "items_update_batch", refused)
+    with t.tunnel_writes():
+        t.set_tunnel(1, up=False)
+        t.set_tunnel(2, up=True)
+    assert raw(1).state != TUNNEL_UP and raw(2).state == TUNNEL_UP

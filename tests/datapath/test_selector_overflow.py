@@ -168,3 +168,20 @@ def test_trie_entries_written_in_one_batch_or_one_by_one(dp: Any, monkeypatch: A
     assert sorted(t.selectors(), key=str) == sorted(sels, key=str)
     run_steps(dp, [out(tr.udp("10.8.7.5", "10.9.7.9", 5000, 53), "PASS_NEW"),
                    out(tr.udp("10.8.7.5", "10.9.8.9", 5000, 53), "PASS_NONVPN")])
+
+
+def test_batch_entries_are_packed_as_the_fields_would_be_set(dp: Any) -> None:
+    """The batch write packs keys and values with struct; the one-by-one write sets
+    bcc's ctypes fields. Both must give the same bytes, for both families, a full entry
+    and a short one."""
+    t = dp.table
+    n = ipaddress.ip_network
+    for fam, trie, loc, rem in ((4, t.sel4, "10.{i}.0.0/16", "172.16.{i}.0/24"),
+                                (6, t.sel6, "fd01:{i}::/48", "fd02:{i}::/64")):
+        entries = [(n(rem.format(i=i)), [Selector(n(loc.format(i=i + j)), n(rem.format(i=i)),
+                                                  j + 1) for j in range(k)])
+                   for i, k in ((1, SEL_SLOTS), (2, 1), (3, 3))]
+        keys, values = t._sel_arrays(trie, fam, entries)
+        for i, (r, cover) in enumerate(entries):
+            assert bytes(keys[i]) == bytes(t._sel_key(trie, fam, r)), (fam, r)
+            assert bytes(values[i]) == bytes(t._sel_leaf(trie, fam, cover)), (fam, r)

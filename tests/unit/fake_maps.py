@@ -4,9 +4,10 @@ the data path (the daemon's side effects), not for the daemon under test."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from controlplane.selectors import Overflow, Selector
@@ -48,6 +49,13 @@ class FakeTunnelMaps:
             self.writes.append(("generation", tunnel_id))
         if preserve is not None:
             w.preserve = preserve
+
+    @contextlib.contextmanager
+    def tunnel_writes(self) -> Iterator[None]:
+        """Writes recorded as they are made, the batch marked around them."""
+        self.writes.append(("batch", 0))
+        yield
+        self.writes.append(("batch end", 0))
 
     def bump_generation(self, tunnel_id: int) -> int:
         gen = (self.tunnel(tunnel_id).generation + 1) & 0xFFFFFFFF
