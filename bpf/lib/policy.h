@@ -110,11 +110,9 @@ static __always_inline void __remove(struct fp_ctx *c, const struct fp_flow_valu
 	fp_event_emit(FP_EV_FLOW_REMOVED, copy.tunnel_id, &c->p, &c->k, &copy, 0, c->now_ns, 0);
 }
 
-/* __untracked - a packet that is not a flow: classify by addresses only. */
-static __always_inline int __untracked(struct fp_ctx *c)
+/* __untracked - a packet that is not a flow, judged by the tunnel of its addresses. */
+static __always_inline int __untracked(struct fp_ctx *c, __u16 tid)
 {
-	__u16 tid = __classify(c);
-
 	if (fp_tunnel_up(tid, fp_tunnel_get(tid)))
 		return fp_verdict(FP_R_PASS_UNTRACKED);
 	return __refuse(c, tid, FP_R_DROP_TUNNEL_DOWN);
@@ -124,12 +122,11 @@ static __always_inline int __untracked(struct fp_ctx *c)
  * __related - an ICMP error follows the flow it quotes, and it does not refresh it.
  * It is judged by its outer addresses too: what leaves the gateway is the outer packet,
  * so an error between addresses of a tunnel that is down is refused whatever flow it
- * quotes (a tunnel-0 flow, a flow of another tunnel). One more trie lookup, for ICMP
- * errors only.
+ * quotes (a tunnel-0 flow, a flow of another tunnel): @outer is the tunnel of the outer
+ * addresses.
  */
-static __always_inline int __related(struct fp_ctx *c)
+static __always_inline int __related(struct fp_ctx *c, __u16 outer)
 {
-	__u16 outer = __classify(c);
 	struct fp_flow_value *v;
 	struct fp_tunnel *t;
 
@@ -255,25 +252,14 @@ static __always_inline int __on_flow(struct fp_ctx *c, struct fp_flow_value *v,
  * word and compares generations for every tunnel-0 flow (see fp_handle). Measured with
  * `flowpin bench datapath` (3 runs alternating with the code before): an established
  * hit 40-45 ns above the empty program both ways, a new flow within the runs' noise.
+ * @tid is the tunnel of the packet's addresses, @gen0 tunnel 0's generation as read
+ * before them (fp_handle).
  */
 static __always_inline int __no_flow(struct fp_ctx *c, struct fp_flow_value *stale,
-				     const struct fp_config *cfg)
+				     const struct fp_config *cfg, __u16 tid, __u32 gen0)
 {
-	struct fp_tunnel *t0 = fp_tunnel_get(0);
-	/*
-	 * Tunnel 0's generation is read before the selectors: user space bumps it after it
-	 * has written them, so a flow created under the new generation was classified
-	 * against the new selectors (the empty asm keeps the compiler from reordering).
-	 */
-	__u32 gen0 = t0 ? t0->generation : 0;
-	struct fp_tunnel *t;
-	__u16 tid;
-	__u32 gen;
-
-	asm volatile("" ::: "memory");
-	tid = __classify(c);
-	t = fp_tunnel_get(tid);
-	gen = tid ? (t ? t->generation : 0) : gen0;
+	struct fp_tunnel *t = fp_tunnel_get(tid);
+	__u32 gen = tid ? (t ? t->generation : 0) : gen0;
 
 	if (stale && stale->tunnel_id == 0 &&
 	    (tid == 0 || (cfg->flags & FP_CF_NO_RECLASSIFY))) {
@@ -317,21 +303,15 @@ static __always_inline int __no_flow(struct fp_ctx *c, struct fp_flow_value *sta
  * full (reported there), a tunnel down (refused and demanded there). A successful insert
  * means no entry existed, exactly the case where the general path would have created
  * this same flow (see __no_flow: same generation order, same value). The price moves to
- * a SYN that finds its flow: one trie lookup and one failed insert more.
+ * a SYN that finds its flow: one failed insert more.
  * Returns the verdict's reason, -1 for the general path (a reason, not a TC verdict: the
  * caller counts it, and -1 is a TC verdict too).
  */
-static __always_inline int __open_first(struct fp_ctx *c)
+static __always_inline int __open_first(struct fp_ctx *c, __u16 tid, __u32 gen0)
 {
-	struct fp_tunnel *t0 = fp_tunnel_get(0);
-	__u32 gen0 = t0 ? t0->generation : 0;	/* before the selectors, as in __no_flow */
+	struct fp_tunnel *t = fp_tunnel_get(tid);
 	struct fp_flow_value v;
-	struct fp_tunnel *t;
-	__u16 tid;
 
-	asm volatile("" ::: "memory");
-	tid = __classify(c);
-	t = fp_tunnel_get(tid);
 	if (tid) {
 		if (!t || t->state != FP_TUNNEL_UP)
 			return -1;
@@ -347,33 +327,24 @@ static __always_inline int __open_first(struct fp_ctx *c)
 	return tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN;
 }
 
-/* __not_ok - the verdict for a packet that is not a tracked tuple (see enum fp_parse). */
-static __always_inline int __not_ok(struct fp_ctx *c, int ret)
-{
-	if (ret == FP_PARSE_NOT_IP)
-		return fp_verdict(FP_R_PASS_NOT_IP);
-	if (ret == FP_PARSE_MALFORMED)
-		return fp_verdict(FP_R_DROP_MALFORMED);
-	if (ret == FP_PARSE_LOCAL)
-		return fp_verdict(FP_R_PASS_UNTRACKED);
-	if (ret == FP_PARSE_UNTRACKED) {
-		__builtin_memset(&c->k, 0, sizeof(c->k));
-		return __untracked(c);
-	}
-	return __related(c);
-}
-
 /**
  * fp_handle - the verdict for one packet seen on hook @dir.
+ *
+ * An established flow's packet is decided without classifying it: parse, one lookup, its
+ * tunnel's control word. Every other packet needs the tunnel of its addresses, and there
+ * is ONE classification below for all of them (untracked IP, ICMP errors, a SYN, no flow,
+ * a flow of an older generation): inlined at each of those paths, the trie lookup and
+ * its unrolled slot scans were four copies, two thirds of the program and of its compile.
  */
 static __always_inline int fp_handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct fp_ctx c;
 	struct fp_config *cfg;
-	struct fp_flow_value *v;
+	struct fp_flow_value *v = 0;
 	struct fp_tunnel *t;
-	__u32 zero = 0;
-	int ret;
+	__u32 zero = 0, gen0;
+	__u16 tid;
+	int ret, r;
 
 	cfg = fp_config.lookup(&zero);
 	if (!cfg)
@@ -386,32 +357,64 @@ static __always_inline int fp_handle(struct __sk_buff *skb, __u8 dir)
 	c.event_interval_ms = cfg->event_interval_ms;
 
 	ret = fp_parse_packet(skb, &c.p);
-	if (fp_unlikely(ret != FP_PARSE_OK))
-		return __not_ok(&c, ret);
-
+	if (fp_unlikely(ret != FP_PARSE_OK)) {
+		if (ret == FP_PARSE_NOT_IP)
+			return fp_verdict(FP_R_PASS_NOT_IP);
+		if (ret == FP_PARSE_MALFORMED)
+			return fp_verdict(FP_R_DROP_MALFORMED);
+		if (ret == FP_PARSE_LOCAL)
+			return fp_verdict(FP_R_PASS_UNTRACKED);
+		if (ret == FP_PARSE_UNTRACKED)
+			__builtin_memset(&c.k, 0, sizeof(c.k));
+		/* untracked IP and ICMP errors: classified below */
+	} else {
 #ifdef FP_BENCH_VARY_KEY
-	{
 		__u32 *seq = fp_bench_seq.lookup(&zero);
 
 		if (seq) {
 			c.p.tsrc[0] ^= bpf_htonl(*seq);
 			*seq += 1;
 		}
-	}
 #endif
-	fp_flow_key_build(&c.p, &c.k);
-	if (fp_tcp_is_syn(&c.p)) {
-		ret = __open_first(&c);
-		if (ret >= 0)
-			return fp_verdict(ret);
+		fp_flow_key_build(&c.p, &c.k);
+		/* a SYN tries its insert first, classified below (see __open_first) */
+		if (!fp_tcp_is_syn(&c.p)) {
+			v = fp_flow_lookup(&c.p, &c.k);
+			if (fp_likely(v != 0)) {
+				t = fp_tunnel_get(v->tunnel_id);
+				if (fp_likely(t && v->generation == t->generation))
+					return __on_flow(&c, v, t);
+			}
+		}
 	}
-	v = fp_flow_lookup(&c.p, &c.k);
-	if (fp_unlikely(!v))
-		return __no_flow(&c, 0, cfg);
-	t = fp_tunnel_get(v->tunnel_id);
-	if (fp_unlikely(!t || v->generation != t->generation))
-		return __no_flow(&c, v, cfg);
-	return __on_flow(&c, v, t);
+
+	/*
+	 * Tunnel 0's generation is read before the selectors: user space bumps it after it
+	 * has written them, so a flow created under the new generation was classified
+	 * against the new selectors (the empty asm keeps the compiler from reordering).
+	 */
+	t = fp_tunnel_get(0);
+	gen0 = t ? t->generation : 0;
+	asm volatile("" ::: "memory");
+	tid = __classify(&c);
+
+	if (ret == FP_PARSE_UNTRACKED)
+		return __untracked(&c, tid);
+	if (ret != FP_PARSE_OK)
+		return __related(&c, tid);
+	if (fp_tcp_is_syn(&c.p)) {
+		r = __open_first(&c, tid, gen0);
+		if (r >= 0)
+			return fp_verdict(r);
+		v = fp_flow_lookup(&c.p, &c.k);
+		if (v) {
+			t = fp_tunnel_get(v->tunnel_id);
+			if (t && v->generation == t->generation)
+				return __on_flow(&c, v, t);
+		}
+	}
+	/* no flow (v NULL), or a flow bound under an older generation (v stale) */
+	return __no_flow(&c, v, cfg, tid, gen0);
 }
 
 #endif
