@@ -1,4 +1,5 @@
-"""Paired A/B of the data path's new-flow cost: ``python -m bench.newflow_ab [--base REV]``.
+"""Paired A/B of the data path's new-flow cost: ``python -m bench.newflow_ab [--base REV]``
+(``--established``: of its cached established hit instead).
 
 Builds of the data path (this checkout's, and ``bpf/`` of a git revision; with
 ``--breakdown``, copies of the base with one step of the new-flow path taken out) are run
@@ -60,12 +61,12 @@ def tree_of(rev: str, into: Path) -> Path:
     return into / "bpf"
 
 
-def _load(text: str) -> tuple[Any, int, FlowTable]:
+def _load(text: str, vary_key: bool = True) -> tuple[Any, int, FlowTable]:
     import bcc
 
     cfg = dpm.DatapathConfig(instance="bench-ab", pin=False, flows4_max=FLOWS_MAX,
                              flows6_max=1024, tunnels_max=64, pickup_s=0,
-                             cflags=["-DFP_BENCH_VARY_KEY"])
+                             cflags=["-DFP_BENCH_VARY_KEY"] if vary_key else [])
     dp = dpm.Datapath(cfg)
     # the loader's own steps (Datapath.load), on this text instead of the installed one
     dp._bpf = bcc.BPF(text=text.encode(), cflags=dpm._cflags(cfg))
@@ -133,6 +134,48 @@ def run(texts: dict[str, str], rounds: int, runs: int, chunks: int) -> dict[str,
             "above_empty": {n: paired(n, "empty") for n in ["insert", *names]}}
 
 
+def established(texts: dict[str, str], rounds: int, runs: int) -> dict[str, Any]:
+    """The cached established hit of each build, paired: one flow opened by a SYN, then
+    ``runs`` ACKs of it per build and round (best of 3), the builds' order alternating
+    from round to round, beside the empty program; one CPU."""
+    syn, ack = _frame("S"), _frame("A")
+    b_empty, fd_empty = compile_empty()
+    names = list(texts)
+    builds = {n: _load(texts[n], vary_key=False) for n in names}
+    res: dict[str, list[float]] = {k: [] for k in ["empty", *names]}
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        for _dp, fd, _t in builds.values():
+            prog_test_run(fd, syn, 1)
+        for r in range(rounds):
+            res["empty"].append(min(prog_test_run(fd_empty, ack, runs).duration_ns
+                                    for _ in range(3)))
+            for name in (names if r % 2 == 0 else names[::-1]):
+                fd = builds[name][1]
+                res[name].append(min(prog_test_run(fd, ack, runs).duration_ns
+                                     for _ in range(3)))
+        for name, (_dp, _fd, t) in builds.items():
+            c = t.counters()
+            if c["PASS_FLOW"] != 3 * runs * rounds:
+                raise RuntimeError(f"{name}: {c['PASS_FLOW']} established hits, not "
+                                   f"{3 * runs * rounds}")
+    finally:
+        os.sched_setaffinity(0, cpus)
+        for dp, _fd, _t in builds.values():
+            dp.close()
+        b_empty.cleanup()
+    base = names[0]
+
+    def paired(a: str, b: str) -> dict[str, Any]:
+        d = [x - y for x, y in zip(res[a], res[b], strict=True)]
+        return {"median_ns": statistics.median(d), "rounds": d}
+
+    return {"measure": "established hit (cached)", "rounds": rounds, "runs": runs,
+            "per_round": res, f"vs_{base}": {n: paired(n, base) for n in names[1:]},
+            "above_empty": {n: paired(n, "empty") for n in names}}
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.newflow_ab", description=__doc__)
     ap.add_argument("--base", default="main", help="git revision of the base build")
@@ -142,6 +185,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--chunks", type=int, default=10)
     ap.add_argument("--breakdown", action="store_true",
                     help="add base builds with one step of the new-flow path taken out")
+    ap.add_argument("--established", action="store_true",
+                    help="compare the builds' cached established hit instead (one flow, "
+                         "--runs ACKs per build and round)")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print(json.dumps({"error": "needs root"}))
@@ -149,6 +195,9 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         base = expand(tree_of(a.base, Path(tmp)))
     texts = {"base": base, "this": expand(ROOT / "bpf")}
+    if a.established:
+        print(json.dumps(established(texts, a.rounds, a.runs), indent=1))
+        return 0
     if a.breakdown:
         for step, (old, new) in STEPS.items():
             if old not in base:

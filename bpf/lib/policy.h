@@ -252,44 +252,41 @@ static __always_inline int __on_flow(struct fp_ctx *c, struct fp_flow_value *v,
  * word and compares generations for every tunnel-0 flow (see fp_handle). Measured with
  * `flowpin bench datapath` (3 runs alternating with the code before): an established
  * hit 40-45 ns above the empty program both ways, a new flow within the runs' noise.
- * @tid is the tunnel of the packet's addresses, @gen0 tunnel 0's generation as read
- * before them (fp_handle).
+ * A tunnel-0 flow that keeps its state (still outside, or bound as it is) goes on as an
+ * established one in fp_handle; what comes here is a new flow, a stale one, or a
+ * reclassified one. @tid is the tunnel of the packet's addresses, @t its control word,
+ * @gen the generation a flow created now is bound under.
  */
 static __always_inline int __no_flow(struct fp_ctx *c, struct fp_flow_value *stale,
-				     const struct fp_config *cfg, __u16 tid, __u32 gen0)
+				     const struct fp_config *cfg, __u16 tid,
+				     const struct fp_tunnel *t, __u32 gen)
 {
-	struct fp_tunnel *t = fp_tunnel_get(tid);
-	__u32 gen = tid ? (t ? t->generation : 0) : gen0;
+	__u32 reason;
+	int pickup = 0;
 
-	if (stale && stale->tunnel_id == 0 &&
-	    (tid == 0 || (cfg->flags & FP_CF_NO_RECLASSIFY))) {
-		if (tid) {
-			__nonvpn_add(c->p.family, -1);
-			stale->tunnel_id = tid;
-		}
-		stale->generation = gen;
-		return __on_flow(c, stale, t);
-	}
 	if (!fp_tunnel_up(tid, t)) {
 		if (stale)
 			__remove(c, stale);
 		return __refuse(c, tid, FP_R_DROP_TUNNEL_DOWN);
 	}
-	if (c->p.proto != IPPROTO_TCP)
-		return __create(c, tid, gen, stale, 0, tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN);
-	if (fp_tcp_is_syn(&c->p))
-		return __create(c, tid, gen, stale, 0, tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN);
-	/* flowpin does not police other traffic: a non-VPN flow is picked up anywhere */
-	if (tid == 0)
-		return __create(c, tid, gen, stale, 1, FP_R_PASS_NONVPN);
-	if (cfg->pickup_s && cfg->attach_ns &&
-	    c->now_ns - cfg->attach_ns < (__u64)cfg->pickup_s * FP_NSEC_PER_SEC)
-		return __create(c, tid, gen, stale, 1, FP_R_PASS_PICKUP);
-	if (stale) {
-		__remove(c, stale);
-		return fp_verdict(FP_R_DROP_STALE);
+	/* UDP, ICMP and a SYN open a flow; other TCP only where it may be picked up */
+	reason = tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN;
+	if (c->p.proto == IPPROTO_TCP && !fp_tcp_is_syn(&c->p)) {
+		if (tid && !(cfg->pickup_s && cfg->attach_ns &&
+			     c->now_ns - cfg->attach_ns < (__u64)cfg->pickup_s * FP_NSEC_PER_SEC)) {
+			if (stale) {
+				__remove(c, stale);
+				return fp_verdict(FP_R_DROP_STALE);
+			}
+			return fp_verdict(FP_R_DROP_NO_CONN);
+		}
+		/* flowpin does not police other traffic: a non-VPN flow is picked up anywhere */
+		pickup = 1;
+		if (tid)
+			reason = FP_R_PASS_PICKUP;
 	}
-	return fp_verdict(FP_R_DROP_NO_CONN);
+	/* one call site: each inlined __create is its events, counters and store again */
+	return __create(c, tid, gen, stale, pickup, reason);
 }
 
 /**
@@ -333,8 +330,13 @@ static __always_inline int __open_first(struct fp_ctx *c, __u16 tid, __u32 gen0)
  * An established flow's packet is decided without classifying it: parse, one lookup, its
  * tunnel's control word. Every other packet needs the tunnel of its addresses, and there
  * is ONE classification below for all of them (untracked IP, ICMP errors, a SYN, no flow,
- * a flow of an older generation): inlined at each of those paths, the trie lookup and
- * its unrolled slot scans were four copies, two thirds of the program and of its compile.
+ * a flow of an older generation). Likewise one call site for __create in __no_flow, and
+ * two for __on_flow: the established path's own, and one for the rest. Everything here
+ * is inlined (bcc links no BPF-to-BPF calls), so a helper called from four paths was four
+ * copies: each program was 16,800 instructions and its compile (paid at every start)
+ * 3.9 s here; now 8,200 and 3.0 s, for the same verdicts and the same cost per packet
+ * (python -m bench.newflow_ab [--established]). Sharing the established path's
+ * __on_flow too (6,500 instructions, 2.4 s) cost its packets 1-2 ns.
  */
 static __always_inline int fp_handle(struct __sk_buff *skb, __u8 dir)
 {
@@ -342,7 +344,7 @@ static __always_inline int fp_handle(struct __sk_buff *skb, __u8 dir)
 	struct fp_config *cfg;
 	struct fp_flow_value *v = 0;
 	struct fp_tunnel *t;
-	__u32 zero = 0, gen0;
+	__u32 zero = 0, gen0, gen;
 	__u16 tid;
 	int ret, r;
 
@@ -410,11 +412,27 @@ static __always_inline int fp_handle(struct __sk_buff *skb, __u8 dir)
 		if (v) {
 			t = fp_tunnel_get(v->tunnel_id);
 			if (t && v->generation == t->generation)
-				return __on_flow(&c, v, t);
+				goto on_flow;
 		}
 	}
 	/* no flow (v NULL), or a flow bound under an older generation (v stale) */
-	return __no_flow(&c, v, cfg, tid, gen0);
+	t = fp_tunnel_get(tid);
+	gen = tid ? (t ? t->generation : 0) : gen0;
+	if (v && v->tunnel_id == 0 && (tid == 0 || (cfg->flags & FP_CF_NO_RECLASSIFY))) {
+		/* a non-VPN flow after a selector change: still outside, or bound as it is */
+		if (tid) {
+			__nonvpn_add(c.p.family, -1);
+			v->tunnel_id = tid;
+		}
+		v->generation = gen;
+		goto on_flow;
+	}
+	return __no_flow(&c, v, cfg, tid, t, gen);
+
+on_flow:
+	/* one call site for these: inlined, __on_flow is the kick, the create and the
+	 * refusals again */
+	return __on_flow(&c, v, t);
 }
 
 #endif
