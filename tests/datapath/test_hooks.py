@@ -102,7 +102,9 @@ def test_hooks_removed_by_another_tool_are_repaired_within_a_second(hooked: Any)
     assert watch.checks >= 1 and repaired == []  # nothing to repair: nothing done
     t0 = time.monotonic()
     hook_witness.remove(ns, "v0")
-    assert not any(tc_filters(ns, "v0").values())
+    # gone, as tc shows; or already repaired: on an emulated CPU (the XFRM VM under TCG)
+    # one tc run takes longer than the watch takes to put them back
+    assert not any(tc_filters(ns, "v0").values()) or repaired
     assert wait_attached(ns, t0, repaired) < 1.0
     assert repaired[0][:3] == ("v0", "lan", ["ingress", "egress"]) and watch.reattached == 1
 
