@@ -228,8 +228,14 @@ class FlowTable:
             return
         except Exception:  # noqa: BLE001 -- redone one by one; a real failure raises there
             pass
-        for tid, w in words.items():
-            self.tunnels_map[self._tkey(tid)] = w
+        failed: list[Exception] = []
+        for tid, w in words.items():  # each one tried: one failure must not stop a DOWN
+            try:
+                self.tunnels_map[self._tkey(tid)] = w
+            except Exception as exc:  # noqa: BLE001 -- raised below, after the others
+                failed.append(exc)
+        if failed:
+            raise failed[0]
 
     def set_tunnel(self, tunnel_id: int, *, up: bool | None = None,
                    generation: int | None = None, preserve: bool | None = None) -> None:

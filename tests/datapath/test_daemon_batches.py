@@ -260,3 +260,24 @@ def test_a_batch_of_tunnel_words_lands_at_its_end(small_dp: Datapath,
         t.set_tunnel(1, up=False)
         t.set_tunnel(2, up=True)
     assert raw(1).state != TUNNEL_UP and raw(2).state == TUNNEL_UP
+
+    # One word the kernel refuses does not stop the others: each is tried, then it raises.
+    real = t.tunnels_map
+
+    class OneRefused:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def __getitem__(self, key: Any) -> Any:
+            return real[key]
+
+        def __setitem__(self, key: Any, value: Any) -> None:
+            if key.value == 1:
+                raise OSError(errno.E2BIG, "injected: this word's write fails")
+            real[key] = value
+
+    monkeypatch.setattr(t, "tunnels_map", OneRefused())
+    with pytest.raises(OSError, match="injected"), t.tunnel_writes():
+        t.set_tunnel(1, up=True)
+        t.set_tunnel(2, up=False)
+    assert raw(1).state != TUNNEL_UP and raw(2).state != TUNNEL_UP
