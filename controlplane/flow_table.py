@@ -199,11 +199,8 @@ class FlowTable:
         opened the batch sees it: another thread reads and writes the map as without one
         (and its writes are not undone by the batch's); nested, the outer one writes.
         """
-        if self._batching():
-            yield
-            return
-        if self._words is not None:  # another thread's batch: this one writes as it goes
-            yield
+        if self._words is not None:  # nested (the outer one writes), or another thread's
+            yield                    # batch (this thread writes as it goes)
             return
         keys, values, n, ksz, _vsz = self._batch(self.tunnels_map)
         ids = memoryview(keys).cast("B")[: n * ksz].cast("I")
