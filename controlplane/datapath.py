@@ -88,8 +88,9 @@ class DatapathConfig:
 
     ``pickup_s``: after the data path is *first* attached (not after a reattach), TCP
     packets without SYN create flows for this many seconds, so deploying on a live
-    gateway does not cut its connections. ``pin=False`` keeps the maps private to this
-    process (tests, benchmark).
+    gateway does not cut its connections; never in a tunnel that has torn its flows down
+    (generation bumped), so a connection flowpin tore down is not adopted again.
+    ``pin=False`` keeps the maps private to this process (tests, benchmark).
     """
 
     instance: str = "default"

@@ -315,10 +315,7 @@ def run_story(*, size_mib: float = 20, outage: float = 20, how: str = "dpd",
             if progress:
                 print(f"== lab {lab.name}: four namespaces, two charons, flowpin on both "
                       f"gateways with preserve-vpn-flows {'on' if p else 'off'}", flush=True)
-            # Every connection of the story opens after the data path is attached: no
-            # pick-up window, or a download flowpin tore down (preserve off) and that
-            # comes back within it would be taken up as one it had never seen.
-            lab.up(preserve=p, peer=peer, daemon_options={"pickup_window": 0})
+            lab.up(preserve=p, peer=peer)
             runs.append(Run(p, lab, size, rate, how, outage,
                             out_dir / f"download-preserve-{'on' if p else 'off'}.bin"))
         for r in runs:

@@ -272,7 +272,10 @@ static __always_inline int __no_flow(struct fp_ctx *c, struct fp_flow_value *sta
 	/* UDP, ICMP and a SYN open a flow; other TCP only where it may be picked up */
 	reason = tid ? FP_R_PASS_NEW : FP_R_PASS_NONVPN;
 	if (c->p.proto == IPPROTO_TCP && !fp_tcp_is_syn(&c->p)) {
-		if (tid && !(cfg->pickup_s && cfg->attach_ns &&
+		/* The window is for connections older than flowpin, never for one it tore
+		 * down: a teardown bumps the tunnel's generation, and the flow's entry may be
+		 * gone already (swept), so generation 0 -- never torn down -- is the test. */
+		if (tid && !(cfg->pickup_s && cfg->attach_ns && t && t->generation == 0 &&
 			     c->now_ns - cfg->attach_ns < (__u64)cfg->pickup_s * FP_NSEC_PER_SEC)) {
 			if (stale) {
 				__remove(c, stale);

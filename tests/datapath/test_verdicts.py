@@ -16,6 +16,7 @@ from tests.datapath.cases import (
     NETS,
     TUN,
     TUN2,
+    Act,
     Case,
     EventIs,
     FlowIs,
@@ -136,6 +137,24 @@ CASES = [
              pickup(60, 61),
              out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1, ack=1), "DROP_NO_CONN"),
          ]),
+    Case("pickup window: a connection flowpin tore down is not taken up again",
+         lambda n: [pickup(60, 5)] + handshake(n) + [
+             bump(),  # preserve-vpn-flows off, tunnel down then up: the flow is stale
+             out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1001, ack=5001), "DROP_STALE"),
+             FlowIs(**_cs(n), absent=True),
+         ]),
+    Case("pickup window: nor once the sweeper has removed its entry",
+         lambda n: [pickup(60, 5)] + handshake(n) + [
+             bump(),
+             Act("sweep", lambda t: t.clear_flows()),
+             out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1001, ack=5001), "DROP_NO_CONN"),
+             inb(tr.tcp(n.s, n.c, S_PORT, C_PORT, "A", seq=5001, ack=1001), "DROP_NO_CONN"),
+         ]),
+    Case("pickup window: a tunnel never torn down still picks up beside one that was",
+         lambda n: [pickup(60, 5), bump(), up(TUN2),
+                    out(tr.tcp(n.c5, n.s, C_PORT, S_PORT, "A", seq=1, ack=1), "PASS_PICKUP"),
+                    out(tr.tcp(n.c, n.s, C_PORT, S_PORT, "A", seq=1, ack=1), "DROP_NO_CONN"),
+                    ]),
     Case("pin -> hold -> resume: a held flow stays, is not refreshed, resumes",
          lambda n: handshake(n) + [
              down(),
