@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import errno
 import ipaddress
+import itertools
 import os
 import socket
 import struct
@@ -155,28 +156,28 @@ class FlowTable:
     def _word(self, tunnel_id: int) -> Any:
         """A tunnel's control word, to read: from this thread's batch if one is open
         (as the batch has changed it), else from the map."""
-        k = self._tkey(tunnel_id)
         if not self._batching():
-            return self.tunnels_map[k]
+            return self.tunnels_map[self._tkey(tunnel_id)]
+        return self.tunnels_map.Leaf.from_buffer_copy(self._batched_word(tunnel_id))
+
+    def _batched_word(self, tunnel_id: int) -> Any:
+        """This thread's batch's copy of a tunnel's control word."""
         assert self._words is not None
         w = self._words.get(tunnel_id)
         if w is None:  # never in the array's batch read: a zero word
-            w = self.tunnels_map.Leaf()
-        return self.tunnels_map.Leaf.from_buffer_copy(w)
+            w = self._words[tunnel_id] = self.tunnels_map.Leaf()
+        return w
 
     def _change_word(self, tunnel_id: int, change: Callable[[Any], None]) -> Any:
         """Apply ``change`` to a tunnel's control word and write it (in this thread's
         batch, if one is open). Returns the word as written."""
-        k = self._tkey(tunnel_id)
-        words = self._words
         if self._batching():
-            assert words is not None
-            w = words.get(tunnel_id)
-            if w is None:  # never in the array's batch read: a zero word
-                w = words[tunnel_id] = self.tunnels_map.Leaf()
+            w = self._batched_word(tunnel_id)
             change(w)
             self._words_changed.add(tunnel_id)
             return w
+        k = self._tkey(tunnel_id)
+        words = self._words
         w = self.tunnels_map[k]
         change(w)
         self.tunnels_map[k] = w
@@ -220,15 +221,32 @@ class FlowTable:
             return
         keys = (ctypes.c_uint32 * len(words))(*words)
         values = (self.tunnels_map.Leaf * len(words))(*words.values())
+        self._update_batch(self.tunnels_map, keys, values,
+                           lambda: ((self._tkey(tid), w) for tid, w in words.items()))
+
+    @staticmethod
+    def _update_batch(table: Any, keys: Any, values: Any,
+                      items: Callable[[], Iterable[tuple[Any, Any]]]) -> bool:
+        """Write ``keys``/``values`` (ctypes arrays) in one BPF_MAP_UPDATE_BATCH; if it is
+        refused, the same elements (``items()``: key, value) one at a time. Returns whether
+        the batch was taken. A refused batch may have written a part: each element's write
+        replaces it whole, so writing them all again is safe."""
         try:  # only the syscall: bcc raises a bare Exception for its failure
-            self.tunnels_map.items_update_batch(keys, values)
-            return
-        except Exception:  # noqa: BLE001 -- redone one by one; a real failure raises there
+            table.items_update_batch(keys, values)
+            return True
+        except Exception:  # noqa: BLE001 -- written one by one; a real failure raises there
             pass
+        FlowTable._write_each(table, items())
+        return False
+
+    @staticmethod
+    def _write_each(table: Any, items: Iterable[tuple[Any, Any]]) -> None:
+        """Write each (key, value), every one tried: one failure must not stop the others
+        (a tunnel's DOWN, another tunnel's selectors). The first failure is raised after."""
         failed: list[Exception] = []
-        for tid, w in words.items():  # each one tried: one failure must not stop a DOWN
+        for k, v in items:
             try:
-                self.tunnels_map[self._tkey(tid)] = w
+                table[k] = v
             except Exception as exc:  # noqa: BLE001 -- raised below, after the others
                 failed.append(exc)
         if failed:
@@ -541,19 +559,20 @@ class FlowTable:
         are then all written again one by one (each write replaces its entry whole)."""
         if not entries:
             return
+        def one_by_one() -> Iterator[tuple[Any, Any]]:
+            for r, cover in entries:
+                yield self._sel_key(trie, family, r), self._sel_leaf(trie, family, cover)
+
         if len(entries) > 1 and self._trie_batch is not False:
             keys, values = self._sel_arrays(trie, family, entries)
-            try:  # only the syscall: bcc raises a bare Exception for its failure
-                trie.items_update_batch(keys, values)
-                self._trie_batch = True
-                return
-            except Exception:  # noqa: BLE001
-                # never worked: a kernel without LPM batch updates, not asked again; a
-                # real failure (no memory) fails the writes below too, and is raised there
-                if self._trie_batch is None:
-                    self._trie_batch = False
-        for r, cover in entries:
-            trie[self._sel_key(trie, family, r)] = self._sel_leaf(trie, family, cover)
+            took = self._update_batch(trie, keys, values, one_by_one)
+            # Never taken, and the writes one by one went through: a kernel without LPM
+            # batch updates, not asked again. (A real failure, no memory, fails those
+            # writes too and is raised there, leaving the question open.)
+            if took or self._trie_batch is None:
+                self._trie_batch = took
+            return
+        self._write_each(trie, one_by_one())
 
     # -- flows -------------------------------------------------------------------------
     def flow_map(self, family: int) -> Any:
@@ -600,21 +619,22 @@ class FlowTable:
         the CLI read it often; 4096 slots one by one cost ~10 ms)."""
         keys, values, n, ksz, vsz = self._batch(self.tunnels_map)
         ids = memoryview(keys).cast("B")[: n * ksz].cast("I")
-        out = {}
         w = self._tunnel_word
         g, st, fl = w.index("generation"), w.index("state"), w.index("flags")
-        for i, row in enumerate(w.struct.iter_unpack(memoryview(values).cast("B")[: n * vsz])):
+        rows: Iterable[tuple[int, tuple[int, ...]]] = zip(
+            ids, w.struct.iter_unpack(memoryview(values).cast("B")[: n * vsz]), strict=True)
+        if self._batching():  # then this thread's batch: the words as it has changed them
+            assert self._words is not None
+            words = self._words
+            rows = itertools.chain(rows, ((tid, w.struct.unpack(bytes(words[tid])))
+                                          for tid in self._words_changed))
+        out: dict[int, tuple[int, bool, bool]] = {}
+        for tid, row in rows:
             gen, state, flags = row[g], row[st], row[fl]
             if gen or state or flags:
-                out[ids[i]] = (gen, state == TUNNEL_UP, bool(flags & TF_PRESERVE))
-        if self._batching():  # this thread's batch: the words as it has changed them
-            assert self._words is not None
-            for tid in self._words_changed:
-                t = self._words[tid]
-                if t.generation or t.state or t.flags:
-                    out[tid] = (t.generation, t.state == TUNNEL_UP, bool(t.flags & TF_PRESERVE))
-                else:
-                    out.pop(tid, None)
+                out[tid] = (gen, state == TUNNEL_UP, bool(flags & TF_PRESERVE))
+            elif tid in out:  # a word the batch has zeroed
+                del out[tid]
         return out
 
     @staticmethod
