@@ -16,6 +16,7 @@ breakdown only (``noinsert`` leaves its table empty).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +83,34 @@ def _load(text: str, vary_key: bool = True) -> tuple[Any, int, FlowTable]:
     return dp, fd, t
 
 
+@contextlib.contextmanager
+def _one_cpu_beside_empty() -> Iterator[int]:
+    """Pinned to one CPU (the data path's counters are per CPU, and the builds must
+    share one), with the empty program loaded to run beside the builds: its fd."""
+    b_empty, fd_empty = compile_empty()
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        yield fd_empty
+    finally:
+        os.sched_setaffinity(0, cpus)
+        b_empty.cleanup()
+
+
+def _paired(res: dict[str, list[float]], a: str, b: str) -> dict[str, Any]:
+    """Round by round differences of ``a`` to ``b``, and their median."""
+    d = [round(x - y, 1) for x, y in zip(res[a], res[b], strict=True)]
+    return {"median_ns": round(statistics.median(d), 1), "rounds": d}
+
+
 def run(texts: dict[str, str], rounds: int, runs: int, chunks: int) -> dict[str, Any]:
     import bcc
 
     syn, ack = _frame("S"), _frame("A")
-    b_empty, fd_empty = compile_empty()
     per = runs // chunks
     names = list(texts)
     res: dict[str, list[float]] = {k: [] for k in ["empty", "insert", *names]}
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})  # the key counters are per CPU
-    try:
+    with _one_cpu_beside_empty() as fd_empty:
         for r in range(rounds):
             res["empty"].append(min(prog_test_run(fd_empty, ack, per).duration_ns
                                     for _ in range(3)))
@@ -119,19 +138,11 @@ def run(texts: dict[str, str], rounds: int, runs: int, chunks: int) -> dict[str,
                 dp.close()
             cal.cleanup()
             print(r, {k: v[-1] for k, v in res.items()}, file=sys.stderr, flush=True)
-    finally:
-        os.sched_setaffinity(0, cpus)
-        b_empty.cleanup()
-
-    def paired(a: str, b: str) -> dict[str, Any]:
-        d = [round(x - y, 1) for x, y in zip(res[a], res[b], strict=True)]
-        return {"median_ns": round(statistics.median(d), 1), "rounds": d}
-
     base = names[0]
     return {"rounds": rounds, "runs": per * chunks, "chunks": chunks, "per_round": res,
-            "above_insert": {n: paired(n, "insert") for n in names},
-            f"vs_{base}": {n: paired(n, base) for n in names[1:]},
-            "above_empty": {n: paired(n, "empty") for n in ["insert", *names]}}
+            "above_insert": {n: _paired(res, n, "insert") for n in names},
+            f"vs_{base}": {n: _paired(res, n, base) for n in names[1:]},
+            "above_empty": {n: _paired(res, n, "empty") for n in ["insert", *names]}}
 
 
 def established(texts: dict[str, str], rounds: int, runs: int) -> dict[str, Any]:
@@ -139,41 +150,41 @@ def established(texts: dict[str, str], rounds: int, runs: int) -> dict[str, Any]
     ``runs`` ACKs of it per build and round (best of 3), the builds' order alternating
     from round to round, beside the empty program; one CPU."""
     syn, ack = _frame("S"), _frame("A")
-    b_empty, fd_empty = compile_empty()
     names = list(texts)
-    builds = {n: _load(texts[n], vary_key=False) for n in names}
     res: dict[str, list[float]] = {k: [] for k in ["empty", *names]}
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
-        for _dp, fd, _t in builds.values():
-            prog_test_run(fd, syn, 1)
-        for r in range(rounds):
-            res["empty"].append(min(prog_test_run(fd_empty, ack, runs).duration_ns
-                                    for _ in range(3)))
-            for name in (names if r % 2 == 0 else names[::-1]):
-                fd = builds[name][1]
-                res[name].append(min(prog_test_run(fd, ack, runs).duration_ns
-                                     for _ in range(3)))
-        for name, (_dp, _fd, t) in builds.items():
-            c = t.counters()
-            if c["PASS_FLOW"] != 3 * runs * rounds:
-                raise RuntimeError(f"{name}: {c['PASS_FLOW']} established hits, not "
-                                   f"{3 * runs * rounds}")
-    finally:
-        os.sched_setaffinity(0, cpus)
-        for dp, _fd, _t in builds.values():
-            dp.close()
-        b_empty.cleanup()
+    with _one_cpu_beside_empty() as fd_empty:
+        builds = {n: _load(texts[n], vary_key=False) for n in names}
+        try:
+            _established_rounds(builds, res, fd_empty, syn, ack, rounds, runs)
+        finally:
+            for dp, _fd, _t in builds.values():
+                dp.close()
     base = names[0]
-
-    def paired(a: str, b: str) -> dict[str, Any]:
-        d = [x - y for x, y in zip(res[a], res[b], strict=True)]
-        return {"median_ns": statistics.median(d), "rounds": d}
-
     return {"measure": "established hit (cached)", "rounds": rounds, "runs": runs,
-            "per_round": res, f"vs_{base}": {n: paired(n, base) for n in names[1:]},
-            "above_empty": {n: paired(n, "empty") for n in names}}
+            "per_round": res, f"vs_{base}": {n: _paired(res, n, base) for n in names[1:]},
+            "above_empty": {n: _paired(res, n, "empty") for n in names}}
+
+
+def _established_rounds(builds: dict[str, tuple[Any, int, FlowTable]],
+                        res: dict[str, list[float]], fd_empty: int, syn: bytes, ack: bytes,
+                        rounds: int, runs: int) -> None:
+    """One flow opened by a SYN in each build, then the rounds of ACKs (best of 3 each),
+    the builds' order alternating; every ACK must have been an established hit."""
+    names = list(builds)
+    for _dp, fd, _t in builds.values():
+        prog_test_run(fd, syn, 1)
+    for r in range(rounds):
+        res["empty"].append(min(prog_test_run(fd_empty, ack, runs).duration_ns
+                                for _ in range(3)))
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fd = builds[name][1]
+            res[name].append(min(prog_test_run(fd, ack, runs).duration_ns
+                                 for _ in range(3)))
+    for name, (_dp, _fd, t) in builds.items():
+        c = t.counters()
+        if c["PASS_FLOW"] != 3 * runs * rounds:
+            raise RuntimeError(f"{name}: {c['PASS_FLOW']} established hits, not "
+                               f"{3 * runs * rounds}")
 
 
 def main(argv: list[str]) -> int:
