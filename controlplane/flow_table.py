@@ -555,8 +555,7 @@ class FlowTable:
                        entries: list[tuple[IPNetwork, list[Selector]]]) -> None:
         """Write trie entries in one batch update where the kernel takes one for LPM tries
         (a resync of 1,000 tunnels wrote 2,000 entries one syscall each: a third of its
-        time), else one at a time. A failed batch may have written a part: the entries
-        are then all written again one by one (each write replaces its entry whole)."""
+        time), else one at a time, each tried (see :meth:`_update_batch`)."""
         if not entries:
             return
         def one_by_one() -> Iterator[tuple[Any, Any]]:
