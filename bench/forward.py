@@ -142,7 +142,8 @@ class Gateway:
             tc_name(b, m, modes[0]): (b, m) for m in modes for b in TC_BASES}
         self.checks: dict[str, Any] = {"nftables_conntrack_entries": 0,
                                        "flowpin_verdicts": {}, "tc_floor_flows": 0,
-                                       "flowpin_removed_records_logged": 0}
+                                       "flowpin_removed_records_logged": 0,
+                                       "flowpin_removed_record_cpu_us": None}
         self._drain: threading.Thread | None = None
         self._drain_stop = threading.Event()
 
@@ -164,6 +165,7 @@ class Gateway:
         # The daemon's side of the event ring, as on a gateway: every removed-flow record
         # read and turned into its teardown line (to a null log). Without a reader the
         # ring fills and every record after it is lost (EVENT_LOST in the thousands).
+        # It runs on the server's CPU, off the load CPU (see _drain_events).
         self._drain = threading.Thread(target=self._drain_events, name="ring", daemon=True)
         self._drain.start()
 
@@ -171,15 +173,29 @@ class Gateway:
         from controlplane.messages import teardown_line
         from controlplane.sweeper import removed_from_events
 
+        # Pinned like the servers and the switcher: a reader left to the scheduler ran on
+        # the load CPU in some runs and not in others, and at ~10,000 records/s in the
+        # connections/s runs (a reused port replaces a closed flow: one record per new
+        # connection) its ~15 us a record moved cps by 5 % from one run to the next. Its
+        # cost is not hidden: the CPU time it spent per record is reported beside.
+        _, server_cpu = tp.cpus()
+        if server_cpu is not None:
+            os.sched_setaffinity(0, {server_cpu})  # 0: this thread only
         null = logging.getLogger("fpbench.teardowns")
         null.propagate = False
         null.addHandler(logging.NullHandler())
+        busy_s = 0.0
         while not self._drain_stop.is_set():
             for dp in list(self.dps.values()):
+                t0 = time.thread_time()  # CPU time: the poll's wait does not count
                 removed = removed_from_events(dp.table.read_events(100))
                 for r in removed:
                     null.info(teardown_line(r))
-                self.checks["flowpin_removed_records_logged"] += len(removed)
+                if removed:
+                    busy_s += time.thread_time() - t0
+                    n = self.checks["flowpin_removed_records_logged"] + len(removed)
+                    self.checks["flowpin_removed_records_logged"] = n
+                    self.checks["flowpin_removed_record_cpu_us"] = round(busy_s / n * 1e6, 1)
 
     def load_bench_prog(self, contender: str) -> None:
         from bench.progs import compile_bench_prog
@@ -778,8 +794,12 @@ def run(rounds: int = 5, seconds: int = 3, measures: tuple[str, ...] = MEASURES,
             "each round starts with an empty table: conntrack flushed (gateway namespace), "
             "flowpin's flows cleared",
             "flowpin runs with its event ring read as the daemon reads it (every removed-flow "
-            "record turned into its teardown line): checks.flowpin_removed_records_logged, "
-            "and EVENT_LOST / REMOVED_LOST in checks.flowpin_verdicts if any were lost",
+            "record turned into its teardown line) by a thread on the server's CPU, as the "
+            "servers are, off the load CPU: checks.flowpin_removed_records_logged, the CPU "
+            "time it spent per record in checks.flowpin_removed_record_cpu_us (a cost the "
+            "connections/s figures leave out: on a gateway the daemon takes it from "
+            "whichever CPU runs it), and EVENT_LOST / REMOVED_LOST in "
+            "checks.flowpin_verdicts if any were lost",
             "tc_empty (with --with-tc-empty): the same TC hooks on the same veth (tcx links "
             "or clsact filters, as flowpin's in that attach mode) with an empty "
             "SCHED_CLS program on ingress and egress: the price of the TC hook itself, "

@@ -235,6 +235,15 @@ def _sliced_table(res: dict[str, Any]) -> list[str]:
             out.append(f"| {c} | **{_num(ratio)}** | {_num(ci[0])}–{_num(ci[1])} | "
                        f"{v.get('pairs')} | {_num(added)} |")
         out.append("")
+        checks = res.get("forward_checks", {})
+        if measure == "cps" and checks.get("flowpin_removed_record_cpu_us") is not None:
+            out += ["A new connection on a port a closed one used replaces that flow, and "
+                    "the flow removed so is a record on the event ring: the daemon's side "
+                    "(read, decoded, turned into its 302014 teardown line) ran on the "
+                    "server's CPU, outside the figures above, and spent "
+                    f"**{_num(checks['flowpin_removed_record_cpu_us'])} µs** of CPU per "
+                    f"record ({_num(checks.get('flowpin_removed_records_logged'))} records "
+                    "in this run).\n"]
     return out
 
 
