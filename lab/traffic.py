@@ -64,8 +64,27 @@ def serve(bind: str, port: int, timeout: float) -> dict[str, Any]:
                     "ended": round(last, 4)}  # wall clock of the end of the stream (EOF)
 
 
+class Pace:
+    """A sender's schedule: ``rate`` bytes/s from ``start``. After a stall (an outage:
+    the socket's buffer full) the sender is behind; it makes all of that up at full speed,
+    unless ``catch_up`` bounds it to so many seconds of the rate (0: carry on at the rate)."""
+
+    def __init__(self, rate: float, start: float, catch_up: float | None = None) -> None:
+        self.rate, self.start, self.catch_up = rate, start, catch_up
+
+    def wait(self, sent: int, now: float) -> float:
+        """Seconds to sleep before sending more, ``sent`` bytes having gone by ``now``."""
+        ahead = sent / self.rate - (now - self.start)
+        if self.catch_up is not None and -ahead > self.catch_up:
+            self.start -= ahead + self.catch_up  # forgive all but catch_up s of the stall
+            return 0.0
+        return max(0.0, ahead)
+
+
 def send(to: str, port: int, nbytes: int, rate: float, seed: int,
-         timeout: float, gated: bool = False) -> dict[str, Any]:
+         timeout: float, gated: bool = False, catch_up: float | None = None) -> dict[str, Any]:
+    """Send ``nbytes`` to ``to``:``port``, at ``rate`` bytes/s if given (see :class:`Pace`
+    for ``catch_up``)."""
     block = _pattern(seed)
     family = socket.AF_INET6 if ":" in to else socket.AF_INET
     digest, sent, start = hashlib.sha256(), 0, time.monotonic()
@@ -76,6 +95,7 @@ def send(to: str, port: int, nbytes: int, rate: float, seed: int,
             print(json.dumps({"connected": port}), flush=True)
             sys.stdin.readline()
             start = time.monotonic()
+        pace = Pace(rate, start, catch_up) if rate > 0 else None
         while sent < nbytes:
             off = sent % len(block)
             piece = block[off: off + min(CHUNK, nbytes - sent, len(block) - off)]
@@ -85,10 +105,8 @@ def send(to: str, port: int, nbytes: int, rate: float, seed: int,
                 return {"bytes": sent, "sha256": digest.hexdigest(), "error": str(exc)}
             digest.update(piece)
             sent += len(piece)
-            if rate > 0:  # bytes per second
-                ahead = sent / rate - (time.monotonic() - start)
-                if ahead > 0:
-                    time.sleep(ahead)
+            if pace is not None:
+                time.sleep(pace.wait(sent, time.monotonic()))
         s.shutdown(socket.SHUT_WR)
         s.recv(1)  # wait for the peer to close: everything was delivered
     return {"bytes": sent, "sha256": digest.hexdigest(),
@@ -109,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     sd.add_argument("--rate", type=float, default=0.0, help="bytes per second (0: unlimited)")
     sd.add_argument("--seed", type=int, default=1)
     sd.add_argument("--timeout", type=float, default=120.0)
+    sd.add_argument("--catch-up", type=float, default=None, metavar="SECONDS",
+                    help="after a stall make up at most this many seconds of --rate "
+                         "(default: all of it)")
     sd.add_argument("--gated", action="store_true",
                     help="connect, print {\"connected\": PORT}, send once a line is read")
     a = p.parse_args(argv)
@@ -116,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "serve":
             res = serve(a.bind, a.port, a.timeout)
         else:
-            res = send(a.to, a.port, a.bytes, a.rate, a.seed, a.timeout, a.gated)
+            res = send(a.to, a.port, a.bytes, a.rate, a.seed, a.timeout, a.gated,
+                       a.catch_up)
     except OSError as exc:
         res = {"bytes": 0, "error": str(exc)}
     print(json.dumps(res), flush=True)
@@ -138,9 +160,9 @@ class Transfer:
 
     def __init__(self, lab: Any, to: str, nbytes: int, *, port: int = 5001, rate: float = 0.0,
                  seed: int = 1, timeout: float = 120.0, gated: bool = False,
-                 reverse: bool = False) -> None:
+                 reverse: bool = False, catch_up: float | None = None) -> None:
         """``reverse``: ho-server sends to bo-client (``to`` is then bo-client's address):
-        data flowing tunnel -> LAN as bo-gw sees it."""
+        data flowing tunnel -> LAN as bo-gw sees it. ``catch_up``: see :func:`send`."""
         import subprocess
 
         from lab import topology
@@ -161,7 +183,8 @@ class Transfer:
         self.client = lab.popen(sender, py + [
             "send", "--to", to, "--port", str(port), "--bytes", str(nbytes), "--rate",
             str(rate), "--seed", str(seed), "--timeout", str(timeout)]
-            + (["--gated"] if gated else []),
+            + (["--gated"] if gated else [])
+            + (["--catch-up", str(catch_up)] if catch_up is not None else []),
             stdout=subprocess.PIPE, text=True,
             stdin=subprocess.PIPE if gated else subprocess.DEVNULL)
 
