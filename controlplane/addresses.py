@@ -15,7 +15,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _TEXTS: dict[int, tuple[object, str, str]] = {}
 
 
-def _texts(n: IPNetwork) -> tuple[object, str, str]:
+def _texts(n: IPNetwork | IPAddress) -> tuple[object, str, str]:
     """(n, str(n), repr(n)), cached by the network object's identity: the registry keeps the
     same objects while a tunnel's selectors stand, and a resync or a ``show vpn-context``
     of 1,000 tunnels formats 4,000 of them (milliseconds in ``ipaddress``, whose
@@ -37,6 +37,14 @@ def net_text(n: IPNetwork) -> str:
 def net_repr(n: IPNetwork) -> str:
     """``repr(n)``, cached (see _texts)."""
     return _texts(n)[2]
+
+
+def addr_text(a: IPAddress) -> str:
+    """``str(a)``, cached (see _texts): the addresses of flows come from addr4/addr6, the
+    same object for the same address, and ``ipaddress`` takes microseconds to format one,
+    which each removed-flow record (a teardown line and its connection number) did four
+    times."""
+    return _texts(a)[1]
 
 
 def to_words(addr: IPAddress) -> list[int]:

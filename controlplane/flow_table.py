@@ -42,7 +42,7 @@ from controlplane.flow_types import (
 )
 from controlplane.flows import Flow, FlowKey, decode_value
 from controlplane.layout import layout
-from controlplane.ring_events import Event, decode_event
+from controlplane.ring_events import Event, EventDecoder
 from controlplane.selectors import Overflow, Selector, plan
 from controlplane.tunnel_maps import DatapathTunnel
 
@@ -94,6 +94,7 @@ class FlowTable:
         self.kick_stats_map = bpf[b"fp_kick_stats"]
         self.kick_budget_map = bpf[b"fp_kick_budget"]
         self.EventStruct = bpf[b"fp_event_layout"].Leaf
+        self._decode_event = EventDecoder(self.EventStruct)
         self._ring_open = False
         self._pending: list[Event] = []
         # The last id of the tunnel array is never a tunnel: its entry stays DOWN, so
@@ -869,7 +870,7 @@ class FlowTable:
 
     # -- events ------------------------------------------------------------------------
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
-        self._pending.append(decode_event(self.EventStruct, data))
+        self._pending.append(self._decode_event(data))
 
     def read_events(self, timeout_ms: int = 0) -> list[Event]:
         """Events from the ring buffer: demand on a down tunnel and map full (both

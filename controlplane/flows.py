@@ -64,13 +64,28 @@ class Flow:
         return None
 
 
+_BYTES_MASK = (1 << ACCT_BYTES_BITS) - 1
+
+
+def flow_of(key: FlowKey, tunnel_id: int, generation: int, side0: int, side1: int,
+            seq0: int, seq1: int, ack0: int, ack1: int, created_s: int, last_s: int,
+            acct0: int, acct1: int) -> Flow:
+    """A Flow from its key and the fields of an fp_flow_value in the C's order (the two
+    accounting words pack packets and bytes: flow_types.h)."""
+    return Flow(key, tunnel_id, generation, (side0, side1), (seq0, seq1), (ack0, ack1),
+                created_s, last_s, (acct0 >> ACCT_BYTES_BITS, acct1 >> ACCT_BYTES_BITS),
+                (acct0 & _BYTES_MASK, acct1 & _BYTES_MASK))
+
+
+# The fields flow_of takes, after the key, as layout.py names them in an fp_flow_value.
+FLOW_VALUE_FIELDS = ("tunnel_id", "generation", "side[0]", "side[1]", "seq[0]", "seq[1]",
+                     "ack[0]", "ack[1]", "created_s", "last_s", "acct[0]", "acct[1]")
+
+
 def decode_value(key: FlowKey, v: Any) -> Flow:
-    """A Flow from its key and a raw fp_flow_value."""
-    mask = (1 << ACCT_BYTES_BITS) - 1
-    return Flow(key, v.tunnel_id, v.generation, (v.side[0], v.side[1]),
-                (v.seq[0], v.seq[1]), (v.ack[0], v.ack[1]), v.created_s, v.last_s,
-                (v.acct[0] >> ACCT_BYTES_BITS, v.acct[1] >> ACCT_BYTES_BITS),
-                (v.acct[0] & mask, v.acct[1] & mask))
+    """A Flow from its key and a raw fp_flow_value (ctypes from bcc)."""
+    return flow_of(key, v.tunnel_id, v.generation, v.side[0], v.side[1], v.seq[0],
+                   v.seq[1], v.ack[0], v.ack[1], v.created_s, v.last_s, v.acct[0], v.acct[1])
 
 
 def tcp_state(proto: int, side: tuple[int, int]) -> str:

@@ -12,6 +12,7 @@ import zlib
 from enum import IntEnum
 
 from controlplane import protocols
+from controlplane.addresses import addr_text
 from controlplane.durations import format_duration
 from controlplane.flows import RemovedFlow
 
@@ -89,8 +90,10 @@ def emit(sev: Sev, msg: Msg, text: str) -> str:
 def conn_id(r: RemovedFlow) -> int:
     """A stable connection number for a flow (the ASA prints one): a hash of its key and
     creation time, so the same flow gets the same number in every line about it."""
-    k = r.flow.key
-    raw = f"{k.proto}|{k.addr[0]}|{k.port[0]}|{k.addr[1]}|{k.port[1]}|{r.flow.created_s}"
+    flow = r.flow
+    k = flow.key
+    raw = (f"{k.proto}|{addr_text(k.addr[0])}|{k.port[0]}|{addr_text(k.addr[1])}|"
+           f"{k.port[1]}|{flow.created_s}")
     return zlib.crc32(raw.encode()) & 0x7FFFFFFF
 
 
@@ -99,18 +102,20 @@ def teardown_line(r: RemovedFlow, lan_if: str = "inside", tunnel_if: str = "outs
     h:mm:ss bytes <n> <reason>`` -- the LAN end is named by ``lan_if``, the far end by
     ``tunnel_if``; the responder is printed first, as the ASA does. ICMP has the ASA's own
     302021 form instead (see :func:`icmp_teardown_text`)."""
-    if r.proto in protocols.ICMP_NUMBERS:
+    flow = r.flow
+    key = flow.key
+    if key.proto in protocols.ICMP_NUMBERS:
         return line(Sev.INFO, Msg.TEARDOWN_ICMP, icmp_teardown_text(r))
     # flows are TCP, UDP or ICMP echo: the data path tracks nothing else
-    proto = protocols.teardown_label(r.proto)
-    msg = Msg.TEARDOWN_TCP if r.proto == protocols.TCP else Msg.TEARDOWN_UDP
-    lan_idx, key = r.flow.lan_side, r.flow.key
+    proto = protocols.teardown_label(key.proto)
+    msg = Msg.TEARDOWN_TCP if key.proto == protocols.TCP else Msg.TEARDOWN_UDP
+    lan_idx, opener = flow.lan_side, flow.initiator
     ends = []
-    for idx in (1 - r.flow.initiator, r.flow.initiator):  # responder first
+    for idx in (1 - opener, opener):  # responder first
         iface = lan_if if idx == lan_idx else tunnel_if
-        ends.append(f"{iface}:{key.addr[idx]}/{key.port[idx]}")
+        ends.append(f"{iface}:{addr_text(key.addr[idx])}/{key.port[idx]}")
     text = (f"Teardown {proto} connection {conn_id(r)} for {ends[0]} to {ends[1]} duration "
-            f"{format_duration(r.duration_s)} bytes {sum(r.bytes)} {r.reason}")
+            f"{format_duration(r.duration_s)} bytes {sum(flow.bytes)} {r.reason}")
     return line(Sev.INFO, msg, text)
 
 

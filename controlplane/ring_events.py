@@ -4,12 +4,16 @@ budget reached, flows removed on the packet path, cleartext stopped by the WAN g
 from __future__ import annotations
 
 import ctypes
+import operator
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.addresses import from_words, port
+from controlplane.addresses import addr4, addr6, port
 from controlplane.flow_types import EventType
-from controlplane.flows import Flow, FlowKey, decode_value
+from controlplane.flows import FLOW_VALUE_FIELDS, Flow, FlowKey, flow_of
+from controlplane.layout import layout
+
+_NAMES = {t.value: t.name for t in EventType}
 
 
 @dataclass(frozen=True)
@@ -21,15 +25,31 @@ class Event:
     flow: Flow | None  # FLOW_REMOVED: the flow as it was when removed
 
 
-def decode_event(layout: Any, data: Any) -> Event:
-    """An :class:`Event` from one ring record (``layout``: bcc's ctypes of struct fp_event)."""
-    e = ctypes.cast(data, ctypes.POINTER(layout)).contents
-    fam = e.family
-    addrs = (from_words(e.addr[0].w, fam), from_words(e.addr[1].w, fam))
-    key = FlowKey(e.proto, addrs, (port(e.port[0]), port(e.port[1])))
-    flow = decode_value(key, e.flow) if e.type == EventType.FLOW_REMOVED else None
-    try:
-        name = EventType(e.type).name
-    except ValueError:
-        name = f"UNKNOWN_{e.type}"
-    return Event(name, e.tunnel_id, key, e.ts_ns, flow)
+class EventDecoder:
+    """Ring records as :class:`Event` s: one :mod:`struct` unpack a record, in the layout
+    bcc read from the C (``ctype``: its ctypes of struct fp_event; see layout.py). Walking
+    the ctypes fields instead cost ~14 us a record, and a gateway tearing down 10,000
+    flows a second (a reused port replaces a closed flow) reads 10,000 records a second."""
+
+    def __init__(self, ctype: Any) -> None:
+        lay = layout(ctype)
+        self._unpack = lay.struct.unpack
+        self._size = ctypes.sizeof(ctype)
+        i = lay.index
+        self._head = operator.itemgetter(i("type"), i("tunnel_id"), i("family"), i("proto"),
+                                         i("port[0]"), i("port[1]"), i("ts_ns"))
+        self._addr = (i("addr[0].w[0]"), i("addr[1].w[0]"))
+        self._flow = operator.itemgetter(*(i(f"flow.{f}") for f in FLOW_VALUE_FIELDS))
+
+    def __call__(self, data: Any) -> Event:
+        """The Event of the record at ``data`` (the pointer bcc's ring callback gets)."""
+        v = self._unpack(ctypes.string_at(data, self._size))
+        kind, tunnel_id, family, proto, port0, port1, ts_ns = self._head(v)
+        a, b = self._addr
+        if family == 4:
+            addrs = (addr4(v[a]), addr4(v[b]))
+        else:
+            addrs = (addr6(v[a:a + 4]), addr6(v[b:b + 4]))
+        key = FlowKey(proto, addrs, (port(port0), port(port1)))
+        flow = flow_of(key, *self._flow(v)) if kind == EventType.FLOW_REMOVED else None
+        return Event(_NAMES.get(kind) or f"UNKNOWN_{kind}", tunnel_id, key, ts_ns, flow)

@@ -189,6 +189,30 @@ def test_flows_removed_on_the_packet_path_are_reported(dp: Any) -> None:
 
 
 @pytest.mark.parametrize("net", [NET4, NET6], ids=["v4", "v6"])
+def test_a_removed_flows_record_is_the_flow_the_map_held(dp: Any, net: Net) -> None:
+    """The ring record of a flow removed on the packet path decodes (ring_events.py: one
+    struct unpack) to the flow the map held, as the map's own decoder reads it: key (both
+    addresses and ports in their places), tunnel, generation, sides, sequence numbers,
+    times, packets and bytes each way. Asymmetric on purpose: every field differs between
+    the two ends, so a swap shows."""
+    from controlplane.sweeper import removed_from_events
+
+    run_steps(dp, handshake(net) + [
+        out(tr.tcp(net.c, net.s, C_PORT, S_PORT, "PA", seq=1, ack=1, payload=b"x" * 300),
+            "PASS_FLOW"),
+        advance(7), bump()])
+    (held,) = dp.table.flows(net.family)
+    run_steps(dp, [out(tr.tcp(net.c, net.s, C_PORT, S_PORT, "A", seq=301, ack=1),
+                       "DROP_STALE")])
+    (ev,) = [e for e in dp.table.read_events() if e.type == "FLOW_REMOVED"]
+    assert (ev.tunnel_id, ev.key) == (held.tunnel_id, held.key)
+    assert ev.flow == held
+    assert held.bytes[0] != held.bytes[1] and held.seq[0] != held.seq[1]
+    (r,) = removed_from_events([ev])
+    assert f"{net.c}/{C_PORT}" in teardown_line(r) and f"{net.s}/{S_PORT}" in teardown_line(r)
+
+
+@pytest.mark.parametrize("net", [NET4, NET6], ids=["v4", "v6"])
 def test_removed_flows_are_handed_on_a_batch_at_a_time_once_deleted(
         dp: Any, net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``on_removed`` (the daemon logs there), a sweep hands its removed flows on in
