@@ -869,8 +869,11 @@ class FlowTable:
                 *([0] * len(self.counters_map[ctypes.c_uint32(i)])))
 
     # -- events ------------------------------------------------------------------------
-    def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
+    def _on_event(self, _ctx: Any, data: Any, _size: int) -> int:
         self._pending.append(self._decode_event(data))
+        # 0: go on. bcc turns what a callback returns into the int libbpf wants, and makes
+        # None 0 by catching int(None)'s TypeError -- an exception a record otherwise.
+        return 0
 
     def read_events(self, timeout_ms: int = 0) -> list[Event]:
         """Events from the ring buffer: demand on a down tunnel and map full (both
