@@ -86,6 +86,10 @@ def test_forward_json_shape_and_cleanup() -> None:
     assert not any(k.startswith("DROP_") for k in verdicts), (
         verdicts, res["checks"]["unsettled_connections"])
     assert res["checks"]["tc_floor_flows"] > 0
+    # the event ring was read as the daemon reads it (a reused port replaces a closed flow:
+    # a removed-flow record each), and what that cost is reported
+    assert res["checks"]["flowpin_removed_records_logged"] > 0, res["checks"]
+    assert res["checks"]["flowpin_removed_record_cpu_us"] > 0, res["checks"]
     assert res["machine"]["cpus"] >= 1
     # the per-packet decomposition: what each contender adds, and the kernel's own account
     # of the time inside each program (BPF_ENABLE_STATS; off again: tests/datapath)
