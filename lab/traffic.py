@@ -12,6 +12,7 @@ import hashlib
 import json
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -65,12 +66,16 @@ def serve(bind: str, port: int, timeout: float) -> dict[str, Any]:
 
 
 class Pace:
-    """A sender's schedule: ``rate`` bytes/s from ``start``. After a stall (an outage:
-    the socket's buffer full) the sender is behind; it makes all of that up at full speed,
-    unless ``catch_up`` bounds it to so many seconds of the rate (0: carry on at the rate)."""
+    """A sender's schedule: ``rate`` bytes/s from ``start``, written a tenth of a second's
+    worth at a time (``piece``: at least 1 KiB, at most CHUNK; a whole CHUNK at a time made
+    20 kB/s a 64 KiB burst every 3.2 s, and 2 kB/s one burst of all of a short transfer).
+    After a stall (an outage: the socket's buffer full) the sender is behind; it makes all
+    of that up at full speed, unless ``catch_up`` bounds it to so many seconds of the rate
+    (0: carry on at the rate)."""
 
     def __init__(self, rate: float, start: float, catch_up: float | None = None) -> None:
         self.rate, self.start, self.catch_up = rate, start, catch_up
+        self.piece = min(CHUNK, max(1024, int(rate / 10)))
 
     def wait(self, sent: int, now: float) -> float:
         """Seconds to sleep before sending more, ``sent`` bytes having gone by ``now``."""
@@ -79,6 +84,15 @@ class Pace:
             self.start -= ahead + self.catch_up  # forgive all but catch_up s of the stall
             return 0.0
         return max(0.0, ahead)
+
+
+def _stop_when_told(stop: threading.Event) -> None:
+    """(gated) A line "stop" on stdin after "go" ends the transfer early: what was sent so
+    far is then the transfer. End of file does not (Transfer.wait closes stdin)."""
+    for line in sys.stdin:
+        if line.strip() == "stop":
+            stop.set()
+            return
 
 
 def send(to: str, port: int, nbytes: int, rate: float, seed: int,
@@ -91,14 +105,17 @@ def send(to: str, port: int, nbytes: int, rate: float, seed: int,
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect((to, port))
+        stop = threading.Event()
         if gated:  # connected; send nothing until told (a line on stdin)
             print(json.dumps({"connected": port}), flush=True)
             sys.stdin.readline()
             start = time.monotonic()
+            threading.Thread(target=_stop_when_told, args=(stop,), daemon=True).start()
         pace = Pace(rate, start, catch_up) if rate > 0 else None
-        while sent < nbytes:
+        most = pace.piece if pace is not None else CHUNK
+        while sent < nbytes and not stop.is_set():
             off = sent % len(block)
-            piece = block[off: off + min(CHUNK, nbytes - sent, len(block) - off)]
+            piece = block[off: off + min(most, nbytes - sent, len(block) - off)]
             try:
                 s.sendall(piece)
             except (TimeoutError, OSError) as exc:
@@ -199,6 +216,13 @@ class Transfer:
         """(gated) Let the client send."""
         assert self.client.stdin is not None
         self.client.stdin.write("go\n")
+        self.client.stdin.flush()
+
+    def stop(self) -> None:
+        """(gated) End the transfer early: the client sends no more pieces, and what it
+        reports having sent (bytes, sha256) is what must arrive."""
+        assert self.client.stdin is not None
+        self.client.stdin.write("stop\n")
         self.client.stdin.flush()
 
     def wait(self, timeout: float = 180.0) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -43,3 +43,10 @@ def test_a_lag_within_the_bound_is_made_up() -> None:
     assert pace.wait(sent=500, now=101.2) == 0.0  # 0.7 s behind: within the bound
     assert pace.wait(sent=1_200, now=101.2) == 0.0
     assert pace.wait(sent=1_300, now=101.2) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(("rate", "piece"), [(20_000, 2_000), (2_000, 1024), (10**9, 64 * 1024)])
+def test_written_a_tenth_of_a_second_at_a_time(rate: float, piece: int) -> None:
+    """Paced in small pieces: a whole 64 KiB chunk at a time made 20 kB/s one burst every
+    3.2 s, and a short transfer at 2 kB/s one burst of all of it."""
+    assert Pace(rate, start=0.0).piece == piece
