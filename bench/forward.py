@@ -576,14 +576,6 @@ def sliced_pps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_S
     return _sliced_figures(f"{contender}, sliced pps", slices, "pps", seconds, slice_s)
 
 
-def _passive_opens(pid: int) -> int:
-    """TCP connections the namespace of ``pid`` accepted (handshake completed:
-    PassiveOpens of its TCP MIB, /proc/PID/net/snmp)."""
-    with open(f"/proc/{pid}/net/snmp") as fh:
-        names, values = [ln.split() for ln in fh if ln.startswith("Tcp:")][:2]
-    return int(values[names.index("PassiveOpens")])
-
-
 def sliced_cps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_SECONDS,
                slice_s: float = SLICE_S, start_on: bool = False) -> dict[str, Any]:
     """Short TCP connections/s of ``contender`` against plain, as :func:`sliced_pps` does
@@ -612,7 +604,9 @@ def sliced_cps(gw: Gateway, r: Runner, contender: str, seconds: float = SLICED_S
         slices = _alternate_on_server_cpu(
             r, f"{contender}, sliced cps",
             ["cps-client", "--to", tp.SERVER_IP, "--port", str(CPS_PORT)],
-            lambda: _passive_opens(r.cps.pid), switch, seconds, slice_s, start_on)
+            # connections the server namespace accepted (handshake completed)
+            lambda: netns.snmp_counter(r.cps.pid, "Tcp", "PassiveOpens"), switch, seconds,
+            slice_s, start_on)
     finally:
         if dp is not None:  # as the rounds have it: no pick-up
             dp.table.update_config(pickup_s=0, attach_ns=0)

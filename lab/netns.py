@@ -157,6 +157,14 @@ def sysctl(name: str, settings: dict[str, str]) -> None:
     call(name, _write, list(settings.items()))
 
 
+def snmp_counter(pid: int, group: str, counter: str) -> int:
+    """One counter of the SNMP MIB of the namespace ``pid`` runs in (/proc/PID/net/snmp:
+    e.g. ``Tcp`` ``PassiveOpens``, ``Udp`` ``RcvbufErrors``), read without entering it."""
+    with open(f"/proc/{pid}/net/snmp") as fh:
+        names, values = [ln.split() for ln in fh if ln.startswith(f"{group}:")][:2]
+    return int(values[names.index(counter)])
+
+
 def pids(name: str) -> list[int]:
     """Every process whose network namespace is ``name``."""
     try:

@@ -179,7 +179,7 @@ class Transfer:
                  seed: int = 1, timeout: float = 120.0, gated: bool = False,
                  reverse: bool = False, catch_up: float | None = None) -> None:
         """``reverse``: ho-server sends to bo-client (``to`` is then bo-client's address):
-        data flowing tunnel -> LAN as bo-gw sees it. ``catch_up``: see :func:`send`."""
+        data flowing tunnel -> LAN as bo-gw sees it. ``catch_up``: see :class:`Pace`."""
         import subprocess
 
         from lab import topology
