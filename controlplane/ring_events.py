@@ -8,7 +8,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.addresses import addr4, addr6, port
+from controlplane.addresses import from_words, port
 from controlplane.flow_types import EventType
 from controlplane.flows import FLOW_VALUE_FIELDS, Flow, FlowKey, flow_of
 from controlplane.layout import layout
@@ -47,10 +47,7 @@ class EventDecoder:
         v = self._unpack(ctypes.string_at(data, self._size))
         kind, tunnel_id, family, proto, port0, port1, ts_ns = self._head(v)
         a, b = self._addr
-        if family == 4:
-            addrs = (addr4(v[a]), addr4(v[b]))
-        else:
-            addrs = (addr6(v[a:a + 4]), addr6(v[b:b + 4]))
+        addrs = (from_words(v[a:a + 4], family), from_words(v[b:b + 4], family))
         key = FlowKey(proto, addrs, (port(port0), port(port1)))
         flow = flow_of(key, *self._flow(v)) if kind == EventType.FLOW_REMOVED else None
         return Event(_NAMES.get(kind) or f"UNKNOWN_{kind}", tunnel_id, key, ts_ns, flow)
